@@ -1,0 +1,37 @@
+# The two commands of the README: `make up` (set up and run the platform) and `make test`.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo .bootstrap/bin/uv)
+VENV := .venv
+
+.PHONY: up test setup lint typecheck check bench clean
+
+$(UV):
+	@echo "uv not found: bootstrapping it with pip into .bootstrap/"
+	$(PYTHON) -m venv .bootstrap
+	.bootstrap/bin/pip install --quiet --disable-pip-version-check uv
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock contracts/pyproject.toml runtime/pyproject.toml services/*/pyproject.toml
+	$(UV) sync --all-packages --frozen
+	@touch $@
+
+setup: $(VENV)/.synced ## Create .venv with every package (uv workspace, one lock)
+
+up: setup ## Set up and run the whole platform on one machine (nats-server, catalog, ingest, reporting)
+	$(VENV)/bin/shinchoku up $(ARGS)
+
+test: setup ## Set up and run every test
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check contracts runtime services src || true
+
+typecheck: setup
+	$(VENV)/bin/mypy contracts/src runtime/src services/catalog/src services/ingest/src services/reporting/src src
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .bootstrap

@@ -1,0 +1,97 @@
+"""NATS subjects, streams, consumers and buckets shared by every service (binding).
+
+This is the one definition of each stream. Services declare streams only from here, so that no
+service silently rewrites another's stream settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from contracts.agencies import Agency
+
+STATUS_SUBJECT_PREFIX = "status"
+ACCEPTED_SUBJECT_PREFIX = "accepted"
+REJECTED_SUBJECT_PREFIX = "rejected"
+
+#: Request-reply subject the catalog answers with one measure (payload: the measure id).
+CATALOG_MEASURE_GET = "catalog.measure.get"
+#: The catalog publishes a CatalogChanged event here whenever the registry changes.
+CATALOG_CHANGED = "catalog.changed"
+#: Key-value bucket mirroring the registry: key = measure id, value = Measure JSON.
+CATALOG_BUCKET = "CATALOG"
+
+INGEST_DURABLE = "ingest"
+REPORTING_DURABLE = "reporting"
+
+#: Header carrying the duplicate-suppression id on ACCEPTED and REJECTED.
+MSG_ID_HEADER = "Nats-Msg-Id"
+
+
+def status_subject(agency: Agency | str, measure_id: str) -> str:
+    return f"{STATUS_SUBJECT_PREFIX}.{agency}.{measure_id}"
+
+
+def accepted_subject(agency: Agency | str, measure_id: str) -> str:
+    return f"{ACCEPTED_SUBJECT_PREFIX}.{agency}.{measure_id}"
+
+
+def rejected_subject(agency: Agency | str) -> str:
+    return f"{REJECTED_SUBJECT_PREFIX}.{agency}"
+
+
+def agency_inbox_prefix(agency: Agency | str) -> str:
+    """The inbox prefix an agency's client must use to receive JetStream acks."""
+    return f"_INBOX_{agency}"
+
+
+@dataclass(frozen=True, slots=True)
+class SubjectParts:
+    agency: str
+    measure_id: str
+
+
+def parse_status_subject(subject: str) -> SubjectParts | None:
+    """Split `status.{agency}.{measure_id}`; None when the subject has another shape.
+
+    The agency part is returned as written (the broker's permissions decide who may publish it).
+    """
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != STATUS_SUBJECT_PREFIX or not parts[1] or not parts[2]:
+        return None
+    return SubjectParts(agency=parts[1], measure_id=parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    """A JetStream stream as every service must declare it (file storage, limits retention)."""
+
+    name: str
+    subjects: tuple[str, ...]
+    duplicate_window_seconds: float
+    description: str
+    max_msg_size: int = 1024 * 1024 + 64 * 1024
+
+
+#: STATUS keeps the broker's minimum duplicate window: de-duplication there is ingest's job, by
+#: event_id, for ever, so that a conflicting resend is always seen and rejected.
+STATUS_STREAM = StreamSpec(
+    name="STATUS",
+    subjects=(f"{STATUS_SUBJECT_PREFIX}.>",),
+    duplicate_window_seconds=1.0,
+    description="Status events as ministries publish them",
+)
+ACCEPTED_STREAM = StreamSpec(
+    name="ACCEPTED",
+    subjects=(f"{ACCEPTED_SUBJECT_PREFIX}.>",),
+    duplicate_window_seconds=15 * 60.0,
+    description="Admitted status events: the canonical log (Nats-Msg-Id = event_id)",
+)
+REJECTED_STREAM = StreamSpec(
+    name="REJECTED",
+    subjects=(f"{REJECTED_SUBJECT_PREFIX}.>",),
+    duplicate_window_seconds=15 * 60.0,
+    description="Rejected messages with the original bytes and a reason code",
+)
+
+STREAMS: tuple[StreamSpec, ...] = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)

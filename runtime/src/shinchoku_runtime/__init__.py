@@ -1,0 +1,1 @@
+"""Shinchoku runtime kit shared by the services (settings, database, NATS, telemetry, HTTP)."""

@@ -1,0 +1,85 @@
+"""Connecting to NATS and declaring the shared streams from the one definition in `contracts`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from contracts.streams import REJECTED_STREAM, STREAMS, StreamSpec
+
+log = logging.getLogger(__name__)
+
+
+def stream_config(spec: StreamSpec, *, replicas: int = 1) -> StreamConfig:
+    """The nats-py StreamConfig for a shared stream spec."""
+    max_msg_size = spec.max_msg_size
+    if spec is REJECTED_STREAM:
+        # A rejection carries the original bytes base64-encoded plus its reason.
+        max_msg_size = 2 * spec.max_msg_size
+    return StreamConfig(
+        name=spec.name,
+        subjects=list(spec.subjects),
+        description=spec.description,
+        storage=StorageType.FILE,
+        retention=RetentionPolicy.LIMITS,
+        discard=DiscardPolicy.OLD,
+        duplicate_window=spec.duplicate_window_seconds,
+        max_msg_size=max_msg_size,
+        num_replicas=replicas,
+    )
+
+
+def _differs(live: StreamConfig, wanted: StreamConfig) -> list[str]:
+    keys = ("subjects", "storage", "retention", "duplicate_window", "max_msg_size", "num_replicas", "discard")
+    return [k for k in keys if getattr(live, k) != getattr(wanted, k)]
+
+
+async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
+    """Create the shared streams, or bring a live one back to the shared definition (and say so)."""
+    for spec in STREAMS:
+        wanted = stream_config(spec, replicas=replicas)
+        try:
+            info = await js.stream_info(spec.name)
+        except NotFoundError:
+            await js.add_stream(wanted)
+            log.info("stream %s created", spec.name)
+            continue
+        changed = _differs(info.config, wanted)
+        if changed:
+            log.warning("stream %s differs from the shared definition in %s: updating", spec.name, changed)
+            await js.update_stream(wanted)
+
+
+async def connect(
+    url: str,
+    *,
+    name: str,
+    user: str | None = None,
+    password: str | None = None,
+    inbox_prefix: str | None = None,
+    **kwargs: Any,
+) -> Client:
+    """A nats-py connection that reconnects for ever and logs its errors instead of swallowing them."""
+
+    async def error_cb(e: Exception) -> None:
+        log.warning("nats error (%s): %s", name, e)
+
+    options: dict[str, Any] = {
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "error_cb": error_cb,
+        **kwargs,
+    }
+    if user is not None:
+        options["user"] = user
+        options["password"] = password
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
+    return await nats.connect(url, **options)

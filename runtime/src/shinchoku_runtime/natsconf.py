@@ -1,0 +1,185 @@
+"""The nats-server configuration: one user per agency, least-privilege service users, generated secrets.
+
+Secrets are generated once per deployment (never defaults) and kept in files readable by the owner only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contracts.agencies import Agency
+from contracts.streams import (
+    ACCEPTED_STREAM,
+    CATALOG_BUCKET,
+    CATALOG_CHANGED,
+    CATALOG_MEASURE_GET,
+    INGEST_DURABLE,
+    REPORTING_DURABLE,
+    STATUS_STREAM,
+    agency_inbox_prefix,
+)
+
+SERVICE_USERS = ("catalog", "ingest", "reporting", "admin")
+SECRETS_FILE = "secrets.json"
+CONFIG_FILE = "nats.conf"
+
+# Services may manage consumers and read stream info, but never delete or purge a stream.
+_JS_DENY = ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>"]
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: list[str]
+    subscribe: list[str]
+    deny_publish: list[str] = field(default_factory=list)
+    allow_responses: bool = False
+
+    def to_conf(self) -> dict[str, Any]:
+        pub: dict[str, Any] = {"allow": self.publish}
+        if self.deny_publish:
+            pub["deny"] = self.deny_publish
+        out: dict[str, Any] = {"publish": pub, "subscribe": {"allow": self.subscribe}}
+        if self.allow_responses:
+            out["allow_responses"] = True
+        return out
+
+
+def agency_permissions(agency: Agency | str) -> Permissions:
+    """An agency publishes only its own status subjects and hears only its own inbox."""
+    return Permissions(publish=[f"status.{agency}.>"], subscribe=[f"{agency_inbox_prefix(agency)}.>"])
+
+
+def service_permissions(user: str) -> Permissions:
+    """The least rights each service needs."""
+    kv = f"$KV.{CATALOG_BUCKET}.>"
+    if user == "catalog":
+        return Permissions(
+            publish=[CATALOG_CHANGED, kv, "$JS.API.>"],
+            subscribe=[CATALOG_MEASURE_GET, "_INBOX.>"],
+            deny_publish=_JS_DENY,
+            allow_responses=True,
+        )
+    if user == "ingest":
+        return Permissions(
+            publish=[
+                f"{ACCEPTED_STREAM.subjects[0]}",
+                "rejected.>",
+                CATALOG_MEASURE_GET,
+                "$JS.API.>",
+                f"$JS.ACK.{STATUS_STREAM.name}.{INGEST_DURABLE}.>",
+            ],
+            subscribe=["_INBOX.>", CATALOG_CHANGED, kv],
+            deny_publish=_JS_DENY,
+        )
+    if user == "reporting":
+        return Permissions(
+            publish=["$JS.API.>", f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>"],
+            subscribe=["_INBOX.>", CATALOG_CHANGED, kv],
+            deny_publish=_JS_DENY,
+        )
+    if user == "admin":
+        return Permissions(publish=[">"], subscribe=[">"])
+    raise ValueError(f"no such service user: {user}")
+
+
+def all_users() -> list[str]:
+    return [a.value for a in Agency] + list(SERVICE_USERS)
+
+
+def generate_secrets() -> dict[str, str]:
+    return {user: secrets.token_urlsafe(24) for user in all_users()}
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def load_or_create_secrets(directory: Path) -> dict[str, str]:
+    """Secrets kept in `directory/secrets.json` (mode 0600), created on first use, completed if a user is new."""
+    path = directory / SECRETS_FILE
+    existing: dict[str, str] = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    missing = [u for u in all_users() if u not in existing]
+    if missing or not path.exists():
+        fresh = generate_secrets()
+        existing.update({u: fresh[u] for u in missing})
+        _write_private(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    return existing
+
+
+def _conf_value(value: Any, indent: int = 0) -> str:
+    pad = "  " * indent
+    if isinstance(value, dict):
+        inner = "\n".join(f"{pad}  {k}: {_conf_value(v, indent + 1)}" for k, v in value.items())
+        return "{\n" + inner + "\n" + pad + "}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_conf_value(v, indent) for v in value) + "]"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    return json.dumps(str(value))
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 4222
+    store_dir: Path = Path("jetstream")
+    monitor_port: int | None = None
+    server_name: str = "shinchoku-1"
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    routes: tuple[str, ...] = ()
+    max_payload: int = 4 * 1024 * 1024
+
+
+def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
+    """nats-server configuration text with JetStream (`sync_interval: always`) and every user."""
+    users = []
+    for user in all_users():
+        perms = service_permissions(user) if user in SERVICE_USERS else agency_permissions(user)
+        users.append({"user": user, "password": passwords[user], "permissions": perms.to_conf()})
+    conf: dict[str, Any] = {
+        "server_name": options.server_name,
+        "host": options.host,
+        "port": options.port,
+        "max_payload": options.max_payload,
+        "jetstream": {
+            "store_dir": str(options.store_dir),
+            # The 2025 Jepsen analysis lost acknowledged writes under the default fsync interval.
+            "sync_interval": "always",
+        },
+        "authorization": {"users": users},
+    }
+    if options.monitor_port is not None:
+        conf["http_port"] = options.monitor_port
+    if options.cluster_name and options.cluster_port:
+        conf["cluster"] = {
+            "name": options.cluster_name,
+            "host": options.host,
+            "port": options.cluster_port,
+            "routes": list(options.routes),
+        }
+    body = "\n".join(f"{k}: {_conf_value(v)}" for k, v in conf.items())
+    return "# Generated by shinchoku: per-agency users, least-privilege services. Do not edit.\n" + body + "\n"
+
+
+def write_config(directory: Path, options: ServerOptions) -> Path:
+    """Write `directory/nats.conf` (mode 0600, it holds the secrets) and return its path."""
+    passwords = load_or_create_secrets(directory)
+    path = directory / CONFIG_FILE
+    _write_private(path, render_config(options, passwords))
+    return path
+
+
+def user_url(host: str, port: int, user: str, password: str) -> str:
+    return f"nats://{user}:{password}@{host}:{port}"

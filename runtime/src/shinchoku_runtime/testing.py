@@ -1,0 +1,48 @@
+"""Real parts for tests and benchmarks: a nats-server on a free port, a fresh PostgreSQL database."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+from shinchoku_runtime.db import normalise_url
+
+#: The PostgreSQL server used by tests; override with SHINCHOKU_TEST_PG (an admin URL to any database).
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+def pg_admin_url() -> str:
+    return os.environ.get("SHINCHOKU_TEST_PG", DEFAULT_PG_ADMIN_URL)
+
+
+def postgres_reachable() -> str | None:
+    """None when PostgreSQL answers, else why not."""
+    try:
+        engine = sa.create_engine(normalise_url(pg_admin_url()), connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+        engine.dispose()
+    except Exception as e:  # any failure to reach it is a reason to skip, which we state
+        return f"PostgreSQL not reachable at {pg_admin_url()}: {type(e).__name__}: {e}"
+    return None
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str = "shinchoku_test") -> Iterator[str]:
+    """Create an empty database for one test (or benchmark), yield its URL, drop it afterwards."""
+    admin_url = normalise_url(pg_admin_url())
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()

@@ -1,0 +1,1 @@
+"""Shinchoku catalog service."""

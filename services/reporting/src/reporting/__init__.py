@@ -1,0 +1,1 @@
+"""Shinchoku reporting service."""

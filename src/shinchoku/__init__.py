@@ -1,0 +1,1 @@
+"""Shinchoku: the command line and the ministry client."""

@@ -1,0 +1,5 @@
+"""The `shinchoku` command line."""
+
+
+def main() -> None:
+    raise SystemExit("not yet")
