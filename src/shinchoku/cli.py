@@ -1,5 +1,28 @@
-"""The `shinchoku` command line."""
+"""The `shinchoku` command line: one verb per module in `shinchoku.commands`."""
+
+from __future__ import annotations
+
+import typer
+
+from shinchoku.commands import natsconfig
+
+app = typer.Typer(
+    name="shinchoku",
+    help="Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+
+@app.callback()
+def _root() -> None:
+    """Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society."""
+
+
+for module in (natsconfig,):
+    module.register(app)
 
 
 def main() -> None:
-    raise SystemExit("not yet")
+    app()
