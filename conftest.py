@@ -30,8 +30,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
 @pytest.fixture
 async def admin_nc(nats_server: NatsServer) -> AsyncIterator[Client]:
     """An admin connection to `nats_server`, with the shared streams declared."""
-    nc = await connect(nats_server.plain_url, name="test-admin", user="admin",
-                       password=nats_server.passwords["admin"])
+    nc = await connect(nats_server.plain_url, name="test-admin", user="admin", password=nats_server.passwords["admin"])
     await ensure_streams(nc.jetstream())
     try:
         yield nc

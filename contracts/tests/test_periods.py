@@ -1,4 +1,4 @@
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
@@ -34,8 +34,8 @@ def test_bounds_and_navigation() -> None:
 
 def test_moments_are_placed_in_tokyo() -> None:
     # 2025-03-31T15:00Z is 2025-04-01 00:00 in Tokyo: the new fiscal year.
-    assert FiscalQuarter.of_moment(datetime(2025, 3, 31, 15, 0, tzinfo=timezone.utc)) == FiscalQuarter(2025, 1)
-    assert FiscalQuarter.of_moment(datetime(2025, 3, 31, 14, 59, tzinfo=timezone.utc)) == FiscalQuarter(2024, 4)
+    assert FiscalQuarter.of_moment(datetime(2025, 3, 31, 15, 0, tzinfo=UTC)) == FiscalQuarter(2025, 1)
+    assert FiscalQuarter.of_moment(datetime(2025, 3, 31, 14, 59, tzinfo=UTC)) == FiscalQuarter(2024, 4)
     with pytest.raises(ValueError, match="UTC offset"):
         FiscalQuarter.of_moment(datetime(2025, 3, 31))
 

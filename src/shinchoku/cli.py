@@ -14,7 +14,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society."""

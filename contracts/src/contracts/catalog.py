@@ -26,9 +26,14 @@ class Target(BaseModel):
     model_config = _FROZEN
 
     index: int = Field(ge=0, description="Position among the measure's targets, 0-based", examples=[0])
-    text: str = Field(description="The target as the plan writes it", examples=["e-Taxの利用状況（所得税の申告手続）（80％ 2026年度）"])
+    text: str = Field(
+        description="The target as the plan writes it",
+        examples=["e-Taxの利用状況（所得税の申告手続）（80％ 2026年度）"],
+    )
     due_date: date | None = Field(
-        default=None, description="Deadline the text states, as a date (年度末 → 03-31 of FY+1)", examples=["2027-03-31"]
+        default=None,
+        description="Deadline the text states, as a date (年度末 → 03-31 of FY+1)",
+        examples=["2027-03-31"],
     )
     due_approximate: bool = Field(default=False, description="True when the text says 目途 (approximately)")
     value: float | None = Field(default=None, description="Numeric target value the text states", examples=[80])

@@ -80,25 +80,36 @@ class StatusEvent(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    event_id: UUID = Field(description="Idempotency key: resending the same report reuses it",
-                           examples=["0b6f8a52-3d0e-4a8e-9d55-8f0c0b0b7a11"])
+    event_id: UUID = Field(
+        description="Idempotency key: resending the same report reuses it",
+        examples=["0b6f8a52-3d0e-4a8e-9d55-8f0c0b0b7a11"],
+    )
     schema_version: Literal[1] = Field(default=1, description="Contract version")
     measure_id: MeasureId = Field(description="The plan's measure number, S-N", examples=["1-25"])
-    agency: Agency = Field(description="The reporting agency; must match the subject and lead the measure",
-                           examples=["mof"])
+    agency: Agency = Field(
+        description="The reporting agency; must match the subject and lead the measure", examples=["mof"]
+    )
     fiscal_year: int = Field(ge=1900, le=9998, description="Japanese fiscal year (April start)", examples=[2024])
     quarter: int = Field(ge=1, le=4, description="The quarter reported on", examples=[3])
     status: Status = Field(description="Status of the measure in that quarter", examples=["on_track"])
-    progress: float | None = Field(default=None, ge=0, le=100, allow_inf_nan=False,
-                                   description="Overall progress in percent", examples=[45])
-    kpis: list[KpiObservation] = Field(default_factory=list, max_length=100,
-                                       description="Observed values of the measure's targets")
-    note: str | None = Field(default=None, max_length=4000, description="Free text for the follow-up team",
-                             examples=["申告手続の利用率は前年同期比で上昇"])
-    reported_at: AwareDatetime = Field(description="When the agency made the report (RFC 3339 with offset)",
-                                       examples=["2024-12-20T17:00:00+09:00"])
-    reporter: str | None = Field(default=None, max_length=200, description="Who reported",
-                                 examples=["財務省 国税庁 企画課"])
+    progress: float | None = Field(
+        default=None, ge=0, le=100, allow_inf_nan=False, description="Overall progress in percent", examples=[45]
+    )
+    kpis: list[KpiObservation] = Field(
+        default_factory=list, max_length=100, description="Observed values of the measure's targets"
+    )
+    note: str | None = Field(
+        default=None,
+        max_length=4000,
+        description="Free text for the follow-up team",
+        examples=["申告手続の利用率は前年同期比で上昇"],
+    )
+    reported_at: AwareDatetime = Field(
+        description="When the agency made the report (RFC 3339 with offset)", examples=["2024-12-20T17:00:00+09:00"]
+    )
+    reporter: str | None = Field(
+        default=None, max_length=200, description="Who reported", examples=["財務省 国税庁 企画課"]
+    )
 
 
 class AdmittedEvent(BaseModel):

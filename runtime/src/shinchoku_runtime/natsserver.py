@@ -88,7 +88,7 @@ class NatsServer:
 
     def start(self, timeout: float = 15.0) -> NatsServer:
         config = write_config(self.directory, self.options)
-        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
             [nats_server_binary(), "-c", str(config)],
             stdout=log,

@@ -32,8 +32,10 @@ def span_to_dict(span: ReadableSpan) -> dict[str, object]:
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
         "status_description": span.status.description,
-        "attributes": {k: (v if isinstance(v, str | int | float | bool) else list(v))  # type: ignore[arg-type]
-                       for k, v in (span.attributes or {}).items()},
+        "attributes": {
+            k: (v if isinstance(v, str | int | float | bool) else list(v))  # type: ignore[arg-type]
+            for k, v in (span.attributes or {}).items()
+        },
         "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
     }
 
