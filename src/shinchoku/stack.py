@@ -1,0 +1,82 @@
+"""Where a running stack lives on disk, so that every CLI verb can find it.
+
+Layout of a data directory (default `./var`):
+
+    stack.json              NATS address and HTTP URLs of the running stack (written by `up`)
+    nats/nats.conf          generated server config (0600)
+    nats/secrets.json       generated per-user passwords (0600)
+    nats/jetstream/         JetStream file store
+    db/{service}.sqlite     each service's own database
+    run/{name}.pid          one per supervised process
+    logs/{name}.log         one per supervised process
+    spans/{service}.jsonl   local span files when no OTLP endpoint is set
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shinchoku_runtime.natsconf import SECRETS_FILE, user_url
+
+DEFAULT_DATA_DIR = Path(os.environ.get("SHINCHOKU_DATA_DIR", "var"))
+STACK_FILE = "stack.json"
+
+
+class StackNotFound(Exception):
+    """No stack has been started under this data directory."""
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    nats_host: str = "127.0.0.1"
+    nats_port: int = 4222
+    http: dict[str, str] = field(
+        default_factory=lambda: {
+            "catalog": "http://127.0.0.1:8001",
+            "ingest": "http://127.0.0.1:8002",
+            "reporting": "http://127.0.0.1:8003",
+        }
+    )
+
+    @property
+    def nats_dir(self) -> Path:
+        return self.data_dir / "nats"
+
+    @property
+    def nats_plain_url(self) -> str:
+        return f"nats://{self.nats_host}:{self.nats_port}"
+
+    def passwords(self) -> dict[str, str]:
+        path = self.nats_dir / SECRETS_FILE
+        if not path.exists():
+            raise StackNotFound(f"no credentials under {self.nats_dir}: start the stack with `shinchoku up` first")
+        data: dict[str, str] = json.loads(path.read_text("utf-8"))
+        return data
+
+    def password(self, user: str) -> str:
+        try:
+            return self.passwords()[user]
+        except KeyError:
+            raise StackNotFound(f"no NATS user {user!r} in {self.nats_dir / SECRETS_FILE}") from None
+
+    def nats_url(self, user: str) -> str:
+        """The NATS URL with that user's credentials."""
+        return user_url(self.nats_host, self.nats_port, user, self.password(user))
+
+    def save(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        body = {k: v for k, v in asdict(self).items() if k != "data_dir"}
+        (self.data_dir / STACK_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, data_dir: Path | None = None) -> Stack:
+        data_dir = data_dir or DEFAULT_DATA_DIR
+        path = data_dir / STACK_FILE
+        if not path.exists():
+            raise StackNotFound(f"no stack under {data_dir.resolve()}: run `shinchoku up` (or `make up`) first")
+        body = json.loads(path.read_text("utf-8"))
+        return cls(data_dir=data_dir, **body)
