@@ -1,0 +1,179 @@
+"""Composition root: the database, the seeded registry, the broker and the HTTP app of the catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from nats.js.api import StorageType
+from nats.js.errors import BadRequestError
+from nats.js.kv import KeyValue
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from prometheus_client import CollectorRegistry, Gauge
+from sqlmodel import Session
+
+from catalog import handlers, repository
+from catalog.api import router
+from catalog.config import CatalogSettings
+from catalog.plan import bundled_plan_text, parse_plan
+from catalog.subscribers import register_subscribers
+from contracts.catalog import Measure
+from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED
+from shinchoku_runtime.broker import make_broker
+from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.http import install_error_handlers
+from shinchoku_runtime.service import add_metrics_route
+from shinchoku_runtime.telemetry import init_tracing
+
+log = logging.getLogger(__name__)
+
+PlanLoader = Callable[[], Sequence[Measure]]
+#: Longest pause between two attempts to publish the registry on NATS.
+MAX_RETRY_DELAY = 30.0
+
+
+def bundled_plan() -> list[Measure]:
+    """The measures of the plan shipped with the catalog."""
+    return parse_plan(bundled_plan_text())
+
+
+class CatalogRuntime:
+    """The running catalog: what the lifespan starts and stops, and what routes and health checks read."""
+
+    def __init__(self, settings: CatalogSettings, *, load_plan: PlanLoader = bundled_plan) -> None:
+        self.settings = settings
+        self.load_plan = load_plan
+        self.engine = make_engine(settings.resolved_database_url())
+        self.metrics = CollectorRegistry()
+        self.tracer_provider = init_tracing("catalog", settings.data_dir)
+        self.broker = make_broker(
+            settings, service="catalog", tracer_provider=self.tracer_provider, registry=self.metrics
+        )
+        register_subscribers(self.broker, engine=self.engine)
+        self.measures_gauge = Gauge(
+            "shinchoku_catalog_measures", "Measures in the stored registry", registry=self.metrics
+        )
+        self.seed_result: handlers.SeedResult | None = None
+        self.mirror_result: handlers.MirrorResult | None = None
+        self.announced: list[str] = []
+        self.mirrored = asyncio.Event()
+        self._nats_task: asyncio.Task[None] | None = None
+
+    def seed(self) -> handlers.SeedResult:
+        repository.create_schema(self.engine)
+        result = handlers.seed_registry(self.engine, self.load_plan())
+        self.seed_result = result
+        self.measures_gauge.set(result.measures_total)
+        return result
+
+    async def start(self) -> None:
+        """Seed the registry (HTTP serves only a seeded catalog), then bring up the NATS side in the background.
+
+        NATS may come later than the catalog: until the registry is mirrored, /healthz says so with a 503.
+        """
+        await asyncio.to_thread(self.seed)
+        self._nats_task = asyncio.create_task(self._start_nats(), name="catalog-nats")
+
+    async def stop(self) -> None:
+        if self._nats_task is not None:
+            self._nats_task.cancel()
+            await asyncio.gather(self._nats_task, return_exceptions=True)
+        await self.broker.stop()
+        self.engine.dispose()
+        self.tracer_provider.shutdown()
+
+    async def _start_nats(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                await self.broker.start()  # keeps trying to connect while NATS is away
+                break
+            except Exception:
+                log.exception("cannot start the broker; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+        delay = 0.5
+        while True:
+            try:
+                await self.publish_registry()
+                self.mirrored.set()
+                return
+            except Exception:
+                log.exception("cannot publish the registry on NATS; retrying in %.1fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def bucket(self) -> KeyValue:
+        """The CATALOG bucket, created when missing (file storage, the latest value of each key only)."""
+        try:
+            return await self.broker.key_value(
+                CATALOG_BUCKET,
+                description="The registry of measures: key = measure id, value = Measure JSON",
+                history=1,
+                storage=StorageType.FILE,
+                replicas=self.settings.stream_replicas,
+            )
+        except BadRequestError as e:
+            # Exists with other settings (created by an operator or another client version): use it as it is.
+            log.warning("bucket %s exists with other settings (%s); using it as it is", CATALOG_BUCKET, e)
+            return await self.broker.key_value(CATALOG_BUCKET, declare=False)
+
+    async def publish_registry(self) -> None:
+        """Mirror the stored registry into the KV bucket, then announce a change not yet announced."""
+        kv = await self.bucket()
+        documents = await asyncio.to_thread(handlers.registry_documents, self.engine)
+        self.mirror_result = await handlers.mirror_to_kv(kv, documents)
+        announcement = await asyncio.to_thread(handlers.pending_announcement, self.engine)
+        if announcement is None:
+            return
+        await self.broker.publish(announcement, CATALOG_CHANGED)
+        await self.broker.connection.flush()
+        await asyncio.to_thread(handlers.record_announcement, self.engine, revision=announcement.revision)
+        self.announced.append(announcement.revision)
+        log.info(
+            "announced registry %s on %s (%d ids changed)",
+            announcement.revision[:12],
+            CATALOG_CHANGED,
+            len(announcement.changed_ids),
+        )
+
+    def registry_status(self) -> repository.RegistryRow | None:
+        """The stored registry row, or None when the database does not answer (the failure is logged)."""
+        try:
+            with Session(self.engine) as session:
+                return repository.get_registry(session)
+        except Exception:
+            log.warning("database health check failed", exc_info=True)
+            return None
+
+    async def nats_ready(self) -> bool:
+        return self.mirrored.is_set() and await self.broker.ping(timeout=0.5)
+
+
+def create_app(settings: CatalogSettings | None = None, *, load_plan: PlanLoader = bundled_plan) -> FastAPI:
+    """The catalog's ASGI app; its lifespan seeds the registry and runs the NATS side."""
+    runtime = CatalogRuntime(settings or CatalogSettings(), load_plan=load_plan)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="Shinchoku catalog",
+        summary="The registry of the Priority Policy Program's 320 measures (デジタル社会の実現に向けた重点計画)",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    app.include_router(router)
+    add_metrics_route(app, runtime.metrics)
+    FastAPIInstrumentor.instrument_app(app, tracer_provider=runtime.tracer_provider, excluded_urls="healthz,metrics")
+    return app
