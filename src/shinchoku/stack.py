@@ -7,13 +7,15 @@ Layout of a data directory (default `./var`):
     nats/secrets.json       generated per-user passwords (0600)
     nats/jetstream/         JetStream file store
     db/{service}.sqlite     each service's own database
-    run/{name}.pid          one per supervised process
+    run/{name}.pid          one per supervised process (removed when it stops)
+    run/up.lock             held (flock) by the running `up`; holds its pid
     logs/{name}.log         one per supervised process
     spans/{service}.jsonl   local span files when no OTLP endpoint is set
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -23,6 +25,7 @@ from shinchoku_runtime.natsconf import SECRETS_FILE, user_url
 
 DEFAULT_DATA_DIR = Path(os.environ.get("SHINCHOKU_DATA_DIR", "var"))
 STACK_FILE = "stack.json"
+LOCK_FILE = "up.lock"
 
 
 class StackNotFound(Exception):
@@ -42,13 +45,44 @@ class Stack:
         }
     )
 
+    #: Set when the stack runs against an external NATS (SHINCHOKU_NATS_URL): `up` then starts no nats-server.
+    external_nats_url: str | None = None
+
     @property
     def nats_dir(self) -> Path:
         return self.data_dir / "nats"
 
     @property
+    def run_dir(self) -> Path:
+        return self.data_dir / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+    @property
+    def db_dir(self) -> Path:
+        return self.data_dir / "db"
+
+    @property
+    def lock_path(self) -> Path:
+        return self.run_dir / LOCK_FILE
+
+    def pid_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.pid"
+
+    def log_file(self, name: str) -> Path:
+        return self.logs_dir / f"{name}.log"
+
+    @property
     def nats_plain_url(self) -> str:
+        if self.external_nats_url:
+            return self.external_nats_url
         return f"nats://{self.nats_host}:{self.nats_port}"
+
+    def running_pid(self) -> int | None:
+        """The pid of the `up` that holds this data directory's lock, or None when no stack runs here."""
+        return running_pid(self.lock_path)
 
     def passwords(self) -> dict[str, str]:
         path = self.nats_dir / SECRETS_FILE
@@ -65,6 +99,10 @@ class Stack:
 
     def nats_url(self, user: str) -> str:
         """The NATS URL with that user's credentials."""
+        if self.external_nats_url:
+            first = self.external_nats_url.split(",")[0].strip()
+            scheme, _, hostport = first.rpartition("://")
+            return f"{scheme or 'nats'}://{user}:{self.password(user)}@{hostport.rpartition('@')[2]}"
         return user_url(self.nats_host, self.nats_port, user, self.password(user))
 
     def save(self) -> None:
@@ -80,3 +118,25 @@ class Stack:
             raise StackNotFound(f"no stack under {data_dir.resolve()}: run `shinchoku up` (or `make up`) first")
         body = json.loads(path.read_text("utf-8"))
         return cls(data_dir=data_dir, **body)
+
+
+def running_pid(lock_path: Path) -> int | None:
+    """Who holds `lock_path` (flock): its pid when a live process does, None otherwise.
+
+    The lock is what counts (the kernel drops it when its holder dies, however it dies); the pid inside
+    only names the holder.
+    """
+    try:
+        fd = os.open(lock_path, os.O_RDWR)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            return int(text) if text.isdigit() else -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)

@@ -1,0 +1,70 @@
+"""`shinchoku creds AGENCY`: the NATS URL with one agency's credentials for the running stack."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from contracts.agencies import AGENCY_INFO, Agency
+from contracts.streams import agency_inbox_prefix
+from shinchoku.stack import Stack, StackNotFound
+
+err = Console(stderr=True, highlight=False)
+
+
+def credentials(stack: Stack, agency: Agency) -> dict[str, Any]:
+    """What a client needs to publish as `agency`: user, password, server URL(s) and the inbox prefix."""
+    return {
+        "agency": agency.value,
+        "user": agency.value,
+        "password": stack.password(agency.value),
+        "url": stack.nats_plain_url,
+        "inbox_prefix": agency_inbox_prefix(agency),
+    }
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `text` to `path` readable by the owner only (0600), even when the file existed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def creds(
+    agency: Annotated[str, typer.Argument(help="Agency code, e.g. mof", show_default=False)],
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory of the stack (default ./var)")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", help="Also write a JSON credentials file (user, password, url), mode 0600")
+    ] = None,
+) -> None:
+    """Print the NATS URL with AGENCY's credentials (it may publish only on status.AGENCY.>)."""
+    if agency not in Agency.__members__:
+        err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
+        raise typer.Exit(2)
+    code = Agency(agency)
+    try:
+        stack = Stack.load(data_dir)
+        url = stack.nats_url(code.value)
+        body = credentials(stack, code)
+    except StackNotFound as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    if stack.running_pid() is None and not stack.external_nats_url:
+        err.print(f"[yellow]note:[/] no stack is running on {stack.data_dir} right now (start it with `shinchoku up`)")
+    if file is not None:
+        write_private(file, json.dumps(body, indent=2) + "\n")
+        err.print(f"wrote {file} (mode 0600) for {AGENCY_INFO[code].name_en}")
+    # The URL alone on stdout, so that `$(shinchoku creds mof)` works in scripts.
+    print(url)  # noqa: T201
+    err.print(f"[dim]publish on status.{code.value}.<measure> with inbox prefix {body['inbox_prefix']}[/]")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("creds")(creds)

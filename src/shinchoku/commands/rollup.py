@@ -1,0 +1,86 @@
+"""`shinchoku rollup FY Q`: a quarter's rollup from the reporting service, as tables, JSON or CSV."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from contracts.agencies import Agency
+from shinchoku.rollup_view import RollupSliceNotFound, render_rollup, select_slice
+from shinchoku.stack import Stack
+from shinchoku.stackhttp import StackUnavailable, detail, get, load_stack
+
+err = Console(stderr=True, highlight=False)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+def fetch_rollup(stack: Stack, fiscal_year: int, quarter: int) -> dict[str, Any]:
+    """GET /rollups/{fy}/{q}; StackUnavailable when the stack does not answer, ValueError on a 4xx."""
+    response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}")
+    if response.status_code != 200:
+        raise ValueError(f"reporting answered {response.status_code}: {detail(response)}")
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def check_agency(agency: str | None) -> str | None:
+    if agency is not None and agency not in Agency.__members__:
+        err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
+        raise typer.Exit(2)
+    return agency
+
+
+def rollup(
+    fiscal_year: Annotated[int, typer.Argument(help="Japanese fiscal year (April start), e.g. 2025")],
+    quarter: Annotated[int, typer.Argument(min=1, max=4, help="Quarter 1–4 (Q1 = Apr–Jun)")],
+    agency: Annotated[str | None, typer.Option(help="Only this agency's measures (agency code, e.g. mof)")] = None,
+    section: Annotated[int | None, typer.Option(min=1, max=6, help="Only this section of the plan (1–6)")] = None,
+    output: Annotated[Format, typer.Option("--format", help="table, json (raw API answer) or csv")] = Format.table,
+    data_dir: Annotated[Path | None, typer.Option(help="Data directory of the stack (default ./var)")] = None,
+) -> None:
+    """Show the rollup of a fiscal quarter: status counts, coverage and on-time rates, by agency and by section."""
+    check_agency(agency)
+    if agency is not None and section is not None:
+        err.print("[red]Give --agency or --section, not both.[/]")
+        raise typer.Exit(2)
+    try:
+        stack = load_stack(data_dir)
+        if output is Format.csv:
+            params = {"format": "csv", "agency": agency, "section": section}
+            response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}", params=params)
+            if response.status_code != 200:
+                raise ValueError(f"reporting answered {response.status_code}: {detail(response)}")
+            sys.stdout.write(response.content.decode("utf-8-sig"))
+            return
+        body = fetch_rollup(stack, fiscal_year, quarter)
+    except StackUnavailable as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    except ValueError as e:
+        err.print(f"[red]{e}[/]")
+        raise typer.Exit(1) from None
+    try:
+        if output is Format.json:
+            part = select_slice(body, agency=agency, section=str(section) if section else None)
+            sys.stdout.write(json.dumps(part, ensure_ascii=False, indent=2) + "\n")
+            return
+        view = render_rollup(body, agency=agency, section=str(section) if section else None)
+    except RollupSliceNotFound as e:
+        err.print(f"[red]{e.args[0]}[/]")
+        raise typer.Exit(1) from None
+    Console(highlight=False).print(view)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("rollup")(rollup)

@@ -1,0 +1,153 @@
+"""A rollup (GET /rollups/{fy}/{q}) as rich tables: status by colour AND by name, coverage and on-time rates."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from contracts.agencies import AGENCY_INFO, Agency
+from contracts.catalog import SECTION_TITLES
+from contracts.events import SEVERITY_ORDER, UNREPORTED
+
+#: Every status with its colour, most severe first, then `unreported`. Colour is never the only signal:
+#: the status name is always printed beside it.
+STATUS_STYLES: dict[str, str] = {
+    "delayed": "bold red",
+    "at_risk": "yellow",
+    "suspended": "magenta",
+    "not_started": "cyan",
+    "on_track": "green",
+    "completed": "bold blue",
+    UNREPORTED: "dim",
+}
+STATUSES: tuple[str, ...] = (*(s.value for s in SEVERITY_ORDER), UNREPORTED)
+_SHORT = {
+    "delayed": "delayed",
+    "at_risk": "at risk",
+    "suspended": "susp.",
+    "not_started": "not st.",
+    "on_track": "on track",
+    "completed": "done",
+    UNREPORTED: "unrep.",
+}
+
+
+def status_text(status: str, label: str | None = None) -> Text:
+    return Text(label or status, style=STATUS_STYLES.get(status, ""))
+
+
+def rate(part: int | float, whole: int | float) -> str:
+    return f"{100 * part / whole:.1f}%" if whole else "–"
+
+
+def _bar(count: int, total: int, width: int = 30) -> str:
+    return "█" * round(width * count / total) if total else ""
+
+
+class RollupSliceNotFound(KeyError):
+    """The rollup has no such agency or section."""
+
+
+def select_slice(rollup: dict[str, Any], *, agency: str | None = None, section: str | None = None) -> dict[str, Any]:
+    """The government-wide rollup, or its part for one agency or section (same shape)."""
+    if agency is not None:
+        try:
+            return dict(rollup["by_agency"][agency])
+        except KeyError:
+            raise RollupSliceNotFound(f"no agency {agency!r} in this rollup") from None
+    if section is not None:
+        try:
+            return dict(rollup["by_section"][str(section)])
+        except KeyError:
+            raise RollupSliceNotFound(f"no section {section!r} in this rollup (sections are 1–6)") from None
+    return rollup
+
+
+def _title(rollup: dict[str, Any], agency: str | None, section: str | None) -> str:
+    label = rollup.get("label") or f"FY{rollup['fiscal_year']}Q{rollup['quarter']}"
+    period = f"{rollup.get('period_start', '')} – {rollup.get('period_end', '')}".strip(" –")
+    if agency is not None:
+        info = AGENCY_INFO.get(Agency(agency)) if agency in Agency.__members__ else None
+        scope = f"{agency} — {info.name_en} ({info.name_ja})" if info else agency
+    elif section is not None:
+        scope = f"section {section} — {SECTION_TITLES.get(int(section), '')}"
+    else:
+        scope = "government-wide"
+    return f"{label} ({period}) · {scope}" if period else f"{label} · {scope}"
+
+
+def summary_table(part: dict[str, Any]) -> Table:
+    total, reported, on_time = part["measures_total"], part["reported"], part["on_time"]
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_column(style="dim")
+    table.add_row("measures", str(total), "")
+    table.add_row("reported", str(reported), f"coverage {rate(reported, total)}")
+    table.add_row("on time", str(on_time), f"{rate(on_time, reported)} of reported measures")
+    return table
+
+
+def status_table(part: dict[str, Any]) -> Table:
+    total = part["measures_total"]
+    table = Table(title="by status", title_justify="left", box=None, pad_edge=False)
+    table.add_column("status")
+    table.add_column("measures", justify="right")
+    table.add_column("share", justify="right")
+    table.add_column("")
+    for status in STATUSES:
+        count = int(part["by_status"].get(status, 0))
+        style = STATUS_STYLES[status]
+        table.add_row(status_text(status), str(count), rate(count, total), Text(_bar(count, total), style=style))
+    return table
+
+
+def breakdown_table(title: str, rows: dict[str, dict[str, Any]], names: dict[str, str]) -> Table:
+    """One row per agency or section: coverage, on-time rate and the count of each status."""
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column(title.split()[-1])
+    table.add_column("measures", justify="right")
+    table.add_column("coverage", justify="right")
+    table.add_column("on time", justify="right")
+    for status in STATUSES:
+        table.add_column(status_text(status, _SHORT[status]), justify="right")
+    for key, part in rows.items():
+        cells: list[RenderableType] = [
+            names.get(key, key),
+            str(part["measures_total"]),
+            rate(part["reported"], part["measures_total"]),
+            rate(part["on_time"], part["reported"]),
+        ]
+        for status in STATUSES:
+            count = int(part["by_status"].get(status, 0))
+            cells.append(Text(str(count), style=STATUS_STYLES[status] if count else "dim"))
+        table.add_row(*cells)
+    return table
+
+
+def render_rollup(
+    rollup: dict[str, Any], *, agency: str | None = None, section: str | None = None, breakdowns: bool = True
+) -> Group:
+    """The whole view: title, summary, status table, then per-agency and per-section tables (government-wide)."""
+    part = select_slice(rollup, agency=agency, section=section)
+    items: list[RenderableType] = [
+        Text(_title(rollup, agency, section), style="bold underline"),
+        summary_table(part),
+        Text(""),
+        status_table(part),
+    ]
+    if breakdowns and agency is None and section is None:
+        agencies = {a.code.value: f"{a.code.value} {a.name_ja}" for a in AGENCY_INFO.values()}
+        order = [a.value for a in Agency]
+        by_agency = rollup.get("by_agency", {})
+        rows = {k: by_agency[k] for k in order if k in by_agency} | {
+            k: v for k, v in by_agency.items() if k not in order
+        }
+        items += [Text(""), breakdown_table("by agency", rows, agencies)]
+        by_section = rollup.get("by_section", {})
+        sections = {str(n): f"{n} {t}" for n, t in SECTION_TITLES.items()}
+        items += [Text(""), breakdown_table("by section", dict(sorted(by_section.items())), sections)]
+    return Group(*items)

@@ -1,0 +1,50 @@
+"""HTTP calls from the CLI to the running stack, with messages a newcomer can act on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shinchoku.stack import DEFAULT_DATA_DIR, Stack, StackNotFound
+
+
+class StackUnavailable(Exception):
+    """The stack (or one of its services) cannot be reached; the message says what to do."""
+
+
+def load_stack(data_dir: Path | None) -> Stack:
+    try:
+        return Stack.load(data_dir)
+    except StackNotFound as e:
+        raise StackUnavailable(str(e)) from None
+
+
+def _not_running(stack: Stack, service: str, url: str, error: Exception) -> StackUnavailable:
+    dd = "" if stack.data_dir == DEFAULT_DATA_DIR else f" --data-dir {stack.data_dir}"
+    if stack.running_pid() is None and not stack.external_nats_url:
+        return StackUnavailable(f"the stack is not running on {stack.data_dir}: start it with `shinchoku up{dd}`")
+    return StackUnavailable(f"the {service} service does not answer at {url} ({error}): see {stack.log_file(service)}")
+
+
+def get(
+    stack: Stack, service: str, path: str, *, params: dict[str, Any] | None = None, timeout: float = 10.0
+) -> httpx.Response:
+    """GET a service's path; raises StackUnavailable when nothing answers, returns the response otherwise."""
+    url = stack.http[service].rstrip("/") + path
+    try:
+        return httpx.get(url, params={k: v for k, v in (params or {}).items() if v is not None}, timeout=timeout)
+    except httpx.TransportError as e:
+        raise _not_running(stack, service, url, e) from None
+
+
+def detail(response: httpx.Response) -> str:
+    """The `{"detail": …}` of an error answer, or its text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip() or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return response.text.strip()
