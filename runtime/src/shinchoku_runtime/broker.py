@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -9,8 +10,9 @@ from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
 from faststream.security import SASLPlaintext
+from nats.js import JetStreamContext
 from opentelemetry.trace import TracerProvider
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 
 from shinchoku_runtime.settings import ServiceSettings
 
@@ -50,3 +52,49 @@ def make_broker(
         logger=None,
         **kwargs,
     )
+
+
+class ConsumerLag:
+    """Prometheus gauges for a durable consumer's backlog, refreshed from JetStream every few seconds.
+
+    `shinchoku_consumer_pending_messages` is what the stream holds that the consumer has not yet been handed
+    (the lag); `shinchoku_consumer_ack_pending_messages` what it was handed and has not yet acknowledged.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["stream", "consumer"]
+        self.pending = Gauge(
+            "shinchoku_consumer_pending_messages",
+            "Messages in the stream not yet delivered to the durable consumer (consumer lag)",
+            labels,
+            registry=registry,
+        )
+        self.ack_pending = Gauge(
+            "shinchoku_consumer_ack_pending_messages",
+            "Messages delivered to the durable consumer and not yet acknowledged",
+            labels,
+            registry=registry,
+        )
+        self.redelivered = Gauge(
+            "shinchoku_consumer_redelivered_messages",
+            "Messages delivered more than once and not yet acknowledged",
+            labels,
+            registry=registry,
+        )
+
+    async def refresh(self, js: JetStreamContext, *, stream: str, durable: str) -> None:
+        info = await js.consumer_info(stream, durable)
+        self.pending.labels(stream, durable).set(info.num_pending or 0)
+        self.ack_pending.labels(stream, durable).set(info.num_ack_pending or 0)
+        self.redelivered.labels(stream, durable).set(info.num_redelivered or 0)
+
+    async def watch(self, js: JetStreamContext, *, stream: str, durable: str, interval: float = 5.0) -> None:
+        """Refresh until cancelled (run it as a task in the service's lifespan); failures are logged, not fatal."""
+        while True:
+            try:
+                await self.refresh(js, stream=stream, durable=durable)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # NATS unreachable or consumer not yet created: try again next round
+                log.debug("consumer lag of %s/%s unavailable: %s", stream, durable, e)
+            await asyncio.sleep(interval)

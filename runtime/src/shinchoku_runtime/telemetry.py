@@ -1,102 +1,370 @@
-"""OpenTelemetry setup from the standard OTEL_* variables, with a local span file when no collector is set."""
+"""OpenTelemetry for every Shinchoku process: traces configured by the standard OTEL_* variables, JSON logs.
+
+Where spans go:
+
+* `OTEL_EXPORTER_OTLP_ENDPOINT` (or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) set: OTLP/HTTP (protobuf) to it;
+  headers, timeout and compression come from the standard `OTEL_EXPORTER_OTLP_*` variables.
+* otherwise (the embedded default): a local span file `data_dir/spans/{service}.jsonl`, one JSON object per
+  span, rotated at a size limit (`{service}.jsonl.1` … `.N`), so nothing needs a collector to work and
+  `shinchoku trace` can read it.
+* `OTEL_TRACES_EXPORTER` chooses explicitly, comma-separated: `otlp`, `jsonl` (the local span file),
+  `console`, `none`; e.g. `otlp,jsonl` writes both.
+
+`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED`
+are honoured as the specification says. OpenTelemetry allows one global tracer provider per process: the
+first `init_tracing` wins and later calls return it (a test may install its own provider first).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import re
+import socket
 import threading
-from collections.abc import Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from opentelemetry import trace
+from opentelemetry import metrics, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter, SpanExportResult
+from opentelemetry.trace import Span
+from opentelemetry.util.types import Attributes
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+    from sqlalchemy import Engine
+
+try:  # POSIX: serialise rotation between processes sharing one span file (replicas on one data dir)
+    import fcntl
+except ImportError:  # pragma: no cover - not a target platform
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
 
 SPAN_FILE_MAX_BYTES = 20 * 1024 * 1024
 SPAN_FILE_BACKUPS = 3
+SPANS_DIR = "spans"
+#: Override the span file's size limit and number of rotated files kept.
+SPAN_FILE_MAX_BYTES_ENV = "SHINCHOKU_SPAN_FILE_MAX_BYTES"
+SPAN_FILE_BACKUPS_ENV = "SHINCHOKU_SPAN_FILE_BACKUPS"
+#: Fresh span files matter more than batching here: `shinchoku trace` reads them right after a report.
+DEFAULT_SCHEDULE_DELAY_MILLIS = 500
+#: Requests that are not worth a trace (probes every few seconds, scrapes).
+DEFAULT_EXCLUDED_URLS = "/healthz,/metrics"
+
+_ROTATED = re.compile(r"\.jsonl(\.\d+)?$")
+
+
+# ---------------------------------------------------------------------------------------------- span file
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    if isinstance(value, Sequence):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _attributes(attributes: Attributes | Mapping[str, object] | None) -> dict[str, object]:
+    return {k: _plain(v) for k, v in (attributes or {}).items()}
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, object]:
+    """One span as the span file stores it (ids in W3C hex, times in Unix nanoseconds)."""
     ctx = span.get_span_context()
     parent = span.parent
+    resource = span.resource.attributes
     return {
         "trace_id": format(ctx.trace_id, "032x") if ctx else None,
         "span_id": format(ctx.span_id, "016x") if ctx else None,
         "parent_span_id": format(parent.span_id, "016x") if parent else None,
         "name": span.name,
         "kind": span.kind.name,
-        "service": span.resource.attributes.get("service.name"),
+        "service": resource.get("service.name"),
+        "service_instance": resource.get("service.instance.id"),
+        "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
         "start_ns": span.start_time,
         "end_ns": span.end_time,
         "status": span.status.status_code.name,
         "status_description": span.status.description,
-        "attributes": {
-            k: (v if isinstance(v, str | int | float | bool) else list(v))  # type: ignore[arg-type]
-            for k, v in (span.attributes or {}).items()
-        },
-        "events": [{"name": e.name, "attributes": dict(e.attributes or {})} for e in span.events],
+        "attributes": _attributes(span.attributes),
+        "events": [
+            {"name": e.name, "time_ns": e.timestamp, "attributes": _attributes(e.attributes)} for e in span.events
+        ],
+        "links": [
+            {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
+            for link in span.links
+        ],
     }
 
 
-class JsonlSpanExporter(SpanExporter):
-    """Appends finished spans as JSON lines to a file, rotating it at a size limit."""
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        log.warning("%s=%r is not an integer: using %d", name, raw, default)
+        return default
 
-    def __init__(self, path: Path, max_bytes: int = SPAN_FILE_MAX_BYTES, backups: int = SPAN_FILE_BACKUPS) -> None:
+
+class JsonlSpanExporter(SpanExporter):
+    """Appends finished spans as JSON lines to a file, rotating it at a size limit.
+
+    Several processes may share one file (replicas on one data directory): each batch is one `O_APPEND`
+    write, and rotation happens under an exclusive lock on `{file}.lock`.
+    """
+
+    def __init__(self, path: Path, max_bytes: int | None = None, backups: int | None = None) -> None:
         self.path = path
-        self.max_bytes = max_bytes
-        self.backups = backups
+        self.max_bytes = max_bytes if max_bytes is not None else _env_int(SPAN_FILE_MAX_BYTES_ENV, SPAN_FILE_MAX_BYTES)
+        self.backups = max(1, backups if backups is not None else _env_int(SPAN_FILE_BACKUPS_ENV, SPAN_FILE_BACKUPS))
         self._lock = threading.Lock()
         path.parent.mkdir(parents=True, exist_ok=True)
 
-    def _rotate(self) -> None:
-        for i in range(self.backups - 1, 0, -1):
-            src = self.path.with_name(f"{self.path.name}.{i}")
-            if src.exists():
-                src.replace(self.path.with_name(f"{self.path.name}.{i + 1}"))
-        self.path.replace(self.path.with_name(f"{self.path.name}.1"))
+    def rotated(self, index: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{index}")
+
+    def _rotate_if_full(self) -> None:
+        try:
+            if self.path.stat().st_size < self.max_bytes:
+                return
+        except FileNotFoundError:
+            return
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        with open(lock_path, "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                # Another process may have rotated while we waited for the lock.
+                if not self.path.exists() or self.path.stat().st_size < self.max_bytes:
+                    return
+                self.rotated(self.backups).unlink(missing_ok=True)
+                for i in range(self.backups - 1, 0, -1):
+                    if self.rotated(i).exists():
+                        self.rotated(i).replace(self.rotated(i + 1))
+                self.path.replace(self.rotated(1))
+            finally:
+                if fcntl is not None:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        lines = "".join(json.dumps(span_to_dict(s), ensure_ascii=False, default=str) + "\n" for s in spans)
-        with self._lock:
-            if self.path.exists() and self.path.stat().st_size > self.max_bytes:
-                self._rotate()
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(lines)
+        data = "".join(json.dumps(span_to_dict(s), ensure_ascii=False, default=str) + "\n" for s in spans)
+        payload = data.encode("utf-8")
+        try:
+            with self._lock:
+                self._rotate_if_full()
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    view = memoryview(payload)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                finally:
+                    os.close(fd)
+        except OSError as e:
+            log.warning("could not write spans to %s: %s", self.path, e)
+            return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
 
     def shutdown(self) -> None:
         return None
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        del timeout_millis  # every export is written synchronously
+        return True
+
+
+def span_files(spans_dir: Path) -> list[Path]:
+    """Every span file under `spans_dir`, current and rotated (`*.jsonl`, `*.jsonl.N`), oldest first."""
+    if not spans_dir.is_dir():
+        return []
+    found = [p for p in spans_dir.iterdir() if p.is_file() and _ROTATED.search(p.name)]
+
+    def age(p: Path) -> tuple[str, int]:
+        suffix = p.name.rsplit(".", 1)[-1]
+        return (p.name.split(".jsonl", 1)[0], -int(suffix) if suffix.isdigit() else 0)
+
+    return sorted(found, key=age)
+
+
+def read_spans(spans_dir: Path, trace_id: str | None = None) -> list[dict[str, Any]]:
+    """The spans in the span files (of one trace when `trace_id` is given); torn or foreign lines are skipped."""
+    wanted = trace_id.lower() if trace_id else None
+    out: list[dict[str, Any]] = []
+    for path in span_files(spans_dir):
+        try:
+            text = path.read_text("utf-8", errors="replace")
+        except OSError:
+            continue  # rotated away while we listed the directory
+        for line in text.splitlines():
+            if wanted is not None and wanted not in line:
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and (wanted is None or record.get("trace_id") == wanted):
+                out.append(record)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- providers
 
 
 def otlp_configured() -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def init_tracing(service_name: str, data_dir: Path | None = None) -> TracerProvider:
-    """Install a TracerProvider: OTLP/HTTP when an endpoint is configured, else `data_dir/spans/{name}.jsonl`."""
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        provider = TracerProvider()
-        return provider
-    name = os.environ.get("OTEL_SERVICE_NAME", service_name)
-    provider = TracerProvider(resource=Resource.create({"service.name": name}))
-    exporter: SpanExporter
-    if otlp_configured():
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+def exporter_names() -> list[str]:
+    """The exporters to install: `OTEL_TRACES_EXPORTER` when set, else OTLP with an endpoint, else the span file."""
+    raw = os.environ.get("OTEL_TRACES_EXPORTER", "").strip()
+    if raw:
+        return [n.strip().lower() for n in raw.split(",") if n.strip()]
+    return ["otlp"] if otlp_configured() else ["jsonl"]
 
-        exporter = OTLPSpanExporter()
-    elif data_dir is not None:
-        exporter = JsonlSpanExporter(data_dir / "spans" / f"{service_name}.jsonl")
-    else:
-        return provider
-    provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=500))
+
+def _otlp_exporter() -> SpanExporter:
+    protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    if protocol and protocol != "http/protobuf":
+        log.warning("OTEL_EXPORTER_OTLP_PROTOCOL=%s is not supported here: exporting with http/protobuf", protocol)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    # Endpoint, headers, timeout, compression and certificates come from the OTEL_EXPORTER_OTLP_* variables.
+    return OTLPSpanExporter()
+
+
+def make_exporters(service_name: str, data_dir: Path | None) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in exporter_names():
+        if name == "none":
+            continue
+        if name == "otlp":
+            exporters.append(_otlp_exporter())
+        elif name in ("jsonl", "file"):
+            if data_dir is None:
+                log.warning("span file requested but no data directory given: spans of %s are dropped", service_name)
+                continue
+            exporters.append(JsonlSpanExporter(data_dir / SPANS_DIR / f"{service_name}.jsonl"))
+        elif name == "console":
+            exporters.append(ConsoleSpanExporter(service_name=service_name))
+        else:
+            log.warning("OTEL_TRACES_EXPORTER names an unknown exporter %r: ignored", name)
+    return exporters
+
+
+def make_resource(service_name: str) -> Resource:
+    """`OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` first, then this process's own name and identity."""
+    detected = Resource.create()
+    attributes = dict(detected.attributes)
+    if str(attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
+        attributes["service.name"] = service_name
+    attributes.setdefault("service.namespace", "shinchoku")
+    attributes.setdefault("service.instance.id", f"{socket.gethostname()}-{os.getpid()}")
+    return Resource(attributes, detected.schema_url)
+
+
+def _batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
+    if os.environ.get("OTEL_BSP_SCHEDULE_DELAY"):
+        return BatchSpanProcessor(exporter)
+    return BatchSpanProcessor(exporter, schedule_delay_millis=DEFAULT_SCHEDULE_DELAY_MILLIS)
+
+
+def init_tracing(service_name: str, data_dir: Path | None = None) -> TracerProvider:
+    """Install this process's TracerProvider (see the module docstring for where spans go) and return it."""
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return TracerProvider()  # the SDK hands out no-op tracers when disabled
+    provider = TracerProvider(resource=make_resource(service_name))  # the sampler comes from OTEL_TRACES_SAMPLER
+    for exporter in make_exporters(service_name, data_dir):
+        provider.add_span_processor(_batch_processor(exporter))
     trace.set_tracer_provider(provider)
     return provider
 
 
+# ---------------------------------------------------------------------------------------------- instrumentation
+
+_instrumented_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+class InsideSpansOnly(trace.Tracer):
+    """A tracer that records a span only inside another one.
+
+    Database statements are traced inside a request or message span, never as traces of their own: health
+    checks and background polls would otherwise fill the span file with one-statement traces.
+    """
+
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    def start_span(self, name: str, context: Context | None = None, *args: Any, **kwargs: Any) -> Span:
+        if not trace.get_current_span(context).get_span_context().is_valid:
+            return trace.INVALID_SPAN
+        return self._tracer.start_span(name, context, *args, **kwargs)
+
+    @contextmanager
+    def start_as_current_span(  # type: ignore[override]
+        self, name: str, context: Context | None = None, *args: Any, end_on_exit: bool = True, **kwargs: Any
+    ) -> Iterator[Span]:
+        span = self.start_span(name, context, *args, **kwargs)
+        with trace.use_span(span, end_on_exit=end_on_exit) as current:
+            yield current
+
+
+def instrument_engine(engine: Engine, tracer_provider: trace.TracerProvider | None = None) -> Engine:
+    """Trace every statement the engine runs (as children of the current span); idempotent per engine."""
+    if engine in _instrumented_engines:
+        return engine
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+    from opentelemetry.instrumentation.sqlalchemy.version import __version__ as sqlalchemy_instrumentation_version
+
+    scope = "opentelemetry.instrumentation.sqlalchemy"
+    tracer = InsideSpansOnly(trace.get_tracer(scope, sqlalchemy_instrumentation_version, tracer_provider))
+    connections_usage = metrics.get_meter(scope).create_up_down_counter(
+        name="db.client.connections.usage", unit="connections", description="Connections in use or idle"
+    )
+    EngineTracer(tracer, engine, connections_usage)  # type: ignore[no-untyped-call]
+    _instrumented_engines.add(engine)
+    return engine
+
+
+def instrument_app(app: FastAPI, tracer_provider: trace.TracerProvider | None = None) -> FastAPI:
+    """Trace every HTTP request but the probes and scrapes (`OTEL_PYTHON_FASTAPI_EXCLUDED_URLS` overrides)."""
+    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+    excluded = None if os.environ.get("OTEL_PYTHON_FASTAPI_EXCLUDED_URLS") else DEFAULT_EXCLUDED_URLS
+    FastAPIInstrumentor.instrument_app(
+        app, tracer_provider=tracer_provider, excluded_urls=excluded, exclude_spans=["receive", "send"]
+    )
+    return app
+
+
+def current_trace_id() -> str | None:
+    """The W3C trace id of the current span, for storing beside a decision; None outside a trace."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else None
+
+
+# ---------------------------------------------------------------------------------------------- logs
+
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+
+
 class JsonLogFormatter(logging.Formatter):
-    """One JSON object per line, carrying the current trace and span ids."""
+    """One JSON object per line, carrying the current trace and span ids and any `extra=` fields."""
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -105,7 +373,7 @@ class JsonLogFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ctx = trace.get_current_span().get_span_context()
         out: dict[str, object] = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
             "level": record.levelname,
             "service": self.service,
             "logger": record.name,
@@ -114,14 +382,22 @@ class JsonLogFormatter(logging.Formatter):
         if ctx.is_valid:
             out["trace_id"] = format(ctx.trace_id, "032x")
             out["span_id"] = format(ctx.span_id, "016x")
+        for key, value in record.__dict__.items():
+            if key not in _RECORD_FIELDS and not key.startswith("_"):
+                out.setdefault(key, _plain(value))
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
+        return json.dumps(out, ensure_ascii=False, default=str)
 
 
 def init_logging(service: str, level: str = "INFO") -> None:
+    """JSON logs on stderr for the whole process (uvicorn's and FastStream's loggers included)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonLogFormatter(service))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = []
+        logger.propagate = True

@@ -1,0 +1,395 @@
+"""Real multi-process parts for tests and benchmarks: a NATS cluster on loopback, service processes, and a
+small OTLP/HTTP trace receiver.
+
+Everything here runs on 127.0.0.1 with free ports and temporary directories, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import zlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from shinchoku_runtime.natsconf import SECRETS_FILE, load_or_create_secrets, user_url
+from shinchoku_runtime.natsserver import NatsServer, free_port
+
+# ---------------------------------------------------------------------------------------------- OTLP receiver
+
+_KIND_NAMES = {0: "INTERNAL", 1: "INTERNAL", 2: "SERVER", 3: "CLIENT", 4: "PRODUCER", 5: "CONSUMER"}
+_STATUS_NAMES = {0: "UNSET", 1: "OK", 2: "ERROR"}
+
+
+def _any_value(value: Any) -> object:
+    """An OTLP AnyValue as a plain Python value."""
+    kind = value.WhichOneof("value")
+    if kind is None:
+        return None
+    if kind == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _any_value(kv.value) for kv in value.kvlist_value.values}
+    if kind == "bytes_value":
+        return value.bytes_value.hex()
+    return getattr(value, kind)
+
+
+def decode_export_request(body: bytes) -> list[dict[str, Any]]:
+    """The spans of one OTLP ExportTraceServiceRequest, in the span file's shape (see telemetry.span_to_dict)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest.FromString(body)
+    out: list[dict[str, Any]] = []
+    for resource_spans in request.resource_spans:
+        resource = {kv.key: _any_value(kv.value) for kv in resource_spans.resource.attributes}
+        for scope_spans in resource_spans.scope_spans:
+            for span in scope_spans.spans:
+                out.append(
+                    {
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_span_id": span.parent_span_id.hex() or None,
+                        "name": span.name,
+                        "kind": _KIND_NAMES.get(span.kind, "INTERNAL"),
+                        "service": resource.get("service.name"),
+                        "service_instance": resource.get("service.instance.id"),
+                        "scope": scope_spans.scope.name,
+                        "start_ns": span.start_time_unix_nano,
+                        "end_ns": span.end_time_unix_nano,
+                        "status": _STATUS_NAMES.get(span.status.code, "UNSET"),
+                        "status_description": span.status.message or None,
+                        "attributes": {kv.key: _any_value(kv.value) for kv in span.attributes},
+                        "events": [
+                            {
+                                "name": e.name,
+                                "time_ns": e.time_unix_nano,
+                                "attributes": {kv.key: _any_value(kv.value) for kv in e.attributes},
+                            }
+                            for e in span.events
+                        ],
+                        "links": [{"trace_id": x.trace_id.hex(), "span_id": x.span_id.hex()} for x in span.links],
+                    }
+                )
+    return out
+
+
+class OtlpReceiver:
+    """A minimal OTLP/HTTP trace receiver: `POST /v1/traces` with protobuf (optionally gzip), kept in memory."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.requests = 0
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                encoding = (self.headers.get("Content-Encoding") or "").lower()
+                if encoding == "gzip":
+                    body = gzip.decompress(body)
+                elif encoding == "deflate":
+                    body = zlib.decompress(body)
+                if self.path.rstrip("/") != "/v1/traces":
+                    self.send_error(404, "only /v1/traces is received here")
+                    return
+                try:
+                    spans = decode_export_request(body)
+                except Exception as e:  # a malformed export is the exporter's bug: answer 400 as a collector does
+                    self.send_error(400, f"not an ExportTraceServiceRequest: {e}")
+                    return
+                receiver._add(spans)
+                answer = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: ARG002 - quiet in tests
+                return None
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._thread: threading.Thread | None = None
+
+    def _add(self, spans: list[dict[str, Any]]) -> None:
+        with self._lock:
+            self.spans.extend(spans)
+            self.requests += 1
+
+    @property
+    def endpoint(self) -> str:
+        """The base URL for `OTEL_EXPORTER_OTLP_ENDPOINT` (the exporter appends `/v1/traces`)."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+    def start(self) -> OtlpReceiver:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="otlp-receiver", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def trace(self, trace_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [s for s in self.spans if s["trace_id"] == trace_id]
+
+    def wait_for(
+        self, predicate: Callable[[list[dict[str, Any]]], bool], timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
+        """Wait until `predicate(all spans so far)` holds; returns the spans (raises TimeoutError otherwise)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                spans = list(self.spans)
+            if predicate(spans):
+                return spans
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"OTLP receiver: condition not met after {timeout}s ({len(spans)} spans)")
+            time.sleep(0.1)
+
+
+# ---------------------------------------------------------------------------------------------- NATS cluster
+
+
+def _write_secrets(directory: Path, secrets: Mapping[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SECRETS_FILE
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(dict(secrets), indent=2, sort_keys=True) + "\n")
+
+
+@dataclass
+class NatsCluster:
+    """N nats-servers from the wheel on loopback, one JetStream cluster, the same users and secrets on each."""
+
+    directory: Path
+    nodes: list[NatsServer]
+    host: str = "127.0.0.1"
+
+    @classmethod
+    def create(cls, directory: Path, *, size: int = 3, name: str = "shinchoku", host: str = "127.0.0.1") -> NatsCluster:
+        secrets = load_or_create_secrets(directory)
+        cluster_ports = [free_port(host) for _ in range(size)]
+        nodes = []
+        for i in range(size):
+            node_dir = directory / f"n{i + 1}"
+            _write_secrets(node_dir, secrets)
+            routes = tuple(f"nats-route://{host}:{p}" for j, p in enumerate(cluster_ports) if j != i)
+            nodes.append(
+                NatsServer.create(
+                    node_dir,
+                    host=host,
+                    server_name=f"{name}-{i + 1}",
+                    cluster_name=name,
+                    cluster_port=cluster_ports[i],
+                    routes=routes,
+                    monitor_port=free_port(host),
+                )
+            )
+        return cls(directory=directory, nodes=nodes, host=host)
+
+    @property
+    def passwords(self) -> dict[str, str]:
+        return load_or_create_secrets(self.directory)
+
+    def urls(self, user: str | None = None, *, running_only: bool = False) -> str:
+        """Comma-separated client URLs of every node (the services' `nats_url` form), with credentials if `user`."""
+        nodes = [n for n in self.nodes if n.running] if running_only else self.nodes
+        if user is None:
+            return ",".join(n.plain_url for n in nodes)
+        return ",".join(user_url(self.host, n.options.port, user, self.passwords[user]) for n in nodes)
+
+    def start(self, timeout: float = 30.0) -> NatsCluster:
+        try:
+            for node in self.nodes:
+                node.start()
+            self.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until every running node's `/healthz` says JetStream is up (a meta leader is elected)."""
+        deadline = time.monotonic() + timeout
+        for node in self.nodes:
+            if not node.running:
+                continue
+            url = f"http://{self.host}:{node.options.monitor_port}/healthz"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except (urllib.error.URLError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"NATS node {node.options.server_name} not healthy after {timeout}s")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def __enter__(self) -> NatsCluster:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------------------------------------- service processes
+
+
+def service_env(
+    service: str,
+    *,
+    nats_url: str,
+    nats_password: str,
+    port: int,
+    data_dir: Path,
+    database_url: str | None = None,
+    stream_replicas: int = 1,
+    nats_user: str | None = None,
+    host: str = "127.0.0.1",
+    log_level: str = "INFO",
+    **extra: str,
+) -> dict[str, str]:
+    """The `SHINCHOKU_{SERVICE}_*` variables of one service process (the ServiceSettings fields)."""
+    prefix = f"SHINCHOKU_{service.upper()}_"
+    values: dict[str, str | None] = {
+        "data_dir": str(data_dir),
+        "database_url": database_url,
+        "nats_url": nats_url,
+        "nats_user": nats_user or service,
+        "nats_password": nats_password,
+        "host": host,
+        "port": str(port),
+        "stream_replicas": str(stream_replicas),
+        "log_level": log_level,
+        **extra,
+    }
+    return {prefix + k.upper(): v for k, v in values.items() if v is not None}
+
+
+@dataclass
+class ServiceProcess:
+    """One service as its own OS process (`python -m <module>`), its output in a log file."""
+
+    name: str
+    module: str
+    env: dict[str, str]
+    port: int
+    log_file: Path
+    host: str = "127.0.0.1"
+    args: tuple[str, ...] = ()
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> ServiceProcess:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.env}
+        with open(self.log_file, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", self.module, *self.args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_file.read_text("utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def wait_healthy(self, timeout: float = 60.0, path: str = "/healthz") -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if not self.running:
+                raise RuntimeError(
+                    f"{self.name} exited with {self.process and self.process.returncode}:\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(self.url + path, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} not healthy after {timeout}s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM (graceful: spans are flushed), SIGKILL after `timeout`."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@dataclass
+class ProcessGroup:
+    """Processes started together and stopped together, in reverse order, whatever happens."""
+
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    def add(self, process: ServiceProcess) -> ServiceProcess:
+        self.processes.append(process)
+        return process
+
+    def __iter__(self) -> Iterator[ServiceProcess]:
+        return iter(self.processes)
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            try:
+                process.stop()
+            except Exception:  # keep stopping the others; a process that will not die is killed by stop()
+                process.kill()
