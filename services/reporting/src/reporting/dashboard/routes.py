@@ -1,0 +1,168 @@
+"""The dashboard's HTTP routes: server-rendered pages at `/` and `/dashboard`, a cheap live probe, static files."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from contracts.periods import TOKYO
+from reporting.dashboard import view
+from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
+from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
+from reporting.dashboard.source import ApiSource, RollupSource, SourceError
+from reporting.dashboard.view import BadState, ViewState
+
+_HERE = Path(__file__).parent
+_STATIC = _HERE / "static"
+_STATIC_TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8"}
+
+#: How often an open overview asks whether new reports were admitted.
+LIVE_INTERVAL_SECONDS = 5
+
+
+def _static_version() -> str:
+    digest = hashlib.sha256()
+    for path in sorted(_STATIC.iterdir()):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+STATIC_VERSION = _static_version()
+
+templates = Environment(
+    loader=FileSystemLoader(_HERE / "templates"),
+    autoescape=select_autoescape(["html"]),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+templates.globals.update(
+    TEXT=TEXT,
+    STATUS_GLYPHS=STATUS_GLYPHS,
+    DISPLAY_ORDER=DISPLAY_ORDER,
+    agency_name=agency_name,
+    section_title=section_title,
+    status_label=view.status_label,
+    percent=view.percent,
+    tokyo_time=view.tokyo_time,
+    quarter_label=view.quarter_label,
+    static_version=STATIC_VERSION,
+    live_interval=LIVE_INTERVAL_SECONDS,
+)
+
+router = APIRouter(include_in_schema=False)
+
+
+def get_source(request: Request) -> RollupSource:
+    """The app's own rollup API, in-process (one client per app)."""
+    source: RollupSource | None = getattr(request.app.state, "dashboard_source", None)
+    if source is None:
+        source = ApiSource(request.app)
+        request.app.state.dashboard_source = source
+    return source
+
+
+SourceDep = Annotated[RollupSource, Depends(get_source)]
+
+
+def ingest_url(request: Request) -> str:
+    """Where ingest's `GET /events/{id}` lives: the app's settings when they say, else the default port."""
+    settings = getattr(request.app.state, "settings", None)
+    url = getattr(settings, "ingest_url", None)
+    return str(url).rstrip("/") if url else "http://127.0.0.1:8002"
+
+
+def _html(request: Request, text: str, status_code: int = 200) -> Response:
+    """HTML, gzip-compressed when the browser accepts it (the grid is repetitive markup)."""
+    body = text.encode("utf-8")
+    headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1024:
+        body = gzip.compress(body, compresslevel=6)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, status_code=status_code, media_type="text/html; charset=utf-8", headers=headers)
+
+
+def _error(request: Request, state: ViewState | None, status_code: int, message: str) -> Response:
+    lang = state.lang if state else ("en" if request.query_params.get("lang") == "en" else "ja")
+    page = templates.get_template("error.html").render(
+        lang=lang, t=TEXT[lang], message=message, status_code=status_code, lang_toggle="", state=state
+    )
+    return _html(request, page, status_code)
+
+
+def _state(request: Request) -> ViewState:
+    return ViewState.from_query(dict(request.query_params))
+
+
+@router.get("/", response_class=Response)
+@router.get("/dashboard", response_class=Response)
+async def overview(request: Request, source: SourceDep) -> Response:
+    """The quarter overview (HTML); `?partial=1` answers the live part only."""
+    try:
+        state = _state(request)
+    except BadState as e:
+        return _error(request, None, 400, str(e))
+    now = datetime.now(TOKYO)
+    try:
+        context = await overview_page(source, state, now)
+    except SourceError as e:
+        return _error(request, state, e.status if e.status < 500 else 502, e.message)
+    template = "_overview_body.html" if request.query_params.get("partial") == "1" else "overview.html"
+    return _html(request, templates.get_template(template).render(**context))
+
+
+@router.get("/dashboard/live")
+async def live(request: Request, source: SourceDep) -> Response:
+    """A fingerprint of what the overview shows; the page re-renders its live part when it changes."""
+    try:
+        state = _state(request)
+    except BadState as e:
+        return JSONResponse({"detail": str(e)}, status_code=400)
+    now = datetime.now(TOKYO)
+    try:
+        quarter = state.quarter or await latest_quarter(source, now)
+        as_of = state.as_of_for(quarter, now)
+        rollup = await source.rollup(quarter, as_of=as_of)
+        rows = await source.measures(quarter, as_of=as_of, filters=state.api_filters())
+    except SourceError as e:
+        return JSONResponse({"detail": e.message}, status_code=e.status if e.status < 500 else 502)
+    return JSONResponse(
+        {"version": fingerprint(rollup, rows), "label": quarter.label, "checked_at": now.isoformat()},
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+@router.get("/dashboard/measures/{measure_id}", response_class=Response)
+async def measure(request: Request, measure_id: str, source: SourceDep) -> Response:
+    """One measure: targets, status history, each lead's reports and their lineage (HTML)."""
+    try:
+        state = _state(request)
+    except BadState as e:
+        return _error(request, None, 400, str(e))
+    now = datetime.now(TOKYO)
+    try:
+        context = await measure_page(source, state, measure_id, now, ingest_url=ingest_url(request))
+    except SourceError as e:
+        return _error(request, state, e.status if e.status < 500 else 502, e.message)
+    return _html(request, templates.get_template("measure.html").render(**context))
+
+
+@router.get("/dashboard/static/{name}")
+async def static(request: Request, name: str) -> Response:
+    """The dashboard's own CSS and JavaScript (vendored: nothing is fetched from elsewhere)."""
+    path = _STATIC / name
+    if path.suffix not in _STATIC_TYPES or path.parent != _STATIC or not path.is_file():
+        return JSONResponse({"detail": f"no such static file: {name}"}, status_code=404)
+    body = path.read_bytes()
+    headers = {"Cache-Control": "public, max-age=31536000, immutable", "Vary": "Accept-Encoding"}
+    if "gzip" in request.headers.get("accept-encoding", ""):
+        body = gzip.compress(body, compresslevel=6)
+        headers["Content-Encoding"] = "gzip"
+    return Response(body, media_type=_STATIC_TYPES[path.suffix], headers=headers)

@@ -1,0 +1,339 @@
+"""The dashboard's view models and pages over a fake rollup source (no NATS, no database, no browser)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from contracts.events import SEVERITY_ORDER, UNREPORTED
+from contracts.periods import TOKYO, FiscalQuarter
+from reporting.dashboard import router
+from reporting.dashboard.models import Group, HistoryEntry, LeadReport, MeasureHistory, MeasureInfo, MeasureRow, Rollup
+from reporting.dashboard.routes import get_source
+from reporting.dashboard.source import SourceError
+from reporting.dashboard.view import (
+    BadState,
+    ViewState,
+    bar,
+    delta_points,
+    grid,
+    group_from_rows,
+    row_status,
+    status_changes,
+)
+
+Q3 = FiscalQuarter(2024, 3)
+Q2 = FiscalQuarter(2024, 2)
+NOW = datetime(2025, 6, 1, 12, tzinfo=TOKYO)
+
+
+@dataclass(frozen=True)
+class Report:
+    quarter: FiscalQuarter
+    measure_id: str
+    agency: str
+    status: str
+    reported_at: datetime
+    event_id: str
+    note: str | None = None
+
+
+MEASURES: list[MeasureInfo] = [
+    MeasureInfo(id="1-1", section=1, title="マイナンバー制度の推進", lead_agencies=["digital"]),
+    MeasureInfo(id="1-2", section=1, title="データの品質の確保", lead_agencies=["digital", "mic"]),
+    MeasureInfo(id="1-10", section=1, title="e-Taxの利用促進", lead_agencies=["mof"]),
+    MeasureInfo(id="2-1", section=2, title="医療DX", lead_agencies=["mhlw", "digital"]),
+    MeasureInfo(id="6-1", section=6, title="DFFT", lead_agencies=["digital"]),
+]
+
+
+def _at(q: FiscalQuarter, days: int) -> datetime:
+    return q.end_at + timedelta(days=days)
+
+
+REPORTS: list[Report] = [
+    Report(Q2, "1-1", "digital", "at_risk", _at(Q2, 5), "e-1"),
+    Report(Q2, "1-2", "digital", "on_track", _at(Q2, 5), "e-2"),
+    Report(Q2, "1-2", "mic", "on_track", _at(Q2, 5), "e-3"),
+    Report(Q3, "1-1", "digital", "on_track", _at(Q3, 3), "e-4", note="順調に推移"),
+    Report(Q3, "1-2", "digital", "completed", _at(Q3, 3), "e-5"),
+    Report(Q3, "1-2", "mic", "delayed", _at(Q3, 40), "e-6"),
+    Report(Q3, "2-1", "mhlw", "at_risk", _at(Q3, 10), "e-7"),
+]
+
+_RANK = {s.value: i for i, s in enumerate(SEVERITY_ORDER)}
+
+
+class FakeSource:
+    """Rolls up a fixed list of reports the way DESIGN.md says (latest reported_at wins per lead)."""
+
+    def __init__(self, reports: list[Report]) -> None:
+        self.reports = reports
+
+    def _rows(self, quarter: FiscalQuarter, as_of: datetime | None) -> list[MeasureRow]:
+        rows = []
+        for m in MEASURES:
+            leads = []
+            for agency in m.lead_agencies:
+                mine = [
+                    r
+                    for r in self.reports
+                    if r.quarter == quarter
+                    and r.measure_id == m.id
+                    and r.agency == agency
+                    and (as_of is None or r.reported_at <= as_of)
+                ]
+                best = max(mine, key=lambda r: (r.reported_at, r.event_id), default=None)
+                leads.append(
+                    LeadReport(
+                        agency=agency,
+                        status=best.status if best else None,
+                        event_id=best.event_id if best else None,
+                        reported_at=best.reported_at if best else None,
+                        on_time=quarter.is_on_time(best.reported_at) if best else None,
+                        note=best.note if best else None,
+                    )
+                )
+            statuses = [lead.status for lead in leads if lead.status]
+            status = min(statuses, key=_RANK.__getitem__) if statuses else UNREPORTED
+            rows.append(MeasureRow(measure_id=m.id, section=m.section, status=status, title=m.title, leads=leads))
+        return rows
+
+    async def rollup(self, quarter: FiscalQuarter, *, as_of: datetime | None) -> Rollup:
+        rows = self._rows(quarter, as_of)
+        whole = group_from_rows(rows, None)
+        agencies = {a for m in MEASURES for a in m.lead_agencies}
+        by_agency = {
+            a: group_from_rows([r for r in rows if any(lead.agency == a for lead in r.leads)], a) for a in agencies
+        }
+        by_section = {str(s): group_from_rows([r for r in rows if r.section == s], None) for s in range(1, 7)}
+        return Rollup(
+            fiscal_year=quarter.fiscal_year,
+            quarter=quarter.quarter,
+            label=quarter.label,
+            **whole.model_dump(exclude={"overdue_targets"}),
+            by_agency=by_agency,
+            by_section=by_section,
+        )
+
+    async def measures(
+        self, quarter: FiscalQuarter, *, as_of: datetime | None, filters: dict[str, str]
+    ) -> list[MeasureRow]:
+        rows = self._rows(quarter, as_of)
+        if "agency" in filters:
+            rows = [r for r in rows if any(lead.agency == filters["agency"] for lead in r.leads)]
+        if "section" in filters:
+            rows = [r for r in rows if str(r.section) == filters["section"]]
+        return rows
+
+    async def history(self, measure_id: str) -> MeasureHistory:
+        info = next((m for m in MEASURES if m.id == measure_id), None)
+        if info is None:
+            raise SourceError(404, f"no such measure: {measure_id}")
+        entries = []
+        for q in sorted({r.quarter for r in self.reports if r.measure_id == measure_id}):
+            row = next(r for r in self._rows(q, None) if r.measure_id == measure_id)
+            entries.append(
+                HistoryEntry(
+                    fiscal_year=q.fiscal_year, quarter=q.quarter, label=q.label, status=row.status, leads=row.leads
+                )
+            )
+        return MeasureHistory(measure=info, quarters=entries)
+
+    async def year(self, fiscal_year: int) -> list[Rollup]:
+        return [await self.rollup(FiscalQuarter(fiscal_year, q), as_of=None) for q in range(1, 5)]
+
+
+@pytest.fixture
+def client() -> TestClient:
+    app = FastAPI()
+    app.include_router(router)
+    source = FakeSource(REPORTS)
+    app.dependency_overrides[get_source] = lambda: source
+    return TestClient(app)
+
+
+def test_state_round_trips_through_the_url() -> None:
+    state = ViewState.from_query({"fy": "2024", "q": "3", "agency": "mic", "section": "1", "view": "published"})
+    assert state.quarter == Q3
+    assert state.query() == "?fy=2024&q=3&agency=mic&section=1&view=published"
+    assert ViewState.from_query({"lang": "en"}).query(agency="mof") == "?agency=mof&lang=en"
+    assert ViewState().query() == ""
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"fy": "x"},
+        {"fy": "2024", "q": "5"},
+        {"agency": "nope"},
+        {"section": "7"},
+        {"view": "then"},
+        {"as_of": "yesterday"},
+    ],
+)
+def test_bad_state_is_refused_with_a_reason(query: dict[str, str]) -> None:
+    with pytest.raises(BadState):
+        ViewState.from_query(query)
+
+
+def test_as_published_is_the_reporting_deadline_once_it_has_passed() -> None:
+    published = ViewState(mode="published")
+    assert published.as_of_for(Q3, NOW) == Q3.on_time_deadline
+    assert published.as_of_for(FiscalQuarter(2025, 1), NOW) is None
+    assert ViewState().as_of_for(Q3, NOW) is None
+
+
+def test_bar_orders_best_to_worst_and_speaks_its_counts() -> None:
+    b = bar({"delayed": 1, "completed": 3, "unreported": 4}, "ja")
+    assert [s.status for s in b.segments][:2] == ["completed", "on_track"]
+    assert b.total == 8
+    assert "完了 3件" in b.aria
+    assert "未報告 4件" in b.aria
+    assert b.segments[1].width == "0.000%"
+
+
+def test_deltas_in_points() -> None:
+    d = delta_points(0.5, 0.25)
+    assert d is not None
+    assert d.text == "+25.0pt"
+    assert d.direction == "up"
+    assert delta_points(None, 0.1) is None
+
+
+async def test_status_changes_ignore_silence() -> None:
+    source = FakeSource(REPORTS)
+    now_rows, prev_rows = (
+        await source.measures(Q3, as_of=None, filters={}),
+        await source.measures(Q2, as_of=None, filters={}),
+    )
+    changes = status_changes(now_rows, prev_rows)
+    # 1-1 at_risk → on_track is better; 1-2 on_track → delayed (mic) is worse; 2-1 was unreported.
+    assert changes.improved == ["1-1"]
+    assert changes.worsened == ["1-2"]
+
+
+async def test_agency_filter_shows_the_agencys_own_report() -> None:
+    rows = await FakeSource(REPORTS).measures(Q3, as_of=None, filters={"agency": "digital"})
+    row = next(r for r in rows if r.measure_id == "1-2")
+    assert row.status == "delayed"
+    assert row_status(row, "digital") == "completed"
+    cells = {c.measure_id: c for s in grid(rows, ViewState(agency="digital")) for c in s.cells}
+    assert cells["1-2"].status == "completed"
+    assert cells["2-1"].status == UNREPORTED
+
+
+def test_group_from_rows_counts_on_time_only_when_every_lead_was() -> None:
+    rows = [
+        MeasureRow(
+            measure_id="1-1",
+            section=1,
+            status="on_track",
+            leads=[LeadReport(agency="digital", status="on_track", on_time=True)],
+        ),
+        MeasureRow(
+            measure_id="1-2",
+            section=1,
+            status="delayed",
+            leads=[
+                LeadReport(agency="digital", status="on_track", on_time=True),
+                LeadReport(agency="mic", status="delayed", on_time=False),
+            ],
+        ),
+        MeasureRow(measure_id="1-3", section=1, status=UNREPORTED, leads=[LeadReport(agency="mic")]),
+    ]
+    g = group_from_rows(rows, None)
+    assert (g.measures_total, g.reported, g.on_time) == (3, 2, 1)
+    assert g.by_status["delayed"] == 1
+    assert g.by_status[UNREPORTED] == 1
+    assert group_from_rows(rows, "digital") == Group(
+        measures_total=3,
+        reported=2,
+        coverage=2 / 3,
+        on_time=2,
+        by_status=g.by_status | {"delayed": 0, "on_track": 2, UNREPORTED: 1},
+        overdue_targets=0,
+    )
+
+
+def test_overview_renders_counts_grid_and_tables(client: TestClient) -> None:
+    html = client.get("/dashboard?fy=2024&q=3").text
+    assert '<html lang="ja">' in html
+    assert 'data-testid="reported">3<' in html
+    assert 'data-testid="grid-count">5<' in html
+    assert html.count('class="cell st-') == 5
+    assert 'data-status="unreported" data-count="2"' in html  # 1-10 and 6-1 are silent
+    assert 'aria-label="1-2 データの品質の確保 — 遅延"' in html
+    assert "/rollups/2024/3/measures?format=csv" in html
+    assert 'data-testid="agency-table"' in html
+    assert "Ministry of Internal Affairs and Communications" in html
+
+
+def test_root_defaults_to_the_latest_quarter_with_data(client: TestClient) -> None:
+    html = client.get("/").text
+    assert "FY2024Q3" in html
+
+
+def test_overview_in_english_with_filters(client: TestClient) -> None:
+    html = client.get("/dashboard?fy=2024&q=3&section=1&lang=en").text
+    assert '<html lang="en">' in html
+    assert 'data-testid="grid-count">3<' in html
+    assert "Status distribution for section 1" in html
+    assert "section=1" in html.split('data-testid="csv-measures"')[0].rsplit("href=", 1)[1]
+
+
+def test_partial_answers_only_the_live_part(client: TestClient) -> None:
+    html = client.get("/dashboard?fy=2024&q=3&partial=1").text
+    assert "<html" not in html
+    assert 'data-testid="coverage"' in html
+
+
+def test_live_fingerprint_changes_when_a_report_is_admitted() -> None:
+    app = FastAPI()
+    app.include_router(router)
+    source = FakeSource(list(REPORTS))
+    app.dependency_overrides[get_source] = lambda: source
+    client = TestClient(app)
+    before = client.get("/dashboard/live?fy=2024&q=3").json()["version"]
+    assert client.get("/dashboard/live?fy=2024&q=3").json()["version"] == before
+    source.reports.append(Report(Q3, "6-1", "digital", "on_track", _at(Q3, 1), "e-8"))
+    assert client.get("/dashboard/live?fy=2024&q=3").json()["version"] != before
+
+
+def test_bad_url_is_a_400_page_not_a_500(client: TestClient) -> None:
+    response = client.get("/dashboard?fy=2024&q=9")
+    assert response.status_code == 400
+    assert "quarter must be 1–4" in response.text
+
+
+def test_measure_page_shows_history_reports_and_lineage(client: TestClient) -> None:
+    html = client.get("/dashboard/measures/1-2").text
+    assert "データの品質の確保" in html
+    assert html.count('data-quarter="FY2024Q') == 2
+    assert 'aria-current="true" class="current" data-quarter="FY2024Q3"' in html
+    assert "http://127.0.0.1:8002/events/e-6" in html
+    assert "shinchoku trace e-6" in html
+
+
+def test_unknown_measure_is_a_404_page(client: TestClient) -> None:
+    response = client.get("/dashboard/measures/9-9")
+    assert response.status_code == 404
+
+
+def test_static_files_are_served_and_nothing_else(client: TestClient) -> None:
+    assert client.get("/dashboard/static/dashboard.css").headers["content-type"].startswith("text/css")
+    assert client.get("/dashboard/static/../routes.py").status_code == 404
+    assert client.get("/dashboard/static/nope.js").status_code == 404
+
+
+def test_pages_fetch_nothing_from_outside(client: TestClient) -> None:
+    for path in ("/dashboard?fy=2024&q=3", "/dashboard/measures/1-1"):
+        html = client.get(path).text
+        for attr in ('src="http', 'href="//', 'src="//', "@import", "url(http"):
+            assert attr not in html
+    css = client.get("/dashboard/static/dashboard.css").text
+    assert "http" not in css
