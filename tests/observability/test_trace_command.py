@@ -118,7 +118,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[Path, Journey, Journey, _JsonServer]
     rejected = _journey(providers, "5d0c3f4b-2b7e-4a39-9a43-1f8d8e1c7b02", admitted=False)
     # As if ingest's file had been rotated since: the trace must be read from `ingest.jsonl.1` too.
     (tmp_path / "spans" / "ingest.jsonl").replace(tmp_path / "spans" / "ingest.jsonl.1")
-    routes = {
+    routes: dict[str, Any] = {
         f"/events/{j.event_id}": {
             "event_id": j.event_id,
             "outcome": j.outcome,
