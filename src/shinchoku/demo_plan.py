@@ -216,11 +216,10 @@ def _raw(agency: Agency | str, measure_id: str, body: Any, kind: str, expect: st
 
 def plan_duplicates(reports: Sequence[DemoMessage], *, seed: int) -> list[DemoMessage]:
     """About one report in a hundred sent again, byte for byte (a client retry): admitted once."""
-    rng = _rng(seed, "duplicates")
     return [
         DemoMessage(m.agency, m.subject, m.payload, "duplicate", DUPLICATE, m.event_id)
         for m in reports
-        if rng.random() < 0.01
+        if _rng(seed, "duplicate", m.event_id).random() < 0.01
     ]
 
 

@@ -61,7 +61,10 @@ def rollup(
             response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}", params=params)
             if response.status_code != 200:
                 raise ValueError(f"reporting answered {response.status_code}: {detail(response)}")
-            sys.stdout.write(response.content.decode("utf-8-sig"))
+            # Byte for byte, BOM included: `> rollup.csv` opens in Excel as the service meant it.
+            sys.stdout.flush()
+            sys.stdout.buffer.write(response.content)
+            sys.stdout.buffer.flush()
             return
         body = fetch_rollup(stack, fiscal_year, quarter)
     except StackUnavailable as e:

@@ -1,0 +1,154 @@
+"""The demo history is realistic, reproducible, and each deliberate rejection breaks exactly its rule."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from contracts.agencies import Agency
+from contracts.catalog import Measure
+from contracts.events import ReasonCode, StatusEvent
+from contracts.periods import FiscalQuarter, last_completed_quarter, quarters_between
+from contracts.streams import parse_status_subject
+from shinchoku.demo_plan import ADMITTED, DUPLICATE, FIRST_QUARTER, DemoMessage, plan_demo
+
+NOW = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def measures() -> list[Measure]:
+    from catalog.plan import bundled_plan_text, parse_plan
+
+    return parse_plan(bundled_plan_text())
+
+
+@pytest.fixture(scope="module")
+def plan(measures: list[Measure]) -> list[DemoMessage]:
+    return plan_demo(measures, seed=7, now=NOW)
+
+
+def admitted(plan: list[DemoMessage]) -> list[StatusEvent]:
+    return [StatusEvent.model_validate_json(m.payload) for m in plan if m.expect == ADMITTED]
+
+
+def test_same_seed_same_bytes_other_seed_other_history(measures: list[Measure], plan: list[DemoMessage]) -> None:
+    assert plan_demo(measures, seed=7, now=NOW) == plan
+    other = plan_demo(measures, seed=8, now=NOW)
+    assert {m.event_id for m in other}.isdisjoint(m.event_id for m in plan if m.expect == ADMITTED)
+
+
+def test_a_later_run_only_adds_reports(measures: list[Measure], plan: list[DemoMessage]) -> None:
+    """Nothing sent earlier changes later, so a second run (even months on) admits nothing twice and conflicts with nothing."""
+    later = plan_demo(measures, seed=7, now=NOW + timedelta(days=200))
+    by_id = {m.event_id: m.payload for m in later if m.expect in (ADMITTED, DUPLICATE)}
+    for m in plan:
+        if m.expect in (ADMITTED, DUPLICATE):
+            assert by_id[m.event_id] == m.payload
+    assert len(later) > len(plan)
+
+
+def test_every_agency_publishes_only_on_its_own_subjects(plan: list[DemoMessage]) -> None:
+    for m in plan:
+        parts = parse_status_subject(m.subject)
+        assert parts is not None
+        assert parts.agency == m.agency
+    assert {m.agency for m in plan} == {a.value for a in Agency}
+
+
+def test_reports_are_realistic(measures: list[Measure], plan: list[DemoMessage]) -> None:
+    events = admitted(plan)
+    by_id = {m.id: m for m in measures}
+    quarters = quarters_between(FIRST_QUARTER, last_completed_quarter(NOW))
+    late = 0
+    for e in events:
+        q = FiscalQuarter(e.fiscal_year, e.quarter)
+        assert q in quarters
+        assert q.start_at <= e.reported_at <= NOW, "never before the quarter, never in the future"
+        assert e.reported_at <= q.on_time_deadline + timedelta(days=80)
+        late += not q.is_on_time(e.reported_at)
+        measure = by_id[e.measure_id]
+        assert e.agency in measure.lead_agencies
+        for kpi in e.kpis:
+            assert measure.targets[kpi.target].value is not None
+    assert 0.03 < late / len(events) < 0.25
+    assert sum(1 for e in events if e.kpis) > 300
+    # Most measures reported most quarters, some silence.
+    reported = {(e.measure_id, e.fiscal_year, e.quarter) for e in events}
+    possible = len(measures) * len(quarters)
+    assert 0.75 < len(reported) / possible < 0.99
+    assert len(set(Counter(e.status for e in events))) == 6
+
+
+def test_corrections_restate_a_quarter_later_with_another_status(plan: list[DemoMessage]) -> None:
+    reports: dict[tuple[str, str, int, int], StatusEvent] = {}
+    corrections = 0
+    for m in plan:
+        if m.expect != ADMITTED:
+            continue
+        e = StatusEvent.model_validate_json(m.payload)
+        key = (e.measure_id, e.agency.value, e.fiscal_year, e.quarter)
+        if m.kind == "report":
+            reports[key] = e
+        else:
+            corrections += 1
+            assert e.status != reports[key].status
+            assert e.reported_at > reports[key].reported_at
+            assert e.event_id != reports[key].event_id
+    assert corrections > 20
+
+
+def test_identical_duplicates_resend_the_same_bytes(plan: list[DemoMessage]) -> None:
+    originals = {m.event_id: m.payload for m in plan if m.expect == ADMITTED}
+    duplicates = [m for m in plan if m.expect == DUPLICATE]
+    assert duplicates
+    assert all(originals[m.event_id] == m.payload for m in duplicates)
+    first_duplicate = next(i for i, m in enumerate(plan) if m.expect == DUPLICATE)
+    assert all(m.expect != ADMITTED for m in plan[first_duplicate:]), "resends come after every original"
+
+
+def test_each_rejection_breaks_its_rule(measures: list[Measure], plan: list[DemoMessage]) -> None:
+    by_id = {m.id: m for m in measures}
+    originals = {m.event_id: m.payload for m in plan if m.expect == ADMITTED}
+    rejections = [m for m in plan if m.kind == "rejection"]
+    reasons = Counter(m.expect for m in rejections)
+    assert set(reasons) == {r.value for r in ReasonCode} - {"undeliverable"}
+    assert all(n >= 2 for n in reasons.values())
+    for m in rejections:
+        subject = parse_status_subject(m.subject)
+        assert subject is not None
+        if m.expect == "malformed":
+            with pytest.raises(ValueError):  # noqa: PT011 — json or pydantic, both ValueErrors
+                StatusEvent.model_validate_json(m.payload)
+            continue
+        e = StatusEvent.model_validate_json(m.payload)
+        q = FiscalQuarter(e.fiscal_year, e.quarter)
+        if m.expect == "agency_mismatch":
+            assert e.agency.value != subject.agency
+            continue
+        assert e.agency.value == subject.agency
+        if m.expect == "unknown_measure":
+            assert e.measure_id not in by_id
+            continue
+        assert e.agency in by_id[e.measure_id].lead_agencies or m.expect == "not_lead"
+        if m.expect == "not_lead":
+            assert e.agency not in by_id[e.measure_id].lead_agencies
+        elif m.expect == "future_timestamp":
+            assert e.reported_at > NOW + timedelta(days=365 * 50)
+        elif m.expect == "future_period":
+            assert not q.has_started(e.reported_at)
+            assert e.reported_at < NOW
+        elif m.expect == "duplicate_conflict":
+            assert m.event_id in originals
+            assert json.loads(originals[m.event_id]) != json.loads(m.payload)
+        else:
+            pytest.fail(f"unexpected reason {m.expect}")
+
+
+def test_at_most_one_report_per_lead_and_quarter_besides_corrections(plan: list[DemoMessage]) -> None:
+    seen: dict[tuple[str, str, int, int], int] = defaultdict(int)
+    for e in admitted([m for m in plan if m.kind == "report"]):
+        seen[(e.measure_id, e.agency.value, e.fiscal_year, e.quarter)] += 1
+    assert max(seen.values()) == 1
