@@ -1,0 +1,672 @@
+"""Admitting a batch of STATUS messages: decide all, store all in one transaction, publish all, then ack.
+
+The order is what makes ingest exactly-once:
+
+1. A message whose decision is already stored (a redelivery after a crash or a lost ack) is not decided
+   again: its stored decision is published again, and the broker drops the copy by `Nats-Msg-Id`
+   (event_id on ACCEPTED, `STATUS-<seq>` on REJECTED) inside the streams' 15-minute duplicate window.
+2. Decisions and idempotency records are committed together before anything is published.
+3. A message is acked only after its commit and its PubAck.
+
+A fault that is not the message's (database, NATS, catalog unavailable) puts the message back with
+`nak(delay)`, growing with each delivery; the last permitted delivery dead-letters it on REJECTED as
+`undeliverable` instead of letting the broker drop it. Bad input is never retried: it is rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import PubAck
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.propagate import extract, inject
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+
+from contracts.events import AdmittedEvent, ReasonCode, Rejection, StatusEvent
+from contracts.streams import (
+    ACCEPTED_STREAM,
+    MSG_ID_HEADER,
+    REJECTED_STREAM,
+    accepted_subject,
+    rejected_subject,
+)
+from ingest import repository
+from ingest.domain import (
+    Admit,
+    Decision,
+    Duplicate,
+    PriorRecord,
+    Reject,
+    Report,
+    claims_event_id,
+    clean,
+    decide,
+    read_report,
+    readable_event_id,
+)
+from ingest.lookup import MeasureMirror
+from ingest.metrics import IngestMetrics
+from ingest.repository import (
+    OUTCOME_ADMITTED,
+    OUTCOME_DUPLICATE,
+    OUTCOME_REJECTED,
+    LateAdmission,
+    NewClaim,
+    StoredDecision,
+    WriteConflict,
+)
+
+log = logging.getLogger(__name__)
+
+#: Attempts at storing a batch that raced with another replica before its messages are retried later.
+WRITE_ATTEMPTS = 3
+
+FAULT_DATABASE = "database"
+FAULT_NATS = "nats"
+FAULT_CATALOG = "catalog"
+FAULT_CONFLICT = "conflict"
+FAULT_ERROR = "error"
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    max_deliver: int = 30
+    retry_delay_max: float = 60.0
+    publish_timeout: float = 10.0
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One STATUS message on its way through a batch."""
+
+    msg: Msg
+    seq: int
+    delivered: int
+    subject: str
+    data: bytes
+    received_at: datetime
+    span: Span
+    read: Report | Reject | None = None
+    decision: Decision | None = None
+    admitted_at: datetime | None = None
+    stored: StoredDecision | None = None
+    fault: str | None = None
+    fault_detail: str = ""
+    settled: bool = False
+    pub_ack: PubAck | None = None
+    children: list[Span] = field(default_factory=list)
+
+    @property
+    def agency(self) -> str:
+        """The agency of the subject (the one NATS authenticated), or `unknown` for an alien subject."""
+        parts = self.subject.split(".")
+        return parts[1] if len(parts) > 1 and parts[1] else "unknown"
+
+    @property
+    def rejection_id(self) -> str:
+        return f"STATUS-{self.seq}"
+
+    @property
+    def trace_id(self) -> str | None:
+        ctx = self.span.get_span_context()
+        return format(ctx.trace_id, "032x") if ctx.trace_id else None
+
+
+def retry_delay(delivered: int, cap: float) -> float:
+    """1 s, 2 s, 4 s … up to the cap: a long outage costs few deliveries."""
+    return float(min(cap, 2 ** max(0, delivered - 1)))
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class BatchHandler:
+    """Decides, stores, publishes and acknowledges batches of STATUS messages."""
+
+    def __init__(
+        self,
+        *,
+        engine: sa.Engine,
+        nc: Client,
+        mirror: MeasureMirror,
+        metrics: IngestMetrics,
+        options: HandlerOptions,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self._engine = engine
+        self._js = nc.jetstream(publish_async_max_pending=20_000)
+        self._mirror = mirror
+        self._metrics = metrics
+        self._options = options
+        self._tracer = tracer or trace.get_tracer(__name__)
+        self._consecutive_faults = 0
+
+    # --- entry point ---
+
+    async def handle(self, msgs: Sequence[Msg]) -> None:
+        """Process one batch; never raises: what cannot be done now is put back for later."""
+        started = time.perf_counter()
+        deliveries = [self._open(m) for m in msgs]
+        try:
+            await self._process(deliveries)
+        except Exception:
+            log.exception("unexpected error in a batch of %d; deciding its messages one by one", len(deliveries))
+            for d in deliveries:
+                if d.settled:
+                    continue
+                if len(deliveries) == 1:
+                    self._fault(d, FAULT_ERROR, "unexpected error")
+                    await self._settle(d)
+                    continue
+                self._reset(d)
+                try:
+                    await self._process([d])
+                except Exception as e:
+                    log.exception("message STATUS-%d cannot be processed now", d.seq)
+                    self._fault(d, FAULT_ERROR, f"{type(e).__name__}: {e}")
+                    await self._settle(d)
+        finally:
+            for d in deliveries:
+                self._close(d)
+            self._metrics.batch_size.observe(len(deliveries))
+            self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        await self._pause_if_failing(deliveries)
+
+    async def _pause_if_failing(self, deliveries: list[Delivery]) -> None:
+        """When nothing in a batch could be done, slow the consumer down instead of spinning through the outage."""
+        if deliveries and all(d.fault for d in deliveries):
+            self._consecutive_faults += 1
+            await asyncio.sleep(min(10.0, 0.25 * 2 ** min(self._consecutive_faults, 6)))
+        else:
+            self._consecutive_faults = 0
+
+    # --- the unit of work ---
+
+    async def _process(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            d.read = read_report(d.subject, d.data)
+        for attempt in range(WRITE_ATTEMPTS):
+            outcome = await self._decide_and_store(deliveries, recheck=attempt > 0)
+            if outcome != "conflict":
+                break
+            log.info("batch raced with another replica (attempt %d); deciding again from the store", attempt + 1)
+        else:
+            for d in deliveries:
+                if d.stored is None and not d.fault:
+                    self._fault(d, FAULT_CONFLICT, "kept racing with another replica")
+        await self._publish(deliveries)
+        for d in deliveries:
+            await self._settle(d)
+
+    async def _decide_and_store(self, deliveries: list[Delivery], *, recheck: bool) -> str:
+        # 1. What is stored already (a redelivery, or another replica's work) is answered from the store.
+        for d in deliveries:
+            d.decision = None
+            d.admitted_at = None
+        maybe_stored = [d.seq for d in deliveries if recheck or d.delivered > 1]
+        try:
+            stored = await asyncio.to_thread(repository.load_stored, self._engine, seqs=maybe_stored)
+        except sa.exc.SQLAlchemyError as e:
+            self._fault_all(deliveries, FAULT_DATABASE, e)
+            return "fault"
+        for d in deliveries:
+            d.stored = stored.get(d.seq)
+        todo = [d for d in deliveries if d.stored is None and not d.fault]
+
+        # 2. The catalog, for every well-formed report.
+        reports = [d for d in todo if isinstance(d.read, Report)]
+        lookup_started = time.time_ns()
+        found, unavailable = await self._mirror.lookup_many(d.read.event.measure_id for d in reports)  # type: ignore[union-attr]
+        lookup_ended = time.time_ns()
+        for d in reports:
+            assert isinstance(d.read, Report)
+            measure_id = d.read.event.measure_id
+            self._child(d, "catalog lookup", lookup_started, lookup_ended, {"shinchoku.measure_id": measure_id})
+            if measure_id in unavailable:
+                self._fault(d, FAULT_CATALOG, unavailable[measure_id])
+
+        # 3. What was recorded before for these event ids.
+        decidable = [d for d in todo if not d.fault]
+        try:
+            priors = await asyncio.to_thread(
+                repository.load_priors,
+                self._engine,
+                event_ids=[str(d.read.event.event_id) for d in decidable if isinstance(d.read, Report)],
+            )
+        except sa.exc.SQLAlchemyError as e:
+            self._fault_all(decidable, FAULT_DATABASE, e)
+            return "fault"
+
+        # 4. Decide in stream order, each decision seeing the ones before it in the batch.
+        rows: list[dict[str, Any]] = []
+        claims: dict[str, NewClaim] = {}
+        late: list[LateAdmission] = []
+        decided_at = _now()
+        for d in decidable:
+            decision, previous = self._decide(d, found, priors)
+            d.decision = decision
+            if isinstance(decision, Admit):
+                d.admitted_at = decided_at
+            rows.append(self._row(d))
+            self._record_claim(d, decision, previous, priors, claims, late)
+
+        # 5. One transaction for the whole batch.
+        db_started = time.time_ns()
+        try:
+            await asyncio.to_thread(
+                repository.write_batch,
+                self._engine,
+                decisions=rows,
+                claims=list(claims.values()),
+                late_admissions=late,
+            )
+        except WriteConflict:
+            return "conflict"
+        except sa.exc.SQLAlchemyError as e:
+            self._fault_all(decidable, FAULT_DATABASE, e)
+            return "fault"
+        db_ended = time.time_ns()
+        for d in decidable:
+            self._child(d, "ingest store write", db_started, db_ended, {"db.system": self._engine.dialect.name})
+        return "stored"
+
+    def _decide(
+        self, d: Delivery, found: dict[str, Any], priors: dict[str, PriorRecord]
+    ) -> tuple[Decision, PriorRecord | None]:
+        if isinstance(d.read, Reject) or d.read is None:
+            assert d.read is not None
+            return d.read, None
+        report = d.read
+        previous = priors.get(str(report.event.event_id))
+        decision = decide(report, now=d.received_at, measure=found.get(report.event.measure_id), previous=previous)
+        return decision, previous
+
+    @staticmethod
+    def _record_claim(
+        d: Delivery,
+        decision: Decision,
+        previous: PriorRecord | None,
+        priors: dict[str, PriorRecord],
+        claims: dict[str, NewClaim],
+        late: list[LateAdmission],
+    ) -> None:
+        """Keep the idempotency records of the batch, and let later messages in it see them."""
+        if isinstance(decision, Duplicate) or (isinstance(decision, Reject) and decision.report is None):
+            return
+        report = decision.report
+        assert report is not None
+        event_id = str(report.event.event_id)
+        admitted = isinstance(decision, Admit)
+        if claims_event_id(decision, previous):
+            claims[event_id] = NewClaim(
+                event_id=event_id,
+                content_hash=report.content_hash,
+                agency=report.subject_agency,
+                first_seq=d.seq,
+                admitted_seq=d.seq if admitted else None,
+            )
+            priors[event_id] = PriorRecord(content_hash=report.content_hash, admitted=admitted, agency=d.agency)
+        elif admitted and previous is not None and not previous.admitted:
+            pending = claims.get(event_id)
+            if pending is not None:
+                claims[event_id] = NewClaim(
+                    event_id=event_id,
+                    content_hash=pending.content_hash,
+                    agency=pending.agency,
+                    first_seq=pending.first_seq,
+                    admitted_seq=d.seq,
+                )
+            else:
+                late.append(LateAdmission(event_id=event_id, admitted_seq=d.seq))
+            priors[event_id] = PriorRecord(content_hash=previous.content_hash, admitted=True, agency=previous.agency)
+
+    def _row(self, d: Delivery) -> dict[str, Any]:
+        decision = d.decision
+        report = decision.report if decision is not None else None
+        row: dict[str, Any] = {
+            "stream_seq": d.seq,
+            "event_id": None,
+            "outcome": OUTCOME_ADMITTED,
+            "reason": None,
+            "message": None,
+            "subject": d.subject,
+            "agency": d.agency,
+            "measure_id": None,
+            "received_at": d.received_at,
+            "admitted_at": d.admitted_at,
+            "trace_id": d.trace_id,
+            "content_hash": None,
+            "rejection_id": None,
+            "payload": None,
+        }
+        if report is not None:
+            row["event_id"] = str(report.event.event_id)
+            row["measure_id"] = report.event.measure_id
+            row["content_hash"] = report.content_hash
+        if isinstance(decision, Duplicate):
+            row["outcome"] = OUTCOME_DUPLICATE
+        elif isinstance(decision, Reject):
+            row["outcome"] = OUTCOME_REJECTED
+            row["reason"] = decision.reason.value
+            row["message"] = decision.message
+            row["event_id"] = row["event_id"] or decision.event_id
+            row["rejection_id"] = d.rejection_id
+            row["payload"] = d.data
+        return row
+
+    # --- publishing ---
+
+    def _outgoing(self, d: Delivery) -> tuple[str, bytes, str, str] | None:
+        """(subject, payload, stream, Nats-Msg-Id) of what this message publishes, None for a duplicate."""
+        if d.stored is not None:
+            return self._outgoing_stored(d, d.stored)
+        decision = d.decision
+        if isinstance(decision, Admit):
+            assert d.admitted_at is not None
+            event = decision.report.event
+            body = AdmittedEvent(event=event, admitted_at=d.admitted_at, subject=d.subject)
+            subject = accepted_subject(event.agency, event.measure_id)
+            return subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, str(event.event_id)
+        if isinstance(decision, Reject):
+            rejection = Rejection(
+                rejection_id=d.rejection_id,
+                event_id=decision.event_id,
+                agency=d.agency,
+                subject=d.subject,
+                reason=decision.reason,
+                message=decision.message,
+                payload_b64=base64.b64encode(d.data).decode(),
+                received_at=d.received_at,
+            )
+            return self._rejection_out(d, rejection)
+        return None
+
+    def _outgoing_stored(self, d: Delivery, stored: StoredDecision) -> tuple[str, bytes, str, str] | None:
+        if stored.outcome == OUTCOME_ADMITTED:
+            event = StatusEvent.model_validate_json(d.data, strict=True)
+            assert stored.admitted_at is not None
+            body = AdmittedEvent(event=event, admitted_at=stored.admitted_at, subject=stored.subject)
+            subject = accepted_subject(event.agency, event.measure_id)
+            return subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, str(event.event_id)
+        if stored.outcome == OUTCOME_REJECTED:
+            rejection = Rejection(
+                rejection_id=stored.rejection_id or d.rejection_id,
+                event_id=stored.event_id,
+                agency=stored.agency,
+                subject=stored.subject,
+                reason=ReasonCode(stored.reason or ReasonCode.malformed),
+                message=stored.message or "",
+                payload_b64=base64.b64encode(d.data).decode(),
+                received_at=stored.received_at,
+            )
+            return self._rejection_out(d, rejection)
+        return None
+
+    @staticmethod
+    def _rejection_out(d: Delivery, rejection: Rejection) -> tuple[str, bytes, str, str]:
+        return (
+            rejected_subject(d.agency),
+            rejection.model_dump_json().encode(),
+            REJECTED_STREAM.name,
+            rejection.rejection_id,
+        )
+
+    async def _publish(self, deliveries: list[Delivery]) -> None:
+        """Publish every decision at once and wait for all PubAcks (bounded); a missing one is a NATS fault."""
+        waiting: dict[asyncio.Future[PubAck], tuple[Delivery, Span | None]] = {}
+        for d in deliveries:
+            if d.fault:
+                continue
+            out = self._outgoing(d)
+            if out is None:
+                continue
+            subject, payload, stream, msg_id = out
+            span = self._start_child(d, f"{stream} publish", SpanKind.PRODUCER, subject)
+            headers = {MSG_ID_HEADER: msg_id}
+            inject(headers, context=trace.set_span_in_context(span or d.span))
+            try:
+                future = await self._js.publish_async(
+                    subject, payload, stream=stream, headers=headers, wait_stall=self._options.publish_timeout
+                )
+            except Exception as e:
+                self._fault(d, FAULT_NATS, f"publish failed: {e!r}")
+                if span is not None:
+                    span.end()
+                continue
+            waiting[future] = (d, span)
+        if not waiting:
+            return
+        _done, pending = await asyncio.wait(waiting, timeout=self._options.publish_timeout)
+        for future, (d, span) in waiting.items():
+            if future in pending:
+                future.cancel()
+                self._fault(d, FAULT_NATS, f"no PubAck within {self._options.publish_timeout}s")
+            elif (error := future.exception()) is not None:
+                self._fault(d, FAULT_NATS, f"publish refused: {error!r}")
+            else:
+                d.pub_ack = future.result()
+                if span is not None:
+                    span.set_attribute("messaging.nats.stream_sequence", d.pub_ack.seq)
+                    if d.pub_ack.duplicate:
+                        span.set_attribute("messaging.nats.duplicate", True)
+            if span is not None:
+                span.end()
+
+    # --- settling each message ---
+
+    async def _settle(self, d: Delivery) -> None:
+        if d.settled:
+            return
+        if d.fault:
+            await self._retry_later(d)
+            return
+        try:
+            await d.msg.ack()
+        except Exception as e:  # the ack will be lost; the redelivery is answered from the store
+            log.warning("could not ack STATUS-%d: %s", d.seq, e)
+        d.settled = True
+        self._count(d)
+
+    def _count(self, d: Delivery) -> None:
+        outcome = d.stored.outcome if d.stored is not None else None
+        decision = d.decision
+        if d.stored is not None and d.delivered > 1:
+            return  # counted when it was first decided
+        if isinstance(decision, Admit) or outcome == OUTCOME_ADMITTED:
+            self._metrics.admitted.labels(d.agency).inc()
+        elif isinstance(decision, Duplicate) or outcome == OUTCOME_DUPLICATE:
+            self._metrics.duplicates.labels(d.agency).inc()
+        elif isinstance(decision, Reject):
+            self._metrics.rejected.labels(d.agency, decision.reason.value).inc()
+
+    async def _retry_later(self, d: Delivery) -> None:
+        self._metrics.transient.labels(d.fault or FAULT_ERROR).inc()
+        d.settled = True
+        if d.delivered >= self._options.max_deliver:
+            await self._dead_letter(d)
+            return
+        delay = retry_delay(d.delivered, self._options.retry_delay_max)
+        log.warning(
+            "STATUS-%d put back for %.0fs (delivery %d of %d): %s unavailable: %s",
+            d.seq,
+            delay,
+            d.delivered,
+            self._options.max_deliver,
+            d.fault,
+            d.fault_detail,
+        )
+        try:
+            await d.msg.nak(delay=delay)
+        except Exception as e:  # without the nak, ack_wait brings it back all the same
+            log.warning("could not nak STATUS-%d: %s", d.seq, e)
+
+    async def _dead_letter(self, d: Delivery) -> None:
+        """The last delivery: publish an `undeliverable` rejection so that the report is not silently lost."""
+        message = (
+            f"処理不能 (undeliverable): ingest could not process this message in {d.delivered} deliveries "
+            f"({d.fault} unavailable: {clean(d.fault_detail, 200)}). It was NOT admitted: send the same report "
+            "again (the same event_id is fine)"
+        )
+        event_id = readable_event_id(d.data)
+        rejection = Rejection(
+            rejection_id=d.rejection_id,
+            event_id=event_id,
+            agency=d.agency,
+            subject=d.subject,
+            reason=ReasonCode.undeliverable,
+            message=message,
+            payload_b64=base64.b64encode(d.data).decode(),
+            received_at=d.received_at,
+        )
+        row = {
+            "stream_seq": d.seq,
+            "event_id": event_id,
+            "outcome": OUTCOME_REJECTED,
+            "reason": ReasonCode.undeliverable.value,
+            "message": message,
+            "subject": d.subject,
+            "agency": d.agency,
+            "measure_id": None,
+            "received_at": d.received_at,
+            "admitted_at": None,
+            "trace_id": d.trace_id,
+            "content_hash": None,
+            "rejection_id": d.rejection_id,
+            "payload": d.data,
+        }
+        try:  # best effort: the database may be what is unavailable
+            await asyncio.to_thread(
+                repository.write_batch, self._engine, decisions=[row], claims=[], late_admissions=[]
+            )
+        except (sa.exc.SQLAlchemyError, WriteConflict) as e:
+            log.warning("undeliverable STATUS-%d not recorded in the store: %s", d.seq, e)
+        subject, payload, stream, msg_id = self._rejection_out(d, rejection)
+        headers = {MSG_ID_HEADER: msg_id}
+        inject(headers, context=trace.set_span_in_context(d.span))
+        try:
+            await self._js.publish(
+                subject, payload, stream=stream, headers=headers, timeout=self._options.publish_timeout
+            )
+        except Exception as e:
+            # It stays in the STATUS stream (limits retention) for an operator to replay.
+            log.error("STATUS-%d dead-lettering failed, message left in STATUS: %s", d.seq, e)
+        else:
+            self._metrics.rejected.labels(d.agency, ReasonCode.undeliverable.value).inc()
+            d.span.set_attribute("shinchoku.reason", ReasonCode.undeliverable.value)
+            try:
+                await d.msg.ack()
+            except Exception as e:  # max_deliver is reached: the broker will not deliver it again anyway
+                log.warning("could not ack dead-lettered STATUS-%d: %s", d.seq, e)
+
+    # --- bookkeeping ---
+
+    def _open(self, msg: Msg) -> Delivery:
+        meta = msg.metadata
+        parent: Context = extract(msg.headers) if msg.headers else Context()
+        span = self._tracer.start_span(
+            f"{msg.subject} process",
+            context=parent,
+            kind=SpanKind.CONSUMER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation": "process",
+                "messaging.destination.name": msg.subject,
+                "messaging.nats.stream_sequence": meta.sequence.stream,
+                "messaging.nats.delivered": meta.num_delivered,
+            },
+        )
+        return Delivery(
+            msg=msg,
+            seq=meta.sequence.stream,
+            delivered=meta.num_delivered,
+            subject=msg.subject,
+            data=msg.data,
+            received_at=meta.timestamp,
+            span=span,
+        )
+
+    @staticmethod
+    def _reset(d: Delivery) -> None:
+        d.read = d.decision = d.stored = None
+        d.admitted_at = None
+        d.fault = None
+        d.fault_detail = ""
+
+    @staticmethod
+    def _fault(d: Delivery, fault: str, detail: str) -> None:
+        if d.fault is None:
+            d.fault = fault
+            d.fault_detail = detail
+
+    def _fault_all(self, deliveries: list[Delivery], fault: str, error: BaseException) -> None:
+        detail = clean(f"{type(error).__name__}: {error}", 300)
+        log.warning("%s unavailable for %d message(s): %s", fault, len(deliveries), detail)
+        for d in deliveries:
+            self._fault(d, fault, detail)
+
+    def _child(self, d: Delivery, name: str, start_ns: int, end_ns: int, attributes: dict[str, Any]) -> None:
+        if not d.span.is_recording():
+            return
+        span = self._tracer.start_span(
+            name, context=trace.set_span_in_context(d.span), start_time=start_ns, attributes=attributes
+        )
+        span.end(end_time=end_ns)
+
+    def _start_child(self, d: Delivery, name: str, kind: SpanKind, subject: str) -> Span | None:
+        if not d.span.is_recording():
+            return None
+        return self._tracer.start_span(
+            name,
+            context=trace.set_span_in_context(d.span),
+            kind=kind,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation": "publish",
+                "messaging.destination.name": subject,
+            },
+        )
+
+    def _close(self, d: Delivery) -> None:
+        span = d.span
+        if not span.is_recording():
+            return
+        decision = d.decision
+        stored = d.stored
+        report = None
+        if isinstance(decision, Admit | Duplicate) or (isinstance(decision, Reject) and decision.report):
+            report = decision.report
+        if report is not None:
+            span.set_attribute("shinchoku.event_id", str(report.event.event_id))
+            span.set_attribute("shinchoku.measure_id", report.event.measure_id)
+        elif isinstance(decision, Reject) and decision.event_id:
+            span.set_attribute("shinchoku.event_id", decision.event_id)
+        span.set_attribute("shinchoku.agency", d.agency)
+        if isinstance(decision, Admit):
+            span.set_attribute("shinchoku.outcome", OUTCOME_ADMITTED)
+        elif isinstance(decision, Duplicate):
+            span.set_attribute("shinchoku.outcome", OUTCOME_DUPLICATE)
+        elif isinstance(decision, Reject):
+            span.set_attribute("shinchoku.outcome", OUTCOME_REJECTED)
+            span.set_attribute("shinchoku.reason", decision.reason.value)
+        elif stored is not None:
+            span.set_attribute("shinchoku.outcome", stored.outcome)
+            span.set_attribute("shinchoku.republished", True)
+            if stored.event_id:
+                span.set_attribute("shinchoku.event_id", stored.event_id)
+            if stored.reason:
+                span.set_attribute("shinchoku.reason", stored.reason)
+        if d.fault:
+            span.set_status(Status(StatusCode.ERROR, f"{d.fault} unavailable: retried later"))
+        span.end()

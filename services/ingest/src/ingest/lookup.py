@@ -1,0 +1,179 @@
+"""Measures as the catalog knows them: an in-memory mirror of the `CATALOG` KV bucket, with request-reply behind it.
+
+The mirror answers almost every lookup without I/O. A key it does not hold is asked of the catalog on
+`catalog.measure.get`; a catalog that does not answer is a transient fault (the message is retried later),
+never an `unknown_measure`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from pydantic import ValidationError
+
+from contracts.catalog import Measure
+from contracts.events import CatalogChanged
+from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED, CATALOG_MEASURE_GET
+
+log = logging.getLogger(__name__)
+
+#: How long a measure the catalog said it does not know is believed absent (the watch clears it sooner).
+NEGATIVE_TTL = 10.0
+
+
+class CatalogUnavailable(Exception):
+    """The catalog could not be asked: retry the message later."""
+
+
+class MeasureMirror:
+    """Measures by id, kept current by a watch on the KV bucket; misses fall back to request-reply."""
+
+    def __init__(self, nc: Client, *, timeout: float = 2.0, retry_every: float = 2.0) -> None:
+        self._nc = nc
+        self._timeout = timeout
+        self._retry_every = retry_every
+        self._measures: dict[str, Measure] = {}
+        self._absent: dict[str, float] = {}
+        self._kv: KeyValue | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.loaded = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._measures)
+
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._watch_forever(), name="catalog-kv-watch"))
+        await self._nc.subscribe(CATALOG_CHANGED, cb=self._on_changed)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+
+    # --- the mirror ---
+
+    def _apply(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            self._measures.pop(key, None)
+            return
+        try:
+            measure = Measure.model_validate_json(value)
+        except ValidationError as e:
+            log.warning("catalog entry %s is not a Measure, ignored: %s", key, e)
+            return
+        self._measures[key] = measure
+        self._absent.pop(key, None)
+
+    async def _watch_forever(self) -> None:
+        """Mirror the bucket; start over (with a fresh watch) whenever it breaks or does not exist yet."""
+        while True:
+            try:
+                js = self._nc.jetstream()
+                self._kv = await js.key_value(CATALOG_BUCKET)
+                watcher = await self._kv.watchall()
+                async for entry in watcher:
+                    if entry is None:  # the initial values have all arrived
+                        self.loaded.set()
+                        log.info("catalog mirror loaded: %d measures", len(self._measures))
+                        continue
+                    deleted = entry.operation in (KV_DEL, KV_PURGE)
+                    self._apply(entry.key, None if deleted else entry.value)
+            except asyncio.CancelledError:
+                raise
+            except BucketNotFoundError:
+                log.info("catalog bucket %s does not exist yet; lookups go to %s", CATALOG_BUCKET, CATALOG_MEASURE_GET)
+            except Exception as e:  # the watch is retried; lookups meanwhile use request-reply
+                log.warning("catalog watch interrupted (%s: %s); retrying", type(e).__name__, e)
+            await asyncio.sleep(self._retry_every)
+
+    async def _on_changed(self, msg: Msg) -> None:
+        """Refresh the ids a change names, in case the watch missed them."""
+        try:
+            changed = CatalogChanged.model_validate_json(msg.data)
+        except ValidationError:
+            return
+        for measure_id in changed.changed_ids:
+            self._absent.pop(measure_id, None)
+            if self._kv is None:
+                self._measures.pop(measure_id, None)
+                continue
+            try:
+                entry = await self._kv.get(measure_id)
+                self._apply(measure_id, entry.value)
+            except (KeyNotFoundError, NotFoundError):
+                self._apply(measure_id, None)
+            except Exception as e:
+                log.warning("could not refresh measure %s after catalog.changed: %s", measure_id, e)
+                self._measures.pop(measure_id, None)
+
+    # --- lookups ---
+
+    def cached(self, measure_id: str) -> tuple[bool, Measure | None]:
+        """(known, measure): known is False when the catalog has to be asked."""
+        measure = self._measures.get(measure_id)
+        if measure is not None:
+            return True, measure
+        expires = self._absent.get(measure_id)
+        if expires is not None and expires > time.monotonic():
+            return True, None
+        return False, None
+
+    async def ask(self, measure_id: str) -> Measure | None:
+        """Ask the catalog for one measure: None when it says not found; CatalogUnavailable when it cannot say."""
+        try:
+            reply = await self._nc.request(CATALOG_MEASURE_GET, measure_id.encode(), timeout=self._timeout)
+        except (NoRespondersError, NatsTimeoutError, TimeoutError) as e:
+            raise CatalogUnavailable(f"the catalog did not answer {CATALOG_MEASURE_GET} for {measure_id}: {e!r}") from e
+        except Exception as e:  # connection closed or reconnecting: transient all the same
+            raise CatalogUnavailable(f"could not ask the catalog for {measure_id}: {e!r}") from e
+        try:
+            body = json.loads(reply.data)
+        except ValueError as e:
+            raise CatalogUnavailable(f"the catalog answered {measure_id} with something unreadable") from e
+        if isinstance(body, dict) and "error" in body:
+            if body.get("error") == "not_found":
+                self._absent[measure_id] = time.monotonic() + NEGATIVE_TTL
+                return None
+            raise CatalogUnavailable(f"the catalog could not answer {measure_id}: {body}")
+        try:
+            measure = Measure.model_validate(body)
+        except ValidationError as e:
+            raise CatalogUnavailable(f"the catalog answered {measure_id} with an invalid measure: {e}") from e
+        self._measures.setdefault(measure_id, measure)
+        return measure
+
+    async def lookup_many(self, measure_ids: Iterable[str]) -> tuple[dict[str, Measure | None], dict[str, str]]:
+        """Look up several measures: (found or known absent, unavailable with why)."""
+        found: dict[str, Measure | None] = {}
+        to_ask: list[str] = []
+        for measure_id in set(measure_ids):
+            known, measure = self.cached(measure_id)
+            if known:
+                found[measure_id] = measure
+            else:
+                to_ask.append(measure_id)
+        unavailable: dict[str, str] = {}
+        if to_ask:
+            answers = await asyncio.gather(*(self.ask(m) for m in to_ask), return_exceptions=True)
+            for measure_id, answer in zip(to_ask, answers, strict=True):
+                if isinstance(answer, CatalogUnavailable):
+                    unavailable[measure_id] = str(answer)
+                elif isinstance(answer, BaseException):
+                    unavailable[measure_id] = f"{type(answer).__name__}: {answer}"
+                else:
+                    found[measure_id] = answer
+        return found, unavailable

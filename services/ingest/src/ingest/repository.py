@@ -1,0 +1,300 @@
+"""All SQL of ingest: one decision per STATUS message, and the idempotency record of each event_id.
+
+`decision` holds what ingest decided for every STATUS message (key: its stream sequence), so that a
+redelivered message is answered from the store instead of being decided again. `event_id_claim` binds an
+event_id to the content it first carried and says which message admitted it. Both are written in one
+transaction per batch with SQLAlchemy Core (`INSERT … ON CONFLICT DO NOTHING … RETURNING` on SQLite and
+PostgreSQL alike): a row that did not go in means another replica got there first, and the batch is
+decided again from the store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import Engine, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Column, Field, SQLModel
+
+from ingest.domain import PriorRecord
+
+OUTCOME_ADMITTED = "admitted"
+OUTCOME_REJECTED = "rejected"
+#: An identical resend of an admitted event: recorded as an attempt, nothing published.
+OUTCOME_DUPLICATE = "duplicate"
+
+
+class DecisionRow(SQLModel, table=True):
+    """What ingest decided for one STATUS message."""
+
+    __tablename__ = "decision"
+    __table_args__ = (
+        # Rejections are few: a partial index keeps the hot insert path free of it for admissions.
+        sa.Index(
+            "ix_decision_rejections",
+            "agency",
+            "reason",
+            "stream_seq",
+            sqlite_where=sa.text("outcome = 'rejected'"),
+            postgresql_where=sa.text("outcome = 'rejected'"),
+        ),
+    )
+
+    stream_seq: int = Field(sa_column=Column(sa.BigInteger, primary_key=True, autoincrement=False))
+    event_id: str | None = Field(default=None, max_length=36, index=True)
+    outcome: str = Field(max_length=10)
+    reason: str | None = Field(default=None, max_length=32)
+    message: str | None = Field(default=None, sa_column=Column(sa.Text))
+    subject: str = Field(sa_column=Column(sa.Text, nullable=False))
+    agency: str = Field(max_length=64)
+    measure_id: str | None = Field(default=None, max_length=16)
+    received_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
+    admitted_at: datetime | None = Field(default=None, sa_column=Column(sa.DateTime(timezone=True)))
+    trace_id: str | None = Field(default=None, max_length=32)
+    content_hash: str | None = Field(default=None, max_length=32)
+    rejection_id: str | None = Field(default=None, max_length=40)
+    #: The original bytes of a rejected message (admitted ones live on ACCEPTED).
+    payload: bytes | None = Field(default=None, sa_column=Column(sa.LargeBinary))
+
+
+class EventIdClaimRow(SQLModel, table=True):
+    """The idempotency record of an event_id: the content it is bound to and the message that admitted it."""
+
+    __tablename__ = "event_id_claim"
+
+    event_id: str = Field(primary_key=True, max_length=36)
+    content_hash: str = Field(max_length=32)
+    agency: str = Field(max_length=64)
+    first_seq: int = Field(sa_column=Column(sa.BigInteger, nullable=False))
+    admitted_seq: int | None = Field(default=None, sa_column=Column(sa.BigInteger))
+
+
+_decision: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
+_claim: sa.Table = EventIdClaimRow.__table__  # type: ignore[attr-defined]
+
+
+def create_schema(engine: Engine) -> None:
+    SQLModel.metadata.create_all(engine, tables=[_decision, _claim])
+
+
+def set_sqlite_busy_timeout(engine: Engine, *, milliseconds: int) -> None:
+    """Bound how long a SQLite write waits for a lock, so a stuck batch is retried well inside ack_wait."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _busy_timeout(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout={int(milliseconds)}")
+        cursor.close()
+
+
+def _insert(engine: Engine, table: sa.Table) -> Any:
+    if engine.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+def _aware(moment: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes: every stored time is UTC."""
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
+# --- the batch unit of work ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    stream_seq: int
+    event_id: str | None
+    outcome: str
+    reason: str | None
+    message: str | None
+    subject: str
+    agency: str
+    measure_id: str | None
+    received_at: datetime
+    admitted_at: datetime | None
+    trace_id: str | None
+    content_hash: str | None
+    rejection_id: str | None
+
+
+_STORED_COLUMNS = [_decision.c[name] for name in StoredDecision.__slots__]
+
+
+def _stored(row: Any) -> StoredDecision:
+    mapping = row._mapping
+    values = {name: mapping[name] for name in StoredDecision.__slots__}
+    values["received_at"] = _aware(values["received_at"])
+    values["admitted_at"] = _aware(values["admitted_at"])
+    return StoredDecision(**values)
+
+
+def load_stored(engine: Engine, *, seqs: Sequence[int]) -> dict[int, StoredDecision]:
+    """Decisions already stored for these stream sequences (a redelivery, or another replica's work)."""
+    if not seqs:
+        return {}
+    wanted = set(seqs)
+    # Batches are runs of nearly consecutive sequences: one range scan instead of a long IN list.
+    query = sa.select(*_STORED_COLUMNS).where(_decision.c.stream_seq.between(min(seqs), max(seqs)))
+    with engine.connect() as conn:
+        return {s.stream_seq: s for s in map(_stored, conn.execute(query)) if s.stream_seq in wanted}
+
+
+def load_priors(engine: Engine, *, event_ids: Iterable[str]) -> dict[str, PriorRecord]:
+    """The idempotency records of these event ids."""
+    ids = list(set(event_ids))
+    if not ids:
+        return {}
+    out: dict[str, PriorRecord] = {}
+    with engine.connect() as conn:
+        for start in range(0, len(ids), 900):  # below SQLite's bound-parameter limit
+            query = sa.select(_claim.c.event_id, _claim.c.content_hash, _claim.c.admitted_seq, _claim.c.agency).where(
+                _claim.c.event_id.in_(ids[start : start + 900])
+            )
+            for event_id, digest, admitted_seq, agency in conn.execute(query):
+                out[event_id] = PriorRecord(content_hash=digest, admitted=admitted_seq is not None, agency=agency)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class NewClaim:
+    event_id: str
+    content_hash: str
+    agency: str
+    first_seq: int
+    admitted_seq: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class LateAdmission:
+    """An event_id claimed by an earlier rejected message, now admitted by an identical resend."""
+
+    event_id: str
+    admitted_seq: int
+
+
+class WriteConflict(Exception):
+    """Another replica stored part of this batch first: decide the batch again from the store."""
+
+
+def write_batch(
+    engine: Engine,
+    *,
+    decisions: Sequence[dict[str, Any]],
+    claims: Sequence[NewClaim],
+    late_admissions: Sequence[LateAdmission],
+) -> None:
+    """Store a batch's decisions and idempotency records in one transaction, or nothing (WriteConflict)."""
+    if not decisions:
+        return
+    with engine.begin() as conn:
+        stmt = _insert(engine, _decision).on_conflict_do_nothing().returning(_decision.c.stream_seq)
+        inserted = conn.execute(stmt, list(decisions)).all()
+        if len(inserted) != len(decisions):
+            raise WriteConflict(f"{len(decisions) - len(inserted)} decision(s) were stored by another replica")
+        if claims:
+            stmt = _insert(engine, _claim).on_conflict_do_nothing().returning(_claim.c.event_id)
+            rows = [
+                {
+                    "event_id": c.event_id,
+                    "content_hash": c.content_hash,
+                    "agency": c.agency,
+                    "first_seq": c.first_seq,
+                    "admitted_seq": c.admitted_seq,
+                }
+                for c in claims
+            ]
+            claimed = conn.execute(stmt, rows).all()
+            if len(claimed) != len(claims):
+                raise WriteConflict(f"{len(claims) - len(claimed)} event id(s) were claimed by another replica")
+        for late in late_admissions:
+            result = conn.execute(
+                sa.update(_claim)
+                .where(_claim.c.event_id == late.event_id, _claim.c.admitted_seq.is_(None))
+                .values(admitted_seq=late.admitted_seq)
+            )
+            if result.rowcount != 1:
+                raise WriteConflict(f"event id {late.event_id} was admitted by another replica")
+
+
+# --- reading for HTTP ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EventHistory:
+    """Every decision made for one event_id, and which of them is the event's outcome."""
+
+    main: StoredDecision
+    attempts: list[StoredDecision]
+
+
+def event_history(engine: Engine, *, event_id: str) -> EventHistory | None:
+    with engine.connect() as conn:
+        rows = [
+            _stored(r)
+            for r in conn.execute(
+                sa.select(*_STORED_COLUMNS).where(_decision.c.event_id == event_id).order_by(_decision.c.stream_seq)
+            )
+        ]
+        if not rows:
+            return None
+        claim = conn.execute(
+            sa.select(_claim.c.first_seq, _claim.c.admitted_seq).where(_claim.c.event_id == event_id)
+        ).first()
+    main_seq = rows[0].stream_seq
+    if claim is not None:
+        main_seq = claim.admitted_seq if claim.admitted_seq is not None else claim.first_seq
+    main = next((r for r in rows if r.stream_seq == main_seq), rows[0])
+    return EventHistory(main=main, attempts=[r for r in rows if r is not main])
+
+
+@dataclass(frozen=True, slots=True)
+class RejectionRecord:
+    decision: StoredDecision
+    payload: bytes | None
+
+
+def list_rejections(
+    engine: Engine, *, agency: str | None, reason: str | None, limit: int, offset: int
+) -> tuple[list[RejectionRecord], int]:
+    """Rejections, newest first, with their total under the same filters."""
+    conditions = [_decision.c.outcome == OUTCOME_REJECTED]
+    if agency is not None:
+        conditions.append(_decision.c.agency == agency)
+    if reason is not None:
+        conditions.append(_decision.c.reason == reason)
+    with engine.connect() as conn:
+        total = conn.execute(sa.select(sa.func.count()).select_from(_decision).where(*conditions)).scalar_one()
+        rows = conn.execute(
+            sa.select(*_STORED_COLUMNS, _decision.c.payload)
+            .where(*conditions)
+            .order_by(_decision.c.stream_seq.desc())
+            .limit(limit)
+            .offset(offset)
+        ).all()
+    items = [RejectionRecord(decision=_stored(r), payload=r.payload) for r in rows]
+    return items, int(total)
+
+
+def count_outcomes(engine: Engine) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(_decision.c.outcome, sa.func.count()).group_by(_decision.c.outcome)).all()
+    return {outcome: int(n) for outcome, n in rows}
+
+
+def ping(engine: Engine) -> bool:
+    """Whether the store answers a query now."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("select 1"))
+    except sa.exc.SQLAlchemyError:
+        return False
+    return True
