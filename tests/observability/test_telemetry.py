@@ -142,7 +142,8 @@ def test_init_tracing_in_a_fresh_process_exports_over_otlp_and_flushes_at_exit(t
         from shinchoku_runtime.telemetry import init_tracing
         import sys
         provider = init_tracing("ingest", Path(sys.argv[1]))
-        assert init_tracing("other", None) is provider, "one provider per process"
+        other = init_tracing("other", None)
+        assert other is not provider and trace.get_tracer_provider() is provider, "the first one is global"
         with trace.get_tracer(__name__).start_as_current_span("work") as span:
             span.set_attribute("shinchoku.agency", "mext")
         """

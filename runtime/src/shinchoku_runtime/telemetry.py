@@ -11,8 +11,7 @@ Where spans go:
   `console`, `none`; e.g. `otlp,jsonl` writes both.
 
 `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*` and `OTEL_SDK_DISABLED`
-are honoured as the specification says. OpenTelemetry allows one global tracer provider per process: the
-first `init_tracing` wins and later calls return it (a test may install its own provider first).
+are honoured as the specification says.
 """
 
 from __future__ import annotations
@@ -282,16 +281,19 @@ def _batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
 
 
 def init_tracing(service_name: str, data_dir: Path | None = None) -> TracerProvider:
-    """Install this process's TracerProvider (see the module docstring for where spans go) and return it."""
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):
-        return current
+    """A TracerProvider for this service (see the module docstring for where its spans go).
+
+    The first one in a process also becomes the global provider (`opentelemetry.trace.get_tracer`); later
+    ones (several services composed in one test process) stay private to the service that asked, so each
+    keeps its own name and shutting one down leaves the others alone.
+    """
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return TracerProvider()  # the SDK hands out no-op tracers when disabled
     provider = TracerProvider(resource=make_resource(service_name))  # the sampler comes from OTEL_TRACES_SAMPLER
     for exporter in make_exporters(service_name, data_dir):
         provider.add_span_processor(_batch_processor(exporter))
-    trace.set_tracer_provider(provider)
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        trace.set_tracer_provider(provider)
     return provider
 
 
