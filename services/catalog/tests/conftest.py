@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
+import httpx
 import pytest
+import pytest_asyncio
 from fastapi import FastAPI
 
 from catalog.app import CatalogRuntime, create_app
@@ -90,3 +92,20 @@ def module_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest
         pytest.skip(reason)
     with fresh_postgres_database() as url:
         yield url
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def api(
+    module_database_url: str,
+    module_nats_server: NatsServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    plan: list[Measure],
+) -> AsyncIterator[httpx.AsyncClient]:
+    """One running catalog per module and database, seeded once, for tests that only read over HTTP."""
+    settings = catalog_settings(tmp_path_factory.mktemp("catalog"), module_database_url, module_nats_server)
+    app = create_app(settings, load_plan=lambda: plan)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://catalog") as client,
+    ):
+        yield client

@@ -10,6 +10,7 @@ from sqlmodel import Session, select
 
 from catalog import handlers, repository
 from catalog.domain import measure_document
+from contracts.agencies import Agency
 from contracts.catalog import Measure
 from shinchoku_runtime.db import make_engine
 
@@ -84,7 +85,7 @@ def test_reseeding_changes_nothing_and_a_changed_plan_changes_only_what_differs(
             section=6,
             section_title=by_id["6-17"].section_title,
             title="新しい施策",
-            lead_agencies=["digital"],  # type: ignore[list-item]
+            lead_agencies=[Agency.digital],
         )
         changed_plan = [retitled if m.id == "1-25" else m for m in plan if m.id != "2-3"] + [new]
         result = handlers.seed_registry(engine, changed_plan)

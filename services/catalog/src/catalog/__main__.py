@@ -6,10 +6,20 @@ import argparse
 import json
 import sys
 
-from catalog.app import CatalogRuntime, create_app
+from catalog import handlers, repository
 from catalog.config import CatalogSettings
-from shinchoku_runtime.service import serve
+from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.telemetry import init_logging
+
+
+def seed(settings: CatalogSettings) -> handlers.SeedResult:
+    """Store the bundled plan in the catalog's database; the running catalog announces the change on NATS."""
+    engine = make_engine(settings.resolved_database_url())
+    try:
+        repository.create_schema(engine)
+        return handlers.seed_registry(engine, handlers.bundled_plan())
+    finally:
+        engine.dispose()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,12 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = CatalogSettings()
     init_logging("catalog", settings.log_level)
     if args.command == "seed":
-        runtime = CatalogRuntime(settings)
-        try:
-            result = runtime.seed()
-        finally:
-            runtime.engine.dispose()
-            runtime.tracer_provider.shutdown()
+        result = seed(settings)
         summary = {
             "revision": result.revision,
             "measures_total": result.measures_total,
@@ -41,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         sys.stdout.write(json.dumps(summary, ensure_ascii=False) + "\n")
         return 0
+    from catalog.app import create_app  # the web and NATS stack, not needed to seed
+    from shinchoku_runtime.service import serve
+
     serve(create_app(settings), host=settings.host, port=settings.port)
     return 0
 

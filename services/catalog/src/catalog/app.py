@@ -18,7 +18,7 @@ from sqlmodel import Session
 from catalog import handlers, repository
 from catalog.api import router
 from catalog.config import CatalogSettings
-from catalog.plan import bundled_plan_text, parse_plan
+from catalog.handlers import bundled_plan
 from catalog.subscribers import register_subscribers
 from contracts.catalog import Measure
 from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED
@@ -33,11 +33,6 @@ log = logging.getLogger(__name__)
 PlanLoader = Callable[[], Sequence[Measure]]
 #: Longest pause between two attempts to publish the registry on NATS.
 MAX_RETRY_DELAY = 30.0
-
-
-def bundled_plan() -> list[Measure]:
-    """The measures of the plan shipped with the catalog."""
-    return parse_plan(bundled_plan_text())
 
 
 class CatalogRuntime:

@@ -24,6 +24,7 @@ from catalog.domain import (
     registry_revision,
     sort_ids,
 )
+from catalog.plan import bundled_plan_text, parse_plan
 from contracts.catalog import Measure, measure_sort_key
 from contracts.events import CatalogChanged
 
@@ -31,6 +32,11 @@ log = logging.getLogger(__name__)
 
 #: KV writes in flight at once while mirroring (each waits for its JetStream ack).
 KV_WRITE_CONCURRENCY = 64
+
+
+def bundled_plan() -> list[Measure]:
+    """The measures of the plan shipped with the catalog."""
+    return parse_plan(bundled_plan_text())
 
 
 @dataclass(frozen=True, slots=True)
