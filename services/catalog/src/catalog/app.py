@@ -47,7 +47,9 @@ class CatalogRuntime:
         self.broker = make_broker(
             settings, service="catalog", tracer_provider=self.tracer_provider, registry=self.metrics
         )
-        register_subscribers(self.broker, engine=self.engine)
+        #: The stored registry as Measure JSON by id: what the KV bucket mirrors and request-reply answers.
+        self.documents: dict[str, bytes] = {}
+        register_subscribers(self.broker, documents=lambda: self.documents)
         self.measures_gauge = Gauge(
             "shinchoku_catalog_measures", "Measures in the stored registry", registry=self.metrics
         )
@@ -60,6 +62,7 @@ class CatalogRuntime:
     def seed(self) -> handlers.SeedResult:
         repository.create_schema(self.engine)
         result = handlers.seed_registry(self.engine, self.load_plan())
+        self.documents = handlers.registry_documents(self.engine)
         self.seed_result = result
         self.measures_gauge.set(result.measures_total)
         return result
@@ -119,8 +122,7 @@ class CatalogRuntime:
     async def publish_registry(self) -> None:
         """Mirror the stored registry into the KV bucket, then announce a change not yet announced."""
         kv = await self.bucket()
-        documents = await asyncio.to_thread(handlers.registry_documents, self.engine)
-        self.mirror_result = await handlers.mirror_to_kv(kv, documents)
+        self.mirror_result = await handlers.mirror_to_kv(kv, self.documents)
         announcement = await asyncio.to_thread(handlers.pending_announcement, self.engine)
         if announcement is None:
             return

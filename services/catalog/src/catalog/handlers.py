@@ -167,11 +167,10 @@ def not_found_reply(message: str) -> bytes:
     return json.dumps({"error": "not_found", "message": message}, ensure_ascii=False).encode()
 
 
-def measure_reply(engine: Engine, payload: bytes) -> tuple[str | None, bytes]:
+def measure_reply(documents: Mapping[str, bytes], payload: bytes) -> tuple[str | None, bytes]:
     """Answer a `catalog.measure.get` request: (the measure id asked for, Measure JSON or a not_found error).
 
-    Database faults propagate: the requester must time out and retry, never hear `not_found` for a
-    measure that exists.
+    `documents` is the registry the catalog seeded and mirrored, so a reply always agrees with the KV bucket.
     """
     try:
         raw = payload.decode()
@@ -180,8 +179,7 @@ def measure_reply(engine: Engine, payload: bytes) -> tuple[str | None, bytes]:
     measure_id = normalise_measure_id(raw)
     if measure_id is None:
         return None, not_found_reply(f"{raw[:40]!r} is not a measure id: ids look like 1-25 (section-number)")
-    with Session(engine) as session:
-        measure = repository.get_measure(session, measure_id=measure_id)
-    if measure is None:
+    document = documents.get(measure_id)
+    if document is None:
         return measure_id, not_found_reply(f"no measure {measure_id} in the catalog")
-    return measure_id, measure_document(measure)
+    return measure_id, document

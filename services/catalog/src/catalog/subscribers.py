@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
+from collections.abc import Callable, Mapping
 
 from faststream.nats import NatsBroker, NatsMessage, NatsResponse
 from opentelemetry import trace
-from sqlalchemy import Engine
 
 from catalog import handlers
 from contracts.streams import CATALOG_MEASURE_GET
@@ -19,7 +18,9 @@ async def raw_body(msg: NatsMessage) -> bytes:
     return msg.body
 
 
-def register_subscribers(broker: NatsBroker, *, engine: Engine) -> None:
+def register_subscribers(broker: NatsBroker, *, documents: Callable[[], Mapping[str, bytes]]) -> None:
+    """`documents` gives the current registry as Measure JSON by id (swapped whole after each seed)."""
+
     @broker.subscriber(
         CATALOG_MEASURE_GET,
         queue="catalog",
@@ -31,7 +32,7 @@ def register_subscribers(broker: NatsBroker, *, engine: Engine) -> None:
         ),
     )
     async def measure_get(body: bytes) -> NatsResponse:
-        measure_id, reply = await asyncio.to_thread(handlers.measure_reply, engine, body)
+        measure_id, reply = handlers.measure_reply(documents(), body)
         if measure_id is not None:
             trace.get_current_span().set_attribute("shinchoku.measure_id", measure_id)
         return NatsResponse(reply, headers=JSON_HEADERS)
