@@ -126,7 +126,8 @@ def _kpis(
 
 
 def _encode(event: StatusEvent) -> bytes:
-    return event.model_dump_json(exclude_none=True).encode("utf-8")
+    # Exactly what shinchoku.client.AgencyPublisher.publish sends for this event.
+    return event.model_dump_json().encode()
 
 
 @dataclass(frozen=True)

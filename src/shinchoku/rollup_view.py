@@ -80,6 +80,7 @@ def _title(rollup: dict[str, Any], agency: str | None, section: str | None) -> s
 
 
 def summary_table(part: dict[str, Any]) -> Table:
+    """Counts and rates; with the previous quarter, movements and targets when the service gives them."""
     total, reported, on_time = part["measures_total"], part["reported"], part["on_time"]
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
@@ -88,6 +89,19 @@ def summary_table(part: dict[str, Any]) -> Table:
     table.add_row("measures", str(total), "")
     table.add_row("reported", str(reported), f"coverage {rate(reported, total)}")
     table.add_row("on time", str(on_time), f"{rate(on_time, reported)} of reported measures")
+    previous = part.get("previous")
+    if isinstance(previous, dict) and "reported" in previous:
+        label = previous.get("label", "previous quarter")
+        table.add_row(
+            "trend",
+            "",
+            f"{label}: coverage {rate(previous['reported'], previous['measures_total'])}, "
+            f"delayed {previous['by_status'].get('delayed', 0)} → {part['by_status'].get('delayed', 0)}",
+        )
+    if "moved_worse" in part and "moved_better" in part:
+        table.add_row("moved", "", f"{len(part['moved_worse'])} worse, {len(part['moved_better'])} better than before")
+    if isinstance(part.get("overdue_targets"), int):
+        table.add_row("targets overdue", str(part["overdue_targets"]), "due date passed, measure not completed")
     return table
 
 
@@ -148,6 +162,6 @@ def render_rollup(
         }
         items += [Text(""), breakdown_table("by agency", rows, agencies)]
         by_section = rollup.get("by_section", {})
-        sections = {str(n): f"{n} {t}" for n, t in SECTION_TITLES.items()}
+        sections = {str(n): f"{n} {by_section.get(str(n), {}).get('title') or t}" for n, t in SECTION_TITLES.items()}
         items += [Text(""), breakdown_table("by section", dict(sorted(by_section.items())), sections)]
     return Group(*items)

@@ -44,7 +44,12 @@ ROLLUP = {
     "by_agency": {"mof": _part(10, 9, 8, on_track=9), "digital": _part(100, 90, 80, on_track=80, delayed=10)},
     "by_section": {str(n): _part(50, 45, 40, on_track=45) for n in range(1, 7)},
 }
-CSV = "\ufeffscope,key,measures_total\r\nall,,320\r\n"
+CSV = (
+    "\ufeffquarter,scope,key,name,measures_total\r\n"
+    "FY2025Q1,government,all,全体,320\r\n"
+    "FY2025Q1,section,3,地域,50\r\n"
+    "FY2025Q1,agency,mof,財務省,10\r\n"
+)
 
 
 @pytest.fixture
@@ -152,6 +157,14 @@ def test_rollup_json_and_csv(stack_dir: Path, reporting: tuple[str, list[str]]) 
     result = runner.invoke(app, ["rollup", "2025", "1", "--format", "csv", "--data-dir", str(stack_dir)])
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes == CSV.encode()
+    result = runner.invoke(
+        app, ["rollup", "2025", "1", "--format", "csv", "--agency", "mof", "--data-dir", str(stack_dir)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        result.stdout_bytes
+        == "\ufeffquarter,scope,key,name,measures_total\r\nFY2025Q1,agency,mof,財務省,10\r\n".encode()
+    )
 
 
 def test_rollup_errors(stack_dir: Path, tmp_path: Path) -> None:

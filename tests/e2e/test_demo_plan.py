@@ -152,3 +152,10 @@ def test_at_most_one_report_per_lead_and_quarter_besides_corrections(plan: list[
     for e in admitted([m for m in plan if m.kind == "report"]):
         seen[(e.measure_id, e.agency.value, e.fiscal_year, e.quarter)] += 1
     assert max(seen.values()) == 1
+
+
+def test_report_bytes_are_what_the_client_sends(plan: list[DemoMessage]) -> None:
+    """The demo publishes reports through AgencyPublisher.publish, which re-encodes them: same bytes."""
+    for m in plan:
+        if m.expect in (ADMITTED, DUPLICATE):
+            assert StatusEvent.model_validate_json(m.payload).model_dump_json().encode() == m.payload

@@ -11,22 +11,25 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from nats.aio.client import Client
-from nats.errors import TimeoutError as NatsTimeoutError
+from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
+from opentelemetry.sdk.trace import TracerProvider
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from contracts.catalog import Measure
+from contracts.events import StatusEvent
 from contracts.periods import last_completed_quarter
-from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM, agency_inbox_prefix
+from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
+from shinchoku.client import AgencyPublisher, PublishError
 from shinchoku.commands.rollup import fetch_rollup
 from shinchoku.demo_plan import ADMITTED, DEFAULT_SEED, DUPLICATE, DemoMessage, expected_outcomes, plan_demo
 from shinchoku.rollup_view import render_rollup
 from shinchoku.stack import Stack, StackNotFound
 from shinchoku.stackhttp import StackUnavailable, detail, get, load_stack
 from shinchoku_runtime.natsclient import connect
+from shinchoku_runtime.telemetry import init_tracing
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -44,48 +47,46 @@ def fetch_measures(stack: Stack) -> list[Measure]:
 
 
 async def _publish_phase(
-    connections: dict[str, Client], messages: Sequence[DemoMessage], advance: Callable[[], None]
+    publishers: dict[str, AgencyPublisher], messages: Sequence[DemoMessage], advance: Callable[[], None]
 ) -> None:
     window = asyncio.Semaphore(WINDOW)
 
     async def one(message: DemoMessage) -> None:
-        js = connections[message.agency].jetstream()
+        publisher = publishers[message.agency]
         async with window:
-            for attempt in range(5):
-                try:
-                    await js.publish(message.subject, message.payload, stream=STATUS_STREAM.name, timeout=10)
-                    break
-                except NatsTimeoutError:
-                    # Resending the same bytes is safe: ingest de-duplicates by event_id.
-                    if attempt == 4:
-                        raise
-                    await asyncio.sleep(0.5 * (attempt + 1))
+            if message.expect in (ADMITTED, DUPLICATE):
+                # A well-formed report goes through the client's own path (trace attributes and all);
+                # its bytes are the plan's bytes (the plan encodes as the client does).
+                await publisher.publish(StatusEvent.model_validate_json(message.payload))
+            else:
+                await publisher.publish_raw(message.subject, message.payload)
         advance()
 
     await asyncio.gather(*(one(m) for m in messages))
 
 
-async def publish(stack: Stack, messages: Sequence[DemoMessage], advance: Callable[[], None]) -> None:
+async def publish(
+    stack: Stack, messages: Sequence[DemoMessage], advance: Callable[[], None], tracer_provider: TracerProvider
+) -> None:
     """Each agency publishes its own messages with its own credentials; originals before resends and rejections."""
-    agencies = sorted({m.agency for m in messages})
-    connections: dict[str, Client] = {}
+    publishers: dict[str, AgencyPublisher] = {}
     try:
-        for agency in agencies:
-            connections[agency] = await connect(
+        for agency in sorted({m.agency for m in messages}):
+            publisher = AgencyPublisher(
                 stack.nats_plain_url,
-                name=f"shinchoku-demo-{agency}",
-                user=agency,
+                agency=agency,
                 password=stack.password(agency),
-                inbox_prefix=agency_inbox_prefix(agency),
-                max_reconnect_attempts=10,
+                timeout=10.0,
+                tracer_provider=tracer_provider,
             )
-        originals = [m for m in messages if m.expect == ADMITTED]
+            await publisher.connect()
+            publishers[agency] = publisher
         # A resend must arrive after what it resends, or it would be the original.
-        await _publish_phase(connections, originals, advance)
-        await _publish_phase(connections, [m for m in messages if m.expect != ADMITTED], advance)
+        await _publish_phase(publishers, [m for m in messages if m.expect == ADMITTED], advance)
+        await _publish_phase(publishers, [m for m in messages if m.expect != ADMITTED], advance)
     finally:
-        for nc in connections.values():
-            await nc.close()
+        for publisher in publishers.values():
+            await publisher.close()
 
 
 async def pending_work(stack: Stack) -> dict[str, int] | None:
@@ -163,11 +164,15 @@ def demo(
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("publishing as the 17 agencies", total=len(messages))
+        # Each report's trace starts here: DATA_DIR/spans/shinchoku-demo.jsonl (or OTLP), for `shinchoku trace`.
+        provider = init_tracing("shinchoku-demo", stack.data_dir)
         try:
-            asyncio.run(publish(stack, messages, lambda: progress.advance(task)))
-        except (OSError, NatsTimeoutError) as e:
-            err.print(f"[red]publishing failed: {e!r}[/] (is the stack running? `shinchoku up`)")
+            asyncio.run(publish(stack, messages, lambda: progress.advance(task), provider))
+        except (OSError, NatsError, PublishError) as e:
+            err.print(f"[red]publishing failed: {e}[/] (is the stack running? `shinchoku up`)")
             raise typer.Exit(1) from None
+        finally:
+            provider.shutdown()
         caught_up = wait_caught_up(stack, progress)
     console.print(_summary(messages))
     if not caught_up:

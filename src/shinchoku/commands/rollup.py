@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import sys
 from enum import StrEnum
@@ -34,6 +36,24 @@ def fetch_rollup(stack: Stack, fiscal_year: int, quarter: int) -> dict[str, Any]
     return body
 
 
+def filter_csv(content: bytes, scope: str, key: str) -> bytes:
+    """The header and the rows of one scope (`agency`/`section` and its key) of the rollup CSV, same encoding."""
+    bom = content.startswith(b"\xef\xbb\xbf")
+    rows = list(csv.reader(io.StringIO(content.decode("utf-8-sig"), newline="")))
+    if not rows:
+        return content
+    header = rows[0]
+    try:
+        scope_col, key_col = header.index("scope"), header.index("key")
+    except ValueError:
+        return content
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(r for r in rows[1:] if len(r) > key_col and r[scope_col] == scope and r[key_col] == key)
+    return (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode("utf-8")
+
+
 def check_agency(agency: str | None) -> str | None:
     if agency is not None and agency not in Agency.__members__:
         err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
@@ -57,13 +77,16 @@ def rollup(
     try:
         stack = load_stack(data_dir)
         if output is Format.csv:
-            params = {"format": "csv", "agency": agency, "section": section}
+            params = {"format": "csv"}
             response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}", params=params)
             if response.status_code != 200:
                 raise ValueError(f"reporting answered {response.status_code}: {detail(response)}")
             # Byte for byte, BOM included: `> rollup.csv` opens in Excel as the service meant it.
+            content = response.content
+            if agency is not None or section is not None:
+                content = filter_csv(content, "agency" if agency else "section", agency or str(section))
             sys.stdout.flush()
-            sys.stdout.buffer.write(response.content)
+            sys.stdout.buffer.write(content)
             sys.stdout.buffer.flush()
             return
         body = fetch_rollup(stack, fiscal_year, quarter)
