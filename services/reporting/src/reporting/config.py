@@ -1,0 +1,33 @@
+"""Settings of the reporting service (environment prefix `SHINCHOKU_REPORTING_`)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from shinchoku_runtime.settings import ServiceSettings
+
+
+class ReportingSettings(ServiceSettings):
+    """Read from `SHINCHOKU_REPORTING_*` variables, e.g. `SHINCHOKU_REPORTING_DATABASE_URL`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SHINCHOKU_REPORTING_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    port: int = 8003
+    nats_user: str | None = "reporting"
+    batch_size: int = Field(default=1000, ge=1, le=10_000, description="Messages fetched from ACCEPTED per pull")
+    batch_timeout: float = Field(default=0.1, gt=0, description="Seconds a pull waits to fill a batch")
+    max_rows_per_transaction: int = Field(
+        default=4000, ge=1, description="Queued batches are merged into one transaction up to this many events"
+    )
+    max_ack_pending: int = Field(default=20_000, ge=100, description="Consumer's max_ack_pending (durable config)")
+    ack_wait: float = Field(default=60.0, gt=0, description="Seconds before an unacknowledged message is redelivered")
+    retry_delay: float = Field(
+        default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
+    )
+
+    def resolved_database_url(self) -> str:
+        """The configured URL, or the SQLite file `data_dir/db/reporting.sqlite`."""
+        return self.database_url or self.sqlite_default("reporting")
