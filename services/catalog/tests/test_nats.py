@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -15,6 +17,7 @@ import httpx
 from fastapi import FastAPI
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.errors import NoKeysError, NotFoundError
 
 from catalog.domain import measure_document
 from contracts.catalog import Measure
@@ -188,3 +191,31 @@ async def test_a_registry_seeded_offline_is_announced_when_the_catalog_starts(
             assert len(event.changed_ids) == 320
     finally:
         await reporting.close()
+
+
+async def test_a_nats_that_lost_its_state_gets_the_registry_back(
+    nats_server: NatsServer, tmp_path: Path, run_catalog: RunCatalog
+) -> None:
+    async with run_catalog(f"sqlite:///{tmp_path / 'lost.sqlite'}", nats_server) as app:
+        runtime = app.state.runtime
+        nats_server.kill()
+        # A new server on the same address and credentials, with empty JetStream storage.
+        replacement = NatsServer.create(tmp_path / "replacement", port=nats_server.options.port)
+        shutil.copy(nats_server.directory / "secrets.json", replacement.directory / "secrets.json")
+        replacement.start()
+        try:
+            ingest = await _connect_as(replacement, "ingest")
+            try:
+                deadline = asyncio.get_running_loop().time() + 20
+                contents: dict[str, bytes] = {}
+                while len(contents) < 320 and asyncio.get_running_loop().time() < deadline:
+                    await asyncio.sleep(0.2)
+                    with contextlib.suppress(NotFoundError, NoKeysError):
+                        contents = await _bucket_contents(ingest)
+                assert len(contents) == 320
+                assert runtime.mirror_result.put
+            finally:
+                await ingest.close()
+        finally:
+            await runtime.broker.stop()
+            replacement.stop()

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from nats.js.api import StorageType
+from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -45,7 +45,11 @@ class CatalogRuntime:
         self.metrics = CollectorRegistry()
         self.tracer_provider = init_tracing("catalog", settings.data_dir)
         self.broker = make_broker(
-            settings, service="catalog", tracer_provider=self.tracer_provider, registry=self.metrics
+            settings,
+            service="catalog",
+            tracer_provider=self.tracer_provider,
+            registry=self.metrics,
+            reconnected_cb=self._on_reconnected,
         )
         #: The stored registry as Measure JSON by id: what the KV bucket mirrors and request-reply answers.
         self.documents: dict[str, bytes] = {}
@@ -55,9 +59,9 @@ class CatalogRuntime:
         )
         self.seed_result: handlers.SeedResult | None = None
         self.mirror_result: handlers.MirrorResult | None = None
-        self.announced: list[str] = []
         self.mirrored = asyncio.Event()
         self._nats_task: asyncio.Task[None] | None = None
+        self._publish_task: asyncio.Task[None] | None = None
 
     def seed(self) -> handlers.SeedResult:
         repository.create_schema(self.engine)
@@ -76,9 +80,10 @@ class CatalogRuntime:
         self._nats_task = asyncio.create_task(self._start_nats(), name="catalog-nats")
 
     async def stop(self) -> None:
-        if self._nats_task is not None:
-            self._nats_task.cancel()
-            await asyncio.gather(self._nats_task, return_exceptions=True)
+        tasks = [t for t in (self._nats_task, self._publish_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self.broker.stop()
         self.engine.dispose()
         self.tracer_provider.shutdown()
@@ -93,6 +98,9 @@ class CatalogRuntime:
                 log.exception("cannot start the broker; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
+        await self._publish_until_done()
+
+    async def _publish_until_done(self) -> None:
         delay = 0.5
         while True:
             try:
@@ -104,20 +112,31 @@ class CatalogRuntime:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
 
+    async def _on_reconnected(self) -> None:
+        """Mirror again after a reconnect: the server may be one that lost or never had the bucket."""
+        if self._publish_task is None or self._publish_task.done():
+            self._publish_task = asyncio.create_task(self._publish_until_done(), name="catalog-remirror")
+
     async def bucket(self) -> KeyValue:
-        """The CATALOG bucket, created when missing (file storage, the latest value of each key only)."""
+        """The CATALOG bucket, created when missing (file storage, the latest value of each key only).
+
+        Declared afresh each time (JetStream treats an identical declaration as a no-op): after a
+        reconnect the server may be one that lost the bucket, so no handle is cached.
+        """
+        js = self.broker.connection.jetstream()
+        config = KeyValueConfig(
+            bucket=CATALOG_BUCKET,
+            description="The registry of measures: key = measure id, value = Measure JSON",
+            history=1,
+            storage=StorageType.FILE,
+            replicas=self.settings.stream_replicas,
+        )
         try:
-            return await self.broker.key_value(
-                CATALOG_BUCKET,
-                description="The registry of measures: key = measure id, value = Measure JSON",
-                history=1,
-                storage=StorageType.FILE,
-                replicas=self.settings.stream_replicas,
-            )
+            return await js.create_key_value(config)
         except BadRequestError as e:
-            # Exists with other settings (created by an operator or another client version): use it as it is.
+            # Exists with other settings (made by an operator or another client version): use it as it is.
             log.warning("bucket %s exists with other settings (%s); using it as it is", CATALOG_BUCKET, e)
-            return await self.broker.key_value(CATALOG_BUCKET, declare=False)
+            return await js.key_value(CATALOG_BUCKET)
 
     async def publish_registry(self) -> None:
         """Mirror the stored registry into the KV bucket, then announce a change not yet announced."""
@@ -129,7 +148,6 @@ class CatalogRuntime:
         await self.broker.publish(announcement, CATALOG_CHANGED)
         await self.broker.connection.flush()
         await asyncio.to_thread(handlers.record_announcement, self.engine, revision=announcement.revision)
-        self.announced.append(announcement.revision)
         log.info(
             "announced registry %s on %s (%d ids changed)",
             announcement.revision[:12],
