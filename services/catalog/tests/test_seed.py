@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
 from sqlalchemy import Engine, func
@@ -137,3 +138,16 @@ def test_agency_totals_count_every_lead(database_url: str, plan: list[Measure]) 
             assert repository.agency_totals(session) == dict(expected)
     finally:
         engine.dispose()
+
+
+def test_two_catalogs_seeding_at_once_take_turns(database_url: str, plan: list[Measure]) -> None:
+    engines = [_engine(database_url), make_engine(database_url)]
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            results = list(pool.map(lambda engine: handlers.seed_registry(engine, plan), engines))
+        assert sorted(r.first_seed for r in results) == [False, True]
+        assert {r.revision for r in results} == {results[0].revision}
+        assert _row_counts(engines[0])[0] == 320
+    finally:
+        for engine in engines:
+            engine.dispose()
