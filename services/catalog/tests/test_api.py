@@ -192,5 +192,6 @@ async def test_operations_endpoints(api: httpx.AsyncClient) -> None:
     assert (await api.get("/docs")).status_code == 200
     paths = (await api.get("/openapi.json")).json()["paths"]
     assert {"/measures", "/measures/{measure_id}", "/agencies", "/sections", "/healthz"} <= set(paths)
+    assert "404" in paths["/measures/{measure_id}"]["get"]["responses"]
     metrics = (await api.get("/metrics")).text
     assert "shinchoku_catalog_measures 320.0" in metrics

@@ -66,6 +66,7 @@ def test_search_key_keeps_fields_apart_and_drops_spaces(plan: list[Measure]) -> 
         (" １－２５ ", "1-25"),
         ("No.1-25", "1-25"),
         ("6-17", "6-17"),
+        ("1-025", "1-25"),
         ("7-1", None),
         ("1-", None),
         ("1-2-3", None),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
@@ -37,6 +37,18 @@ OptionalLimit = Annotated[
     int | None,
     Query(ge=1, le=1000, description="Page size (1–1000); 100 for JSON, every match for CSV when omitted"),
 ]
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(examples=["no measure 1-999 in the catalog"])
+
+
+BAD_FILTER: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorBody, "description": "Unknown agency code or section number"}
+}
+NO_SUCH_MEASURE: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": "No measure with that id (or not an id at all)"}
+}
 
 
 class MeasurePage(BaseModel):
@@ -76,7 +88,7 @@ def _csv_row(m: Measure) -> list[object]:
     ]
 
 
-@router.get("/measures", response_model=MeasurePage, tags=["measures"])
+@router.get("/measures", response_model=MeasurePage, responses=BAD_FILTER, tags=["measures"])
 def list_measures(
     session: SessionDep,
     agency: Annotated[str | None, Query(description="Lead agency code, e.g. `mof`", examples=["mof"])] = None,
@@ -113,7 +125,7 @@ def list_measures(
     return MeasurePage(items=items, total=total)
 
 
-@router.get("/measures/{measure_id}", response_model=Measure, tags=["measures"])
+@router.get("/measures/{measure_id}", response_model=Measure, responses=NO_SUCH_MEASURE, tags=["measures"])
 def get_measure(session: SessionDep, measure_id: str) -> Measure:
     """One measure by its number, e.g. `1-25`."""
     normalised = normalise_measure_id(measure_id)

@@ -116,7 +116,10 @@ def normalise_measure_id(raw: str) -> str | None:
     text = text.replace("‐", "-").replace("−", "-").replace("ー", "-")
     if text[:3].casefold() == "no.":
         text = text[3:].strip()
-    return text if MEASURE_ID_RE.match(text) else None
+    if not MEASURE_ID_RE.match(text):
+        return None
+    section, _, number = text.partition("-")
+    return f"{section}-{int(number)}"  # `1-025` is 1-25
 
 
 def parse_agency(raw: str) -> Agency:
