@@ -229,6 +229,7 @@ class Supervisor:
                 if child.process is not None and child.process.poll() is None and child.spec.is_healthy():
                     self._became_ready(child)
                     pending.remove(child)
+                    self.log(f"{child.spec.name} healthy after {time.monotonic() - child.started_at:.1f}s")
             if pending:
                 self.stopping.wait(self.poll_interval)
 
