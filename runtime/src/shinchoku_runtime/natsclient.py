@@ -57,7 +57,7 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
 
 
 async def connect(
-    url: str,
+    url: str | list[str],
     *,
     name: str,
     user: str | None = None,
@@ -65,7 +65,10 @@ async def connect(
     inbox_prefix: str | None = None,
     **kwargs: Any,
 ) -> Client:
-    """A nats-py connection that reconnects for ever and logs its errors instead of swallowing them."""
+    """A nats-py connection that reconnects for ever and logs its errors instead of swallowing them.
+
+    `url` may name several servers of a cluster, comma-separated (the services' `nats_url` form) or as a list.
+    """
 
     async def error_cb(e: Exception) -> None:
         log.warning("nats error (%s): %s", name, e)
@@ -82,4 +85,5 @@ async def connect(
         options["password"] = password
     if inbox_prefix is not None:
         options["inbox_prefix"] = inbox_prefix
-    return await nats.connect(url, **options)
+    servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else url
+    return await nats.connect(servers, **options)
