@@ -337,3 +337,15 @@ def test_pages_fetch_nothing_from_outside(client: TestClient) -> None:
             assert attr not in html
     css = client.get("/dashboard/static/dashboard.css").text
     assert "http" not in css
+
+
+def test_a_submitted_form_redirects_to_the_short_shareable_url(client: TestClient) -> None:
+    response = client.get("/dashboard?lang=en&fy=2024&q=3&agency=&section=2&view=now", follow_redirects=False)
+    assert response.status_code == 303
+    assert response.headers["location"] == "/dashboard?fy=2024&q=3&section=2&lang=en"
+    assert client.get("/dashboard?fy=2024&q=3&section=2&lang=en", follow_redirects=False).status_code == 200
+
+
+def test_a_silent_lead_has_no_status() -> None:
+    lead = LeadReport.model_validate({"agency": "mic", "status": "unreported", "event_id": None})
+    assert lead.status is None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _LENIENT = ConfigDict(extra="ignore", frozen=True)
 
@@ -58,6 +58,12 @@ class LeadReport(BaseModel):
     reporter: str | None = None
     kpis: list[KpiObservation] = Field(default_factory=list)
 
+    @field_validator("status", mode="before")
+    @classmethod
+    def _silence_is_no_report(cls, value: object) -> object:
+        # The API names a lead's silence `unreported`; here a lead without a report has no status.
+        return None if value == "unreported" else value
+
 
 class TargetRow(BaseModel):
     """A measure's target as the catalog states it, with what reporting knows of it."""
@@ -72,6 +78,8 @@ class TargetRow(BaseModel):
     unit: str | None = None
     overdue: bool | None = None
     rating: str | None = None
+    rating_reason: str | None = None
+    progress: float | None = None
     observed: float | None = None
     observed_as_of: date | None = None
 

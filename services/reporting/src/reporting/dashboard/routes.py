@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from contracts.periods import TOKYO
@@ -109,12 +109,17 @@ async def overview(request: Request, source: SourceDep) -> Response:
         state = _state(request)
     except BadState as e:
         return _error(request, None, 400, str(e))
+    partial = request.query_params.get("partial") == "1"
+    canonical = state.query()
+    if not partial and request.url.query and request.url.query != canonical.lstrip("?"):
+        # A submitted form carries empty and default fields: answer with the short URL a view is shared by.
+        return RedirectResponse(request.url.path + canonical, status_code=303)
     now = datetime.now(TOKYO)
     try:
         context = await overview_page(source, state, now)
     except SourceError as e:
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
-    template = "_overview_body.html" if request.query_params.get("partial") == "1" else "overview.html"
+    template = "_overview_body.html" if partial else "overview.html"
     return _html(request, templates.get_template(template).render(**context))
 
 
