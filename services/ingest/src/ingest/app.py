@@ -103,6 +103,14 @@ class IngestRuntime:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        # Stop fetching, let the batches in flight get their PubAcks and acks, then close the connection.
+        for subscriber in self.broker.subscribers:
+            try:
+                await subscriber.stop()
+            except Exception:
+                log.exception("stopping the STATUS consumer")
+        if self.handler is not None:
+            await self.handler.drain()
         await self.broker.stop()
         if self.mirror is not None:
             await self.mirror.stop()

@@ -48,6 +48,7 @@ _FIELD_HINTS: dict[str, str] = {
     "reported_at": "an RFC 3339 time with offset, such as 2024-12-20T17:00:00+09:00",
     "reporter": "text of at most 200 characters",
 }
+_HASH_EXCLUDE = {"reported_at"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -121,7 +122,7 @@ def claims_event_id(decision: Decision, previous: PriorRecord | None) -> bool:
 
 def content_hash(event: StatusEvent) -> str:
     """Hash of the event's canonical form: key order, whitespace, number spelling and offsets do not matter."""
-    canonical = event.model_copy(update={"reported_at": event.reported_at.astimezone(UTC)}).model_dump_json()
+    canonical = event.model_dump_json(exclude=_HASH_EXCLUDE) + event.reported_at.astimezone(UTC).isoformat()
     return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 

@@ -84,6 +84,8 @@ class HandlerOptions:
     max_deliver: int = 30
     retry_delay_max: float = 60.0
     publish_timeout: float = 10.0
+    #: Batches waiting for their PubAcks while the next one is decided.
+    max_inflight: int = 4
 
 
 @dataclass(slots=True)
@@ -123,6 +125,9 @@ class Delivery:
         return format(ctx.trace_id, "032x") if ctx.trace_id else None
 
 
+Waiting = dict["asyncio.Future[PubAck]", tuple[Delivery, Span | None]]
+
+
 def retry_delay(delivered: int, cap: float) -> float:
     """1 s, 2 s, 4 s … up to the cap: a long outage costs few deliveries."""
     return float(min(cap, 2 ** max(0, delivered - 1)))
@@ -152,37 +157,74 @@ class BatchHandler:
         self._options = options
         self._tracer = tracer or trace.get_tracer(__name__)
         self._consecutive_faults = 0
+        self._slots = asyncio.Semaphore(options.max_inflight)
+        self._finishing: set[asyncio.Task[None]] = set()
 
     # --- entry point ---
 
     async def handle(self, msgs: Sequence[Msg]) -> None:
-        """Process one batch; never raises: what cannot be done now is put back for later."""
+        """Decide and store one batch, start publishing it, and return: the PubAcks and acks finish behind.
+
+        Never raises: what cannot be done now is put back for later. Up to `max_inflight` batches wait for
+        their PubAcks at once, so the broker's write latency overlaps with deciding the next batch.
+        """
         started = time.perf_counter()
         deliveries = [self._open(m) for m in msgs]
+        await self._slots.acquire()
+        handed_over = False
         try:
-            await self._process(deliveries)
-        except Exception:
-            log.exception("unexpected error in a batch of %d; deciding its messages one by one", len(deliveries))
-            for d in deliveries:
-                if d.settled:
-                    continue
-                if len(deliveries) == 1:
-                    self._fault(d, FAULT_ERROR, "unexpected error")
-                    await self._settle(d)
-                    continue
-                self._reset(d)
-                try:
-                    await self._process([d])
-                except Exception as e:
-                    log.exception("message STATUS-%d cannot be processed now", d.seq)
-                    self._fault(d, FAULT_ERROR, f"{type(e).__name__}: {e}")
-                    await self._settle(d)
+            try:
+                await self._prepare(deliveries, recheck=False)
+                waiting = await self._start_publish(deliveries)
+            except Exception:
+                log.exception("unexpected error in a batch of %d; deciding its messages one by one", len(deliveries))
+                await self._one_by_one(deliveries)
+                return
+            task = asyncio.create_task(self._finish(deliveries, waiting, started))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
+            handed_over = True
         finally:
-            for d in deliveries:
-                self._close(d)
-            self._metrics.batch_size.observe(len(deliveries))
-            self._metrics.batch_seconds.observe(time.perf_counter() - started)
+            if not handed_over:
+                self._close_batch(deliveries, started)
         await self._pause_if_failing(deliveries)
+
+    async def drain(self) -> None:
+        """Wait for the batches still finishing (before the connection closes)."""
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
+
+    async def _one_by_one(self, deliveries: list[Delivery]) -> None:
+        """After an unexpected error: each message alone, so only the one at fault is retried later."""
+        for d in deliveries:
+            if d.settled:
+                continue
+            self._reset(d)
+            try:
+                await self._prepare([d], recheck=True)
+                waiting = await self._start_publish([d])
+                await self._await_pub_acks(waiting)
+            except Exception as e:
+                log.exception("message STATUS-%d cannot be processed now", d.seq)
+                self._fault(d, FAULT_ERROR, f"{type(e).__name__}: {e}")
+            await self._settle(d)
+
+    async def _finish(self, deliveries: list[Delivery], waiting: Waiting, started: float) -> None:
+        try:
+            await self._await_pub_acks(waiting)
+            for d in deliveries:
+                await self._settle(d)
+        except Exception:  # acks not sent: ack_wait brings the messages back, answered from the store
+            log.exception("could not finish a batch of %d", len(deliveries))
+        finally:
+            self._close_batch(deliveries, started)
+
+    def _close_batch(self, deliveries: list[Delivery], started: float) -> None:
+        for d in deliveries:
+            self._close(d)
+        self._metrics.batch_size.observe(len(deliveries))
+        self._metrics.batch_seconds.observe(time.perf_counter() - started)
+        self._slots.release()
 
     async def _pause_if_failing(self, deliveries: list[Delivery]) -> None:
         """When nothing in a batch could be done, slow the consumer down instead of spinning through the outage."""
@@ -194,21 +236,18 @@ class BatchHandler:
 
     # --- the unit of work ---
 
-    async def _process(self, deliveries: list[Delivery]) -> None:
+    async def _prepare(self, deliveries: list[Delivery], *, recheck: bool) -> None:
+        """Read, decide and store every message of the batch (or mark why it must wait)."""
         for d in deliveries:
             d.read = read_report(d.subject, d.data)
         for attempt in range(WRITE_ATTEMPTS):
-            outcome = await self._decide_and_store(deliveries, recheck=attempt > 0)
+            outcome = await self._decide_and_store(deliveries, recheck=recheck or attempt > 0)
             if outcome != "conflict":
-                break
+                return
             log.info("batch raced with another replica (attempt %d); deciding again from the store", attempt + 1)
-        else:
-            for d in deliveries:
-                if d.stored is None and not d.fault:
-                    self._fault(d, FAULT_CONFLICT, "kept racing with another replica")
-        await self._publish(deliveries)
         for d in deliveries:
-            await self._settle(d)
+            if d.stored is None and not d.fault:
+                self._fault(d, FAULT_CONFLICT, "kept racing with another replica")
 
     async def _decide_and_store(self, deliveries: list[Delivery], *, recheck: bool) -> str:
         # 1. What is stored already (a redelivery, or another replica's work) is answered from the store.
@@ -230,6 +269,7 @@ class BatchHandler:
         lookup_started = time.time_ns()
         found, unavailable = await self._mirror.lookup_many(d.read.event.measure_id for d in reports)  # type: ignore[union-attr]
         lookup_ended = time.time_ns()
+        self._metrics.phase_seconds.labels("catalog").observe((lookup_ended - lookup_started) / 1e9)
         for d in reports:
             assert isinstance(d.read, Report)
             measure_id = d.read.event.measure_id
@@ -239,6 +279,7 @@ class BatchHandler:
 
         # 3. What was recorded before for these event ids.
         decidable = [d for d in todo if not d.fault]
+        read_started = time.perf_counter()
         try:
             priors = await asyncio.to_thread(
                 repository.load_priors,
@@ -248,6 +289,8 @@ class BatchHandler:
         except sa.exc.SQLAlchemyError as e:
             self._fault_all(decidable, FAULT_DATABASE, e)
             return "fault"
+
+        self._metrics.phase_seconds.labels("read").observe(time.perf_counter() - read_started)
 
         # 4. Decide in stream order, each decision seeing the ones before it in the batch.
         rows: list[dict[str, Any]] = []
@@ -278,6 +321,7 @@ class BatchHandler:
             self._fault_all(decidable, FAULT_DATABASE, e)
             return "fault"
         db_ended = time.time_ns()
+        self._metrics.phase_seconds.labels("store").observe((db_ended - db_started) / 1e9)
         for d in decidable:
             self._child(d, "ingest store write", db_started, db_ended, {"db.system": self._engine.dialect.name})
         return "stored"
@@ -423,9 +467,9 @@ class BatchHandler:
             rejection.rejection_id,
         )
 
-    async def _publish(self, deliveries: list[Delivery]) -> None:
-        """Publish every decision at once and wait for all PubAcks (bounded); a missing one is a NATS fault."""
-        waiting: dict[asyncio.Future[PubAck], tuple[Delivery, Span | None]] = {}
+    async def _start_publish(self, deliveries: list[Delivery]) -> Waiting:
+        """Publish every decision at once (publish_async): the futures of their PubAcks."""
+        waiting: Waiting = {}
         for d in deliveries:
             if d.fault:
                 continue
@@ -437,18 +481,23 @@ class BatchHandler:
             headers = {MSG_ID_HEADER: msg_id}
             inject(headers, context=trace.set_span_in_context(span or d.span))
             try:
-                future = await self._js.publish_async(
-                    subject, payload, stream=stream, headers=headers, wait_stall=self._options.publish_timeout
-                )
+                # No wait_stall: it costs a timer per message, and in-flight batches stay far below the bound.
+                future = await self._js.publish_async(subject, payload, stream=stream, headers=headers)
             except Exception as e:
                 self._fault(d, FAULT_NATS, f"publish failed: {e!r}")
                 if span is not None:
                     span.end()
                 continue
             waiting[future] = (d, span)
+        return waiting
+
+    async def _await_pub_acks(self, waiting: Waiting) -> None:
+        """Wait (bounded) for every PubAck; a missing or refused one is a NATS fault for its message."""
         if not waiting:
             return
+        started = time.perf_counter()
         _done, pending = await asyncio.wait(waiting, timeout=self._options.publish_timeout)
+        self._metrics.phase_seconds.labels("publish").observe(time.perf_counter() - started)
         for future, (d, span) in waiting.items():
             if future in pending:
                 future.cancel()

@@ -15,6 +15,7 @@ class IngestMetrics:
     transient: Counter
     batch_seconds: Histogram
     batch_size: Histogram
+    phase_seconds: Histogram
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -47,6 +48,13 @@ class IngestMetrics:
                 "shinchoku_ingest_batch_seconds",
                 "Time to decide, store, publish and acknowledge one batch",
                 buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                registry=registry,
+            ),
+            phase_seconds=Histogram(
+                "shinchoku_ingest_phase_seconds",
+                "Time per batch in each phase: read (idempotency records), catalog, store (commit), publish (PubAcks)",
+                ["phase"],
+                buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                 registry=registry,
             ),
             batch_size=Histogram(

@@ -1,0 +1,319 @@
+"""Ingest benchmark: admitted events/s sustained, next to the raw JetStream publish rate on the same server.
+
+    .venv/bin/python bench/ingest.py [--events 200000] [--pg] [--publishers 4] [--batch-size 500]
+
+What it does, in one run:
+
+1. starts its own nats-server (generated config, per-agency users, `sync_interval: always`) in a temp dir
+   and declares the shared streams;
+2. stands in for the catalog: puts 320 synthetic measures (ids 1-1 … 6-N, one or two lead agencies)
+   into the CATALOG KV bucket;
+3. publishes N valid events into STATUS from several agency connections with nats-py `publish_async`,
+   waiting for every PubAck: that is the raw JetStream publish rate on this server;
+4. starts `python -m ingest` as its own process on SQLite (and again on PostgreSQL with --pg), lets it
+   drain the backlog, and measures admitted events/s sustained: (admitted − 1) / (time of the last
+   ACCEPTED message − time of the first), timestamps from the ACCEPTED stream itself;
+5. checks exactly-once: ACCEPTED holds N messages, the ingest store N admitted decisions for N distinct
+   event ids, and REJECTED nothing.
+
+Publishing and ingesting do not overlap, so each figure has the machine to itself (with nats-server).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import sqlalchemy as sa
+from nats.js.api import KeyValueConfig, StorageType
+
+from contracts.agencies import Agency
+from contracts.catalog import Measure
+from contracts.events import Status
+from contracts.periods import FiscalQuarter
+from contracts.streams import CATALOG_BUCKET, INGEST_DURABLE, agency_inbox_prefix
+from shinchoku_runtime.db import normalise_url
+from shinchoku_runtime.natsclient import connect, ensure_streams
+from shinchoku_runtime.natsserver import NatsServer, free_port
+from shinchoku_runtime.testing import fresh_postgres_database
+
+SECTIONS = {1: 156, 2: 60, 3: 30, 4: 30, 5: 27, 6: 17}  # 320 measures, as many as the plan has
+
+
+def synthetic_catalog(seed: int = 7) -> list[Measure]:
+    rng = random.Random(seed)
+    agencies = list(Agency)
+    out = []
+    for section, count in SECTIONS.items():
+        for n in range(1, count + 1):
+            leads = rng.sample(agencies, rng.choice((1, 1, 2)))
+            out.append(
+                Measure(
+                    id=f"{section}-{n}",
+                    section=section,
+                    section_title=f"section {section}",
+                    title=f"measure {section}-{n}",
+                    lead_agencies=leads,
+                    targets=[],
+                )
+            )
+    return out
+
+
+def make_events(catalog: list[Measure], n: int, seed: int = 11) -> dict[str, list[tuple[str, bytes]]]:
+    """N valid events, grouped by publishing agency: (subject, payload)."""
+    rng = random.Random(seed)
+    now = datetime.now(UTC)
+    quarter = FiscalQuarter.of_moment(now)
+    statuses = list(Status)
+    by_agency: dict[str, list[tuple[str, bytes]]] = {}
+    for i in range(n):
+        measure = catalog[i % len(catalog)]
+        agency = rng.choice(measure.lead_agencies).value
+        reported_at = (now - timedelta(seconds=rng.randint(60, 86_400))).isoformat()
+        fq = quarter if rng.random() < 0.5 else quarter.previous()
+        body = (
+            f'{{"event_id":"{uuid.uuid4()}","measure_id":"{measure.id}","agency":"{agency}",'
+            f'"fiscal_year":{fq.fiscal_year},"quarter":{fq.quarter},"status":"{rng.choice(statuses).value}",'
+            f'"progress":{rng.randint(0, 100)},"reported_at":"{reported_at}","reporter":"bench"}}'
+        )
+        by_agency.setdefault(agency, []).append((f"status.{agency}.{measure.id}", body.encode()))
+    return by_agency
+
+
+async def preload_catalog(server: NatsServer, catalog: list[Measure]) -> None:
+    nc = await connect(server.plain_url, name="bench-admin", user="admin", password=server.passwords["admin"])
+    js = nc.jetstream()
+    await ensure_streams(js)
+    kv = await js.create_key_value(KeyValueConfig(bucket=CATALOG_BUCKET, history=1, storage=StorageType.FILE))
+    for m in catalog:
+        await kv.put(m.id, m.model_dump_json().encode())
+    await nc.close()
+
+
+async def publish_all(server: NatsServer, by_agency: dict[str, list[tuple[str, bytes]]], publishers: int) -> float:
+    """Publish every event with publish_async from `publishers` agency connections; return events/s."""
+    agencies = sorted(by_agency, key=lambda a: -len(by_agency[a]))
+    groups: list[list[str]] = [[] for _ in range(publishers)]
+    for i, agency in enumerate(agencies):
+        groups[i % publishers].append(agency)
+
+    async def one_agency(agency: str) -> int:
+        nc = await connect(
+            server.plain_url,
+            name=f"bench-{agency}",
+            user=agency,
+            password=server.passwords[agency],
+            inbox_prefix=agency_inbox_prefix(agency),
+        )
+        js = nc.jetstream(publish_async_max_pending=4000)
+        futures = []
+        for subject, payload in by_agency[agency]:
+            futures.append(await js.publish_async(subject, payload, stream="STATUS"))
+        acks = await asyncio.gather(*futures)
+        await nc.close()
+        return len(acks)
+
+    async def one_publisher(group: list[str]) -> int:
+        # Agencies of one publisher go one after the other: `publishers` connections publish concurrently.
+        total = 0
+        for agency in group:
+            total += await one_agency(agency)
+        return total
+
+    started = time.perf_counter()
+    counts = await asyncio.gather(*(one_publisher(g) for g in groups if g))
+    elapsed = time.perf_counter() - started
+    return sum(counts) / elapsed
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its reaped children, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = sum(int(x) for x in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def running_ingest(
+    server: NatsServer, database_url: str, data_dir: Path, batch_size: int, profile: str | None
+) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SHINCHOKU_INGEST_NATS_URL": server.plain_url,
+        "SHINCHOKU_INGEST_NATS_USER": "ingest",
+        "SHINCHOKU_INGEST_NATS_PASSWORD": server.passwords["ingest"],
+        "SHINCHOKU_INGEST_DATABASE_URL": database_url,
+        "SHINCHOKU_INGEST_DATA_DIR": str(data_dir),
+        "SHINCHOKU_INGEST_PORT": str(port),
+        "SHINCHOKU_INGEST_BATCH_SIZE": str(batch_size),
+        "SHINCHOKU_INGEST_LOG_LEVEL": "WARNING",
+    }
+    log = open(data_dir / "ingest.log", "ab")
+    command = [sys.executable, "-m", "ingest"]
+    if profile:
+        py_spy = str(Path(sys.executable).parent / "py-spy")
+        fmt = ["--format", "raw"] if profile.endswith(".txt") else []
+        command = [py_spy, "record", "--rate", "200", *fmt, "-o", profile, "--", *command]
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        yield process, port
+    finally:
+        process.send_signal(signal.SIGINT if profile else signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        log.close()
+
+
+async def measure_ingest(server: NatsServer, expected: int, timeout: float) -> tuple[float, int, int]:
+    """Wait until ACCEPTED holds `expected` messages; (events/s first→last admission, accepted, rejected)."""
+    nc = await connect(server.plain_url, name="bench-watch", user="admin", password=server.passwords["admin"])
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    last_count, last_change = -1, time.monotonic()
+    while True:
+        accepted = (await js.stream_info("ACCEPTED")).state
+        rejected = (await js.stream_info("REJECTED")).state.messages
+        if accepted.messages + rejected >= expected:
+            break
+        if accepted.messages != last_count:
+            last_count, last_change = accepted.messages, time.monotonic()
+            print(f"  … {accepted.messages:,} admitted", flush=True)
+        if time.monotonic() > deadline or time.monotonic() - last_change > 60:
+            break
+        await asyncio.sleep(2)
+    first = await js.get_msg("ACCEPTED", accepted.first_seq)
+    last = await js.get_msg("ACCEPTED", accepted.last_seq)
+    assert first.time is not None
+    assert last.time is not None
+    seconds = (last.time - first.time).total_seconds()
+    info = await js.consumer_info("STATUS", INGEST_DURABLE)
+    print(f"  consumer: {info.num_pending} pending, {info.num_ack_pending} unacked, {info.num_redelivered} redelivered")
+    await nc.close()
+    rate = (accepted.messages - 1) / seconds if seconds > 0 else float("nan")
+    return rate, accepted.messages, rejected
+
+
+def batch_summary(port: int) -> str:
+    """Batches and their mean size, from ingest's /metrics."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError as e:
+        return f"no metrics: {e}"
+    values = {}
+    phases = {}
+    for line in text.splitlines():
+        if line.startswith("shinchoku_ingest_phase_seconds_sum{"):
+            phase = line.split('phase="')[1].split('"')[0]
+            phases[phase] = float(line.split()[1])
+        for name in (
+            "shinchoku_ingest_batch_size_count",
+            "shinchoku_ingest_batch_size_sum",
+            "shinchoku_ingest_batch_seconds_sum",
+        ):
+            if line.startswith(name + " "):
+                values[name] = float(line.split()[1])
+    count = values.get("shinchoku_ingest_batch_size_count", 0)
+    if not count:
+        return "no batches"
+    mean = values["shinchoku_ingest_batch_size_sum"] / count
+    busy = values.get("shinchoku_ingest_batch_seconds_sum", 0) / count
+    spent = ", ".join(f"{k} {v * 1000 / count:,.0f}" for k, v in phases.items())
+    return (
+        f"ingest: {count:,.0f} batches, {mean:,.0f} messages per batch, {busy * 1000:,.0f} ms per batch "
+        f"(mean ms per batch in: {spent})"
+    )
+
+
+def store_counts(database_url: str) -> tuple[int, int]:
+    engine = sa.create_engine(normalise_url(database_url))
+    with engine.connect() as conn:
+        admitted = conn.execute(sa.text("select count(*) from decision where outcome = 'admitted'")).scalar_one()
+        distinct = conn.execute(
+            sa.text("select count(distinct event_id) from decision where outcome = 'admitted'")
+        ).scalar_one()
+    engine.dispose()
+    return int(admitted), int(distinct)
+
+
+async def run(args: argparse.Namespace) -> int:
+    catalog = synthetic_catalog()
+    events = make_events(catalog, args.events)
+    total = sum(len(v) for v in events.values())
+    databases = ["sqlite"] + (["postgres"] if args.pg else [])
+    ok = True
+    for database in databases:
+        with tempfile.TemporaryDirectory(prefix="shinchoku-bench-") as tmp:
+            base = Path(tmp)
+            server = NatsServer.create(base / "nats")
+            server.start()
+            try:
+                await preload_catalog(server, catalog)
+                print(f"[{database}] publishing {total:,} events from {len(events)} agencies …", flush=True)
+                raw_rate = await publish_all(server, events, args.publishers)
+                print(
+                    f"[{database}] raw JetStream publish_async (nats-py, {args.publishers} connections): {raw_rate:,.0f} events/s"
+                )
+                with contextmanager(_database)(database, base) as url:
+                    (base / "ingest").mkdir()
+                    with running_ingest(server, url, base / "ingest", args.batch_size, args.profile) as (process, port):
+                        rate, accepted, rejected = await measure_ingest(server, total, args.timeout)
+                        cpu = cpu_seconds(process.pid) if not args.profile else float("nan")
+                        print(f"  {batch_summary(port)}")
+                    admitted, distinct = store_counts(url)
+                print(
+                    f"[{database}] ingest admitted {accepted:,} events: {rate:,.0f} events/s sustained "
+                    f"(first→last admission); ingest process CPU {cpu * 1e6 / max(accepted, 1):,.0f} µs per event "
+                    f"(startup included)"
+                )
+                exact = accepted == total and admitted == total and distinct == total and rejected == 0
+                print(
+                    f"[{database}] exactly-once: ACCEPTED={accepted:,} store admitted={admitted:,} "
+                    f"distinct event ids={distinct:,} REJECTED={rejected:,} published={total:,} → "
+                    + ("OK" if exact else "FAILED")
+                )
+                ok = ok and exact
+            finally:
+                server.stop()
+    return 0 if ok else 1
+
+
+def _database(kind: str, base: Path) -> Iterator[str]:
+    if kind == "sqlite":
+        yield f"sqlite:///{base / 'ingest.sqlite'}"
+        return
+    with fresh_postgres_database("shinchoku_bench") as url:
+        yield url
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--publishers", type=int, default=4, help="concurrent agency connections publishing")
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--pg", action="store_true", help="run the ingest figure on PostgreSQL too")
+    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--profile", help="record a py-spy flame graph of ingest into this SVG file")
+    args = parser.parse_args()
+    raise SystemExit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
