@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -123,7 +124,19 @@ class FakeSource:
     async def measures(
         self, quarter: FiscalQuarter, *, as_of: datetime | None, filters: dict[str, str]
     ) -> list[MeasureRow]:
-        rows = self._rows(quarter, as_of)
+        changes = status_changes(self._rows(quarter, as_of), self._rows(quarter.previous(), as_of))
+        rows = [
+            r.model_copy(
+                update={
+                    "movement": "better"
+                    if r.measure_id in changes.improved
+                    else "worse"
+                    if r.measure_id in changes.worsened
+                    else None
+                }
+            )
+            for r in self._rows(quarter, as_of)
+        ]
         if "agency" in filters:
             rows = [r for r in rows if any(lead.agency == filters["agency"] for lead in r.leads)]
         if "section" in filters:
@@ -143,6 +156,9 @@ class FakeSource:
                 )
             )
         return MeasureHistory(measure=info, quarters=entries)
+
+    async def last_admitted(self) -> str | None:
+        return max((r.reported_at for r in self.reports), default=None).isoformat() if self.reports else None
 
     async def year(self, fiscal_year: int) -> list[Rollup]:
         return [await self.rollup(FiscalQuarter(fiscal_year, q), as_of=None) for q in range(1, 5)]
@@ -270,6 +286,8 @@ def test_overview_renders_counts_grid_and_tables(client: TestClient) -> None:
     assert 'aria-label="1-2 データの品質の確保 — 遅延"' in html
     assert "/rollups/2024/3/measures?format=csv" in html
     assert 'data-testid="agency-table"' in html
+    assert 'data-testid="improved"><span aria-hidden="true">↑</span> 改善 1<' in html
+    assert 'data-testid="worsened"><span aria-hidden="true">↓</span> 悪化 1<' in html
     assert "Ministry of Internal Affairs and Communications" in html
 
 
@@ -302,6 +320,8 @@ def test_live_fingerprint_changes_when_a_report_is_admitted() -> None:
     assert client.get("/dashboard/live?fy=2024&q=3").json()["version"] == before
     source.reports.append(Report(Q3, "6-1", "digital", "on_track", _at(Q3, 1), "e-8"))
     assert client.get("/dashboard/live?fy=2024&q=3").json()["version"] != before
+    page = client.get("/dashboard?fy=2024&q=3").text
+    assert f'data-version="{client.get("/dashboard/live?fy=2024&q=3").json()["version"]}"' in page
 
 
 def test_bad_url_is_a_400_page_not_a_500(client: TestClient) -> None:
@@ -313,7 +333,9 @@ def test_bad_url_is_a_400_page_not_a_500(client: TestClient) -> None:
 def test_measure_page_shows_history_reports_and_lineage(client: TestClient) -> None:
     html = client.get("/dashboard/measures/1-2").text
     assert "データの品質の確保" in html
-    assert html.count('data-quarter="FY2024Q') == 2
+    assert len(re.findall(r'<li[^>]* data-quarter="FY2024Q\d" data-status', html)) == 2  # one per quarter with data
+    assert '<li data-quarter="FY2024Q2" data-status="on_track">' in html
+    assert html.count('<tr data-quarter="FY2024Q2">') == 2  # each lead's past report
     assert 'aria-current="true" class="current" data-quarter="FY2024Q3"' in html
     assert "http://127.0.0.1:8002/events/e-6" in html
     assert "shinchoku trace e-6" in html

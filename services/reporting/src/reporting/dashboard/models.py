@@ -80,6 +80,7 @@ class TargetRow(BaseModel):
     rating: str | None = None
     rating_reason: str | None = None
     progress: float | None = None
+    elapsed_share: float | None = None
     observed: float | None = None
     observed_as_of: date | None = None
 
@@ -96,6 +97,7 @@ class MeasureRow(BaseModel):
     leads: list[LeadReport] = Field(default_factory=list)
     targets: list[TargetRow] = Field(default_factory=list)
     overdue_targets: int | None = None
+    movement: str | None = None
 
 
 class HistoryEntry(BaseModel):

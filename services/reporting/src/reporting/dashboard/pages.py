@@ -20,13 +20,10 @@ from reporting.dashboard.view import ViewState
 _LOOKBACK_QUARTERS = 12
 
 
-def fingerprint(rollup: Rollup, rows: list[MeasureRow]) -> str:
-    """Changes whenever a count, a status or an effective report behind an overview changes."""
-    digest = hashlib.sha256(rollup.model_dump_json().encode())
-    for row in rows:
-        digest.update(f"{row.measure_id}={row.status}".encode())
-        for lead in row.leads:
-            digest.update(f"{lead.agency}:{lead.status}:{lead.event_id}".encode())
+def fingerprint(last_admitted: str | None, rollup: Rollup) -> str:
+    """Changes whenever a report is admitted anywhere, or the quarter's counts change."""
+    digest = hashlib.sha256(f"{last_admitted}|".encode())
+    digest.update(rollup.model_dump_json().encode())
     return digest.hexdigest()[:16]
 
 
@@ -71,23 +68,29 @@ async def _rollup_or_none(source: RollupSource, quarter: FiscalQuarter, as_of: d
 
 
 async def overview_page(source: RollupSource, state: ViewState, now: datetime) -> dict[str, Any]:
+    # Read the admission mark first: a report admitted while the page renders then only causes one more refresh.
+    last_admitted = await source.last_admitted()
     quarter = state.quarter or await latest_quarter(source, now)
     as_of = state.as_of_for(quarter, now)
     rollup = await source.rollup(quarter, as_of=as_of)
     filters = state.api_filters()
     rows = await source.measures(quarter, as_of=as_of, filters=filters)
-    all_rows = rows if not filters else await source.measures(quarter, as_of=as_of, filters={})
     group = view.headline(rollup, rows, state)
 
     previous = quarter.previous()
     prev_as_of = state.as_of_for(previous, now)
-    prev_rollup = await _rollup_or_none(source, previous, prev_as_of) if previous.fiscal_year >= 1900 else None
+    prev_rollup = await _rollup_or_none(source, previous, prev_as_of)
     prev_group = None
     changes = view.StatusChanges()
     if prev_rollup is not None and prev_rollup.reported > 0:
-        prev_rows = await source.measures(previous, as_of=prev_as_of, filters=filters)
-        prev_group = view.headline(prev_rollup, prev_rows, state)
-        changes = view.status_changes(rows, prev_rows, state.agency)
+        if state.agency:
+            # Under an agency filter a move is the agency's own status moving, so compare its own reports.
+            prev_rows = await source.measures(previous, as_of=prev_as_of, filters=filters)
+            prev_group = view.headline(prev_rollup, prev_rows, state)
+            changes = view.status_changes(rows, prev_rows, state.agency)
+        else:
+            prev_group = view.headline(prev_rollup, [], state)
+            changes = view.movements(rows)
 
     coverage = view.rate(group.reported, group.measures_total)
     on_time = view.rate(group.on_time, group.measures_total)
@@ -124,9 +127,9 @@ async def overview_page(source: RollupSource, state: ViewState, now: datetime) -
         "changes": changes,
         "grid": view.grid(rows, state),
         "grid_count": len(rows),
-        "version": fingerprint(rollup, rows),
-        "agency_rows": view.agency_table(rollup, all_rows, state),
-        "section_rows": view.section_table(rollup, all_rows, state),
+        "version": fingerprint(last_admitted, rollup),
+        "agency_rows": view.agency_table(rollup, state),
+        "section_rows": view.section_table(rollup, state),
         "years": view.fiscal_years(now),
         "agencies": AGENCIES,
         "csv": _csv_links(quarter, state, as_of),
@@ -148,10 +151,13 @@ async def measure_page(
     quarter = state.quarter or (_entry_quarter(entries[-1]) if entries else await latest_quarter(source, now))
     as_of = state.as_of_for(quarter, now)
     info = history.measure
-    row: MeasureRow | None = None
     section = info.section if info is not None else int(measure_id.split("-")[0])
-    rows = await source.measures(quarter, as_of=as_of, filters={"section": str(section)})
-    row = next((r for r in rows if r.measure_id == measure_id), None)
+    entry = next((e for e in entries if _entry_quarter(e) == quarter), None)
+    row: MeasureRow | None = None
+    if as_of is not None or entry is None or info is None:
+        # The history answers as known now; a past moment (or a quarter without data) needs the quarter's rows.
+        rows = await source.measures(quarter, as_of=as_of, filters={"section": str(section)})
+        row = next((r for r in rows if r.measure_id == measure_id), None)
     if info is None:
         info = MeasureInfo(
             id=measure_id,
@@ -161,8 +167,21 @@ async def measure_page(
             targets=row.targets if row else [],
         )
     targets = _targets(info, row)
-    entry_for_quarter = next((e for e in entries if _entry_quarter(e) == quarter), None)
-    leads = row.leads if row is not None else (entry_for_quarter.leads if entry_for_quarter else [])
+    if row is not None:
+        status, leads = row.status, row.leads
+    elif entry is not None:
+        status, leads = entry.status, entry.leads
+    else:
+        status, leads = "unreported", []
+    lead_history = {
+        agency: [
+            (_entry_quarter(e), lead)
+            for e in reversed(entries)
+            for lead in e.leads
+            if lead.agency == agency and lead.status is not None
+        ]
+        for agency in info.lead_agencies
+    }
     shown = ViewState(quarter=quarter, mode=state.mode, as_of=state.as_of, lang=state.lang)
     timeline = [
         {
@@ -181,10 +200,12 @@ async def measure_page(
         "quarter": quarter,
         "as_of": as_of,
         "info": info,
-        "status": row.status if row is not None else "unreported",
+        "status": status,
         "targets": targets,
         "timeline": timeline,
         "leads": leads,
+        "lead_history": lead_history,
+        "shown_query": shown.query,
         "ingest_url": ingest_url,
         "lang_toggle": _lang_toggle(f"/dashboard/measures/{measure_id}", shown),
         "back_query": shown.query(),

@@ -37,6 +37,10 @@ class RollupSource(Protocol):
 
     async def year(self, fiscal_year: int) -> list[Rollup]: ...
 
+    async def last_admitted(self) -> str | None:
+        """When the latest report was admitted (any quarter): the cheap mark the live refresh watches."""
+        ...
+
 
 def _params(as_of: datetime | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     out = dict(extra or {})
@@ -87,6 +91,16 @@ class ApiSource:
         body = await self._get(f"/rollups/{fiscal_year}", {})
         quarters = body.get("quarters", []) if isinstance(body, dict) else body
         return [Rollup.model_validate(q) for q in quarters if isinstance(q, dict)]
+
+    async def last_admitted(self) -> str | None:
+        # /healthz answers 503 with the same body when a dependency is down; the mark is still good.
+        response = await self._client.get("/healthz")
+        try:
+            body = response.json()
+        except ValueError:
+            return None
+        value = body.get("last_admitted_at") if isinstance(body, dict) else None
+        return str(value) if value is not None else None
 
     async def aclose(self) -> None:
         await self._client.aclose()

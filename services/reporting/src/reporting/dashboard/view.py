@@ -238,6 +238,14 @@ def status_changes(
     return StatusChanges(improved=sorted(improved, key=key), worsened=sorted(worsened, key=key))
 
 
+def movements(rows: Iterable[MeasureRow]) -> StatusChanges:
+    """The API's own judgement of each measure's move since the previous quarter (combined status)."""
+    improved = [r.measure_id for r in rows if r.movement == "better"]
+    worsened = [r.measure_id for r in rows if r.movement == "worse"]
+    key = measure_sort_key
+    return StatusChanges(improved=sorted(improved, key=key), worsened=sorted(worsened, key=key))
+
+
 def group_from_rows(rows: Sequence[MeasureRow], agency: str | None) -> Group:
     """A rollup over a filtered list of measures (for filter combinations the API does not roll up)."""
     by_status = dict.fromkeys(DISPLAY_ORDER, 0)
@@ -340,72 +348,50 @@ class TableRow:
     href_query: str
 
 
-def _overdue_text(group: Group, fallback: int | None) -> str:
-    value = group.overdue_targets if group.overdue_targets is not None else fallback
-    return "—" if value is None else str(value)
+def _table_row(key: str, name_ja: str, name_en: str, group: Group, href_query: str, lang: Lang) -> TableRow:
+    return TableRow(
+        key=key,
+        name_ja=name_ja,
+        name_en=name_en,
+        group=group,
+        bar=bar(group.by_status, lang),
+        coverage=percent(rate(group.reported, group.measures_total)),
+        on_time=percent(rate(group.on_time, group.measures_total)),
+        overdue="—" if group.overdue_targets is None else str(group.overdue_targets),
+        href_query=href_query,
+    )
 
 
-def agency_table(rollup: Rollup, rows: Sequence[MeasureRow], state: ViewState) -> list[TableRow]:
+def agency_table(rollup: Rollup, state: ViewState) -> list[TableRow]:
     """One row per agency leading at least one measure, in the plan's agency order."""
-    overdue: dict[str, int] = {}
-    known = False
-    for r in rows:
-        n = overdue_of(r)
-        if n is None:
-            continue
-        known = True
-        for lead in r.leads:
-            overdue[lead.agency] = overdue.get(lead.agency, 0) + n
-    out: list[TableRow] = []
-    for info in AGENCIES:
-        code = info.code.value
-        group = rollup.by_agency.get(code)
-        if group is None or group.measures_total == 0:
-            continue
-        out.append(
-            TableRow(
-                key=code,
-                name_ja=info.name_ja,
-                name_en=info.name_en,
-                group=group,
-                bar=bar(group.by_status, state.lang),
-                coverage=percent(rate(group.reported, group.measures_total)),
-                on_time=percent(rate(group.on_time, group.measures_total)),
-                overdue=_overdue_text(group, overdue.get(code, 0) if known else None),
-                href_query=state.query(agency=code, section=None),
-            )
+    return [
+        _table_row(
+            info.code.value,
+            info.name_ja,
+            info.name_en,
+            group,
+            state.query(agency=info.code.value, section=None),
+            state.lang,
         )
-    return out
+        for info in AGENCIES
+        if (group := rollup.by_agency.get(info.code.value)) is not None and group.measures_total
+    ]
 
 
-def section_table(rollup: Rollup, rows: Sequence[MeasureRow], state: ViewState) -> list[TableRow]:
-    overdue: dict[int, int] = {}
-    known = False
-    for r in rows:
-        n = overdue_of(r)
-        if n is None:
-            continue
-        known = True
-        overdue[r.section] = overdue.get(r.section, 0) + n
-    out: list[TableRow] = []
-    for n in range(1, 7):
-        group = rollup.by_section.get(str(n))
-        if group is None:
-            continue
-        out.append(
-            TableRow(
-                key=str(n),
-                name_ja=section_title(n, "ja"),
-                name_en=section_title(n, "en"),
-                group=group,
-                bar=bar(group.by_status, state.lang),
-                coverage=percent(rate(group.reported, group.measures_total)),
-                on_time=percent(rate(group.on_time, group.measures_total)),
-                overdue=_overdue_text(group, overdue.get(n, 0) if known else None),
-                href_query=state.query(section=n, agency=None),
-            )
+def section_table(rollup: Rollup, state: ViewState) -> list[TableRow]:
+    """One row per section of the plan."""
+    return [
+        _table_row(
+            str(n),
+            section_title(n, "ja"),
+            section_title(n, "en"),
+            group,
+            state.query(section=n, agency=None),
+            state.lang,
         )
-    return out
+        for n in range(1, 7)
+        if (group := rollup.by_section.get(str(n))) is not None
+    ]
 
 
 def tokyo_time(moment: datetime | None) -> str:
