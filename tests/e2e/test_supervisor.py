@@ -173,3 +173,49 @@ def test_up_help_runs() -> None:
     assert result.returncode == 0
     assert "--data-dir" in result.stdout
     time.sleep(0)
+
+
+def test_external_nats_and_database_urls_pass_through(make_up: Callable[..., Up], tmp_path: Path) -> None:
+    """With SHINCHOKU_NATS_URL `up` starts no nats-server; what the user set reaches each service unchanged."""
+    from shinchoku_runtime.natsserver import NatsServer
+
+    with NatsServer.create(tmp_path / "external") as external:
+        up = make_up(fake=True)
+        up.env["SHINCHOKU_NATS_URL"] = external.plain_url
+        up.env["SHINCHOKU_NATS_ADMIN_PASSWORD"] = external.passwords["admin"]
+        for service in ("catalog", "ingest", "reporting"):
+            up.env[f"SHINCHOKU_{service.upper()}_NATS_PASSWORD"] = external.passwords[service]
+        up.env["SHINCHOKU_REPORTING_DATABASE_URL"] = "postgresql://shinchoku@127.0.0.1:5432/reporting_db"
+        up.start()
+        up.wait_ready()
+        assert "nats-server" not in up.pids()
+        assert not (up.data_dir / "nats").exists()
+        settings = httpx.get(up.url("reporting") + "/healthz").json()["settings"]
+        assert settings["database_url"] == "postgresql://shinchoku@127.0.0.1:5432/reporting_db"
+        assert settings["nats_url"] == external.plain_url
+        assert settings["nats_user"] == "reporting"
+        assert settings["nats_password"] == external.passwords["reporting"]
+        assert up.stack()["external_nats_url"] == external.plain_url
+        assert "external" in up.text()
+        assert up.stop() == 0
+
+
+def test_external_nats_without_service_credentials_is_a_clear_error(make_up: Callable[..., Up]) -> None:
+    up = make_up(fake=True)
+    up.env["SHINCHOKU_NATS_URL"] = "nats://nats-1:4222,nats://nats-2:4222"
+    result = up.run_again()
+    assert result.returncode == 2
+    assert "SHINCHOKU_CATALOG_NATS_PASSWORD" in result.stderr
+
+
+def test_ports_from_dotenv(make_up: Callable[..., Up], tmp_path: Path) -> None:
+    from shinchoku_runtime.natsserver import free_port
+
+    up = make_up(fake=True)
+    port = free_port()
+    del up.env["SHINCHOKU_CATALOG_PORT"]
+    (tmp_path / ".env").write_text(f"# as in .env.example\nSHINCHOKU_CATALOG_PORT={port}\n")
+    up.start()
+    up.wait_ready()
+    assert up.url("catalog") == f"http://127.0.0.1:{port}"
+    assert up.healthy("catalog")

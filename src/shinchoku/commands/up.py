@@ -123,8 +123,8 @@ def _run(launch: Launch, started: float, data_dir_option: Path | None) -> int:
                 supervisor.wait_ready(SERVICES, timeout=timeout)
             if not supervisor.stopping.is_set():
                 ready_in = time.monotonic() - started
-                event_log(f"all healthy in {ready_in:.1f}s: {supervisor.pids()}")
                 console.print(_banner(launch, ready_in, data_dir_option))
+                event_log(f"all healthy in {ready_in:.1f}s: {supervisor.pids()}")
                 supervisor.run()
             event_log("stopping: services first, then NATS")
             return 0
