@@ -197,6 +197,16 @@ def test_bad_state_is_refused_with_a_reason(query: dict[str, str]) -> None:
         ViewState.from_query(query)
 
 
+def test_an_explicit_moment_holds_until_a_named_view_is_picked() -> None:
+    shared = ViewState.from_query({"fy": "2024", "q": "3", "as_of": "2025-02-01T00:00:00+09:00"})
+    assert shared.as_of == datetime(2025, 2, 1, tzinfo=TOKYO)
+    assert shared.query() == "?fy=2024&q=3&as_of=2025-02-01T00%3A00%3A00%2B09%3A00"
+    assert ViewState.from_query({"as_of": "2025-02-01T00:00:00 09:00", "view": "as_of"}).as_of is not None
+    picked = ViewState.from_query({"fy": "2024", "q": "3", "as_of": "2025-02-01T00:00:00+09:00", "view": "now"})
+    assert picked.as_of is None
+    assert picked.query() == "?fy=2024&q=3"
+
+
 def test_as_published_is_the_reporting_deadline_once_it_has_passed() -> None:
     published = ViewState(mode="published")
     assert published.as_of_for(Q3, NOW) == Q3.on_time_deadline

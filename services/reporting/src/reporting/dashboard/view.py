@@ -69,15 +69,16 @@ class ViewState:
             if section_text not in {"1", "2", "3", "4", "5", "6"}:
                 raise BadState(f"section must be 1–6, not {section_text!r}")
             section = int(section_text)
-        mode_text = query.get("view", "now").strip() or "now"
-        if mode_text not in ("now", "published"):
-            raise BadState(f"view must be 'now' or 'published', not {mode_text!r}")
+        mode_text = query.get("view", "").strip()
+        if mode_text not in ("", "now", "published", "as_of"):
+            raise BadState(f"view must be 'now', 'published' or 'as_of', not {mode_text!r}")
         mode: ViewMode = "published" if mode_text == "published" else "now"
         as_of: datetime | None = None
         as_of_text = query.get("as_of", "").strip()
-        if as_of_text:
+        # An explicit moment counts unless the user picked one of the two named views instead.
+        if as_of_text and mode_text in ("", "as_of"):
             try:
-                as_of = datetime.fromisoformat(as_of_text.replace("Z", "+00:00"))
+                as_of = datetime.fromisoformat(as_of_text.replace("Z", "+00:00").replace(" ", "+"))
             except ValueError:
                 raise BadState(f"as_of must be an ISO 8601 timestamp with offset, not {as_of_text!r}") from None
             if as_of.tzinfo is None:
@@ -95,7 +96,7 @@ class ViewState:
             params.append(("agency", state.agency))
         if state.section is not None:
             params.append(("section", str(state.section)))
-        if state.mode != "now":
+        if state.mode != "now" and state.as_of is None:
             params.append(("view", state.mode))
         if state.as_of is not None:
             params.append(("as_of", state.as_of.isoformat()))
