@@ -108,7 +108,10 @@ class Stack:
     def save(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         body = {k: v for k, v in asdict(self).items() if k != "data_dir"}
-        (self.data_dir / STACK_FILE).write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        # Atomically: a CLI verb reading it meanwhile sees the old file or the new one, never half of one.
+        tmp = self.data_dir / f".{STACK_FILE}.{os.getpid()}"
+        tmp.write_text(json.dumps(body, indent=2) + "\n", encoding="utf-8")
+        os.replace(tmp, self.data_dir / STACK_FILE)
 
     @classmethod
     def load(cls, data_dir: Path | None = None) -> Stack:

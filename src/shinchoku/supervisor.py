@@ -99,13 +99,17 @@ def _die_with_parent() -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Whether a process runs under that pid (a zombie, dead but not yet reaped, does not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _cmdline(pid: int) -> str:
@@ -173,21 +177,6 @@ class Supervisor:
     def pid_file(self, name: str) -> Path:
         return self.run_dir / f"{name}.pid"
 
-    def clear_stale(self) -> None:
-        """Before starting: a pid file left by a supervisor that died; its process, if one is still ours, goes."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name, child in self._children.items():
-            path = self.pid_file(name)
-            if not path.exists():
-                continue
-            text = path.read_text("ascii").strip()
-            pid = int(text) if text.isdigit() else None
-            marker = " ".join(child.spec.argv[1:]) or child.spec.argv[0]
-            if pid is not None and pid_alive(pid) and marker in _cmdline(pid):
-                self.log(f"{name}: a process left by an earlier run is still alive (pid {pid}): stopping it")
-                _terminate_pid(pid, self.stop_timeout)
-            path.unlink(missing_ok=True)
-
     # -- starting --------------------------------------------------------------------------------
 
     def _spawn(self, child: _Child) -> None:
@@ -233,10 +222,17 @@ class Supervisor:
             if pending:
                 self.stopping.wait(self.poll_interval)
 
-    def _became_ready(self, child: _Child) -> None:
+    def _became_ready(self, child: _Child, *, strict: bool = True) -> None:
         child.ready = True
-        if child.spec.on_ready is not None:
+        if child.spec.on_ready is None:
+            return
+        try:
             child.spec.on_ready()
+        except Exception as e:
+            if strict:
+                raise
+            # After a restart the services keep running on what exists; say so rather than stop them all.
+            self.log(f"{child.spec.name}: after restart, {e}")
 
     # -- supervising -----------------------------------------------------------------------------
 
@@ -262,7 +258,7 @@ class Supervisor:
                 self._spawn(child)
                 self.log(f"{child.spec.name} restarted (pid {child.process.pid if child.process else '?'})")
             elif child.process is not None and not child.ready and child.restarts and child.spec.is_healthy():
-                self._became_ready(child)
+                self._became_ready(child, strict=False)
                 self.log(f"{child.spec.name} is healthy again")
 
     def run(self) -> None:
@@ -304,6 +300,23 @@ class Supervisor:
 
     def stop_all(self) -> None:
         self.stop([[spec.name] for spec in reversed(self.specs)])
+
+
+def clear_stale(run_dir: Path, markers: dict[str, str], log: Callable[[str], None], timeout: float = 10.0) -> None:
+    """Pid files left by a supervisor that died: a process they name that is still ours stops, the file goes.
+
+    `markers` maps a process name to a piece of its command line, so a recycled pid is never signalled.
+    """
+    for name, marker in markers.items():
+        path = run_dir / f"{name}.pid"
+        if not path.exists():
+            continue
+        text = path.read_text("ascii").strip()
+        pid = int(text) if text.isdigit() else None
+        if pid is not None and pid_alive(pid) and marker in _cmdline(pid):
+            log(f"{name}: a process left by an earlier run is still alive (pid {pid}): stopping it")
+            _terminate_pid(pid, timeout)
+        path.unlink(missing_ok=True)
 
 
 def _terminate_pid(pid: int, timeout: float) -> None:

@@ -219,3 +219,28 @@ def test_ports_from_dotenv(make_up: Callable[..., Up], tmp_path: Path) -> None:
     up.wait_ready()
     assert up.url("catalog") == f"http://127.0.0.1:{port}"
     assert up.healthy("catalog")
+
+
+def test_stale_pid_files_only_stop_our_own_leftovers(make_up: Callable[..., Up]) -> None:
+    """A service an earlier run left holding its port is stopped; an unrelated process with a recycled pid is not."""
+    import sys
+
+    up = make_up(fake=True)
+    run = up.data_dir / "run"
+    run.mkdir(parents=True)
+    leftover = subprocess.Popen([sys.executable, "-m", "catalog"], env=up.env, cwd=up.cwd)
+    stranger = subprocess.Popen(["sleep", "60"])
+    try:
+        wait_for(lambda: _listening(int(up.env["SHINCHOKU_CATALOG_PORT"])), 15, "leftover catalog listening")
+        (run / "catalog.pid").write_text(f"{leftover.pid}\n")
+        (run / "ingest.pid").write_text(f"{stranger.pid}\n")
+        up.start()
+        up.wait_ready()
+        assert leftover.wait(5) is not None
+        assert stranger.poll() is None
+        assert f"catalog: a process left by an earlier run is still alive (pid {leftover.pid})" in up.log
+        assert up.pids()["ingest"] != stranger.pid
+    finally:
+        for process in (leftover, stranger):
+            process.kill()
+            process.wait()

@@ -17,9 +17,19 @@ from rich.text import Text
 
 from shinchoku.launch import NATS, SERVICES, ConfigurationError, Launch, StackSettings, plan_launch
 from shinchoku.stack import Stack
-from shinchoku.supervisor import AlreadyRunning, DirectoryLock, StartupFailed, Supervisor, stop_on_signals
+from shinchoku.supervisor import (
+    AlreadyRunning,
+    DirectoryLock,
+    StartupFailed,
+    Supervisor,
+    clear_stale,
+    stop_on_signals,
+)
 
 console = Console(stderr=True, highlight=False)
+
+#: What each supervised process's command line contains (so a recycled pid is never taken for ours).
+STALE_MARKERS = {NATS: "nats-server", **{name: f"-m {name}" for name in SERVICES}}
 
 
 def _process_age() -> float:
@@ -40,6 +50,7 @@ class _EventLog:
         self.path = path
 
     def __call__(self, message: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
         console.print(f"[dim]{stamp}[/] {message}")
         with self.path.open("a", encoding="utf-8") as f:
@@ -91,6 +102,9 @@ def up(
         console.print(f"[red]A stack is already running on {root}[/] (pid {e.pid}): stop it first (Ctrl-C there).")
         raise typer.Exit(1) from None
     try:
+        stack = Stack(data_dir=root)
+        # Before choosing ports: a process an earlier `up` left behind would hold them.
+        clear_stale(stack.run_dir, STALE_MARKERS, _EventLog(stack.log_file("up")))
         try:
             launch = plan_launch(root, settings)
         except ConfigurationError as e:
@@ -108,7 +122,6 @@ def _run(launch: Launch, started: float, data_dir_option: Path | None) -> int:
     stack = launch.stack
     event_log = _EventLog(stack.log_file("up"))
     supervisor = Supervisor(launch.specs, run_dir=stack.run_dir, logs_dir=stack.logs_dir, log=event_log)
-    supervisor.clear_stale()
     with stop_on_signals(supervisor.stopping):
         try:
             event_log(f"starting Shinchoku on {stack.data_dir}")
