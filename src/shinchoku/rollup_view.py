@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -29,9 +30,9 @@ _SHORT = {
     "at_risk": "at risk",
     "suspended": "susp.",
     "not_started": "not st.",
-    "on_track": "on track",
+    "on_track": "on trk",
     "completed": "done",
-    UNREPORTED: "unrep.",
+    UNREPORTED: "unrep",
 }
 
 
@@ -119,18 +120,29 @@ def status_table(part: dict[str, Any]) -> Table:
     return table
 
 
-def breakdown_table(title: str, rows: dict[str, dict[str, Any]], names: dict[str, str]) -> Table:
+def breakdown_table(title: str, rows: dict[str, dict[str, Any]], names: dict[str, str], *, width: int = 120) -> Table:
     """One row per agency or section: coverage, on-time rate and the count of each status."""
-    table = Table(title=title, title_justify="left", show_lines=False)
-    table.add_column(title.split()[-1])
-    table.add_column("measures", justify="right")
-    table.add_column("coverage", justify="right")
-    table.add_column("on time", justify="right")
+    # One space between columns, none at the edges: every count fits in 80 columns; names take what is left.
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, show_edge=False, padding=0)
+
+    def number(header: str | Text) -> None:
+        table.add_column(header, justify="right", no_wrap=True, min_width=len(header))
+
+    table.add_column(title.split()[-1], no_wrap=True)
+    counts_width = 76
+    name_width = min(26, width - counts_width - 1)
+    with_names = name_width >= 8
+    if with_names:
+        table.add_column("", overflow="ellipsis", no_wrap=True, max_width=name_width, style="dim")
+    for header in ("total", "cover.", "on time"):
+        number(header)
     for status in STATUSES:
-        table.add_column(status_text(status, _SHORT[status]), justify="right")
+        number(status_text(status, _SHORT[status]))
     for key, part in rows.items():
-        cells: list[RenderableType] = [
-            names.get(key, key),
+        cells: list[RenderableType] = [key]
+        if with_names:
+            cells.append(names.get(key, ""))
+        cells += [
             str(part["measures_total"]),
             rate(part["reported"], part["measures_total"]),
             rate(part["on_time"], part["reported"]),
@@ -142,8 +154,24 @@ def breakdown_table(title: str, rows: dict[str, dict[str, Any]], names: dict[str
     return table
 
 
+def legend() -> Text:
+    """What the short status headers stand for (colour never carries meaning alone)."""
+    text = Text("", style="dim")
+    for i, status in enumerate(STATUSES):
+        text.append(" · " if i else "")
+        text.append(_SHORT[status], style=STATUS_STYLES[status])
+        if _SHORT[status] != status:
+            text.append(f" = {status}")
+    return text
+
+
 def render_rollup(
-    rollup: dict[str, Any], *, agency: str | None = None, section: str | None = None, breakdowns: bool = True
+    rollup: dict[str, Any],
+    *,
+    agency: str | None = None,
+    section: str | None = None,
+    breakdowns: bool = True,
+    width: int = 120,
 ) -> Group:
     """The whole view: title, summary, status table, then per-agency and per-section tables (government-wide)."""
     part = select_slice(rollup, agency=agency, section=section)
@@ -154,14 +182,18 @@ def render_rollup(
         status_table(part),
     ]
     if breakdowns and agency is None and section is None:
-        agencies = {a.code.value: f"{a.code.value} {a.name_ja}" for a in AGENCY_INFO.values()}
+        agencies = {a.code.value: a.name_ja for a in AGENCY_INFO.values()}
         order = [a.value for a in Agency]
         by_agency = rollup.get("by_agency", {})
         rows = {k: by_agency[k] for k in order if k in by_agency} | {
             k: v for k, v in by_agency.items() if k not in order
         }
-        items += [Text(""), breakdown_table("by agency", rows, agencies)]
+        items += [Text(""), breakdown_table("by agency", rows, agencies, width=width)]
         by_section = rollup.get("by_section", {})
-        sections = {str(n): f"{n} {by_section.get(str(n), {}).get('title') or t}" for n, t in SECTION_TITLES.items()}
-        items += [Text(""), breakdown_table("by section", dict(sorted(by_section.items())), sections)]
+        sections = {str(n): by_section.get(str(n), {}).get("title") or t for n, t in SECTION_TITLES.items()}
+        items += [
+            Text(""),
+            breakdown_table("by section", dict(sorted(by_section.items())), sections, width=width),
+        ]
+        items += [legend()]
     return Group(*items)

@@ -101,11 +101,12 @@ def rollup(
             part = select_slice(body, agency=agency, section=str(section) if section else None)
             sys.stdout.write(json.dumps(part, ensure_ascii=False, indent=2) + "\n")
             return
-        view = render_rollup(body, agency=agency, section=str(section) if section else None)
+        out = Console(highlight=False)
+        view = render_rollup(body, agency=agency, section=str(section) if section else None, width=out.width)
     except RollupSliceNotFound as e:
         err.print(f"[red]{e.args[0]}[/]")
         raise typer.Exit(1) from None
-    Console(highlight=False).print(view)
+    out.print(view)
 
 
 def register(app: typer.Typer) -> None:
