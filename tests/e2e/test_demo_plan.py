@@ -159,3 +159,31 @@ def test_report_bytes_are_what_the_client_sends(plan: list[DemoMessage]) -> None
     for m in plan:
         if m.expect in (ADMITTED, DUPLICATE):
             assert StatusEvent.model_validate_json(m.payload).model_dump_json().encode() == m.payload
+
+
+def test_ingest_decides_each_message_as_the_plan_expects(measures: list[Measure], plan: list[DemoMessage]) -> None:
+    """Replayed in publish order through ingest's own admission rules, every message ends as planned."""
+    from uuid import UUID
+
+    from ingest.domain import Admit, Duplicate, PriorRecord, Reject, admit, claims_event_id
+
+    by_id = {m.id: m for m in measures}
+    records: dict[UUID, PriorRecord] = {}
+    outcomes: Counter[str] = Counter()
+    for m in plan:
+        decision = admit(m.subject, m.payload, now=NOW, measure=by_id, previous=records)
+        if isinstance(decision, Admit):
+            outcome = ADMITTED
+        elif isinstance(decision, Duplicate):
+            outcome = DUPLICATE
+        else:
+            assert isinstance(decision, Reject)
+            outcome = decision.reason.value
+        assert outcome == m.expect, (m.kind, m.subject, m.payload[:200], getattr(decision, "message", ""))
+        outcomes[outcome] += 1
+        report = getattr(decision, "report", None)
+        if report is not None and claims_event_id(decision, records.get(report.event.event_id)):
+            records[report.event.event_id] = PriorRecord(
+                content_hash=report.content_hash, admitted=isinstance(decision, Admit), agency=report.subject_agency
+            )
+    assert outcomes[DUPLICATE] > 0
