@@ -1,0 +1,148 @@
+"""What the platform did, read from outside: the streams (as admin), both stores (read-only SQL) and reporting's HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import nats
+import sqlalchemy as sa
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from shinchoku_runtime.db import normalise_url
+
+from .checker import MeasureInfo
+
+CHUNK = 500
+
+
+async def admin_connection(url: str, password: str) -> Client:
+    return await nats.connect(url, user="admin", password=password, name="fault-observer", max_reconnect_attempts=-1)
+
+
+async def last_seq(nc: Client, stream: str) -> int:
+    return int((await nc.jetstream().stream_info(stream)).state.last_seq)
+
+
+async def read_stream(nc: Client, stream: str, *, start_seq: int = 1) -> list[dict[str, Any]]:
+    """Every message body (JSON) of `stream` from `start_seq` on, through an ephemeral consumer."""
+    js = nc.jetstream()
+    info = await js.stream_info(stream)
+    if info.state.messages == 0 or info.state.last_seq < start_seq:
+        return []
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(start_seq, 1),
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    sub = await js.pull_subscribe(">", durable=None, stream=stream, config=config)
+    out: list[dict[str, Any]] = []
+    wanted = info.state.last_seq
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=1.0)
+            except NatsTimeoutError:
+                break
+            for m in msgs:
+                out.append(json.loads(m.data))
+            if msgs and msgs[-1].metadata.sequence.stream >= wanted:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out
+
+
+async def accepted_counts(nc: Client, *, start_seq: int = 1) -> Counter[str]:
+    """ACCEPTED messages per event_id."""
+    return Counter(body["event"]["event_id"] for body in await read_stream(nc, "ACCEPTED", start_seq=start_seq))
+
+
+async def rejections(nc: Client, *, start_seq: int = 1) -> list[dict[str, Any]]:
+    return await read_stream(nc, "REJECTED", start_seq=start_seq)
+
+
+async def backlog(nc: Client) -> dict[str, int]:
+    """Messages not yet acknowledged by each durable consumer (pending + in flight)."""
+    js = nc.jetstream()
+    out = {}
+    for name, stream in (("ingest", "STATUS"), ("reporting", "ACCEPTED")):
+        try:
+            info = await js.consumer_info(stream, name)
+        except Exception:  # not created yet, or NATS restarting
+            out[name] = -1
+            continue
+        out[name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+    return out
+
+
+@dataclass
+class Stores:
+    """Read-only SQL on ingest's and reporting's databases."""
+
+    ingest_url: str
+    reporting_url: str
+    _engines: dict[str, sa.Engine] = field(default_factory=dict)
+
+    def _engine(self, url: str) -> sa.Engine:
+        if url not in self._engines:
+            self._engines[url] = sa.create_engine(normalise_url(url), poolclass=sa.pool.NullPool)
+        return self._engines[url]
+
+    def ingest_outcomes(self, event_ids: Iterable[str]) -> dict[str, Counter[str]]:
+        """Per event_id: how many STATUS messages ingest decided as admitted, duplicate, rejected."""
+        out: dict[str, Counter[str]] = {}
+        ids = list(event_ids)
+        with self._engine(self.ingest_url).connect() as conn:
+            for i in range(0, len(ids), CHUNK):
+                rows = conn.execute(
+                    sa.text(
+                        "SELECT event_id, outcome, count(*) FROM decision WHERE event_id IN :ids GROUP BY event_id, outcome"
+                    ).bindparams(sa.bindparam("ids", expanding=True)),
+                    {"ids": ids[i : i + CHUNK]},
+                )
+                for event_id, outcome, n in rows:
+                    out.setdefault(event_id, Counter())[outcome] += n
+        return out
+
+    def reporting_events(self, event_ids: Iterable[str]) -> set[str]:
+        """The event_ids the reporting store holds (it counts each at most once: its key is event_id)."""
+        ids = list(event_ids)
+        found: set[str] = set()
+        with self._engine(self.reporting_url).connect() as conn:
+            for i in range(0, len(ids), CHUNK):
+                rows = conn.execute(
+                    sa.text("SELECT event_id FROM events WHERE event_id IN :ids").bindparams(
+                        sa.bindparam("ids", expanding=True)
+                    ),
+                    {"ids": ids[i : i + CHUNK]},
+                )
+                found.update(r[0] for r in rows)
+        return found
+
+    def dispose(self) -> None:
+        for engine in self._engines.values():
+            engine.dispose()
+
+
+def catalog_measures(catalog_url: str) -> list[MeasureInfo]:
+    items = httpx.get(f"{catalog_url}/measures", params={"limit": 1000}, timeout=10).json()["items"]
+    return [MeasureInfo(id=m["id"], section=int(m["section"]), leads=tuple(m["lead_agencies"])) for m in items]
+
+
+async def served(http: httpx.AsyncClient, fiscal_year: int, quarter: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    rollup, measures = await asyncio.gather(
+        http.get(f"/rollups/{fiscal_year}/{quarter}"),
+        http.get(f"/rollups/{fiscal_year}/{quarter}/measures", params={"limit": 1000}),
+    )
+    rollup.raise_for_status()
+    measures.raise_for_status()
+    return rollup.json(), measures.json()

@@ -1,0 +1,194 @@
+"""One fault scenario: offer load, inject the fault mid-load, let the stack settle, then account for every report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from .checker import MeasureInfo, Report, differences, expected_rollup, served_rollup
+from .load import Outcome, Publishers
+from .observe import Stores, accepted_counts, admin_connection, backlog, last_seq, read_stream, served
+from .stack import RunningStack, wait_until
+
+Fault = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class Result:
+    scenario: str
+    acknowledged: int
+    counted: int
+    lost: int
+    double_counted: int
+    dead_lettered: int = 0
+    notes: list[str] = field(default_factory=list)
+    differences: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        extra = f" dead-lettered={self.dead_lettered}" if self.dead_lettered else ""
+        notes = f"  ({'; '.join(self.notes)})" if self.notes else ""
+        return (
+            f"{self.scenario:<34} acknowledged={self.acknowledged:<5} counted={self.counted:<5} "
+            f"lost={self.lost} double-counted={self.double_counted}{extra}  [{self.seconds:.0f}s]{notes}"
+        )
+
+
+class Harness:
+    """Runs scenarios against one running stack and accounts for them with the independent checker."""
+
+    def __init__(self, stack: RunningStack, stores: Stores, measures: list[MeasureInfo]) -> None:
+        self.stack = stack
+        self.stores = stores
+        self.measures = measures
+        self.agency_passwords = {a: stack.password(a) for m in measures for a in m.leads}
+
+    def wait_healthy(self, timeout: float = 60.0, *, skip: Collection[str] = ()) -> None:
+        for name in (n for n in ("nats-server", "catalog", "ingest", "reporting") if n not in skip):
+            wait_until(lambda n=name: self.stack.healthy(n), timeout, f"{name} healthy", interval=0.2)
+
+    async def run(
+        self,
+        name: str,
+        reports: list[Report],
+        *,
+        rate: float,
+        fault: Fault | None = None,
+        at: float = 0.33,
+        copies: int = 1,
+        poison: Collection[str] = (),
+        settle: float = 90.0,
+        publish_timeout: float = 2.0,
+        publish_deadline: float = 90.0,
+        concurrency: int = 32,
+        first_timeout: float | None = None,
+        paused: Collection[str] = (),
+    ) -> Result:
+        """Publish `reports` at `rate`/s, run `fault` once a share `at` is acknowledged, settle, account.
+
+        `poison`: event ids that must end dead-lettered (`undeliverable` on REJECTED), not counted.
+        `paused`: processes the caller keeps stopped throughout (not waited for).
+        """
+        started = time.monotonic()
+        await asyncio.to_thread(self.wait_healthy, skip=paused)
+        admin = await admin_connection(self.stack.nats_url, self.stack.password("admin"))
+        try:
+            accepted_from = await last_seq(admin, "ACCEPTED") + 1
+            rejected_from = await last_seq(admin, "REJECTED") + 1
+            triggered = asyncio.Event()
+            threshold = max(1, int(len(reports) * at))
+
+            async def progress(acked: int) -> None:
+                if acked >= threshold:
+                    triggered.set()
+
+            async def inject() -> None:
+                await triggered.wait()
+                if fault is not None:
+                    await fault()
+
+            fault_task = asyncio.create_task(inject())
+            async with Publishers(self.stack.nats_url, self.agency_passwords, timeout=publish_timeout) as pubs:
+                outcome = await pubs.publish_all(
+                    reports,
+                    rate=rate,
+                    copies=copies,
+                    concurrency=concurrency,
+                    deadline=publish_deadline,
+                    on_progress=progress,
+                    first_timeout=first_timeout,
+                )
+            triggered.set()
+            await fault_task
+            await asyncio.to_thread(self.wait_healthy, skip=paused)
+            result = await self.account(name, outcome, set(poison), admin, accepted_from, rejected_from, settle)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()
+        result.seconds = time.monotonic() - started
+        if outcome.failures:
+            result.notes.append(
+                "publish failures retried: " + ", ".join(f"{k}×{v}" for k, v in outcome.failures.most_common())
+            )
+        if copies > 1:
+            result.notes.append(f"{outcome.duplicates_sent} duplicate copies sent in flight")
+        unacked = len(reports) - len(outcome.acked)
+        if unacked:
+            result.notes.append(f"{unacked} never acknowledged (not expected)")
+        return result
+
+    async def account(
+        self,
+        name: str,
+        outcome: Outcome,
+        poison: set[str],
+        admin: Any,
+        accepted_from: int,
+        rejected_from: int,
+        settle: float,
+    ) -> Result:
+        """Wait (up to `settle` s) until the consumers caught up and what is served matches the checker; then count.
+
+        `accepted_from`/`rejected_from`: the streams' first sequence of this scenario.
+        """
+        acked = outcome.acked
+        countable = [r for r in acked.values() if r.event_id not in poison]
+        quarters = sorted({(r.fiscal_year, r.quarter) for r in countable})
+        expected = {q: expected_rollup(self.measures, countable, *q) for q in quarters}
+        countable_ids = {r.event_id for r in countable}
+        diffs: list[str] = []
+        deadline = time.monotonic() + settle
+        async with httpx.AsyncClient(base_url=self.stack.url("reporting"), timeout=10) as http:
+            while True:
+                diffs = []
+                try:
+                    lag = await backlog(admin)
+                    if any(v != 0 for v in lag.values()):
+                        diffs.append(f"consumers not caught up: {lag}")
+                    else:
+                        missing = countable_ids - await asyncio.to_thread(self.stores.reporting_events, countable_ids)
+                        if missing:
+                            diffs.append(f"{len(missing)} acknowledged reports not in the reporting store")
+                        for q in quarters:
+                            rollup, page = await served(http, *q)
+                            diffs += [
+                                f"FY{q[0]}Q{q[1]} {d}" for d in differences(expected[q], served_rollup(rollup, page))
+                            ]
+                except Exception as e:  # a service still restarting: try again until the deadline
+                    diffs.append(f"{type(e).__name__}: {e}")
+                if not diffs or time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.5)
+
+        in_reporting = await asyncio.to_thread(self.stores.reporting_events, countable_ids)
+        ingest = await asyncio.to_thread(self.stores.ingest_outcomes, acked)
+        accepted = await accepted_counts(admin, start_seq=accepted_from)
+        dead = {
+            body.get("event_id")
+            for body in await read_stream(admin, "REJECTED", start_seq=rejected_from)
+            if body.get("reason") == "undeliverable"
+        }
+        admitted: Counter[str] = Counter({e: c["admitted"] for e, c in ingest.items()})
+        counted = len(in_reporting)
+        dead_lettered = len(poison & dead & set(acked))
+        lost = len(countable_ids - in_reporting) + len((poison & set(acked)) - dead)
+        double = sum(max(0, n - 1) for n in admitted.values()) + sum(max(0, n - 1) for n in accepted.values())
+        result = Result(name, len(acked), counted, lost, double, dead_lettered, differences=diffs)
+        not_admitted = [e for e in in_reporting if admitted[e] != 1]
+        if not_admitted:
+            result.notes.append(f"{len(not_admitted)} counted without exactly one admission in ingest's store")
+            result.differences.append(f"ingest store disagrees for {sorted(not_admitted)[:5]}")
+        duplicates = sum(c["duplicate"] for c in ingest.values())
+        if duplicates:
+            result.notes.append(f"ingest recorded {duplicates} identical resends as duplicates")
+        poison_admitted = [e for e in poison if admitted[e] or accepted[e]]
+        if poison_admitted:
+            result.differences.append(f"poison events admitted: {poison_admitted[:5]}")
+        return result
