@@ -26,7 +26,7 @@ from shinchoku_runtime.broker import make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.service import add_metrics_route
-from shinchoku_runtime.telemetry import init_tracing
+from shinchoku_runtime.telemetry import init_tracing, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ class CatalogRuntime:
         self.engine = make_engine(settings.resolved_database_url())
         self.metrics = CollectorRegistry()
         self.tracer_provider = init_tracing("catalog", settings.data_dir)
+        instrument_engine(self.engine, self.tracer_provider)
         self.broker = make_broker(
             settings,
             service="catalog",

@@ -24,7 +24,7 @@ from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import ensure_streams
 from shinchoku_runtime.service import add_metrics_route
-from shinchoku_runtime.telemetry import init_tracing
+from shinchoku_runtime.telemetry import init_tracing, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ class IngestRuntime:
         self.metrics = IngestMetrics.create(self.registry)
         self._owns_tracer = tracer_provider is None
         self.tracer_provider = tracer_provider or init_tracing("ingest", settings.data_dir)
+        instrument_engine(self.engine, self.tracer_provider)
         # No FastDepends: the handler takes the raw batch and decodes each message itself (~6x faster).
         self.broker = make_broker(
             settings,
