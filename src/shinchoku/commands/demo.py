@@ -2,145 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from nats.errors import Error as NatsError
-from nats.js.errors import NotFoundError
-from opentelemetry.sdk.trace import TracerProvider
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from contracts.catalog import Measure
-from contracts.events import StatusEvent
-from contracts.periods import last_completed_quarter
-from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
-from shinchoku.client import AgencyPublisher, PublishError
-from shinchoku.commands.rollup import fetch_rollup
-from shinchoku.demo_plan import ADMITTED, DEFAULT_SEED, DUPLICATE, DemoMessage, expected_outcomes, plan_demo
-from shinchoku.rollup_view import render_rollup
-from shinchoku.stack import Stack, StackNotFound
-from shinchoku.stackhttp import StackUnavailable, detail, get, load_stack
-from shinchoku_runtime.natsclient import connect
-from shinchoku_runtime.telemetry import init_tracing
-
-console = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
-#: Reports in flight at once (each waits for its JetStream ack).
-WINDOW = 256
-
-
-def fetch_measures(stack: Stack) -> list[Measure]:
-    """The registry from the catalog's HTTP API."""
-    response = get(stack, "catalog", "/measures", params={"limit": 1000})
-    if response.status_code != 200:
-        raise StackUnavailable(f"catalog answered {response.status_code}: {detail(response)}")
-    return [Measure.model_validate(item) for item in response.json()["items"]]
-
-
-async def _publish_phase(
-    publishers: dict[str, AgencyPublisher], messages: Sequence[DemoMessage], advance: Callable[[], None]
-) -> None:
-    window = asyncio.Semaphore(WINDOW)
-
-    async def one(message: DemoMessage) -> None:
-        publisher = publishers[message.agency]
-        async with window:
-            if message.expect in (ADMITTED, DUPLICATE):
-                # A well-formed report goes through the client's own path (trace attributes and all);
-                # its bytes are the plan's bytes (the plan encodes as the client does).
-                await publisher.publish(StatusEvent.model_validate_json(message.payload))
-            else:
-                await publisher.publish_raw(message.subject, message.payload)
-        advance()
-
-    await asyncio.gather(*(one(m) for m in messages))
-
-
-async def publish(
-    stack: Stack, messages: Sequence[DemoMessage], advance: Callable[[], None], tracer_provider: TracerProvider
-) -> None:
-    """Each agency publishes its own messages with its own credentials; originals before resends and rejections."""
-    publishers: dict[str, AgencyPublisher] = {}
-    try:
-        for agency in sorted({m.agency for m in messages}):
-            publisher = AgencyPublisher(
-                stack.nats_plain_url,
-                agency=agency,
-                password=stack.password(agency),
-                timeout=10.0,
-                tracer_provider=tracer_provider,
-            )
-            await publisher.connect()
-            publishers[agency] = publisher
-        # A resend must arrive after what it resends, or it would be the original.
-        await _publish_phase(publishers, [m for m in messages if m.expect == ADMITTED], advance)
-        await _publish_phase(publishers, [m for m in messages if m.expect != ADMITTED], advance)
-    finally:
-        for publisher in publishers.values():
-            await publisher.close()
-
-
-async def pending_work(stack: Stack) -> dict[str, int] | None:
-    """Messages ingest and reporting have yet to process (None while their consumers do not exist yet)."""
-    nc = await connect(stack.nats_plain_url, name="shinchoku-demo-wait", user="admin", password=stack.password("admin"))
-    try:
-        js = nc.jetstream()
-        out = {}
-        for service, stream, durable in (
-            ("ingest", STATUS_STREAM.name, INGEST_DURABLE),
-            ("reporting", ACCEPTED_STREAM.name, REPORTING_DURABLE),
-        ):
-            try:
-                info = await js.consumer_info(stream, durable)
-            except NotFoundError:
-                return None
-            out[service] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        return out
-    finally:
-        await nc.close()
-
-
-def wait_caught_up(stack: Stack, progress: Progress, timeout: float = 180.0) -> bool:
-    """Until ingest and reporting have nothing pending, twice in a row."""
-    task = progress.add_task("ingest and reporting catching up", total=None)
-    deadline = time.monotonic() + timeout
-    quiet = 0
-    while time.monotonic() < deadline:
-        pending = asyncio.run(pending_work(stack))
-        if pending is not None:
-            progress.update(
-                task, description=f"catching up: ingest {pending['ingest']}, reporting {pending['reporting']}"
-            )
-            quiet = quiet + 1 if not any(pending.values()) else 0
-            if quiet >= 2:
-                progress.update(task, total=1, completed=1, description="ingest and reporting caught up")
-                return True
-        time.sleep(0.3)
-    return False
-
-
-def _summary(messages: Sequence[DemoMessage]) -> Table:
-    kinds = Counter(m.kind for m in messages)
-    outcomes = expected_outcomes(messages)
-    table = Table(title="published", title_justify="left", box=None)
-    table.add_column("what")
-    table.add_column("messages", justify="right")
-    table.add_row("reports", str(kinds["report"]))
-    table.add_row("corrections (a later report, another status)", str(kinds["correction"]))
-    table.add_row("identical resends (admitted once)", str(outcomes[DUPLICATE]))
-    for reason in sorted(k for k in outcomes if k not in (ADMITTED, DUPLICATE)):
-        table.add_row(f"rejected as {reason}", str(outcomes[reason]))
-    table.add_row("agencies", str(len({m.agency for m in messages})))
-    return table
+from shinchoku.demo_plan import DEFAULT_SEED
 
 
 def demo(
@@ -148,47 +15,9 @@ def demo(
     seed: Annotated[int, typer.Option(help="Random seed: the same seed publishes the same events")] = DEFAULT_SEED,
 ) -> None:
     """Publish FY2024Q1 → last completed quarter as the 17 agencies (reproducible), then print the latest rollup."""
-    now = datetime.now(UTC)
-    try:
-        stack = load_stack(data_dir)
-        measures = fetch_measures(stack)
-        stack.password("admin")
-    except (StackUnavailable, StackNotFound) as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(1) from None
-    messages = plan_demo(measures, seed=seed, now=now)
-    latest = last_completed_quarter(now)
-    console.print(
-        f"Publishing {len(messages)} messages on {len(measures)} measures, FY2024Q1 → {latest.label} (seed {seed})"
-    )
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("publishing as the 17 agencies", total=len(messages))
-        # Each report's trace starts here: DATA_DIR/spans/shinchoku-demo.jsonl (or OTLP), for `shinchoku trace`.
-        provider = init_tracing("shinchoku-demo", stack.data_dir)
-        try:
-            asyncio.run(publish(stack, messages, lambda: progress.advance(task), provider))
-        except (OSError, NatsError, PublishError) as e:
-            err.print(f"[red]publishing failed: {e}[/] (is the stack running? `shinchoku up`)")
-            raise typer.Exit(1) from None
-        finally:
-            provider.shutdown()
-        caught_up = wait_caught_up(stack, progress)
-    console.print(_summary(messages))
-    if not caught_up:
-        err.print("[yellow]ingest or reporting is still busy: the rollup below may be incomplete[/]")
-    try:
-        rollup = fetch_rollup(stack, latest.fiscal_year, latest.quarter)
-    except (StackUnavailable, ValueError) as e:
-        err.print(f"[red]{e}[/]")
-        raise typer.Exit(1) from None
-    console.print()
-    console.print(render_rollup(rollup, breakdowns=False))
-    dd = f" --data-dir {data_dir}" if data_dir else ""
-    console.print(
-        f"\n[dim]More: shinchoku rollup {latest.fiscal_year} {latest.quarter}{dd}  ·  "
-        f"{stack.http['ingest']}/rejections  ·  {stack.http['reporting']}/[/]"
-    )
+    from shinchoku.demo_run import run_demo  # NATS and the OpenTelemetry SDK only when the demo runs
+
+    run_demo(data_dir, seed)
 
 
 def register(app: typer.Typer) -> None:
