@@ -12,6 +12,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
+from contracts.streams import INGEST_DURABLE, STATUS_STREAM
 from ingest import repository
 from ingest.api import router
 from ingest.config import IngestSettings
@@ -19,7 +20,7 @@ from ingest.handlers import BatchHandler, HandlerOptions
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
 from ingest.subscribers import ensure_consumer, register
-from shinchoku_runtime.broker import make_broker
+from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import ensure_streams
@@ -56,6 +57,7 @@ class IngestRuntime:
         self.consuming = asyncio.Event()
         register(self.broker, settings, self._handler)
         self._task: asyncio.Task[None] | None = None
+        self._lag: asyncio.Task[None] | None = None
 
     def _handler(self) -> BatchHandler:
         assert self.handler is not None, "the consumer starts only after the handler exists"
@@ -91,6 +93,10 @@ class IngestRuntime:
                 )
                 await self.broker.start()
                 self.consuming.set()
+                self._lag = asyncio.create_task(
+                    ConsumerLag(self.registry).watch(js, stream=STATUS_STREAM.name, durable=INGEST_DURABLE),
+                    name="ingest-consumer-lag",
+                )
                 log.info("ingest consuming STATUS as durable %r", "ingest")
                 return
             except asyncio.CancelledError:
@@ -104,6 +110,9 @@ class IngestRuntime:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        if self._lag is not None:
+            self._lag.cancel()
+            await asyncio.gather(self._lag, return_exceptions=True)
         # Stop fetching, let the batches in flight get their PubAcks and acks, then close the connection.
         for subscriber in self.broker.subscribers:
             try:
