@@ -63,7 +63,8 @@ def build_app(service: str, data_dir: Path) -> FastAPI:
     from reporting.app import create_app as reporting_app
     from reporting.config import ReportingSettings
 
-    return reporting_app(ReportingSettings(**settings_values))
+    app: FastAPI = reporting_app(ReportingSettings(**settings_values))
+    return app
 
 
 def route_table(routes: Sequence[BaseRoute], prefix: str = "") -> list[tuple[str, set[str]]]:
