@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
@@ -52,7 +53,7 @@ class Harness:
 
     def wait_healthy(self, timeout: float = 60.0, *, skip: Collection[str] = ()) -> None:
         for name in (n for n in ("nats-server", "catalog", "ingest", "reporting") if n not in skip):
-            wait_until(lambda n=name: self.stack.healthy(n), timeout, f"{name} healthy", interval=0.2)
+            wait_until(functools.partial(self.stack.healthy, name), timeout, f"{name} healthy", interval=0.2)
 
     async def run(
         self,
