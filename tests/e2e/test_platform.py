@@ -11,10 +11,11 @@ import asyncio
 import importlib.util
 import os
 import signal
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import NAMESPACE_URL, uuid5
 
@@ -23,13 +24,14 @@ import pytest
 
 from contracts.catalog import Measure
 from contracts.events import SEVERITY_ORDER, UNREPORTED, Status, StatusEvent
-from contracts.periods import TOKYO, FiscalQuarter
+from contracts.periods import TOKYO, FiscalQuarter, last_completed_quarter
 from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
 from shinchoku.client import AgencyPublisher
+from shinchoku.demo_plan import ADMITTED, expected_outcomes, plan_demo
 from shinchoku.stack import Stack
 from shinchoku_runtime.natsclient import connect
 
-from .conftest import Up, pid_alive, wait_for
+from .conftest import SHINCHOKU, Up, pid_alive, wait_for
 
 pytestmark = [
     pytest.mark.slow,
@@ -200,5 +202,23 @@ def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: C
     second_start = up.wait_ready(90)
     assert rollup(up)["by_status"] == body["by_status"]
     assert Stack.load(up.data_dir).nats_port == stack.nats_port
+
+    # `shinchoku demo` on top: its reports admitted once, and a second run admits nothing more.
+    now = datetime.now(UTC)
+    expected = expected_outcomes(plan_demo(measures, now=now))
+    for run in (1, 2):
+        result = subprocess.run(
+            [SHINCHOKU, "demo", "--data-dir", str(up.data_dir)],
+            env=up.env,
+            cwd=up.cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "caught up" in result.stdout
+        assert f"{last_completed_quarter(now).label} (" in result.stdout
+        assert "government-wide" in result.stdout
+        assert asyncio.run(stream_state(stack))["accepted"] == len(reports) + expected[ADMITTED], f"run {run}"
     assert up.stop(signal.SIGTERM) == 0
     print(f"ready: first start {first_start:.1f}s, restart {second_start:.1f}s ({time.monotonic() - t0:.1f}s)")  # noqa: T201
