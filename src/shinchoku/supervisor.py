@@ -41,8 +41,16 @@ class AlreadyRunning(Exception):
         self.pid = pid
 
 
+#: A process that exits this many times before it was ever healthy is broken, not unlucky: `up` gives up.
+STARTUP_ATTEMPTS = 4
+
+
 class StartupFailed(Exception):
-    """A process did not become healthy in time."""
+    """A process did not become healthy in time, or kept exiting before it did."""
+
+    def __init__(self, message: str, names: list[str]) -> None:
+        super().__init__(message)
+        self.names = names
 
 
 def backoff_delay(consecutive_failures: int) -> float:
@@ -211,9 +219,14 @@ class Supervisor:
             if self.stopping.is_set():
                 return
             if time.monotonic() > deadline:
-                names_left = ", ".join(c.spec.name for c in pending)
-                raise StartupFailed(f"not healthy after {timeout:.0f}s: {names_left}")
+                names_left = [c.spec.name for c in pending]
+                raise StartupFailed(f"not healthy after {timeout:.0f}s: {', '.join(names_left)}", names_left)
             self.tick()
+            broken = [c.spec.name for c in pending if c.failures >= STARTUP_ATTEMPTS]
+            if broken:
+                raise StartupFailed(
+                    f"exited {STARTUP_ATTEMPTS} times before it was healthy: {', '.join(broken)}", broken
+                )
             for child in list(pending):
                 if child.process is not None and child.process.poll() is None and child.spec.is_healthy():
                     self._became_ready(child)

@@ -244,3 +244,14 @@ def test_stale_pid_files_only_stop_our_own_leftovers(make_up: Callable[..., Up])
         for process in (leftover, stranger):
             process.kill()
             process.wait()
+
+
+def test_a_service_that_cannot_start_fails_up_with_its_log(make_up: Callable[..., Up], tmp_path: Path) -> None:
+    up = make_up(fake=True)
+    up.env["FAKE_FAIL_DIR"] = str(tmp_path)
+    (tmp_path / "ingest").touch()
+    result = up.run_again(timeout=60)
+    assert result.returncode == 1
+    assert "exited 4 times before it was healthy: ingest" in result.stderr
+    assert "last lines of" in result.stderr
+    assert list((up.data_dir / "run").glob("*.pid")) == []

@@ -52,7 +52,7 @@ class _EventLog:
     def __call__(self, message: str) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         stamp = datetime.now().astimezone().isoformat(timespec="seconds")
-        console.print(f"[dim]{stamp}[/] {message}")
+        console.print(f"[dim]{stamp}[/] {message}", soft_wrap=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(f"{stamp} {Text.from_markup(message).plain}\n")
 
@@ -143,7 +143,7 @@ def _run(launch: Launch, started: float, data_dir_option: Path | None) -> int:
             return 0
         except (StartupFailed, ConfigurationError) as e:
             event_log(f"[red]startup failed:[/] {e}")
-            for name in SERVICES:
+            for name in e.names if isinstance(e, StartupFailed) else SERVICES:
                 _tail(stack.log_file(name), name)
             return 1
         finally:

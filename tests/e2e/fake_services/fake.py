@@ -15,6 +15,7 @@ def main(name: str) -> None:
     # Tests make a service crash on start by creating this file: `{FAKE_FAIL_DIR}/{name}`.
     fail_dir = os.environ.get("FAKE_FAIL_DIR")
     if fail_dir and os.path.exists(os.path.join(fail_dir, name)):
+        sys.stderr.write(f"fake {name}: failing on purpose\n")
         sys.exit(3)
 
     class Handler(BaseHTTPRequestHandler):
