@@ -362,7 +362,8 @@ def current_trace_id() -> str | None:
 
 # ---------------------------------------------------------------------------------------------- logs
 
-_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
+# Standard LogRecord attributes, and uvicorn's ANSI-coloured duplicate of the message.
+_RECORD_FIELDS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName", "color_message"}
 
 
 class JsonLogFormatter(logging.Formatter):

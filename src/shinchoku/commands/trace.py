@@ -35,6 +35,7 @@ SHOWN_ATTRIBUTES = (
     "shinchoku.outcome",
     "shinchoku.reason",
     "messaging.destination.name",
+    "peer.service",
     "db.statement",
     "http.route",
 )
