@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import JSONResponse
 from fastapi.testclient import TestClient
 
 from contracts.events import SEVERITY_ORDER, UNREPORTED
@@ -15,7 +16,7 @@ from contracts.periods import TOKYO, FiscalQuarter
 from reporting.dashboard import router
 from reporting.dashboard.models import Group, HistoryEntry, LeadReport, MeasureHistory, MeasureInfo, MeasureRow, Rollup
 from reporting.dashboard.routes import get_source
-from reporting.dashboard.source import SourceError
+from reporting.dashboard.source import ApiSource, SourceError
 from reporting.dashboard.view import (
     BadState,
     ViewState,
@@ -158,7 +159,7 @@ class FakeSource:
         return MeasureHistory(measure=info, quarters=entries)
 
     async def last_admitted(self) -> str | None:
-        return max((r.reported_at for r in self.reports), default=None).isoformat() if self.reports else None
+        return max(r.reported_at for r in self.reports).isoformat() if self.reports else None
 
     async def year(self, fiscal_year: int) -> list[Rollup]:
         return [await self.rollup(FiscalQuarter(fiscal_year, q), as_of=None) for q in range(1, 5)]
@@ -381,3 +382,45 @@ def test_a_submitted_form_redirects_to_the_short_shareable_url(client: TestClien
 def test_a_silent_lead_has_no_status() -> None:
     lead = LeadReport.model_validate({"agency": "mic", "status": "unreported", "event_id": None})
     assert lead.status is None
+
+
+async def test_api_source_reads_the_binding_shapes_in_process() -> None:
+    api = FastAPI()
+
+    @api.get("/rollups/{fy}/{q}")
+    def rollup(fy: int, q: int, as_of: str | None = None) -> dict[str, object]:
+        if q > 4:
+            raise HTTPException(422, "quarter must be 1–4")
+        return {"fiscal_year": fy, "quarter": q, "label": f"FY{fy}Q{q}", "reported": 3, "as_of": as_of, "extra": 1}
+
+    @api.get("/rollups/{fy}/{q}/measures")
+    def measures(fy: int, q: int, agency: str | None = None) -> dict[str, object]:
+        lead = {"agency": agency or "mic", "status": "unreported", "event_id": None}
+        return {"items": [{"measure_id": "1-1", "section": 1, "status": "unreported", "leads": [lead]}], "total": 1}
+
+    @api.get("/measures/{measure_id}/history")
+    def history(measure_id: str) -> dict[str, object]:
+        if measure_id != "1-1":
+            raise HTTPException(404, f"no such measure: {measure_id}")
+        item = {"fiscal_year": 2024, "quarter": 3, "status": "on_track", "leads": []}
+        return {"measure": {"id": "1-1", "section": 1, "title": "t"}, "items": [item], "total": 1}
+
+    @api.get("/healthz")
+    def healthz() -> JSONResponse:
+        return JSONResponse({"status": "unavailable", "last_admitted_at": "2025-03-01T00:00:00+00:00"}, 503)
+
+    source = ApiSource(api)
+    moment = datetime(2025, 1, 31, tzinfo=TOKYO)
+    answer = await source.rollup(Q3, as_of=moment)
+    assert (answer.label, answer.reported) == ("FY2024Q3", 3)
+    rows = await source.measures(Q3, as_of=None, filters={"agency": "cfa"})
+    assert rows[0].leads[0].agency == "cfa"
+    assert rows[0].leads[0].status is None
+    hist = await source.history("1-1")
+    assert hist.measure is not None
+    assert [e.label or (e.fiscal_year, e.quarter) for e in hist.quarters] == [(2024, 3)]
+    with pytest.raises(SourceError) as caught:
+        await source.history("9-9")
+    assert caught.value.status == 404
+    assert "no such measure" in caught.value.message
+    assert await source.last_admitted() == "2025-03-01T00:00:00+00:00"
