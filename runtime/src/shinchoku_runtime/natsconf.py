@@ -72,6 +72,8 @@ def service_permissions(user: str) -> Permissions:
                 CATALOG_MEASURE_GET,
                 "$JS.API.>",
                 f"$JS.ACK.{STATUS_STREAM.name}.{INGEST_DURABLE}.>",
+                # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
+                f"$JS.FC.KV_{CATALOG_BUCKET}.>",
             ],
             subscribe=["_INBOX.>", CATALOG_CHANGED, kv],
             deny_publish=_JS_DENY,

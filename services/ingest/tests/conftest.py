@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,11 +13,13 @@ import httpx
 import pytest
 from fastapi import FastAPI
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from contracts.catalog import Measure
+from contracts.streams import CATALOG_MEASURE_GET
 from ingest.app import IngestRuntime, create_app
 from ingest.config import IngestSettings
 from ingest.testing import SAMPLE_MEASURES, put_measures
@@ -29,6 +32,22 @@ async def catalog_kv(admin_nc: Client) -> list[Measure]:
     """The catalog as ingest sees it: the CATALOG bucket holding a few measures."""
     await put_measures(admin_nc, SAMPLE_MEASURES)
     return SAMPLE_MEASURES
+
+
+@pytest.fixture
+async def catalog_answerer(admin_nc: Client) -> dict[str, Measure]:
+    """The catalog's request-reply side on real NATS: answers `catalog.measure.get` from this (mutable) dict."""
+    measures = {m.id: m for m in SAMPLE_MEASURES}
+
+    async def answer(msg: Msg) -> None:
+        measure = measures.get(msg.data.decode())
+        if measure is None:
+            await msg.respond(json.dumps({"error": "not_found", "message": "no such measure"}).encode())
+        else:
+            await msg.respond(measure.model_dump_json().encode())
+
+    await admin_nc.subscribe(CATALOG_MEASURE_GET, cb=answer)
+    return measures
 
 
 @pytest.fixture

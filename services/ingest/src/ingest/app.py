@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -19,7 +20,7 @@ from ingest.config import IngestSettings
 from ingest.handlers import BatchHandler, HandlerOptions
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
-from ingest.subscribers import ensure_consumer, register
+from ingest.subscribers import ensure_consumer, guard_fetch_timeouts, register
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
@@ -92,6 +93,7 @@ class IngestRuntime:
                     tracer=self.tracer_provider.get_tracer("ingest"),
                 )
                 await self.broker.start()
+                guard_fetch_timeouts(self.broker)
                 self.consuming.set()
                 self._lag = asyncio.create_task(
                     ConsumerLag(self.registry).watch(js, stream=STATUS_STREAM.name, durable=INGEST_DURABLE),
@@ -121,7 +123,12 @@ class IngestRuntime:
                 log.exception("stopping the STATUS consumer")
         if self.handler is not None:
             await self.handler.drain()
-        await self.broker.stop()
+        try:
+            await self.broker.stop()
+        except Exception as e:  # e.g. NATS away at shutdown: drain() refuses while reconnecting
+            log.warning("broker did not stop cleanly (%s); closing the connection", e)
+            with contextlib.suppress(Exception):
+                await self.broker.connection.close()
         if self.mirror is not None:
             await self.mirror.stop()
         self.engine.dispose()

@@ -24,6 +24,7 @@ from typing import Any
 from faststream.middlewares import AckPolicy as FastStreamAckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
@@ -72,3 +73,32 @@ def register(broker: NatsBroker, settings: IngestSettings, handler: Callable[[],
     )
     async def on_status(batch: list[Msg]) -> None:
         await handler().handle(batch)
+
+
+def guard_fetch_timeouts(broker: NatsBroker) -> None:
+    """Keep a fetched batch when a pull request expires (call after `broker.start()`).
+
+    FastStream 0.7.8 catches `nats.errors.TimeoutError` around `fetch`, but nats-py 2.16 also raises a bare
+    `asyncio.TimeoutError` when a lingering pull request runs out of time. That escapes FastStream's loop:
+    its consume task dies and restarts, and the messages it had already fetched sit unacknowledged until
+    `ack_wait` redelivers them (30 s late). Translating the exception lets the loop hand over the batch.
+    """
+    for subscriber in broker.subscribers:
+        pull = getattr(subscriber, "subscription", None)
+        if pull is None or getattr(pull, "_timeouts_guarded", False):
+            continue
+        original = pull.fetch
+
+        async def fetch(
+            batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None, _fetch: Any = original
+        ) -> list[Msg]:
+            try:
+                messages: list[Msg] = await _fetch(batch, timeout, heartbeat)
+            except NatsTimeoutError:
+                raise
+            except TimeoutError as e:
+                raise NatsTimeoutError from e
+            return messages
+
+        pull.fetch = fetch
+        pull._timeouts_guarded = True
