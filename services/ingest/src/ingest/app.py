@@ -142,6 +142,9 @@ class IngestRuntime:
             return False
 
     def database_ready(self) -> bool:
+        """The store answers, and the last batch could write to it (a locked SQLite file still answers reads)."""
+        if self.handler is not None and self.handler.store_failing_since is not None:
+            return False
         return repository.ping(self.engine)
 
 

@@ -151,12 +151,15 @@ class BatchHandler:
         tracer: Tracer | None = None,
     ) -> None:
         self._engine = engine
+        self._nc = nc
         self._js = nc.jetstream(publish_async_max_pending=20_000)
         self._mirror = mirror
         self._metrics = metrics
         self._options = options
         self._tracer = tracer or trace.get_tracer(__name__)
         self._consecutive_faults = 0
+        #: When writes to the store started failing (None while they succeed): read by /healthz.
+        self.store_failing_since: float | None = None
         self._slots = asyncio.Semaphore(options.max_inflight)
         self._finishing: set[asyncio.Task[None]] = set()
 
@@ -214,10 +217,26 @@ class BatchHandler:
             await self._await_pub_acks(waiting)
             for d in deliveries:
                 await self._settle(d)
+            self._log_faults(deliveries)
         except Exception:  # acks not sent: ack_wait brings the messages back, answered from the store
             log.exception("could not finish a batch of %d", len(deliveries))
         finally:
             self._close_batch(deliveries, started)
+
+    @staticmethod
+    def _log_faults(deliveries: list[Delivery]) -> None:
+        faults: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            if d.fault and d.fault != FAULT_DATABASE:  # database faults are logged once where they happen
+                faults.setdefault(d.fault, []).append(d)
+        for fault, hit in faults.items():
+            log.warning(
+                "%s unavailable for %d message(s) (STATUS-%d…), put back for later: %s",
+                fault,
+                len(hit),
+                hit[0].seq,
+                hit[0].fault_detail,
+            )
 
     def _close_batch(self, deliveries: list[Delivery], started: float) -> None:
         for d in deliveries:
@@ -322,6 +341,7 @@ class BatchHandler:
             return "fault"
         db_ended = time.time_ns()
         self._metrics.phase_seconds.labels("store").observe((db_ended - db_started) / 1e9)
+        self.store_failing_since = None
         for d in decidable:
             self._child(d, "ingest store write", db_started, db_ended, {"db.system": self._engine.dialect.name})
         return "stored"
@@ -496,12 +516,18 @@ class BatchHandler:
         if not waiting:
             return
         started = time.perf_counter()
-        _done, pending = await asyncio.wait(waiting, timeout=self._options.publish_timeout)
+        deadline = started + self._options.publish_timeout
+        pending: set[asyncio.Future[PubAck]] = set(waiting)
+        while pending:
+            _done, pending = await asyncio.wait(pending, timeout=min(0.25, max(0.0, deadline - time.perf_counter())))
+            # A PubAck does not survive a lost connection: stop waiting for it, the redelivery republishes.
+            if not pending or time.perf_counter() >= deadline or not self._nc.is_connected:
+                break
         self._metrics.phase_seconds.labels("publish").observe(time.perf_counter() - started)
         for future, (d, span) in waiting.items():
             if future in pending:
                 future.cancel()
-                self._fault(d, FAULT_NATS, f"no PubAck within {self._options.publish_timeout}s")
+                self._fault(d, FAULT_NATS, "no PubAck (timeout or connection lost)")
             elif (error := future.exception()) is not None:
                 self._fault(d, FAULT_NATS, f"publish refused: {error!r}")
             else:
@@ -547,8 +573,9 @@ class BatchHandler:
             await self._dead_letter(d)
             return
         delay = retry_delay(d.delivered, self._options.retry_delay_max)
-        log.warning(
-            "STATUS-%d put back for %.0fs (delivery %d of %d): %s unavailable: %s",
+        # One warning per batch is logged where the fault is seen; this is the per-message detail.
+        log.debug(
+            "STATUS-%d put back for %.1fs (delivery %d of %d): %s unavailable: %s",
             d.seq,
             delay,
             d.delivered,
@@ -660,8 +687,10 @@ class BatchHandler:
             d.fault_detail = detail
 
     def _fault_all(self, deliveries: list[Delivery], fault: str, error: BaseException) -> None:
-        detail = clean(f"{type(error).__name__}: {error}", 300)
-        log.warning("%s unavailable for %d message(s): %s", fault, len(deliveries), detail)
+        detail = clean(f"{type(error).__name__}: {error}".split("\n[SQL:")[0], 300)
+        log.warning("%s unavailable for %d message(s), put back for later: %s", fault, len(deliveries), detail)
+        if fault == FAULT_DATABASE and self.store_failing_since is None:
+            self.store_failing_since = time.monotonic()
         for d in deliveries:
             self._fault(d, fault, detail)
 

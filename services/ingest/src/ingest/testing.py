@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.js.api import KeyValueConfig, StorageType
 
 from contracts.catalog import Measure, Target
+from contracts.events import AdmittedEvent
 from contracts.streams import CATALOG_BUCKET
+from shinchoku_runtime.db import normalise_url
 
 SAMPLE_MEASURES = [
     Measure(
@@ -106,3 +110,45 @@ async def wait_for_count(nc: Client, stream: str, count: int, timeout: float = 2
         if n >= count or asyncio.get_running_loop().time() > deadline:
             return int(n)
         await asyncio.sleep(0.05)
+
+
+def store_counts(url: str) -> dict[str, int]:
+    engine = sa.create_engine(normalise_url(url))
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("select outcome, count(*) from decision group by outcome")).all()
+            admitted_ids = conn.execute(
+                sa.text("select count(distinct event_id) from decision where outcome = 'admitted'")
+            ).scalar_one()
+    finally:
+        engine.dispose()
+    return {**{outcome: int(n) for outcome, n in rows}, "distinct_admitted": int(admitted_ids)}
+
+
+async def assert_exactly_once(admin_nc: Client, url: str, event_ids: set[str], duplicates: int) -> None:
+    """ACCEPTED holds each event once, the store admitted each once, and counted the identical resends."""
+    assert await wait_for_count(admin_nc, "ACCEPTED", len(event_ids), timeout=60) == len(event_ids)
+    await asyncio.sleep(0.5)  # anything extra would show up now
+    accepted = await stream_messages(admin_nc, "ACCEPTED")
+    ids = [str(AdmittedEvent.model_validate_json(m.data).event.event_id) for m in accepted]
+    assert len(ids) == len(event_ids)
+    assert set(ids) == event_ids
+    deadline = time.monotonic() + 30
+    while True:
+        counts = store_counts(url)
+        if counts.get("duplicate", 0) >= duplicates or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.2)
+    assert counts.get("admitted") == len(event_ids)
+    assert counts["distinct_admitted"] == len(event_ids)
+    assert counts.get("duplicate", 0) == duplicates
+    assert counts.get("rejected", 0) == 0
+    assert (await admin_nc.jetstream().stream_info("REJECTED")).state.messages == 0
+    info = await admin_nc.jetstream().consumer_info("STATUS", "ingest")
+    assert info.num_pending == 0
+
+
+async def publish_events(publisher: Any, bodies: list[dict[str, Any]]) -> None:
+    """Publish each body on status.mof.1-25 through an AgencyPublisher."""
+    for body in bodies:
+        await publisher.publish_raw("status.mof.1-25", encode(body))
