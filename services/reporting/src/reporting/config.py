@@ -17,13 +17,14 @@ class ReportingSettings(ServiceSettings):
 
     port: int = 8003
     nats_user: str | None = "reporting"
-    batch_size: int = Field(default=1000, ge=1, le=10_000, description="Messages fetched from ACCEPTED per pull")
-    batch_timeout: float = Field(default=0.1, gt=0, description="Seconds a pull waits to fill a batch")
+    batch_size: int = Field(default=1000, ge=1, le=10_000, description="Messages asked for by each pull request")
     max_rows_per_transaction: int = Field(
         default=4000, ge=1, description="Queued batches are merged into one transaction up to this many events"
     )
     max_ack_pending: int = Field(default=20_000, ge=100, description="Consumer's max_ack_pending (durable config)")
-    ack_wait: float = Field(default=60.0, gt=0, description="Seconds before an unacknowledged message is redelivered")
+    ack_wait: float = Field(
+        default=30.0, gt=0, description="Seconds before an unacknowledged message is redelivered (consumer config)"
+    )
     retry_delay: float = Field(
         default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
     )

@@ -63,6 +63,8 @@ class LeadReport:
     event_id: str
     progress: float | None = None
     kpis: tuple[KpiReading, ...] = ()
+    note: str | None = None
+    reporter: str | None = None
 
     @property
     def key(self) -> ReportKey:

@@ -1,0 +1,188 @@
+"""HTTP routes of the reporting service (:8003). JSON by default, `?format=csv` (UTF-8 with BOM) for tables."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
+
+from contracts.agencies import AGENCY_INFO, Agency
+from reporting.domain import ROLLUP_STATUSES
+from reporting.queries import Document, RollupQueries, check_fiscal_year, fiscal_quarter
+from reporting.schemas import HistoryOut, MeasureListOut, RollupOut, YearOut
+from shinchoku_runtime.http import BadRequest, csv_response
+
+router = APIRouter()
+
+
+def get_queries(request: Request) -> RollupQueries:
+    queries: RollupQueries = request.app.state.queries
+    return queries
+
+
+Queries = Annotated[RollupQueries, Depends(get_queries)]
+Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json (default) or csv (UTF-8 with BOM)")]
+AsOf = Annotated[
+    str | None,
+    Query(
+        description="RFC 3339 timestamp with offset: answer from the events admitted by that moment "
+        "(the quarter as it stood then)",
+        examples=["2025-01-31T00:00:00+09:00"],
+    ),
+]
+
+_OFFSET_AS_SPACE = re.compile(r" (\d{2}(?::?\d{2})?)$")
+
+
+def parse_as_of(raw: str | None) -> datetime | None:
+    """An aware moment from RFC 3339 text, or a 400 saying what is expected."""
+    if raw is None:
+        return None
+    text = raw.strip()
+    # An unencoded '+' in a query string arrives as a space.
+    text = _OFFSET_AS_SPACE.sub(r"+\1", text)
+    if text[-1:] in ("Z", "z"):
+        text = text[:-1] + "+00:00"
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise BadRequest(
+            f"as_of must be an RFC 3339 timestamp with offset, like 2025-01-31T00:00:00+09:00; got {raw!r}"
+        ) from None
+    if moment.tzinfo is None:
+        raise BadRequest(f"as_of needs a UTC offset (like +09:00 or Z); got {raw!r}")
+    return moment
+
+
+def _json(body: bytes | Any) -> Response:
+    content = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
+    return Response(content=content, media_type="application/json")
+
+
+_TALLY_HEADER = ["measures_total", "reported", "coverage", "on_time", "on_time_rate", *ROLLUP_STATUSES]
+
+
+def _tally_row(tally: Document) -> list[Any]:
+    return [
+        tally["measures_total"],
+        tally["reported"],
+        tally["coverage"],
+        tally["on_time"],
+        tally["on_time_rate"],
+        *(tally["by_status"][s] for s in ROLLUP_STATUSES),
+    ]
+
+
+def _rollup_rows(doc: Document) -> Iterable[list[Any]]:
+    """One row per scope: government-wide, each section, each agency."""
+    yield [doc["label"], "government", "all", "全体", *_tally_row(doc)]
+    for number, tally in doc["by_section"].items():
+        yield [doc["label"], "section", number, tally["title"], *_tally_row(tally)]
+    for code, tally in doc["by_agency"].items():
+        yield [doc["label"], "agency", code, AGENCY_INFO[Agency(code)].name_ja, *_tally_row(tally)]
+
+
+_ROLLUP_HEADER = ["quarter", "scope", "key", "name", *_TALLY_HEADER]
+
+
+def _leads_text(leads: Sequence[Document]) -> str:
+    return " ".join(f"{lead['agency']}:{lead['status']}" for lead in leads)
+
+
+@router.get("/rollups/{fiscal_year}/{quarter}", response_model=RollupOut, tags=["rollups"])
+def get_rollup(
+    fiscal_year: int, quarter: int, queries: Queries, as_of: AsOf = None, format_: Format = "json"
+) -> Response:
+    """A quarter's rollup: government-wide, per agency and per section, with the previous quarter's trend."""
+    q = fiscal_quarter(fiscal_year, quarter)
+    moment = parse_as_of(as_of)
+    if format_ == "csv":
+        doc = queries.rollup(q, as_of=moment)
+        return csv_response(_ROLLUP_HEADER, _rollup_rows(doc), filename=f"rollup-{q.label}.csv")
+    return _json(queries.rollup_json(q, as_of=moment))
+
+
+@router.get("/rollups/{fiscal_year}/{quarter}/measures", response_model=MeasureListOut, tags=["rollups"])
+def get_rollup_measures(
+    fiscal_year: int,
+    quarter: int,
+    queries: Queries,
+    agency: Annotated[str | None, Query(description="Only measures this agency leads (agency code)")] = None,
+    section: Annotated[int | None, Query(description="Only measures of this section (1–6)")] = None,
+    status: Annotated[
+        str | None,
+        Query(description="Only measures with this combined status (the agency's own status when agency is given)"),
+    ] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000, description="Page size (1–1000; JSON default 100)")] = None,
+    offset: Annotated[int, Query(ge=0, description="Items to skip")] = 0,
+    as_of: AsOf = None,
+    format_: Format = "json",
+) -> Response:
+    """Each measure's status in a quarter with its leads' effective reports, lineage and targets."""
+    q = fiscal_quarter(fiscal_year, quarter)
+    items = queries.measures(q, agency=agency, section=section, status=status, as_of=parse_as_of(as_of))
+    total = len(items)
+    if format_ == "csv":
+        page = items[offset : offset + limit] if limit is not None else items[offset:]
+        header = ["measure_id", "section", "title", "status", "reported", "on_time", "previous_status", "movement"]
+        header += ["leads", "event_ids", "latest_status", "overdue_targets"]
+        rows = [
+            [
+                i["measure_id"],
+                i["section"],
+                i["title"],
+                i["status"],
+                i["reported"],
+                i["on_time"],
+                i["previous_status"],
+                i["movement"],
+                _leads_text(i["leads"]),
+                " ".join(i["event_ids"]),
+                i["latest_status"],
+                i["overdue_targets"],
+            ]
+            for i in page
+        ]
+        return csv_response(header, rows, filename=f"measures-{q.label}.csv")
+    size = limit if limit is not None else 100
+    return _json({"items": items[offset : offset + size], "total": total, "limit": size, "offset": offset})
+
+
+@router.get("/rollups/{fiscal_year}", response_model=YearOut, tags=["rollups"])
+def get_year(fiscal_year: int, queries: Queries, as_of: AsOf = None, format_: Format = "json") -> Response:
+    """A fiscal year at a glance: the rollups of its four quarters."""
+    check_fiscal_year(fiscal_year)
+    doc = queries.year(fiscal_year, as_of=parse_as_of(as_of))
+    if format_ == "csv":
+        rows = [row for quarter in doc["quarters"] for row in _rollup_rows(quarter)]
+        return csv_response(_ROLLUP_HEADER, rows, filename=f"rollups-FY{fiscal_year}.csv")
+    return _json(doc)
+
+
+@router.get("/measures/{measure_id}/history", response_model=HistoryOut, tags=["measures"])
+def get_history(measure_id: str, queries: Queries, format_: Format = "json") -> Response:
+    """A measure quarter by quarter: every quarter any lead reported on, oldest first."""
+    doc = queries.history(measure_id)
+    if format_ == "csv":
+        header = ["quarter", "fiscal_year", "q", "status", "reported", "on_time", "movement", "leads", "event_ids"]
+        rows = [
+            [
+                i["label"],
+                i["fiscal_year"],
+                i["quarter"],
+                i["status"],
+                i["reported"],
+                i["on_time"],
+                i["movement"],
+                _leads_text(i["leads"]),
+                " ".join(i["event_ids"]),
+            ]
+            for i in doc["items"]
+        ]
+        return csv_response(header, rows, filename=f"history-{measure_id}.csv")
+    return _json(doc)

@@ -1,0 +1,207 @@
+"""Composition root: FastAPI (HTTP :8003) and the ACCEPTED consumer side by side in one process.
+
+The app's lifespan creates the store, starts the writer, then (in the background, retrying until NATS
+answers) declares the shared streams, follows the catalog bucket and pulls from the durable consumer.
+The dashboard plugs in with one line: `app.include_router(dashboard.router)`; its routes read
+`request.app.state.queries` (a `reporting.queries.RollupQueries`, see `reporting.api.get_queries`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import nats
+import sqlalchemy as sa
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from nats.aio.client import Client
+from prometheus_client import CollectorRegistry
+
+from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
+from reporting import api, repository
+from reporting.config import ReportingSettings
+from reporting.metrics import ReportingMetrics
+from reporting.queries import RollupQueries
+from reporting.registry import CatalogView
+from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config
+from shinchoku_runtime.broker import ConsumerLag
+from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.http import install_error_handlers
+from shinchoku_runtime.natsclient import ensure_streams
+from shinchoku_runtime.service import add_metrics_route, health_response
+from shinchoku_runtime.telemetry import init_tracing
+
+log = logging.getLogger(__name__)
+
+
+class ReportingService:
+    """The running parts of the service, started and stopped by the app's lifespan."""
+
+    def __init__(self, settings: ReportingSettings) -> None:
+        self.settings = settings
+        self.registry = CollectorRegistry()
+        self.metrics = ReportingMetrics(self.registry)
+        self.consumer_lag = ConsumerLag(self.registry)
+        self.tracer_provider = init_tracing("reporting", settings.data_dir)
+        self.engine = make_engine(settings.resolved_database_url())
+        self.catalog = CatalogView()
+        self.queries = RollupQueries(self.engine, self.catalog)
+        self.writer = AcceptedWriter(
+            self.engine,
+            self.metrics,
+            retry_delay=settings.retry_delay,
+            max_rows=settings.max_rows_per_transaction,
+            tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
+        )
+        self.puller: AcceptedPuller | None = None
+        self._nc: Client | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+
+    async def start(self) -> None:
+        repository.create_store(self.engine)
+        self.writer.start()
+        self._tasks.append(asyncio.create_task(self._run(), name="reporting-nats"))
+
+    async def stop(self) -> None:
+        # Stop pulling first, then let the writer commit and acknowledge what it holds.
+        self._stopping = True
+        if self.puller is not None:
+            self.puller.stop()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=5)
+            for task in stuck:
+                log.warning("task %s did not stop in time", task.get_name())
+        await self.writer.stop()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=2)  # the last acknowledgements
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), timeout=5)
+        self.engine.dispose()
+        with contextlib.suppress(Exception):
+            self.tracer_provider.force_flush(2000)
+
+    async def _connect(self) -> Client:
+        async def error_cb(e: Exception) -> None:
+            log.warning("nats error: %s", e)
+
+        options: dict[str, Any] = {
+            "name": "shinchoku-reporting",
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": 1,
+            "error_cb": error_cb,
+        }
+        if self.settings.nats_user:
+            options["user"] = self.settings.nats_user
+            options["password"] = self.settings.nats_password or ""
+        return await nats.connect(self.settings.nats_servers, **options)
+
+    async def _run(self) -> None:
+        """Connect (retrying until NATS answers), then follow the catalog and consume ACCEPTED."""
+        while self._nc is None:
+            try:
+                nc = await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("NATS not available yet (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(2)
+                continue
+            self._nc = nc
+        js = self._nc.jetstream()
+        while True:
+            try:
+                await ensure_streams(js, replicas=self.settings.stream_replicas)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("could not declare the streams (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(2)
+        self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
+        self._tasks.append(
+            asyncio.create_task(
+                self.consumer_lag.watch(js, stream=ACCEPTED_STREAM.name, durable=REPORTING_DURABLE),
+                name="reporting-lag",
+            )
+        )
+        self.puller = AcceptedPuller(
+            self._nc,
+            self.writer.submit,
+            config=consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending),
+            batch=self.settings.batch_size,
+        )
+        log.info("consuming %s with durable consumer %s", ACCEPTED_STREAM.name, REPORTING_DURABLE)
+        while not self._stopping:
+            try:
+                await self.puller.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # e.g. the stream is not there yet: keep trying
+                log.warning("consumer stopped (%s: %s); restarting", type(e).__name__, e)
+                await asyncio.sleep(2)
+
+    def health_checks(self) -> dict[str, bool]:
+        database = True
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception:
+            database = False
+        self.metrics.catalog_measures.set(len(self.catalog.snapshot.measures))
+        return {
+            "database": database,
+            "nats": self._nc is not None and self._nc.is_connected,
+            "catalog": self.catalog.loaded,
+            "consumer": self.puller is not None and self.puller.running and self.writer.running,
+        }
+
+
+def create_app(settings: ReportingSettings | None = None) -> FastAPI:
+    settings = settings or ReportingSettings()
+    service = ReportingService(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="Shinchoku reporting",
+        description="Quarterly rollups of the Priority Policy Program by fiscal quarter, agency and section.",
+        version="1.0.0",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.state.queries = service.queries
+    install_error_handlers(app)
+    add_metrics_route(app, service.registry)
+    app.include_router(api.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> JSONResponse:
+        """200 when the database, NATS, the catalog and the consumer are all up; 503 otherwise."""
+        last = None
+        with contextlib.suppress(Exception), service.engine.connect() as conn:
+            moment = repository.last_admitted(conn)
+            last = moment.isoformat() if moment else None
+        return health_response(
+            service.health_checks(),
+            measures=len(service.catalog.snapshot.measures),
+            last_admitted_at=last,
+            rollup_freshness_seconds=service.metrics.freshness(),
+        )
+
+    return app

@@ -1,0 +1,111 @@
+"""Applying admitted events to the store: one call per batch, inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Connection
+
+from contracts.events import AdmittedEvent
+from contracts.periods import FiscalQuarter
+from reporting import repository
+from reporting.domain import KpiReading, LeadReport, effective_reports
+from reporting.repository import Store
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """An admitted event as the store keeps it: its `events` row and the report it makes."""
+
+    event_row: dict[str, Any]
+    report: LeadReport
+
+    @property
+    def event_id(self) -> str:
+        return self.report.event_id
+
+    @property
+    def admitted_at_us(self) -> int:
+        value: int = self.event_row["admitted_at_us"]
+        return value
+
+
+@lru_cache(maxsize=256)
+def _deadline_us(fiscal_year: int, quarter: int) -> int:
+    return repository.to_micros(FiscalQuarter(fiscal_year, quarter).on_time_deadline)
+
+
+def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
+    event = admitted.event
+    event_id = str(event.event_id)
+    reported_us = repository.to_micros(event.reported_at)
+    kpis = tuple(KpiReading(k.target, k.value, k.as_of) for k in event.kpis)
+    row = {
+        "event_id": event_id,
+        "measure_id": event.measure_id,
+        "agency": event.agency.value,
+        "fiscal_year": event.fiscal_year,
+        "quarter": event.quarter,
+        "status": event.status.value,
+        "reported_at_us": reported_us,
+        "reported_at": event.reported_at.isoformat(),
+        "on_time": reported_us <= _deadline_us(event.fiscal_year, event.quarter),
+        "admitted_at_us": repository.to_micros(admitted.admitted_at),
+        "subject": admitted.subject,
+        "progress": event.progress,
+        "kpis": repository.kpis_json(kpis),
+        "note": event.note,
+        "reporter": event.reporter,
+    }
+    report = LeadReport(
+        measure_id=event.measure_id,
+        agency=event.agency.value,
+        fiscal_year=event.fiscal_year,
+        quarter=event.quarter,
+        status=event.status.value,
+        reported_at=event.reported_at,
+        event_id=event_id,
+        progress=event.progress,
+        kpis=kpis,
+        note=event.note,
+        reporter=event.reporter,
+    )
+    return Admitted(row, report)
+
+
+def decode_admitted(data: bytes) -> Admitted:
+    """Decode an ACCEPTED message body (AdmittedEvent JSON); raises pydantic.ValidationError on bad input."""
+    return admitted_from_model(AdmittedEvent.model_validate_json(data))
+
+
+def effective_row(admitted: Admitted) -> dict[str, Any]:
+    row = admitted.event_row
+    return {name: row[name] for name in repository.EFFECTIVE_COLUMNS}
+
+
+def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted], now: datetime | None = None) -> int:
+    """Store a batch of admitted events and update the effective reports they affect.
+
+    Idempotent: an event already stored is not stored again, and an effective report only changes when a
+    report wins the ordering, so redeliveries and replays never double-count. Returns the batch size.
+    """
+    if not batch:
+        return 0
+    unique: dict[str, Admitted] = {}
+    for admitted in batch:
+        unique.setdefault(admitted.event_id, admitted)
+    events = sorted(unique.values(), key=lambda a: a.event_id)
+    repository.insert_events(conn, store=store, rows=[a.event_row for a in events])
+    winners = effective_reports(a.report for a in events)
+    winner_ids = {report.event_id for report in winners.values()}
+    repository.upsert_effective(conn, store=store, rows=[effective_row(a) for a in events if a.event_id in winner_ids])
+    quarters: dict[tuple[int, int], int] = {}
+    for admitted in events:
+        key = (admitted.report.fiscal_year, admitted.report.quarter)
+        quarters[key] = max(quarters.get(key, 0), admitted.admitted_at_us)
+    repository.bump_revisions(conn, store=store, quarters=quarters, now=now)
+    return len(batch)

@@ -1,0 +1,460 @@
+"""Rollup queries: what the HTTP API and the dashboard read (JSON-ready documents, binding shapes).
+
+Rollups are computed from the small `effective_reports` table and the in-memory catalog, never from the
+events table, so answering does not depend on how many events are stored; a quarter's computed view is
+cached until the quarter, its predecessor, any other quarter (for the latest status of targets) or the
+catalog changes, or the day turns. `as_of` views are computed from the events admitted by that moment.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Engine
+
+from contracts.agencies import Agency
+from contracts.catalog import SECTION_TITLES, Measure
+from contracts.periods import TOKYO, FiscalQuarter
+from reporting import repository
+from reporting.domain import (
+    ROLLUP_STATUSES,
+    LeadReport,
+    LeadStanding,
+    MeasureProgress,
+    MeasureStanding,
+    QuarterRollup,
+    Tally,
+    Trend,
+    measure_progress,
+    measure_standing,
+    movement,
+    rollup_quarter,
+    target_standings,
+    trend,
+)
+from reporting.registry import CatalogSnapshot, CatalogView
+from shinchoku_runtime.http import BadRequest, NotFound, Unavailable
+
+MIN_FISCAL_YEAR = 2000
+MAX_FISCAL_YEAR = 2100
+_CACHE_SIZE = 64
+
+Document = dict[str, Any]
+
+
+def fiscal_quarter(fiscal_year: int, quarter: int) -> FiscalQuarter:
+    """The quarter a path names, or a 400 that says what is wrong."""
+    check_fiscal_year(fiscal_year)
+    if not 1 <= quarter <= 4:
+        raise BadRequest(f"quarter must be 1, 2, 3 or 4, not {quarter}")
+    return FiscalQuarter(fiscal_year, quarter)
+
+
+def check_fiscal_year(fiscal_year: int) -> int:
+    if not MIN_FISCAL_YEAR <= fiscal_year <= MAX_FISCAL_YEAR:
+        raise BadRequest(f"fiscal year must be between {MIN_FISCAL_YEAR} and {MAX_FISCAL_YEAR}, not {fiscal_year}")
+    return fiscal_year
+
+
+@dataclass(frozen=True)
+class QuarterView:
+    """Everything computed for one quarter: rollup, trend, and the cross-quarter progress of each measure."""
+
+    rollup: QuarterRollup
+    trend: Trend
+    progress: Mapping[str, MeasureProgress]
+    today: date
+    as_of: datetime | None
+
+
+def _by_measure(reports: Iterable[LeadReport]) -> dict[str, dict[str, LeadReport]]:
+    grouped: dict[str, dict[str, LeadReport]] = defaultdict(dict)
+    for report in reports:
+        grouped[report.measure_id][report.agency] = report
+    return grouped
+
+
+def _progress(measures: Iterable[Measure], reports: Iterable[LeadReport]) -> dict[str, MeasureProgress]:
+    grouped: dict[str, list[LeadReport]] = defaultdict(list)
+    for report in reports:
+        grouped[report.measure_id].append(report)
+    return {m.id: measure_progress(m, grouped.get(m.id, ())) for m in measures}
+
+
+class RollupQueries:
+    """The read side of the reporting store. Thread-safe; the HTTP routes and the dashboard share one."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        catalog: CatalogView,
+        *,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self._engine = engine
+        self._catalog = catalog
+        self._clock = clock or (lambda: datetime.now(TOKYO))
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+
+    # --- public API ---------------------------------------------------------------------------
+
+    def catalog(self) -> CatalogSnapshot:
+        """The catalog snapshot, or 503 while it has not been loaded."""
+        snapshot = self._catalog.snapshot
+        if not snapshot.loaded:
+            raise Unavailable("the catalog has not been loaded yet; try again in a few seconds")
+        return snapshot
+
+    def rollup(self, quarter: FiscalQuarter, *, as_of: datetime | None = None) -> Document:
+        """`GET /rollups/{fy}/{q}`: counts government-wide, per agency and per section, with the trend."""
+        doc: Document = self._cached_document("rollup", quarter, as_of, rollup_document)
+        return doc
+
+    def rollup_json(self, quarter: FiscalQuarter, *, as_of: datetime | None = None) -> bytes:
+        """The rollup document already serialised (cached): the fast path of the HTTP route."""
+        body: bytes = self._cached_document("rollup-json", quarter, as_of, lambda v: _dumps(rollup_document(v)))
+        return body
+
+    def measures(
+        self,
+        quarter: FiscalQuarter,
+        *,
+        agency: Agency | str | None = None,
+        section: int | None = None,
+        status: str | None = None,
+        as_of: datetime | None = None,
+    ) -> list[Document]:
+        """`GET /rollups/{fy}/{q}/measures`: one item per measure in document order, filtered.
+
+        `status` matches the combined status, or the agency's own status when `agency` is given (so that a
+        list drills down from the `by_agency` counts).
+        """
+        if agency is not None:
+            agency = _check_agency(agency)
+        if section is not None and not 1 <= section <= 6:
+            raise BadRequest(f"section must be 1–6, not {section}")
+        if status is not None and status not in ROLLUP_STATUSES:
+            raise BadRequest(f"status must be one of {', '.join(ROLLUP_STATUSES)}, not {status!r}")
+        items: list[Document] = self._cached_document("measures", quarter, as_of, measure_documents)
+        out = []
+        for item in items:
+            if section is not None and item["section"] != section:
+                continue
+            if agency is not None:
+                lead = next((x for x in item["leads"] if x["agency"] == agency), None)
+                if lead is None:
+                    continue
+                if status is not None and lead["status"] != status:
+                    continue
+                out.append({**item, "agency_status": lead["status"]})
+                continue
+            if status is not None and item["status"] != status:
+                continue
+            out.append(item)
+        return out
+
+    def year(self, fiscal_year: int, *, as_of: datetime | None = None) -> Document:
+        """`GET /rollups/{fy}`: the four quarters' rollups of a fiscal year."""
+        check_fiscal_year(fiscal_year)
+        quarters = [FiscalQuarter(fiscal_year, q) for q in (1, 2, 3, 4)]
+        now = self._clock()
+        return {
+            "fiscal_year": fiscal_year,
+            "period_start": quarters[0].start.isoformat(),
+            "period_end": quarters[-1].end.isoformat(),
+            "as_of": as_of.isoformat() if as_of else None,
+            "quarters": [{**self.rollup(q, as_of=as_of), "has_started": q.has_started(as_of or now)} for q in quarters],
+        }
+
+    def history(self, measure_id: str) -> Document:
+        """`GET /measures/{id}/history`: the measure in every quarter any lead reported on, oldest first."""
+        snapshot = self.catalog()
+        measure = snapshot.by_id.get(measure_id)
+        if measure is None:
+            raise NotFound(f"no measure {measure_id!r} in the catalog")
+        with self._engine.connect() as conn:
+            reports = repository.effective_for_measure(conn, measure_id=measure_id)
+        leads = {str(a) for a in measure.lead_agencies}
+        by_quarter: dict[FiscalQuarter, dict[str, LeadReport]] = defaultdict(dict)
+        for report in reports:
+            if report.agency in leads:
+                by_quarter[report.fiscal_quarter][report.agency] = report
+        items = []
+        previous: str | None = None
+        for quarter in sorted(by_quarter):
+            standing = measure_standing(measure, by_quarter[quarter])
+            items.append(
+                {
+                    **_quarter_fields(quarter),
+                    **_standing_fields(standing),
+                    "movement": movement(previous, standing.status) if previous else None,
+                }
+            )
+            previous = standing.status
+        progress = measure_progress(measure, reports)
+        today = self._clock().astimezone(TOKYO).date()
+        fields = _progress_fields(measure, progress, today)
+        return {
+            **_measure_fields(measure),
+            "lead_agencies": [str(a) for a in measure.lead_agencies],
+            **fields,
+            "measure": {
+                **measure.model_dump(mode="json", exclude={"targets"}),
+                "targets": fields["targets"],
+            },
+            "items": items,
+            "total": len(items),
+        }
+
+    # --- computing and caching ----------------------------------------------------------------
+
+    def _cached_document(
+        self, kind: str, quarter: FiscalQuarter, as_of: datetime | None, build: Callable[[QuarterView], Any]
+    ) -> Any:
+        view, key = self._view(quarter, as_of)
+        doc_key = (kind, *key)
+        with self._lock:
+            if doc_key in self._cache:
+                self._cache.move_to_end(doc_key)
+                return self._cache[doc_key]
+        doc = build(view)
+        self._remember(doc_key, doc)
+        return doc
+
+    def _remember(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            self._cache[key] = value
+            self._cache.move_to_end(key)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _view(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[QuarterView, tuple[Any, ...]]:
+        snapshot = self.catalog()
+        previous = quarter.previous()
+        reference = (as_of or self._clock()).astimezone(TOKYO)
+        today = reference.date()
+        with self._engine.connect() as conn:
+            revisions = repository.revisions(conn)
+            everything = tuple(sorted(revisions.items()))
+            key = ("view", quarter, as_of, everything, snapshot.revision, today)
+            with self._lock:
+                cached = self._cache.get(key)
+            if cached is not None:
+                return cached, key
+            if as_of is None:
+                current = repository.effective_for_quarter(
+                    conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter
+                )
+                before = repository.effective_for_quarter(
+                    conn, fiscal_year=previous.fiscal_year, quarter=previous.quarter
+                )
+                progress = self._progress(conn, snapshot, everything)
+            else:
+                known = repository.effective_as_of(conn, as_of=as_of)
+                current = [r for r in known if r.fiscal_year == quarter.fiscal_year and r.quarter == quarter.quarter]
+                before = [r for r in known if r.fiscal_year == previous.fiscal_year and r.quarter == previous.quarter]
+                progress = _progress(snapshot.measures, known)
+        this = rollup_quarter(quarter, snapshot.measures, _by_measure(current))
+        last = rollup_quarter(previous, snapshot.measures, _by_measure(before))
+        view = QuarterView(this, trend(this, last), progress, today, as_of)
+        self._remember(key, view)
+        return view, key
+
+    def _progress(
+        self, conn: Any, snapshot: CatalogSnapshot, everything: tuple[Any, ...]
+    ) -> Mapping[str, MeasureProgress]:
+        key = ("progress", everything, snapshot.revision)
+        with self._lock:
+            cached: Mapping[str, MeasureProgress] | None = self._cache.get(key)
+        if cached is not None:
+            return cached
+        progress = _progress(snapshot.measures, repository.all_effective(conn))
+        self._remember(key, progress)
+        return progress
+
+
+def _check_agency(agency: Agency | str) -> str:
+    try:
+        return Agency(agency).value
+    except ValueError:
+        raise BadRequest(f"unknown agency {agency!r}; agencies are {', '.join(a.value for a in Agency)}") from None
+
+
+def _dumps(doc: Any) -> bytes:
+    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+# --- documents ---------------------------------------------------------------------------------
+
+
+def _quarter_fields(quarter: FiscalQuarter) -> Document:
+    return {
+        "fiscal_year": quarter.fiscal_year,
+        "quarter": quarter.quarter,
+        "label": quarter.label,
+        "period_start": quarter.start.isoformat(),
+        "period_end": quarter.end.isoformat(),
+    }
+
+
+def tally_document(tally: Tally) -> Document:
+    return {
+        "measures_total": tally.measures_total,
+        "reported": tally.reported,
+        "coverage": tally.coverage,
+        "on_time": tally.on_time,
+        "on_time_rate": tally.on_time_rate,
+        "by_status": dict(tally.by_status),
+    }
+
+
+def rollup_document(view: QuarterView) -> Document:
+    rollup = view.rollup
+    quarter = rollup.quarter
+    previous = view.trend.previous
+    overdue = measures_overdue = targets_total = 0
+    ratings = dict.fromkeys(("A", "B", "N"), 0)
+    overdue_by_agency = dict.fromkeys(rollup.by_agency, 0)
+    overdue_by_section = dict.fromkeys(rollup.by_section, 0)
+    for standing in rollup.measures:
+        measure = standing.measure
+        targets = target_standings(measure, view.progress[measure.id], view.today)
+        late = sum(1 for t in targets if t.overdue)
+        overdue += late
+        measures_overdue += 1 if late else 0
+        targets_total += len(targets)
+        overdue_by_section[measure.section] = overdue_by_section.get(measure.section, 0) + late
+        for agency in measure.lead_agencies:
+            overdue_by_agency[agency.value] = overdue_by_agency.get(agency.value, 0) + late
+        for t in targets:
+            ratings[t.rating.rating] += 1
+    return {
+        **_quarter_fields(quarter),
+        "on_time_deadline": quarter.on_time_deadline.isoformat(),
+        **tally_document(rollup.overall),
+        "by_agency": {
+            agency.value: {
+                **tally_document(rollup.by_agency[agency.value]),
+                "overdue_targets": overdue_by_agency.get(agency.value, 0),
+            }
+            for agency in Agency
+        },
+        "by_section": {
+            str(n): {**tally_document(t), "title": SECTION_TITLES.get(n, ""), "overdue_targets": overdue_by_section[n]}
+            for n, t in sorted(rollup.by_section.items())
+        },
+        "previous": {**_quarter_fields(previous.quarter), **tally_document(previous.overall)},
+        "moved_worse": list(view.trend.moved_worse),
+        "moved_better": list(view.trend.moved_better),
+        "overdue_targets": overdue,
+        "targets": {
+            "total": targets_total,
+            "overdue": overdue,
+            "measures_with_overdue": measures_overdue,
+            "ratings": ratings,
+            "reference_date": view.today.isoformat(),
+        },
+        "as_of": view.as_of.isoformat() if view.as_of else None,
+    }
+
+
+def _measure_fields(measure: Measure) -> Document:
+    return {
+        "measure_id": measure.id,
+        "section": measure.section,
+        "section_title": measure.section_title,
+        "title": measure.title,
+    }
+
+
+def _lead_document(lead: LeadStanding) -> Document:
+    report = lead.report
+    if report is None:
+        return {
+            "agency": lead.agency,
+            "status": lead.status,
+            "event_id": None,
+            "reported_at": None,
+            "on_time": None,
+            "progress": None,
+            "kpis": [],
+            "note": None,
+            "reporter": None,
+        }
+    return {
+        "agency": lead.agency,
+        "status": report.status,
+        "event_id": report.event_id,
+        "reported_at": report.reported_at.isoformat(),
+        "on_time": report.on_time,
+        "progress": report.progress,
+        "kpis": [{"target": k.target, "value": k.value, "as_of": k.as_of.isoformat()} for k in report.kpis],
+        "note": report.note,
+        "reporter": report.reporter,
+    }
+
+
+def _standing_fields(standing: MeasureStanding) -> Document:
+    return {
+        "status": standing.status,
+        "reported": standing.reported,
+        "on_time": standing.on_time,
+        "leads": [_lead_document(lead) for lead in standing.leads],
+        "event_ids": list(standing.event_ids),
+    }
+
+
+def _progress_fields(measure: Measure, progress: MeasureProgress, today: date) -> Document:
+    targets = target_standings(measure, progress, today)
+    return {
+        "latest_status": progress.latest_status,
+        "latest_quarter": progress.latest_quarter.label if progress.latest_quarter else None,
+        "targets": [
+            {
+                **t.target.model_dump(mode="json"),
+                "overdue": t.overdue,
+                "rating": t.rating.rating,
+                "rating_reason": t.rating.reason,
+                "progress": t.rating.progress,
+                "elapsed_share": t.rating.elapsed_share,
+                "observed": t.observation.value if t.observation else None,
+                "observed_as_of": t.observation.as_of.isoformat() if t.observation else None,
+                "observation": None
+                if t.observation is None
+                else {
+                    "value": t.observation.value,
+                    "as_of": t.observation.as_of.isoformat(),
+                    "agency": t.observation.agency,
+                    "event_id": t.observation.event_id,
+                    "reported_at": t.observation.reported_at.isoformat(),
+                },
+            }
+            for t in targets
+        ],
+        "overdue_targets": sum(1 for t in targets if t.overdue),
+    }
+
+
+def measure_documents(view: QuarterView) -> list[Document]:
+    previous = {s.measure.id: s.status for s in view.trend.previous.measures}
+    items = []
+    for standing in view.rollup.measures:
+        measure = standing.measure
+        before = previous.get(measure.id)
+        items.append(
+            {
+                **_measure_fields(measure),
+                **_standing_fields(standing),
+                "previous_status": before,
+                "movement": movement(before, standing.status) if before is not None else None,
+                **_progress_fields(measure, view.progress[measure.id], view.today),
+            }
+        )
+    return items

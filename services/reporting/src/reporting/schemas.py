@@ -1,0 +1,180 @@
+"""Response shapes of the reporting API, for the OpenAPI document at /docs (binding fields first, then additive)."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+StatusName = Literal["delayed", "at_risk", "suspended", "not_started", "on_track", "completed", "unreported"]
+
+
+class TallyOut(BaseModel):
+    measures_total: int = Field(description="Measures expected to report in the scope", examples=[320])
+    reported: int = Field(description="Measures with at least one effective report", examples=[250])
+    coverage: float = Field(description="reported / measures_total (0 when nothing is expected)", examples=[0.78])
+    on_time: int = Field(description="Reported measures whose effective reports were all on time", examples=[230])
+    on_time_rate: float = Field(description="on_time / measures_total (additive)", examples=[0.72])
+    by_status: dict[StatusName, int] = Field(description="All seven keys, each a count of measures")
+
+
+class ScopeTallyOut(TallyOut):
+    overdue_targets: int = Field(description="Overdue targets of the measures in the scope")
+
+
+class SectionTallyOut(ScopeTallyOut):
+    title: str = Field(description="The section's title in the plan")
+
+
+class QuarterRefOut(TallyOut):
+    fiscal_year: int
+    quarter: int
+    label: str = Field(examples=["FY2024Q3"])
+    period_start: date
+    period_end: date
+
+
+class TargetSummaryOut(BaseModel):
+    total: int
+    overdue: int = Field(
+        description="Targets whose due date has passed while the measure's latest status is not completed"
+    )
+    measures_with_overdue: int
+    ratings: dict[Literal["A", "B", "N"], int]
+    reference_date: date = Field(description="The day `overdue` is judged on (today, or the as_of date), Asia/Tokyo")
+
+
+class RollupOut(QuarterRefOut):
+    """A quarter's rollup."""
+
+    on_time_deadline: str = Field(description="Reports at or before this instant are on time (quarter end + 30 days)")
+    by_agency: dict[str, ScopeTallyOut] = Field(
+        description="Keyed by agency code: the measures it leads, by its own report"
+    )
+    by_section: dict[str, SectionTallyOut] = Field(description='Keyed "1"–"6": each measure once, combined status')
+    previous: QuarterRefOut = Field(description="The previous quarter's government-wide counts (trend)")
+    moved_worse: list[str] = Field(description="Measures whose combined status became more severe than last quarter")
+    moved_better: list[str] = Field(description="Measures whose combined status became less severe than last quarter")
+    overdue_targets: int
+    targets: TargetSummaryOut
+    as_of: str | None = Field(description="The as_of moment answered for, or null for as known now")
+
+
+class YearOut(BaseModel):
+    fiscal_year: int
+    period_start: date
+    period_end: date
+    as_of: str | None
+    quarters: list[RollupOut]
+
+
+class KpiOut(BaseModel):
+    target: int
+    value: float
+    as_of: date
+
+
+class LeadOut(BaseModel):
+    agency: str
+    status: StatusName
+    event_id: str | None = Field(description="The effective report's event id (null when the agency did not report)")
+    reported_at: str | None
+    on_time: bool | None
+    progress: float | None
+    kpis: list[KpiOut]
+    note: str | None
+    reporter: str | None
+
+
+class ObservationOut(BaseModel):
+    value: float
+    as_of: date
+    agency: str
+    event_id: str
+    reported_at: str
+
+
+class TargetOut(BaseModel):
+    index: int
+    text: str
+    due_date: date | None
+    due_approximate: bool
+    value: float | None
+    unit: str | None
+    overdue: bool
+    rating: Literal["A", "B", "N"] = Field(
+        description="A: progress (value / target value) ≥ elapsed share of the period since 2024-06-21; B: below; "
+        "N: no observation, or not ratable"
+    )
+    rating_reason: str | None
+    progress: float | None
+    elapsed_share: float | None
+    observed: float | None = Field(description="The latest observed value (also in `observation`)")
+    observed_as_of: date | None
+    observation: ObservationOut | None
+
+
+class MeasureItemOut(BaseModel):
+    measure_id: str
+    section: int
+    section_title: str
+    title: str
+    status: StatusName = Field(description="Combined status of the leads' effective reports")
+    reported: bool
+    on_time: bool
+    leads: list[LeadOut]
+    event_ids: list[str] = Field(description="Lineage: the events the status came from")
+    previous_status: StatusName | None
+    movement: Literal["worse", "better", "same"] | None
+    latest_status: StatusName = Field(description="Combined status in the latest quarter any lead reported on")
+    latest_quarter: str | None
+    targets: list[TargetOut]
+    overdue_targets: int
+    agency_status: StatusName | None = Field(default=None, description="The filtered agency's own status")
+
+
+class MeasureListOut(BaseModel):
+    items: list[MeasureItemOut]
+    total: int
+    limit: int
+    offset: int
+
+
+class HistoryItemOut(BaseModel):
+    fiscal_year: int
+    quarter: int
+    label: str
+    period_start: date
+    period_end: date
+    status: StatusName
+    reported: bool
+    on_time: bool
+    leads: list[LeadOut]
+    event_ids: list[str]
+    movement: Literal["worse", "better", "same"] | None
+
+
+class MeasureOut(BaseModel):
+    id: str
+    section: int
+    section_title: str
+    title: str
+    description: list[str]
+    lead_agencies: list[str]
+    targets: list[TargetOut]
+
+
+class HistoryOut(BaseModel):
+    measure_id: str
+    section: int
+    section_title: str
+    title: str
+    lead_agencies: list[str]
+    latest_status: StatusName
+    latest_quarter: str | None
+    targets: list[TargetOut]
+    overdue_targets: int
+    measure: MeasureOut = Field(description="The measure as the catalog states it, with its targets' standing")
+    items: list[HistoryItemOut]
+    total: int
