@@ -80,7 +80,12 @@ def service_permissions(user: str) -> Permissions:
         )
     if user == "reporting":
         return Permissions(
-            publish=["$JS.API.>", f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>"],
+            publish=[
+                "$JS.API.>",
+                f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>",
+                # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
+                f"$JS.FC.KV_{CATALOG_BUCKET}.>",
+            ],
             subscribe=["_INBOX.>", CATALOG_CHANGED, kv],
             deny_publish=_JS_DENY,
         )
