@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting import api, repository
+from reporting import api, dashboard, repository
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
@@ -189,6 +189,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     add_metrics_route(app, service.registry)
     app.include_router(api.router)
+    app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> JSONResponse:
