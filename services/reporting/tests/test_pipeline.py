@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import os
 import random
+import subprocess
+import sys
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from nats.aio.client import Client
 
@@ -27,6 +31,7 @@ from reporting import repository
 from reporting.rebuild import rebuild_store
 from reporting.testing import (
     Admission,
+    publish_admissions,
     put_catalog,
     random_admissions,
     reporting_settings,
@@ -35,7 +40,7 @@ from reporting.testing import (
     wait_caught_up,
 )
 from shinchoku_runtime.db import make_engine
-from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.natsserver import NatsServer, free_port
 
 JST = ZoneInfo("Asia/Tokyo")
 RANK = {"delayed": 0, "at_risk": 1, "suspended": 2, "not_started": 3, "on_track": 4, "completed": 5}
@@ -521,3 +526,81 @@ async def test_catalog_changes_are_followed(
             await asyncio.sleep(0.05)
         assert body["measures_total"] == len(measures)  # one added, one deleted
         assert (await reporting.http.get(f"/measures/{measures[1].id}/history")).status_code == 404
+
+
+def _service_env(nats_server: NatsServer, database_url: str, data_dir: Path, port: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SHINCHOKU_REPORTING_NATS_URL": nats_server.plain_url,
+        "SHINCHOKU_REPORTING_NATS_USER": "reporting",
+        "SHINCHOKU_REPORTING_NATS_PASSWORD": nats_server.passwords["reporting"],
+        "SHINCHOKU_REPORTING_DATABASE_URL": database_url,
+        "SHINCHOKU_REPORTING_DATA_DIR": str(data_dir),
+        "SHINCHOKU_REPORTING_PORT": str(port),
+        "SHINCHOKU_REPORTING_BATCH_SIZE": "100",
+        "SHINCHOKU_REPORTING_ACK_WAIT": "3",
+        "OTEL_SDK_DISABLED": "true",
+    }
+
+
+async def _wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient() as http:
+        while True:
+            try:
+                if (await http.get(url)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{url} not healthy after {timeout}s")
+            await asyncio.sleep(0.1)
+
+
+@pytest.mark.timeout(180)
+async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
+    nats_server: NatsServer, admin_nc: Client, database_url: str, tmp_path: Path
+) -> None:
+    measures = synthetic_measures(60, seed=5)
+    await put_catalog(admin_nc, measures)
+    quarters = [FiscalQuarter(2024, 3), FiscalQuarter(2024, 4)]
+    admissions = random_admissions(measures, quarters, 4000, seed=5)
+    port = free_port()
+    env = _service_env(nats_server, database_url, tmp_path / "reporting", port)
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "reporting.log").open("ab")
+    js = admin_nc.jetstream()
+    process = subprocess.Popen([sys.executable, "-m", "reporting"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        await _wait_http(f"{base}/healthz")
+        publishing = asyncio.create_task(publish_admissions(admin_nc, admissions))
+        while (await js.consumer_info("ACCEPTED", "reporting")).ack_floor.stream_seq < 600:
+            await asyncio.sleep(0.005)
+        process.kill()  # SIGKILL: no shutdown, whatever batch was being written is lost mid-transaction
+        process.wait(10)
+        applied = (await js.consumer_info("ACCEPTED", "reporting")).ack_floor.stream_seq
+        await publishing
+        assert applied < len(admissions), "the kill came after the whole stream was applied"
+
+        process = subprocess.Popen([sys.executable, "-m", "reporting"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        await _wait_http(f"{base}/healthz")
+        await wait_caught_up(admin_nc, timeout=60)
+        expected = Expected(measures, admissions)
+        async with httpx.AsyncClient(base_url=base) as http:
+            for q in quarters:
+                body = (await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")).json()
+                want = expected.rollup(q.fiscal_year, q.quarter)
+                assert_tally(body, want, q.label)
+                for agency in AGENCIES:
+                    assert_tally(body["by_agency"][agency], want["by_agency"][agency], f"{q.label} {agency}")
+                for section in body["by_section"]:
+                    assert_tally(body["by_section"][section], want["by_section"][section], f"{q.label} {section}")
+        assert len(snapshot(database_url)["events"]) == len(admissions)
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        log.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
@@ -30,5 +32,9 @@ class ReportingSettings(ServiceSettings):
     )
 
     def resolved_database_url(self) -> str:
-        """The configured URL, or the SQLite file `data_dir/db/reporting.sqlite`."""
-        return self.database_url or self.sqlite_default("reporting")
+        """The configured URL, or the SQLite file `data_dir/db/reporting.sqlite` (its directory created)."""
+        if not self.database_url:
+            return self.sqlite_default("reporting")
+        if self.database_url.startswith("sqlite:///") and not self.database_url.startswith("sqlite:///:memory:"):
+            Path(self.database_url.removeprefix("sqlite:///").split("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+        return self.database_url
