@@ -30,6 +30,10 @@ class ReportingSettings(ServiceSettings):
     retry_delay: float = Field(
         default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
     )
+    ingest_url: str = Field(
+        default="http://127.0.0.1:8002",
+        description="Ingest's HTTP base URL as a browser reaches it: the dashboard links each event id there",
+    )
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the SQLite file `data_dir/db/reporting.sqlite` (its directory created)."""
