@@ -183,6 +183,8 @@ class Stack:
     measures: list[Measure]
     events: list[AdmittedEvent]
     process: subprocess.Popen[bytes] | None = None
+    #: Where the dashboard must link event ids (ingest is not running here: only the links are checked).
+    ingest_url: str = "http://ingest.example.test:8002"
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -288,7 +290,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "SHINCHOKU_REPORTING_DATA_DIR": str(directory / "data"),
             "SHINCHOKU_REPORTING_HOST": "127.0.0.1",
             "SHINCHOKU_REPORTING_PORT": str(port),
-            "SHINCHOKU_REPORTING_INGEST_URL": "http://127.0.0.1:8002",
+            "SHINCHOKU_REPORTING_INGEST_URL": stack.ingest_url,
         }
         env.pop("SHINCHOKU_REPORTING_DATABASE_URL", None)
         with stack.log_path.open("ab") as log:

@@ -192,7 +192,7 @@ def test_measure_page_shows_history_reports_and_lineage(page: Page, stack: Any, 
     for agency, event in effective.items():
         report = page.locator(f'article.report[data-agency="{agency}"]')
         link = report.get_by_test_id("event-link")
-        assert link.get_attribute("href") == f"http://127.0.0.1:8002/events/{event.event_id}"
+        assert link.get_attribute("href") == f"{stack.ingest_url}/events/{event.event_id}"
         expect(report).to_contain_text(f"shinchoku trace {event.event_id}")
         if event.note:
             expect(report).to_contain_text(event.note)
