@@ -64,7 +64,7 @@
               var again = live.querySelector('a.cell[data-id="' + focusedId + '"]');
               if (again) again.focus();
             }
-            if (statusEl) statusEl.textContent = live.dataset.updatedText + " (" + new Date().toLocaleTimeString() + ")";
+            if (statusEl) statusEl.textContent = live.dataset.updatedText + " (" + new Date().toLocaleTimeString(document.documentElement.lang) + ")";
           });
         });
       })
