@@ -168,7 +168,7 @@ def running_ingest(
     if profile:
         py_spy = str(Path(sys.executable).parent / "py-spy")
         fmt = ["--format", "raw"] if profile.endswith(".txt") else []
-        command = [py_spy, "record", "--rate", "200", *fmt, "-o", profile, "--", *command]
+        command = [py_spy, "record", "--rate", "200", "--gil", *fmt, "-o", profile, "--", *command]
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         yield process, port

@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
@@ -80,18 +81,8 @@ class IngestRuntime:
                 if self.mirror is None:
                     self.mirror = MeasureMirror(nc, timeout=self.settings.catalog_timeout)
                     await self.mirror.start()
-                self.handler = BatchHandler(
-                    engine=self.engine,
-                    nc=nc,
-                    mirror=self.mirror,
-                    metrics=self.metrics,
-                    options=HandlerOptions(
-                        max_deliver=self.settings.max_deliver,
-                        retry_delay_max=self.settings.retry_delay_max,
-                        publish_timeout=self.settings.publish_timeout,
-                    ),
-                    tracer=self.tracer_provider.get_tracer("ingest"),
-                )
+                if self.handler is None:
+                    self.handler = await self._make_handler(nc)
                 await self.broker.start()
                 guard_fetch_timeouts(self.broker)
                 self.consuming.set()
@@ -107,6 +98,23 @@ class IngestRuntime:
                 log.exception("ingest cannot start yet; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
+
+    async def _make_handler(self, nc: Any) -> BatchHandler:
+        assert self.mirror is not None
+        handler = BatchHandler(
+            engine=self.engine,
+            nc=nc,
+            mirror=self.mirror,
+            metrics=self.metrics,
+            options=HandlerOptions(
+                max_deliver=self.settings.max_deliver,
+                retry_delay_max=self.settings.retry_delay_max,
+                publish_timeout=self.settings.publish_timeout,
+            ),
+            tracer=self.tracer_provider.get_tracer("ingest"),
+        )
+        await handler.start()
+        return handler
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -63,6 +63,8 @@ class Report:
     subject_agency: str
     event: StatusEvent
     content_hash: str
+    #: The event_id as text (asked for often: computed once).
+    event_id: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +223,7 @@ def read_report(subject: str, data: bytes) -> Report | Reject:
             ),
             event_id=event_id,
         )
-    return Report(subject=subject, subject_agency=parts.agency, event=event, content_hash=digest)
+    return Report(subject=subject, subject_agency=parts.agency, event=event, content_hash=digest, event_id=event_id)
 
 
 # --- the rules -----------------------------------------------------------------------------------------------
@@ -296,7 +298,7 @@ def _time_failures(report: Report, now: datetime) -> list[tuple[ReasonCode, str]
 def decide(report: Report, *, now: datetime, measure: Measure | None, previous: PriorRecord | None) -> Decision:
     """Apply the admission rules to a well-formed report; several failures → the first in REASON_PRECEDENCE."""
     event = report.event
-    event_id = str(event.event_id)
+    event_id = report.event_id
     failures: list[tuple[ReasonCode, str]] = []
     if report.subject_agency != event.agency.value:
         failures.append(

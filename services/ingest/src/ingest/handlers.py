@@ -55,6 +55,7 @@ from ingest.domain import (
     read_report,
     readable_event_id,
 )
+from ingest.jetstream import JetStreamPublisher
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
 from ingest.repository import (
@@ -152,7 +153,8 @@ class BatchHandler:
     ) -> None:
         self._engine = engine
         self._nc = nc
-        self._js = nc.jetstream(publish_async_max_pending=20_000)
+        self._js = nc.jetstream()
+        self._publisher = JetStreamPublisher(nc)
         self._mirror = mirror
         self._metrics = metrics
         self._options = options
@@ -162,6 +164,10 @@ class BatchHandler:
         self.store_failing_since: float | None = None
         self._slots = asyncio.Semaphore(options.max_inflight)
         self._finishing: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Subscribe to the PubAcks of this handler's publishes (before the first batch)."""
+        await self._publisher.start()
 
     # --- entry point ---
 
@@ -303,7 +309,7 @@ class BatchHandler:
             priors = await asyncio.to_thread(
                 repository.load_priors,
                 self._engine,
-                event_ids=[str(d.read.event.event_id) for d in decidable if isinstance(d.read, Report)],
+                event_ids=[d.read.event_id for d in decidable if isinstance(d.read, Report)],
             )
         except sa.exc.SQLAlchemyError as e:
             self._fault_all(decidable, FAULT_DATABASE, e)
@@ -353,7 +359,7 @@ class BatchHandler:
             assert d.read is not None
             return d.read, None
         report = d.read
-        previous = priors.get(str(report.event.event_id))
+        previous = priors.get(report.event_id)
         decision = decide(report, now=d.received_at, measure=found.get(report.event.measure_id), previous=previous)
         return decision, previous
 
@@ -371,7 +377,7 @@ class BatchHandler:
             return
         report = decision.report
         assert report is not None
-        event_id = str(report.event.event_id)
+        event_id = report.event_id
         admitted = isinstance(decision, Admit)
         if claims_event_id(decision, previous):
             claims[event_id] = NewClaim(
@@ -416,7 +422,7 @@ class BatchHandler:
             "payload": None,
         }
         if report is not None:
-            row["event_id"] = str(report.event.event_id)
+            row["event_id"] = report.event_id
             row["measure_id"] = report.event.measure_id
             row["content_hash"] = report.content_hash
         if isinstance(decision, Duplicate):
@@ -442,7 +448,7 @@ class BatchHandler:
             event = decision.report.event
             body = AdmittedEvent(event=event, admitted_at=d.admitted_at, subject=d.subject)
             subject = accepted_subject(event.agency, event.measure_id)
-            return subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, str(event.event_id)
+            return subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, decision.report.event_id
         if isinstance(decision, Reject):
             rejection = Rejection(
                 rejection_id=d.rejection_id,
@@ -501,8 +507,7 @@ class BatchHandler:
             headers = {MSG_ID_HEADER: msg_id}
             inject(headers, context=trace.set_span_in_context(span or d.span))
             try:
-                # No wait_stall: it costs a timer per message, and in-flight batches stay far below the bound.
-                future = await self._js.publish_async(subject, payload, stream=stream, headers=headers)
+                future = await self._publisher.publish(subject, payload, stream=stream, headers=headers)
             except Exception as e:
                 self._fault(d, FAULT_NATS, f"publish failed: {e!r}")
                 if span is not None:
@@ -524,9 +529,9 @@ class BatchHandler:
             if not pending or time.perf_counter() >= deadline or not self._nc.is_connected:
                 break
         self._metrics.phase_seconds.labels("publish").observe(time.perf_counter() - started)
+        self._publisher.abandon(pending)
         for future, (d, span) in waiting.items():
             if future in pending:
-                future.cancel()
                 self._fault(d, FAULT_NATS, "no PubAck (timeout or connection lost)")
             elif (error := future.exception()) is not None:
                 self._fault(d, FAULT_NATS, f"publish refused: {error!r}")
@@ -726,7 +731,7 @@ class BatchHandler:
         if isinstance(decision, Admit | Duplicate) or (isinstance(decision, Reject) and decision.report):
             report = decision.report
         if report is not None:
-            span.set_attribute("shinchoku.event_id", str(report.event.event_id))
+            span.set_attribute("shinchoku.event_id", report.event_id)
             span.set_attribute("shinchoku.measure_id", report.event.measure_id)
         elif isinstance(decision, Reject) and decision.event_id:
             span.set_attribute("shinchoku.event_id", decision.event_id)
