@@ -34,7 +34,7 @@ from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import ensure_streams
 from shinchoku_runtime.service import add_metrics_route, health_response
-from shinchoku_runtime.telemetry import init_tracing
+from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class ReportingService:
         self.consumer_lag = ConsumerLag(self.registry)
         self.tracer_provider = init_tracing("reporting", settings.data_dir)
         self.engine = make_engine(settings.resolved_database_url())
+        instrument_engine(self.engine, self.tracer_provider)
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self.writer = AcceptedWriter(
@@ -188,6 +189,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     app.state.queries = service.queries
     install_error_handlers(app)
     add_metrics_route(app, service.registry)
+    instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
     app.include_router(dashboard.router)
 
