@@ -84,8 +84,8 @@ def test_a_service_that_keeps_dying_backs_off(make_up: Callable[..., Up], tmp_pa
     ]
     assert delays[:3] == [0.5, 1.0, 2.0]
     (tmp_path / "catalog").unlink()
-    wait_for(lambda: up.healthy("catalog"), 15, "catalog healthy once it can start again")
-    assert "catalog is healthy again" in up.log
+    wait_for(lambda: "catalog is healthy again" in up.log, 20, "catalog healthy once it can start again")
+    assert up.healthy("catalog")
 
 
 def test_second_up_on_the_same_directory_is_refused(make_up: Callable[..., Up]) -> None:
