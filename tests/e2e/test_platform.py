@@ -157,7 +157,8 @@ def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: C
 
     # The supervisor noticed both deaths and restarted both services.
     for name in ("reporting", "ingest"):
-        assert f"{name} (pid {before[name]}) exited with signal SIGKILL" in up.log
+        death = f"{name} (pid {before[name]}) exited with signal SIGKILL"
+        wait_for(lambda d=death: d in up.log, 10, f"the supervisor to notice {name}'s death")  # type: ignore[misc]
         wait_for(lambda n=name: up.pids().get(n) not in (None, before[n]) and up.healthy(n), 30, f"{name} back")  # type: ignore[misc]
     assert up.pids()["catalog"] == before["catalog"]
 
