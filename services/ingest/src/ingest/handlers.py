@@ -446,7 +446,8 @@ class BatchHandler:
         if isinstance(decision, Admit):
             assert d.admitted_at is not None
             event = decision.report.event
-            body = AdmittedEvent(event=event, admitted_at=d.admitted_at, subject=d.subject)
+            # Built from validated parts: no need to validate them again.
+            body = AdmittedEvent.model_construct(event=event, admitted_at=d.admitted_at, subject=d.subject)
             subject = accepted_subject(event.agency, event.measure_id)
             return subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, decision.report.event_id
         if isinstance(decision, Reject):
