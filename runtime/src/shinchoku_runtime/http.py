@@ -35,7 +35,7 @@ class Unavailable(ServiceError):
 
 
 Limit = Annotated[int, Query(ge=1, le=1000, description="Page size (1–1000)")]
-Offset = Annotated[int, Query(ge=0, description="Items to skip")]
+Offset = Annotated[int, Query(ge=0, le=2**63 - 1, description="Items to skip")]  # SQL OFFSET is a 64-bit integer
 
 
 def _describe(errors: Sequence[Any]) -> str:
