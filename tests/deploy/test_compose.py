@@ -47,6 +47,11 @@ def _env(service: dict[str, Any], env_files: dict[str, dict[str, str]], generate
     return values
 
 
+def _default(settings: type[Any], prefix: str, variable: str) -> str:
+    field = settings.model_fields[variable.removeprefix(prefix).lower()]
+    return str(field.default)
+
+
 def test_the_platform_is_all_there(services: dict[str, dict[str, Any]]) -> None:
     assert set(services) == EXPECTED
 
@@ -123,7 +128,11 @@ def test_every_setting_a_service_reads_is_set(
         spec = specs[name]
         env = _env(services[name], env_files, generated)
         missing = sorted(spec.env_names - set(env))
-        assert not missing, f"docker-compose.yml does not set {missing} for {name} (read by {spec.settings.__name__})"
+        assert not missing, (
+            f"docker-compose.yml does not set {missing} for {name} (read by {spec.settings.__name__}): add them "
+            f"under services.{name}.environment (and to the ConfigMap in deploy/k8s/{name}.yaml), e.g. the defaults "
+            + ", ".join(f"{k}: {_default(spec.settings, spec.env_prefix, k)!r}" for k in missing)
+        )
         unknown = sorted(k for k in env if k.startswith("SHINCHOKU_") and k not in spec.env_names)
         assert not unknown, f"{name} sets {unknown}, which {spec.settings.__name__} does not read"
         prefix = spec.env_prefix
