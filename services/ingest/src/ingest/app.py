@@ -110,6 +110,7 @@ class IngestRuntime:
                 max_deliver=self.settings.max_deliver,
                 retry_delay_max=self.settings.retry_delay_max,
                 publish_timeout=self.settings.publish_timeout,
+                max_inflight=self.settings.max_inflight_batches,
             ),
             tracer=self.tracer_provider.get_tracer("ingest"),
         )

@@ -32,6 +32,9 @@ class IngestSettings(ServiceSettings):
     max_deliver: int = Field(
         default=30, ge=3, description="Deliveries before a message that cannot be processed is dead-lettered"
     )
+    max_inflight_batches: int = Field(
+        default=4, ge=1, le=32, description="Batches waiting for their PubAcks while the next one is decided"
+    )
     max_ack_pending: int = Field(default=10_000, ge=1, description="Unacknowledged messages across all replicas")
     retry_delay_max: float = Field(default=60.0, gt=0, description="Cap (s) of the exponential nak delay")
     catalog_timeout: float = Field(default=2.0, gt=0, description="Seconds to wait for catalog.measure.get")

@@ -20,7 +20,7 @@ import base64
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -108,7 +108,6 @@ class Delivery:
     fault_detail: str = ""
     settled: bool = False
     pub_ack: PubAck | None = None
-    children: list[Span] = field(default_factory=list)
 
     @property
     def agency(self) -> str:
