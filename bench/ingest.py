@@ -140,6 +140,24 @@ async def publish_all(server: NatsServer, by_agency: dict[str, list[tuple[str, b
     return sum(counts) / elapsed
 
 
+def tracing_env(args: argparse.Namespace) -> dict[str, str]:
+    """How ingest traces during the run: as configured by default, sampled, or not at all."""
+    if args.no_tracing:
+        return {"OTEL_SDK_DISABLED": "true"}
+    if args.trace_ratio is not None:
+        return {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": str(args.trace_ratio)}
+    return {}
+
+
+def describe_tracing(args: argparse.Namespace) -> str:
+    if args.no_tracing:
+        return "tracing off (OTEL_SDK_DISABLED=true)"
+    if args.trace_ratio is not None:
+        return f"traces sampled at {args.trace_ratio:g} (parentbased_traceidratio)"
+    sampler = os.environ.get("OTEL_TRACES_SAMPLER", "parentbased_always_on")
+    return f"tracing as configured ({sampler}; span file when no OTLP endpoint)"
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its reaped children, from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -149,7 +167,7 @@ def cpu_seconds(pid: int) -> float:
 
 @contextmanager
 def running_ingest(
-    server: NatsServer, database_url: str, data_dir: Path, batch_size: int, profile: str | None
+    server: NatsServer, database_url: str, data_dir: Path, args: argparse.Namespace
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
     port = free_port()
     env = {
@@ -160,11 +178,14 @@ def running_ingest(
         "SHINCHOKU_INGEST_DATABASE_URL": database_url,
         "SHINCHOKU_INGEST_DATA_DIR": str(data_dir),
         "SHINCHOKU_INGEST_PORT": str(port),
-        "SHINCHOKU_INGEST_BATCH_SIZE": str(batch_size),
+        "SHINCHOKU_INGEST_BATCH_SIZE": str(args.batch_size),
+        "SHINCHOKU_INGEST_MAX_INFLIGHT_BATCHES": str(args.inflight),
         "SHINCHOKU_INGEST_LOG_LEVEL": "WARNING",
+        **tracing_env(args),
     }
     log = open(data_dir / "ingest.log", "ab")
     command = [sys.executable, "-m", "ingest"]
+    profile = args.profile
     if profile:
         py_spy = str(Path(sys.executable).parent / "py-spy")
         fmt = ["--format", "raw"] if profile.endswith(".txt") else []
@@ -269,6 +290,10 @@ async def run(args: argparse.Namespace) -> int:
     events = make_events(catalog, args.events)
     total = sum(len(v) for v in events.values())
     databases = ["sqlite"] + (["postgres"] if args.pg else [])
+    print(
+        f"{total:,} events; ingest batch {args.batch_size} × {args.inflight} in flight; {describe_tracing(args)}; "
+        f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}"
+    )
     ok = True
     for database in databases:
         with tempfile.TemporaryDirectory(prefix="shinchoku-bench-") as tmp:
@@ -284,7 +309,7 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 with contextmanager(_database)(database, base) as url:
                     (base / "ingest").mkdir()
-                    with running_ingest(server, url, base / "ingest", args.batch_size, args.profile) as (process, port):
+                    with running_ingest(server, url, base / "ingest", args) as (process, port):
                         rate, accepted, rejected, cpu = await measure_ingest(
                             server, total, args.timeout, None if args.profile else process.pid
                         )
@@ -321,7 +346,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--pg", action="store_true", help="run the ingest figure on PostgreSQL too")
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--profile", help="record a py-spy flame graph of ingest into this SVG file")
+    parser.add_argument("--inflight", type=int, default=4, help="batches waiting for PubAcks at once")
+    parser.add_argument("--trace-ratio", type=float, help="sample traces at this ratio (parentbased_traceidratio)")
+    parser.add_argument("--no-tracing", action="store_true", help="run ingest with OTEL_SDK_DISABLED=true")
+    parser.add_argument("--profile", help="py-spy profile of ingest: an SVG flame graph, or raw stacks if *.txt")
     args = parser.parse_args()
     raise SystemExit(asyncio.run(run(args)))
 
