@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
@@ -229,6 +230,12 @@ def read_report(subject: str, data: bytes) -> Report | Reject:
 # --- the rules -----------------------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=512)
+def _quarter(fiscal_year: int, quarter: int) -> tuple[FiscalQuarter, datetime]:
+    period = FiscalQuarter(fiscal_year, quarter)
+    return period, period.start_at
+
+
 def _start_label(quarter: FiscalQuarter) -> str:
     return f"{quarter.start.isoformat()} (Asia/Tokyo)"
 
@@ -282,8 +289,8 @@ def _time_failures(report: Report, now: datetime) -> list[tuple[ReasonCode, str]
                 f"{int(CLOCK_SKEW_ALLOWANCE.total_seconds() // 60)} min ahead is allowed: check the sender's clock",
             )
         )
-    quarter = FiscalQuarter(event.fiscal_year, event.quarter)
-    if not quarter.has_started(event.reported_at):
+    quarter, starts_at = _quarter(event.fiscal_year, event.quarter)
+    if event.reported_at < starts_at:  # FiscalQuarter.has_started, with the start computed once per quarter
         failures.append(
             (
                 ReasonCode.future_period,

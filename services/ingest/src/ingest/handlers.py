@@ -19,6 +19,7 @@ import asyncio
 import base64
 import logging
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -107,6 +108,7 @@ class Delivery:
     fault: str | None = None
     fault_detail: str = ""
     settled: bool = False
+    acked: bool = False
     pub_ack: PubAck | None = None
 
     @property
@@ -216,12 +218,14 @@ class BatchHandler:
                 log.exception("message STATUS-%d cannot be processed now", d.seq)
                 self._fault(d, FAULT_ERROR, f"{type(e).__name__}: {e}")
             await self._settle(d)
+        self._count(deliveries)
 
     async def _finish(self, deliveries: list[Delivery], waiting: Waiting, started: float) -> None:
         try:
             await self._await_pub_acks(waiting)
             for d in deliveries:
                 await self._settle(d)
+            self._count(deliveries)
             self._log_faults(deliveries)
         except Exception:  # acks not sent: ack_wait brings the messages back, answered from the store
             log.exception("could not finish a batch of %d", len(deliveries))
@@ -557,19 +561,29 @@ class BatchHandler:
         except Exception as e:  # the ack will be lost; the redelivery is answered from the store
             log.warning("could not ack STATUS-%d: %s", d.seq, e)
         d.settled = True
-        self._count(d)
+        d.acked = True
 
-    def _count(self, d: Delivery) -> None:
-        outcome = d.stored.outcome if d.stored is not None else None
-        decision = d.decision
-        if d.stored is not None and d.delivered > 1:
-            return  # counted when it was first decided
-        if isinstance(decision, Admit) or outcome == OUTCOME_ADMITTED:
-            self._metrics.admitted.labels(d.agency).inc()
-        elif isinstance(decision, Duplicate) or outcome == OUTCOME_DUPLICATE:
-            self._metrics.duplicates.labels(d.agency).inc()
-        elif isinstance(decision, Reject):
-            self._metrics.rejected.labels(d.agency, decision.reason.value).inc()
+    def _count(self, deliveries: list[Delivery]) -> None:
+        """Outcome counters, once per batch (a redelivery answered from the store was counted the first time)."""
+        admitted: Counter[str] = Counter()
+        duplicates: Counter[str] = Counter()
+        rejected: Counter[tuple[str, str]] = Counter()
+        for d in deliveries:
+            if not d.acked or d.stored is not None:
+                continue
+            decision = d.decision
+            if isinstance(decision, Admit):
+                admitted[d.agency] += 1
+            elif isinstance(decision, Duplicate):
+                duplicates[d.agency] += 1
+            elif isinstance(decision, Reject):
+                rejected[d.agency, decision.reason.value] += 1
+        for agency, n in admitted.items():
+            self._metrics.admitted.labels(agency).inc(n)
+        for agency, n in duplicates.items():
+            self._metrics.duplicates.labels(agency).inc(n)
+        for (agency, reason), n in rejected.items():
+            self._metrics.rejected.labels(agency, reason).inc(n)
 
     async def _retry_later(self, d: Delivery) -> None:
         self._metrics.transient.labels(d.fault or FAULT_ERROR).inc()
