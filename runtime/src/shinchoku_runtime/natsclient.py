@@ -32,12 +32,16 @@ def stream_config(spec: StreamSpec, *, replicas: int = 1) -> StreamConfig:
         duplicate_window=spec.duplicate_window_seconds,
         max_msg_size=max_msg_size,
         num_replicas=replicas,
+        allow_atomic=spec.allow_atomic,
     )
 
 
 def _differs(live: StreamConfig, wanted: StreamConfig) -> list[str]:
     keys = ("subjects", "storage", "retention", "duplicate_window", "max_msg_size", "num_replicas", "discard")
-    return [k for k in keys if getattr(live, k) != getattr(wanted, k)]
+    changed = [k for k in keys if getattr(live, k) != getattr(wanted, k)]
+    if bool(live.allow_atomic) != bool(wanted.allow_atomic):
+        changed.append("allow_atomic")
+    return changed
 
 
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:

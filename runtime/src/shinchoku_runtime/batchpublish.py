@@ -1,0 +1,112 @@
+"""Atomic batch publishing to JetStream (nats-server 2.12+), with a per-message fallback for duplicates.
+
+With `sync_interval: always` the broker fsyncs every stored write. Published one by one, each message is
+its own write (measured here: about 900 messages/s on this disk under load); published as an atomic batch,
+the whole batch is one write and one PubAck (8,000–10,000 messages/s on the same disk). A batch is stored
+all or nothing, so a crash or a lost connection mid-batch stores none of it and the caller retries.
+
+A batch that contains a `Nats-Msg-Id` the stream has already stored is refused whole (err_code 10201). That
+happens when an earlier attempt was committed but its PubAck never arrived; the fallback then publishes each
+message on its own, and the broker's duplicate window drops the ones it already has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from nats.aio.client import Client
+from nats.js.errors import APIError
+
+#: nats-server's default ceiling on messages in one atomic batch (jetstream.limits.batch.max_msgs).
+MAX_BATCH = 1000
+ERR_DUPLICATE_MSG_ID = 10201
+
+BATCH_ID = "Nats-Batch-Id"
+BATCH_SEQUENCE = "Nats-Batch-Sequence"
+BATCH_COMMIT = "Nats-Batch-Commit"
+EXPECTED_STREAM = "Nats-Expected-Stream"
+
+
+@dataclass(frozen=True, slots=True)
+class OutMessage:
+    subject: str
+    payload: bytes
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchAck:
+    """What the broker confirmed: `count` messages stored in `stream`, the last at `last_seq`."""
+
+    stream: str
+    last_seq: int
+    count: int
+    fell_back: bool = False
+
+
+class BatchPublishError(Exception):
+    """The broker refused the batch (the reason is in the message); nothing of it was stored."""
+
+    def __init__(self, description: str, err_code: int | None = None) -> None:
+        super().__init__(description)
+        self.err_code = err_code
+
+
+async def publish_atomic(nc: Client, stream: str, messages: Sequence[OutMessage], *, timeout: float = 10.0) -> BatchAck:
+    """Store `messages` in `stream` all or nothing (chunks of at most MAX_BATCH, each atomic on its own).
+
+    Raises nats' TimeoutError when a commit is not confirmed in time (retry the same messages: a committed
+    chunk is then either refused as a duplicate and republished per message, or, without Nats-Msg-Id,
+    stored again — on STATUS ingest de-duplicates by event_id).
+    """
+    if not messages:
+        return BatchAck(stream=stream, last_seq=0, count=0)
+    last = BatchAck(stream=stream, last_seq=0, count=0)
+    total = 0
+    fell_back = False
+    for start in range(0, len(messages), MAX_BATCH):
+        chunk = messages[start : start + MAX_BATCH]
+        try:
+            last = await _publish_chunk(nc, stream, chunk, timeout=timeout)
+        except BatchPublishError as e:
+            if e.err_code != ERR_DUPLICATE_MSG_ID:
+                raise
+            last = await _publish_each(nc, stream, chunk, timeout=timeout)
+            fell_back = True
+        total += last.count
+    return BatchAck(stream=stream, last_seq=last.last_seq, count=total, fell_back=fell_back)
+
+
+async def _publish_chunk(nc: Client, stream: str, chunk: Sequence[OutMessage], *, timeout: float) -> BatchAck:
+    batch_id = uuid.uuid4().hex
+    final = len(chunk)
+    for i, m in enumerate(chunk, start=1):
+        headers = {**m.headers, BATCH_ID: batch_id, BATCH_SEQUENCE: str(i)}
+        if i < final:
+            await nc.publish(m.subject, m.payload, headers=headers)
+            continue
+        headers[BATCH_COMMIT] = "1"
+        reply = await nc.request(m.subject, m.payload, headers=headers, timeout=timeout)
+        body = json.loads(reply.data or b"{}")
+        error = body.get("error")
+        if error:
+            raise BatchPublishError(str(error.get("description", error)), error.get("err_code"))
+        if reply.headers and reply.headers.get("Status") == "503":
+            raise BatchPublishError(f"no stream answers on {m.subject!r}")
+        return BatchAck(stream=body.get("stream", stream), last_seq=int(body["seq"]), count=int(body["count"]))
+    raise AssertionError("unreachable: a non-empty chunk ends in a commit")
+
+
+async def _publish_each(nc: Client, stream: str, chunk: Sequence[OutMessage], *, timeout: float) -> BatchAck:
+    js = nc.jetstream()
+    acks = await asyncio.gather(
+        *(js.publish(m.subject, m.payload, stream=stream, headers=dict(m.headers), timeout=timeout) for m in chunk)
+    )
+    return BatchAck(stream=stream, last_seq=max(a.seq for a in acks), count=len(acks), fell_back=True)
+
+
+__all__ = ["MAX_BATCH", "APIError", "BatchAck", "BatchPublishError", "OutMessage", "publish_atomic"]

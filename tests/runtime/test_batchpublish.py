@@ -1,0 +1,57 @@
+"""Atomic batches on a real nats-server: all or nothing, one PubAck, duplicates fall back per message."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+from nats.aio.client import Client
+
+from contracts.streams import agency_inbox_prefix
+from shinchoku_runtime.batchpublish import MAX_BATCH, BatchPublishError, OutMessage, publish_atomic
+from shinchoku_runtime.natsserver import NatsServer
+
+
+def _accepted(ids: list[str]) -> list[OutMessage]:
+    return [OutMessage(f"accepted.mof.1-{i}", f"event {i}".encode(), {"Nats-Msg-Id": i}) for i in ids]
+
+
+async def test_a_batch_is_stored_once_and_a_retry_is_deduplicated(admin_nc: Client) -> None:
+    js = admin_nc.jetstream()
+    ack = await publish_atomic(admin_nc, "ACCEPTED", _accepted(["1", "2", "3"]))
+    assert (ack.count, ack.last_seq, ack.fell_back) == (3, 3, False)
+    # The same batch again (an earlier commit whose PubAck was lost), plus one new message.
+    again = await publish_atomic(admin_nc, "ACCEPTED", _accepted(["1", "2", "3", "4"]))
+    assert again.fell_back
+    info = await js.stream_info("ACCEPTED")
+    assert info.state.messages == 4
+    messages = [await js.get_msg("ACCEPTED", seq) for seq in range(1, 5)]
+    assert [m.data for m in messages] == [b"event 1", b"event 2", b"event 3", b"event 4"]
+
+
+async def test_batches_larger_than_the_server_limit_are_chunked(admin_nc: Client) -> None:
+    ids = [str(i) for i in range(MAX_BATCH + 250)]
+    ack = await publish_atomic(admin_nc, "ACCEPTED", _accepted(ids))
+    assert ack.count == len(ids)
+    assert (await admin_nc.jetstream().stream_info("ACCEPTED")).state.messages == len(ids)
+
+
+async def test_an_agency_publishes_a_batch_on_its_own_subjects(nats_server: NatsServer, admin_nc: Client) -> None:
+    nc = await nats.connect(
+        nats_server.plain_url,
+        user="mof",
+        password=nats_server.passwords["mof"],
+        inbox_prefix=agency_inbox_prefix("mof"),
+    )
+    try:
+        ack = await publish_atomic(nc, "STATUS", [OutMessage(f"status.mof.1-{i}", b"{}") for i in range(1, 51)])
+        assert ack.count == 50
+    finally:
+        await nc.close()
+    assert (await admin_nc.jetstream().stream_info("STATUS")).state.messages == 50
+
+
+async def test_a_refused_batch_stores_nothing(admin_nc: Client) -> None:
+    huge = OutMessage("accepted.mof.1-1", b"x" * (3 * 1024 * 1024), {"Nats-Msg-Id": "huge"})
+    with pytest.raises(BatchPublishError):
+        await publish_atomic(admin_nc, "ACCEPTED", [*_accepted(["a", "b"]), huge])
+    assert (await admin_nc.jetstream().stream_info("ACCEPTED")).state.messages == 0
