@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Final, Literal
 
 from contracts.agencies import Agency
@@ -81,7 +82,13 @@ class LeadReport:
 
     @property
     def on_time(self) -> bool:
-        return self.fiscal_quarter.is_on_time(self.reported_at)
+        return self.reported_at <= on_time_deadline(self.fiscal_year, self.quarter)
+
+
+@lru_cache(maxsize=512)
+def on_time_deadline(fiscal_year: int, quarter: int) -> datetime:
+    """Reports at or before this instant are on time (the quarter's end + 30 days, Asia/Tokyo)."""
+    return FiscalQuarter(fiscal_year, quarter).on_time_deadline
 
 
 def supersedes(candidate: LeadReport, current: LeadReport | None) -> bool:
@@ -284,6 +291,10 @@ class MeasureProgress:
     observations: Mapping[int, Observation]
 
 
+#: What the latest status needs of an effective report: (measure_id, agency, fiscal_year, quarter, status).
+StatusRow = tuple[str, str, int, int, str]
+
+
 def measure_progress(measure: Measure, reports: Iterable[LeadReport]) -> MeasureProgress:
     """Latest status and KPI observations from a measure's effective reports of every quarter.
 
@@ -291,31 +302,58 @@ def measure_progress(measure: Measure, reports: Iterable[LeadReport]) -> Measure
     observation of a target is the one with the greatest `as_of`, then the later report. Reports of
     agencies that do not lead the measure, and observations of targets it does not have, are ignored.
     """
-    leads = {str(agency) for agency in measure.lead_agencies}
-    latest_quarter: FiscalQuarter | None = None
-    latest: dict[str, str] = {}
-    observations: dict[int, Observation] = {}
-    for report in reports:
-        if report.agency not in leads:
+    reports = list(reports)
+    statuses = [(r.measure_id, r.agency, r.fiscal_year, r.quarter, r.status) for r in reports]
+    return progress_by_measure([measure], statuses, [r for r in reports if r.kpis])[measure.id]
+
+
+def progress_by_measure(
+    measures: Iterable[Measure], statuses: Iterable[StatusRow], kpi_reports: Iterable[LeadReport]
+) -> dict[str, MeasureProgress]:
+    """`measure_progress` for many measures at once, from light status rows of every effective report and
+    the effective reports that carry KPI observations (the rollups recompute this whenever the store changes).
+    """
+    by_id = {m.id: m for m in measures}
+    leads = {m.id: {str(a) for a in m.lead_agencies} for m in by_id.values()}
+    latest_key: dict[str, int] = {}
+    latest: dict[str, dict[str, str]] = {}
+    for measure_id, agency, fiscal_year, quarter, status in statuses:
+        lead_set = leads.get(measure_id)
+        if lead_set is None or agency not in lead_set:
             continue
-        quarter = report.fiscal_quarter
-        if latest_quarter is None or quarter > latest_quarter:
-            latest_quarter, latest = quarter, {report.agency: report.status}
-        elif quarter == latest_quarter:
-            latest[report.agency] = report.status
+        key = fiscal_year * 4 + quarter
+        seen = latest_key.get(measure_id)
+        if seen is None or key > seen:
+            latest_key[measure_id] = key
+            latest[measure_id] = {agency: status}
+        elif key == seen:
+            latest[measure_id][agency] = status
+    observations: dict[str, dict[int, Observation]] = {}
+    for report in kpi_reports:
+        measure = by_id.get(report.measure_id)
+        if measure is None or report.agency not in leads[measure.id]:
+            continue
+        found = observations.setdefault(measure.id, {})
         for kpi in report.kpis:
             if not 0 <= kpi.target < len(measure.targets):
                 continue
-            seen = observations.get(kpi.target)
-            if seen is None or (kpi.as_of, report.reported_at, report.event_id) > (
-                seen.as_of,
-                seen.reported_at,
-                seen.event_id,
+            seen_obs = found.get(kpi.target)
+            if seen_obs is None or (kpi.as_of, report.reported_at, report.event_id) > (
+                seen_obs.as_of,
+                seen_obs.reported_at,
+                seen_obs.event_id,
             ):
-                observations[kpi.target] = Observation(
+                found[kpi.target] = Observation(
                     kpi.value, kpi.as_of, report.agency, report.event_id, report.reported_at
                 )
-    return MeasureProgress(combined_status(latest.values()), latest_quarter, observations)
+    out = {}
+    for measure_id in by_id:
+        newest = latest_key.get(measure_id)
+        latest_quarter = None if newest is None else FiscalQuarter((newest - 1) // 4, (newest - 1) % 4 + 1)
+        out[measure_id] = MeasureProgress(
+            combined_status(latest.get(measure_id, {}).values()), latest_quarter, observations.get(measure_id, {})
+        )
+    return out
 
 
 @dataclass(frozen=True, slots=True)

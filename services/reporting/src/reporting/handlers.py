@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,17 +22,22 @@ from reporting.repository import Store
 class Admitted:
     """An admitted event as the store keeps it: its `events` row and the report it makes."""
 
-    event_row: dict[str, Any]
+    #: The `events` row, in repository.EVENT_COLUMNS order.
+    event_row: tuple[Any, ...]
     report: LeadReport
+    admitted_at_us: int
 
     @property
     def event_id(self) -> str:
         return self.report.event_id
 
-    @property
-    def admitted_at_us(self) -> int:
-        value: int = self.event_row["admitted_at_us"]
-        return value
+    def effective_row(self) -> tuple[Any, ...]:
+        """The `effective_reports` row this event makes (repository.EFFECTIVE_COLUMNS order)."""
+        row: tuple[Any, ...] = _effective_from_event(self.event_row)
+        return row
+
+
+_effective_from_event = operator.itemgetter(*repository.EFFECTIVE_FROM_EVENT)
 
 
 @lru_cache(maxsize=256)
@@ -44,29 +50,33 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
     event_id = str(event.event_id)
     reported_us = repository.to_micros(event.reported_at)
     kpis = tuple(KpiReading(k.target, k.value, k.as_of) for k in event.kpis)
-    row = {
-        "event_id": event_id,
-        "measure_id": event.measure_id,
-        "agency": event.agency.value,
-        "fiscal_year": event.fiscal_year,
-        "quarter": event.quarter,
-        "status": event.status.value,
-        "reported_at_us": reported_us,
-        "reported_at": event.reported_at.isoformat(),
-        "on_time": reported_us <= _deadline_us(event.fiscal_year, event.quarter),
-        "admitted_at_us": repository.to_micros(admitted.admitted_at),
-        "subject": admitted.subject,
-        "progress": event.progress,
-        "kpis": repository.kpis_json(kpis),
-        "note": event.note,
-        "reporter": event.reporter,
-    }
+    admitted_us = repository.to_micros(admitted.admitted_at)
+    # `_value_` rather than `.value`: the enum property costs a microsecond each on this path.
+    agency: str = event.agency._value_
+    status: str = event.status._value_
+    row = (
+        event_id,
+        event.measure_id,
+        agency,
+        event.fiscal_year,
+        event.quarter,
+        status,
+        reported_us,
+        event.reported_at.isoformat(),
+        reported_us <= _deadline_us(event.fiscal_year, event.quarter),
+        admitted_us,
+        admitted.subject,
+        event.progress,
+        repository.kpis_json(kpis),
+        event.note,
+        event.reporter,
+    )
     report = LeadReport(
         measure_id=event.measure_id,
-        agency=event.agency.value,
+        agency=agency,
         fiscal_year=event.fiscal_year,
         quarter=event.quarter,
-        status=event.status.value,
+        status=status,
         reported_at=event.reported_at,
         event_id=event_id,
         progress=event.progress,
@@ -74,17 +84,12 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         note=event.note,
         reporter=event.reporter,
     )
-    return Admitted(row, report)
+    return Admitted(row, report, admitted_us)
 
 
 def decode_admitted(data: bytes) -> Admitted:
     """Decode an ACCEPTED message body (AdmittedEvent JSON); raises pydantic.ValidationError on bad input."""
     return admitted_from_model(AdmittedEvent.model_validate_json(data))
-
-
-def effective_row(admitted: Admitted) -> dict[str, Any]:
-    row = admitted.event_row
-    return {name: row[name] for name in repository.EFFECTIVE_COLUMNS}
 
 
 def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted], now: datetime | None = None) -> int:
@@ -102,7 +107,7 @@ def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted],
     repository.insert_events(conn, store=store, rows=[a.event_row for a in events])
     winners = effective_reports(a.report for a in events)
     winner_ids = {report.event_id for report in winners.values()}
-    repository.upsert_effective(conn, store=store, rows=[effective_row(a) for a in events if a.event_id in winner_ids])
+    repository.upsert_effective(conn, store=store, rows=[a.effective_row() for a in events if a.event_id in winner_ids])
     quarters: dict[tuple[int, int], int] = {}
     for admitted in events:
         key = (admitted.report.fiscal_year, admitted.report.quarter)

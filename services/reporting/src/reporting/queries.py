@@ -34,6 +34,7 @@ from reporting.domain import (
     measure_progress,
     measure_standing,
     movement,
+    progress_by_measure,
     rollup_quarter,
     target_standings,
     trend,
@@ -81,10 +82,9 @@ def _by_measure(reports: Iterable[LeadReport]) -> dict[str, dict[str, LeadReport
 
 
 def _progress(measures: Iterable[Measure], reports: Iterable[LeadReport]) -> dict[str, MeasureProgress]:
-    grouped: dict[str, list[LeadReport]] = defaultdict(list)
-    for report in reports:
-        grouped[report.measure_id].append(report)
-    return {m.id: measure_progress(m, grouped.get(m.id, ())) for m in measures}
+    reports = list(reports)
+    statuses = [(r.measure_id, r.agency, r.fiscal_year, r.quarter, r.status) for r in reports]
+    return progress_by_measure(measures, statuses, [r for r in reports if r.kpis])
 
 
 class RollupQueries:
@@ -275,7 +275,9 @@ class RollupQueries:
             cached: Mapping[str, MeasureProgress] | None = self._cache.get(key)
         if cached is not None:
             return cached
-        progress = _progress(snapshot.measures, repository.all_effective(conn))
+        progress = progress_by_measure(
+            snapshot.measures, repository.status_rows(conn), repository.effective_with_kpis(conn)
+        )
         self._remember(key, progress)
         return progress
 

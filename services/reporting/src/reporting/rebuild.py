@@ -187,7 +187,7 @@ def _decode_all(messages: list[Msg]) -> list[Admitted]:
 
 
 def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
-    rows: dict[str, dict[str, Any]] = {}
+    rows: dict[str, tuple[Any, ...]] = {}
     for admitted in batch:
         rows.setdefault(admitted.event_id, admitted.event_row)
     with engine.begin() as conn:

@@ -39,9 +39,16 @@ SHADOW_SUFFIX = "__rebuild"
 OLD_SUFFIX = "__old"
 
 
+_EPOCH_ORDINAL = _EPOCH.toordinal()
+
+
 def to_micros(moment: datetime) -> int:
-    """Exact microseconds since the epoch of an aware moment."""
-    return (moment - _EPOCH) // _MICRO
+    """Exact microseconds since the epoch of an aware moment (integer arithmetic, no float rounding)."""
+    offset = moment.utcoffset()
+    if offset is None:
+        raise ValueError("a moment needs a UTC offset")
+    seconds = (moment.toordinal() - _EPOCH_ORDINAL) * 86400 + moment.hour * 3600 + moment.minute * 60 + moment.second
+    return (seconds - offset.days * 86400 - offset.seconds) * 1_000_000 + moment.microsecond - offset.microseconds
 
 
 def from_micros(micros: int) -> datetime:
@@ -204,34 +211,65 @@ def parse_kpis(text: str | None) -> tuple[KpiReading, ...]:
     )
 
 
-def insert_events(conn: Connection, *, store: Store, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert event rows; an event id already stored keeps its first copy."""
+#: The columns of an `events` row, in the order `insert_events` takes them.
+EVENT_COLUMNS = (
+    "event_id",
+    "measure_id",
+    "agency",
+    "fiscal_year",
+    "quarter",
+    "status",
+    "reported_at_us",
+    "reported_at",
+    "on_time",
+    "admitted_at_us",
+    "subject",
+    "progress",
+    "kpis",
+    "note",
+    "reporter",
+)
+#: Where each of EFFECTIVE_COLUMNS sits in an `events` row.
+EFFECTIVE_FROM_EVENT = tuple(EVENT_COLUMNS.index(name) for name in EFFECTIVE_COLUMNS)
+
+
+def _placeholders(conn: Connection, count: int) -> str:
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return ", ".join([mark] * count)
+
+
+def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
+    """Insert `events` rows (tuples in EVENT_COLUMNS order); an event id already stored keeps its first copy.
+
+    One executemany of a plain statement: SQLAlchemy's per-row parameter processing costs more than the
+    insert itself on this path.
+    """
     if not rows:
         return
-    stmt = _insert(conn, store.events).on_conflict_do_nothing(index_elements=["event_id"])
-    conn.execute(stmt, list(rows))
+    sql = (
+        f'INSERT INTO "{store.events.name}" ({", ".join(EVENT_COLUMNS)}) '
+        f"VALUES ({_placeholders(conn, len(EVENT_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING"
+    )
+    conn.exec_driver_sql(sql, list(rows))
 
 
-def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Make each row the effective report of its key unless the stored one wins the ordering.
+def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
+    """Make each row (a tuple in EFFECTIVE_COLUMNS order) the effective report of its key, unless the stored
+    one wins the ordering (greater reported_at, then greater event_id).
 
     The rows must have distinct keys. Sorted by key so that concurrent writers lock rows in one order.
     """
     if not rows:
         return
-    table = store.effective
-    ins = _insert(conn, table)
-    wins = sa.or_(
-        ins.excluded.reported_at_us > table.c.reported_at_us,
-        sa.and_(ins.excluded.reported_at_us == table.c.reported_at_us, ins.excluded.event_id > table.c.event_id),
+    table = f'"{store.effective.name}"'
+    updates = ", ".join(f"{name} = excluded.{name}" for name in EFFECTIVE_VALUES)
+    sql = (
+        f"INSERT INTO {table} ({', '.join(EFFECTIVE_COLUMNS)}) VALUES ({_placeholders(conn, len(EFFECTIVE_COLUMNS))}) "
+        "ON CONFLICT (fiscal_year, quarter, measure_id, agency) DO UPDATE SET "
+        f"{updates} WHERE excluded.reported_at_us > {table}.reported_at_us "
+        f"OR (excluded.reported_at_us = {table}.reported_at_us AND excluded.event_id > {table}.event_id)"
     )
-    stmt = ins.on_conflict_do_update(
-        index_elements=["fiscal_year", "quarter", "measure_id", "agency"],
-        set_={name: ins.excluded[name] for name in EFFECTIVE_VALUES},
-        where=wins,
-    )
-    ordered = sorted(rows, key=lambda r: (r["fiscal_year"], r["quarter"], r["measure_id"], r["agency"]))
-    conn.execute(stmt, ordered)
+    conn.exec_driver_sql(sql, sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3])))
 
 
 def bump_revisions(
@@ -317,19 +355,20 @@ def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapp
 # --- Reading ---------------------------------------------------------------------------------
 
 
-def _lead_report(row: Any) -> LeadReport:
+def _lead_report(row: Sequence[Any]) -> LeadReport:
+    measure_id, agency, fiscal_year, quarter, status, reported_at, event_id, progress, kpis, note, reporter = row
     return LeadReport(
-        measure_id=row.measure_id,
-        agency=row.agency,
-        fiscal_year=row.fiscal_year,
-        quarter=row.quarter,
-        status=row.status,
-        reported_at=datetime.fromisoformat(row.reported_at),
-        event_id=row.event_id,
-        progress=row.progress,
-        kpis=parse_kpis(row.kpis),
-        note=row.note,
-        reporter=row.reporter,
+        measure_id=measure_id,
+        agency=agency,
+        fiscal_year=fiscal_year,
+        quarter=quarter,
+        status=status,
+        reported_at=datetime.fromisoformat(reported_at),
+        event_id=event_id,
+        progress=progress,
+        kpis=parse_kpis(kpis) if kpis else (),
+        note=note,
+        reporter=reporter,
     )
 
 
@@ -370,6 +409,18 @@ def effective_for_quarter(conn: Connection, *, fiscal_year: int, quarter: int, s
 def all_effective(conn: Connection, *, store: Store = LIVE) -> list[LeadReport]:
     t = store.effective
     return [_lead_report(row) for row in conn.execute(sa.select(*_report_columns(t)))]
+
+
+def status_rows(conn: Connection, *, store: Store = LIVE) -> list[tuple[str, str, int, int, str]]:
+    """(measure_id, agency, fiscal_year, quarter, status) of every effective report, as plain tuples."""
+    sql = f'SELECT measure_id, agency, fiscal_year, quarter, status FROM "{store.effective.name}"'
+    return [tuple(row) for row in conn.exec_driver_sql(sql).fetchall()]
+
+
+def effective_with_kpis(conn: Connection, *, store: Store = LIVE) -> list[LeadReport]:
+    """The effective reports that carry KPI observations (every quarter)."""
+    t = store.effective
+    return [_lead_report(row) for row in conn.execute(sa.select(*_report_columns(t)).where(t.c.kpis.is_not(None)))]
 
 
 def effective_for_measure(conn: Connection, *, measure_id: str, store: Store = LIVE) -> list[LeadReport]:

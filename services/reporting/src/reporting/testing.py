@@ -190,11 +190,12 @@ async def publish_admissions(
 
 
 async def bulk_publish(
-    nc: Client, messages: Iterable[tuple[str, bytes, dict[str, str]]], *, window: int = 50_000
+    nc: Client, messages: Iterable[tuple[str, bytes, dict[str, str]]], *, window: int = 50_000, timeout: float = 600
 ) -> int:
     """Publish a great many messages to ACCEPTED fast: plain publishes with one reply inbox, acks counted.
 
-    Returns how many the stream acknowledged; raises if any was refused.
+    Returns how many were published, once the stream has acknowledged every one; raises if any was refused
+    or the acknowledgements do not all arrive within `timeout` seconds of the last publish.
     """
     inbox = nc.new_inbox()
     acked = 0
@@ -215,14 +216,16 @@ async def bulk_publish(
             await room.acquire()
             await nc.publish(subject, body, reply=f"{inbox}.{sent}", headers=headers)
             sent += 1
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + timeout
         while acked < sent and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
     finally:
         await sub.unsubscribe()
     if errors:
         raise RuntimeError(f"{len(errors)} publishes refused, e.g. {errors[0]}")
-    return acked
+    if acked < sent:
+        raise TimeoutError(f"only {acked:,} of {sent:,} publishes acknowledged after {timeout}s")
+    return sent
 
 
 async def wait_caught_up(nc: Client, *, durable: str = REPORTING_DURABLE, timeout: float = 60.0) -> None:

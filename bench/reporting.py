@@ -1,0 +1,327 @@
+"""Reporting benchmark: consumer throughput, rebuild speed, and rollup latency with N events stored.
+
+    .venv/bin/python bench/reporting.py                      # 1,000,000 events (several minutes)
+    .venv/bin/python bench/reporting.py --events 100000      # a short run
+    .venv/bin/python bench/reporting.py --postgres           # the store on a fresh PostgreSQL database
+    .venv/bin/python bench/reporting.py --profile artifacts/profile   # + py-spy profiles (consumer, rebuild)
+
+What one run does:
+
+1. starts nats-server (from the wheel, generated users, `sync_interval: always`) in a temporary directory, puts a
+   320-measure catalog (shaped like the plan) into the CATALOG bucket, and bulk-loads N AdmittedEvent messages onto
+   ACCEPTED as the admin user (Nats-Msg-Id and a traceparent header on each, as ingest publishes them), spread over
+   the twelve quarters FY2024Q1–FY2026Q4 with many corrections per (measure, agency, quarter);
+2. consumer: starts `python -m reporting` (default settings, tracing to its span file) and times how fast the
+   durable consumer drains the backlog; "sustained" is the rate between 10 % and 90 % acknowledged;
+3. latency: with all N events stored, GETs `/rollups/{fy}/{q}` over real HTTP (httpx, one connection) for several
+   quarters: p50/p99 as served (cached until the store changes), and p50/p99 right after a change (a fresh event
+   applied before each request, so the rollup is recomputed from the effective reports);
+4. rebuild: stops the service and runs `python -m reporting rebuild`, which replays ACCEPTED from the start into a
+   new store and swaps it in; the rate is N / wall time of the whole command.
+
+The load average is printed at the start and the end: other work on the machine shows up in the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+# This file is bench/reporting.py: keep its directory off the import path, or `reporting` would be this script.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import httpx  # noqa: E402
+from nats.aio.client import Client  # noqa: E402
+
+from contracts.periods import TOKYO, FiscalQuarter, quarters_between  # noqa: E402
+from reporting.testing import bulk_publish, put_catalog, synthetic_measures  # noqa: E402
+from shinchoku_runtime.natsclient import connect, ensure_streams  # noqa: E402
+from shinchoku_runtime.natsconf import write_config  # noqa: E402
+from shinchoku_runtime.natsserver import NatsServer, free_port, nats_server_binary, wait_for_port  # noqa: E402
+from shinchoku_runtime.testing import fresh_postgres_database  # noqa: E402
+
+QUARTERS = quarters_between(FiscalQuarter(2024, 1), FiscalQuarter(2026, 4))
+STATUSES = ("not_started", "on_track", "at_risk", "delayed", "completed", "suspended")
+TRACEPARENT = "00-{:032x}-{:016x}-01"
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} / {five:.1f} (1/5 min) on {os.cpu_count()} cores"
+
+
+def messages(count: int, seed: int = 3) -> Iterator[tuple[str, bytes, dict[str, str]]]:
+    """AdmittedEvent JSON as ingest publishes it, made with an f-string (a few µs each)."""
+    rnd = random.Random(seed)
+    measures = synthetic_measures(320)
+    pairs = [(m.id, str(a)) for m in measures for a in m.lead_agencies]
+    admitted = datetime(2025, 1, 1, tzinfo=UTC)
+    for i in range(count):
+        measure_id, agency = pairs[rnd.randrange(len(pairs))]
+        q = QUARTERS[rnd.randrange(len(QUARTERS))]
+        reported = (q.end_at + timedelta(seconds=rnd.randrange(-20 * 86400, 45 * 86400))).astimezone(TOKYO)
+        event_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
+        status = STATUSES[rnd.randrange(6)]
+        body = (
+            f'{{"event":{{"event_id":"{event_id}","schema_version":1,"measure_id":"{measure_id}",'
+            f'"agency":"{agency}","fiscal_year":{q.fiscal_year},"quarter":{q.quarter},"status":"{status}",'
+            f'"progress":{rnd.randrange(101)},"kpis":[],"note":"進捗は概ね計画どおり",'
+            f'"reported_at":"{reported.isoformat()}","reporter":"担当課"}},'
+            f'"admitted_at":"{(admitted + timedelta(microseconds=i * 50)).isoformat()}",'
+            f'"subject":"status.{agency}.{measure_id}"}}'
+        )
+        headers = {
+            "Nats-Msg-Id": event_id,
+            "traceparent": TRACEPARENT.format(rnd.getrandbits(128), rnd.getrandbits(64)),
+        }
+        yield f"accepted.{agency}.{measure_id}", body.encode(), headers
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def spy_argv(out: Path | None, name: str) -> list[str]:
+    """A py-spy prefix recording the command it starts (attaching to a running process is not possible here)."""
+    if out is None:
+        return []
+    out.mkdir(parents=True, exist_ok=True)
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or "py-spy"
+    return [spy, "record", "--rate", "250", "--format", "raw", "-o", str(out / f"{name}.txt"), "--"]
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+class Service:
+    """`python -m reporting` as a child process on a free port (under py-spy when profiling)."""
+
+    def __init__(self, env: dict[str, str], log: Path, profile: Path | None = None) -> None:
+        self.env = env
+        self.log = log
+        self.profile = profile
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        argv = [*spy_argv(self.profile, "service"), sys.executable, "-m", "reporting"]
+        self.process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        # Under py-spy, stop the service itself: py-spy then writes its profile and exits.
+        targets = children(self.process.pid) if self.profile else [self.process.pid]
+        for pid in targets or [self.process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+
+
+async def wait_healthy(base: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{base}/healthz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"reporting at {base} not healthy after {timeout}s")
+
+
+async def drain(nc: Client, total: int) -> tuple[float, float]:
+    """Poll the durable consumer until `total` messages are acknowledged: (sustained rate, whole-drain rate)."""
+    js = nc.jetstream()
+    marks: list[tuple[float, int]] = []
+    started = time.monotonic()
+    while True:
+        with contextlib.suppress(Exception):
+            info = await js.consumer_info("ACCEPTED", "reporting")
+            marks.append((time.monotonic(), info.ack_floor.stream_seq or 0))
+            if marks[-1][1] >= total and info.num_ack_pending == 0:
+                break
+        if time.monotonic() - started > 3600:
+            raise TimeoutError("consumer did not drain in an hour")
+        await asyncio.sleep(0.2)
+    first = next((t, s) for t, s in marks if s > 0)
+    low = next((t, s) for t, s in marks if s >= total * 0.1)
+    high = next((t, s) for t, s in marks if s >= total * 0.9)
+    sustained = (high[1] - low[1]) / max(high[0] - low[0], 1e-9)
+    whole = total / max(marks[-1][0] - first[0], 1e-9)
+    return sustained, whole
+
+
+async def latencies(
+    base: str, nc: Client, quarters: list[FiscalQuarter], requests: int, changes: int
+) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"served": [], "after a change": []}
+    js = nc.jetstream()
+    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        for q in quarters:  # warm up: the first computation of each quarter
+            assert (await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")).status_code == 200
+        for i in range(requests):
+            q = quarters[i % len(quarters)]
+            t = time.perf_counter()
+            response = await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")
+            out["served"].append((time.perf_counter() - t) * 1000)
+            assert response.status_code == 200
+        seq = 10_000_000
+        for i in range(changes):
+            q = quarters[i % len(quarters)]
+            # One more event in this quarter; wait until it is applied, then ask.
+            subject, body, headers = next(messages(1, seed=seq + i))
+            doc = json.loads(body)
+            doc["event"]["fiscal_year"], doc["event"]["quarter"] = q.fiscal_year, q.quarter
+            await js.publish(subject, json.dumps(doc).encode(), headers=headers)
+            before = (await js.consumer_info("ACCEPTED", "reporting")).num_ack_pending
+            while True:
+                info = await js.consumer_info("ACCEPTED", "reporting")
+                if info.num_pending == 0 and info.num_ack_pending == 0:
+                    break
+                await asyncio.sleep(0.005)
+            del before
+            t = time.perf_counter()
+            response = await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")
+            out["after a change"].append((time.perf_counter() - t) * 1000)
+            assert response.status_code == 200
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events loaded onto ACCEPTED")
+    parser.add_argument("--requests", type=int, default=2000, help="rollup GETs for the served latency")
+    parser.add_argument("--changes", type=int, default=100, help="rollup GETs right after a change")
+    parser.add_argument("--postgres", action="store_true", help="the store on a fresh PostgreSQL database")
+    parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles here")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    args = parser.parse_args()
+
+    print(f"reporting benchmark: {args.events:,} events; {load()}", flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="shinchoku-bench-reporting-"))
+    server = NatsServer.create(tmp / "nats")
+    # Loading is set-up, not measured: it runs on the same store without `sync_interval: always` (an fsync per
+    # message), then the server restarts with the configuration every deployment uses.
+    config = write_config(server.directory, server.options)
+    loading_config = config.with_name("nats-loading.conf")
+    loading_config.write_text(re.sub(r"\n\s*sync_interval:.*", "", config.read_text()))
+    pg = fresh_postgres_database("shinchoku_bench") if args.postgres else contextlib.nullcontext(None)
+    try:
+        with pg as pg_url:
+            database_url = pg_url or f"sqlite:///{tmp / 'db' / 'reporting.sqlite'}"
+            loader = subprocess.Popen(
+                [nats_server_binary(), "-c", str(loading_config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            )
+            try:
+                wait_for_port(server.options.host, server.options.port)
+                admin = await connect(
+                    server.plain_url, name="bench-load", user="admin", password=server.passwords["admin"]
+                )
+                await ensure_streams(admin.jetstream())
+                await put_catalog(admin, synthetic_measures(320))
+                t = time.monotonic()
+                loaded = await bulk_publish(admin, messages(args.events))
+                print(f"loaded {loaded:,} events onto ACCEPTED in {time.monotonic() - t:.1f}s", flush=True)
+                await admin.close()
+            finally:
+                loader.terminate()
+                loader.wait(30)
+            server.start()
+            admin = await connect(
+                server.plain_url, name="bench-admin", user="admin", password=server.passwords["admin"]
+            )
+
+            port = free_port()
+            base = f"http://127.0.0.1:{port}"
+            env = {
+                **os.environ,
+                "SHINCHOKU_REPORTING_NATS_URL": server.plain_url,
+                "SHINCHOKU_REPORTING_NATS_USER": "reporting",
+                "SHINCHOKU_REPORTING_NATS_PASSWORD": server.passwords["reporting"],
+                "SHINCHOKU_REPORTING_DATABASE_URL": database_url,
+                "SHINCHOKU_REPORTING_DATA_DIR": str(tmp / "data"),
+                "SHINCHOKU_REPORTING_PORT": str(port),
+                "SHINCHOKU_REPORTING_LOG_LEVEL": "WARNING",
+            }
+            service = Service(env, tmp / "reporting.log", args.profile)
+            service.start()
+            assert service.process is not None
+            try:
+                await wait_healthy(base)
+                sustained, whole = await drain(admin, loaded)
+                print(
+                    f"consumer: {sustained:,.0f} events/s sustained (10–90 % of the backlog), "
+                    f"{whole:,.0f} events/s over the whole drain",
+                    flush=True,
+                )
+                quarters = [
+                    FiscalQuarter(2024, 3),
+                    FiscalQuarter(2025, 1),
+                    FiscalQuarter(2025, 4),
+                    FiscalQuarter(2026, 2),
+                ]
+                lat = await latencies(base, admin, quarters, args.requests, args.changes)
+                for name, values in lat.items():
+                    print(
+                        f"GET /rollups/{{fy}}/{{q}} with {loaded:,} events stored, {name}: "
+                        f"p50 {statistics.median(values):.2f} ms, p99 {percentile(values, 99):.2f} ms "
+                        f"({len(values):,} requests)",
+                        flush=True,
+                    )
+            finally:
+                service.stop()
+
+            t = time.monotonic()
+            rebuild = subprocess.Popen(
+                [*spy_argv(args.profile, "rebuild"), sys.executable, "-m", "reporting", "rebuild", "--no-progress"],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            stdout, _ = rebuild.communicate()
+            seconds = time.monotonic() - t
+            if rebuild.returncode != 0:
+                raise RuntimeError(f"rebuild failed: {stdout}")
+            stored = re.search(r"([\d,]+) events,", stdout)
+            print(
+                f"rebuild: {loaded + args.changes:,} ACCEPTED messages replayed into a new store in {seconds:.1f}s: "
+                f"{(loaded + args.changes) / seconds:,.0f} events/s (command wall time; "
+                f"{stored.group(1) if stored else '?'} events stored)",
+                flush=True,
+            )
+            await admin.close()
+    finally:
+        server.stop()
+        if args.keep:
+            print(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    print(f"done; {load()}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
