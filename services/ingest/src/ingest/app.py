@@ -153,7 +153,10 @@ class IngestRuntime:
     def database_ready(self) -> bool:
         """The store answers, and the last batch could write to it (a locked SQLite file still answers reads)."""
         if self.handler is not None and self.handler.store_failing_since is not None:
-            return False
+            # The last batch could not write: ready again as soon as a write could start.
+            if not repository.writable(self.engine):
+                return False
+            self.handler.store_failing_since = None
         return repository.ping(self.engine)
 
 

@@ -290,6 +290,24 @@ def count_outcomes(engine: Engine) -> dict[str, int]:
     return {outcome: int(n) for outcome, n in rows}
 
 
+def writable(engine: Engine) -> bool:
+    """Whether a write could start now (SQLite: the write lock is free within 200 ms; PostgreSQL: it answers)."""
+    if engine.dialect.name != "sqlite":
+        return ping(engine)
+    try:
+        with engine.connect() as conn:
+            busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+            conn.exec_driver_sql("PRAGMA busy_timeout = 200")
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                conn.exec_driver_sql("ROLLBACK")
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy or 0)}")
+    except sa.exc.SQLAlchemyError:
+        return False
+    return True
+
+
 def ping(engine: Engine) -> bool:
     """Whether the store answers a query now."""
     try:
