@@ -25,8 +25,8 @@ from .payloads import Hostile, base_event, dumps, hostile_messages, subject_for
 NOW = datetime(2025, 1, 10, 3, 0, tzinfo=UTC)
 MEASURES = {m.id: m for m in SAMPLE_MEASURES}
 AGENCY, MEASURE = "mof", "1-25"
-HOSTILE_EXAMPLES = 1500
-BYTES_EXAMPLES = 1000
+HOSTILE_EXAMPLES = 1200
+BYTES_EXAMPLES = 800
 
 PURE_SETTINGS = settings(
     deadline=None,

@@ -21,7 +21,7 @@ from schemathesis.core.result import Ok
 
 from tests.faults.stack import RunningStack
 
-EXAMPLES_PER_SERVICE = 150
+EXAMPLES_PER_SERVICE = 100
 
 
 @pytest.mark.parametrize("service", ["catalog", "ingest", "reporting"])
