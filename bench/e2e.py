@@ -504,6 +504,13 @@ def summarise_profile(service: str, path: Path, top: int = 15) -> str:
 # ------------------------------------------------------------------------------------------------ the run
 
 
+def log_text(stack: Stack, name: str) -> str:
+    try:
+        return (stack.data_dir / "logs" / f"{name}.log").read_text("utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
 def loadavg() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -591,7 +598,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
             keep_times=True,
             max_pending=args.max_pending,
         )
-        deadline = time.perf_counter() + 30
+        deadline = time.perf_counter() + args.drain_timeout
         while len(watcher.seen.keys() & lat.publish_times.keys()) < lat.acked and time.perf_counter() < deadline:
             await asyncio.sleep(0.1)
         latencies = [(watcher.seen[e] - t) * 1000 for e, t in lat.publish_times.items() if e in watcher.seen]
@@ -619,6 +626,19 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
             + ("match the published slots" if agrees else f"DIFFER: served {served} expected {expected}")
         )
         ok = ok and agrees
+
+        dropping = [n for n in ("ingest", "reporting") if "dropping Span" in log_text(stack, n)]
+        if dropping:
+            print(
+                f'  note: span queue overflowed in {", ".join(dropping)} ("Queue full, dropping Span"): traces incomplete'
+            )
+        p50 = percentile(latencies, 50) if latencies else float("nan")
+        p99 = percentile(latencies, 99) if latencies else float("nan")
+        print(
+            f"SUMMARY end-to-end {sustained:,.0f} events/s sustained ({drained:,.0f} drain), raw {raw:,.0f} events/s, "
+            f"ratio {sustained / raw:.2f}; at {args.latency_rate:,.0f}/s p50 {p50:.0f} ms p99 {p99:.0f} ms; "
+            f"load average during the load {la_during}"
+        )
     finally:
         watcher.stop()
         for nc in conns.values():
