@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pytest
 from fastapi import FastAPI
 from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 
-from tests.faults.stack import RunningStack, running_stack
+from tests.faults.stack import RunningStack
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(f"{s}.__main__") is None for s in ("catalog", "ingest", "reporting")),
@@ -94,10 +94,9 @@ def concrete(path: str) -> str:
     return re.sub(r"\{(\w+)(?::\w+)?\}", lambda m: SAMPLE_PARAMS.get(m.group(1), "x"), path)
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningStack]:
-    with running_stack(tmp_path_factory.mktemp("readonly") / "var") as running:
-        yield running
+@pytest.fixture
+def stack(security_stack: RunningStack) -> RunningStack:
+    return security_stack
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,64 @@
+"""Secrets of a stack started the way `shinchoku up` starts it: generated, private on disk, given to no one else.
+
+- nats/ is 0700, nats/secrets.json and nats/nats.conf are 0600; every user has its own generated secret;
+- each service process receives only its own NATS password (read from /proc/PID/environ), and no agency's;
+- no secret appears in stack.json, in any log file, or in the services' HTTP answers (healthz, OpenAPI).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import httpx
+
+from contracts.agencies import Agency
+from shinchoku_runtime.natsconf import CONFIG_FILE, SECRETS_FILE
+from tests.faults.stack import RunningStack
+
+SERVICES = ("catalog", "ingest", "reporting")
+
+
+def _mode(path: os.PathLike[str] | str) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    pairs = (item.decode("utf-8", "replace").partition("=") for item in raw if item)
+    return {k: v for k, _, v in pairs}
+
+
+def test_secrets_files_are_private_and_generated(security_stack: RunningStack) -> None:
+    nats_dir = security_stack.data_dir / "nats"
+    assert _mode(nats_dir) == 0o700, oct(_mode(nats_dir))
+    for name in (SECRETS_FILE, CONFIG_FILE):
+        assert _mode(nats_dir / name) == 0o600, f"{name} is {oct(_mode(nats_dir / name))}"
+    secrets = json.loads((nats_dir / SECRETS_FILE).read_text())
+    assert {a.value for a in Agency} | set(SERVICES) | {"admin"} <= set(secrets)
+    assert len(set(secrets.values())) == len(secrets), "each user has its own secret"
+    assert min(len(s) for s in secrets.values()) >= 24
+
+
+def test_each_service_gets_only_its_own_password(security_stack: RunningStack) -> None:
+    secrets: dict[str, str] = json.loads((security_stack.data_dir / "nats" / SECRETS_FILE).read_text())
+    for service in SERVICES:
+        pid = security_stack.pid(service)
+        assert pid is not None
+        values = set(_environ(pid).values())
+        assert secrets[service] in values, f"{service} was not given its password"
+        others = {user for user, secret in secrets.items() if user != service and secret in values}
+        assert others == set(), f"{service}'s environment holds the secrets of {sorted(others)}"
+
+
+def test_no_secret_leaks_into_files_or_answers(security_stack: RunningStack) -> None:
+    secrets: dict[str, str] = json.loads((security_stack.data_dir / "nats" / SECRETS_FILE).read_text())
+    texts = {"stack.json": (security_stack.data_dir / "stack.json").read_text()}
+    for log in (security_stack.data_dir / "logs").glob("*.log"):
+        texts[f"logs/{log.name}"] = log.read_text("utf-8", errors="replace")
+    for service in SERVICES:
+        for path in ("/healthz", "/openapi.json", "/metrics"):
+            texts[f"{service}{path}"] = httpx.get(security_stack.url(service) + path, timeout=10).text
+    leaks = [(where, user) for where, text in texts.items() for user, secret in secrets.items() if secret in text]
+    assert leaks == [], f"secrets found in: {leaks}"
