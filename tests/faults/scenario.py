@@ -193,3 +193,11 @@ class Harness:
         if poison_admitted:
             result.differences.append(f"poison events admitted: {poison_admitted[:5]}")
         return result
+
+
+def check(result: Result, fault_report: Callable[[str], None]) -> None:
+    """Record the scenario's line, then hold it to the invariant: nothing acknowledged lost or counted twice."""
+    fault_report(result.line())
+    assert result.lost == 0, result.line() + "\n" + "\n".join(result.differences[:20])
+    assert result.double_counted == 0, result.line()
+    assert not result.differences, result.line() + "\n" + "\n".join(result.differences[:20])

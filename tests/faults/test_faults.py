@@ -33,7 +33,7 @@ from shinchoku_runtime.testing import fresh_postgres_database, pg_admin_url, pos
 from .checker import JST, Report
 from .load import plan_reports
 from .observe import Stores, catalog_measures
-from .scenario import Harness, Result
+from .scenario import Harness, check
 from .stack import running_stack
 
 pytestmark = [
@@ -83,13 +83,6 @@ def harness(tmp_path_factory: pytest.TempPathFactory, databases: tuple[str, str,
             yield Harness(stack, stores, catalog_measures(stack.url("catalog")))
         finally:
             stores.dispose()
-
-
-def check(result: Result, fault_report: Callable[[str], None]) -> None:
-    fault_report(result.line())
-    assert result.lost == 0, result.line() + "\n" + "\n".join(result.differences[:20])
-    assert result.double_counted == 0, result.line()
-    assert not result.differences, result.line() + "\n" + "\n".join(result.differences[:20])
 
 
 async def test_sigkill_ingest_mid_load(harness: Harness, fault_report: Callable[[str], None]) -> None:

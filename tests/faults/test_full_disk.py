@@ -23,9 +23,8 @@ import pytest
 
 from .load import Outcome, Publishers, plan_reports
 from .observe import Stores, admin_connection, catalog_measures, last_seq
-from .scenario import Harness
+from .scenario import Harness, check
 from .stack import RunningStack, running_stack
-from .test_faults import check
 
 pytestmark = [
     pytest.mark.slow,
