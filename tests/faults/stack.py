@@ -175,7 +175,11 @@ def running_stack(
         launch.specs, run_dir=launch.stack.run_dir, logs_dir=launch.stack.logs_dir, log=running.log.append
     )
     try:
-        running._start(startup_timeout)
+        try:
+            running._start(startup_timeout)
+        except Exception as e:
+            tails = "\n".join(f"--- {name}:\n{log_tail(running, name)}" for name in (NATS, *SERVICES))
+            raise RuntimeError(f"the stack did not start: {e}\n{tails}") from e
         yield running
     finally:
         running.stop()

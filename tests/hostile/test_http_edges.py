@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.faults.stack import RunningStack
+from tests.faults.stack import RunningStack, log_tail
 
 HUGE = str(2**64)  # beyond a 64-bit SQL integer: SQLite cannot bind it (OverflowError), PostgreSQL's bigint neither
 
@@ -26,6 +26,8 @@ def test_huge_numbers_are_user_errors(
     hostile_stack: RunningStack, service: str, path: str, params: dict[str, str]
 ) -> None:
     response = httpx.get(f"{hostile_stack.url(service)}{path}", params=params, timeout=10)
-    assert response.status_code < 500, f"{service} {path} {params} → {response.status_code}: {response.text[:300]}"
+    assert response.status_code < 500, (
+        f"{service} {path} {params} → {response.status_code}: {response.text[:300]}\n{log_tail(hostile_stack, service)}"
+    )
     if response.status_code >= 400:
         assert response.json().get("detail"), response.text
