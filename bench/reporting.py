@@ -7,12 +7,15 @@
 
 What one run does:
 
-1. starts nats-server (from the wheel, generated users, `sync_interval: always`) in a temporary directory, puts a
+1. starts nats-server (from the wheel, generated users) in a temporary directory, puts a
    320-measure catalog (shaped like the plan) into the CATALOG bucket, and bulk-loads N AdmittedEvent messages onto
    ACCEPTED as the admin user (Nats-Msg-Id and a traceparent header on each, as ingest publishes them), spread over
-   the twelve quarters FY2024Q1–FY2026Q4 with many corrections per (measure, agency, quarter);
+   the twelve quarters FY2024Q1–FY2026Q4 with many corrections per (measure, agency, quarter). Loading is
+   set-up: it runs without `sync_interval: always`; every measured phase runs on the same store with it;
 2. consumer: starts `python -m reporting` (default settings, tracing to its span file) and times how fast the
-   durable consumer drains the backlog; "sustained" is the rate between 10 % and 90 % acknowledged;
+   durable consumer drains the backlog; "sustained" is the rate between 10 % and 90 % acknowledged. Then it
+   drains the same backlog again into an empty store with the OpenTelemetry SDK disabled, to show what the
+   per-message spans cost (`--skip-untraced` skips this);
 3. latency: with all N events stored, GETs `/rollups/{fy}/{q}` over real HTTP (httpx, one connection) for several
    quarters: p50/p99 as served (cached until the store changes), and p50/p99 right after a change (a fresh event
    applied before each request, so the rollup is recomputed from the effective reports);
@@ -31,6 +34,7 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -50,7 +54,9 @@ import httpx  # noqa: E402
 from nats.aio.client import Client  # noqa: E402
 
 from contracts.periods import TOKYO, FiscalQuarter, quarters_between  # noqa: E402
+from reporting.repository import drop_tables  # noqa: E402
 from reporting.testing import bulk_publish, put_catalog, synthetic_measures  # noqa: E402
+from shinchoku_runtime.db import make_engine  # noqa: E402
 from shinchoku_runtime.natsclient import connect, ensure_streams  # noqa: E402
 from shinchoku_runtime.natsconf import write_config  # noqa: E402
 from shinchoku_runtime.natsserver import NatsServer, free_port, nats_server_binary, wait_for_port  # noqa: E402
@@ -93,6 +99,16 @@ def messages(count: int, seed: int = 3) -> Iterator[tuple[str, bytes, dict[str, 
         yield f"accepted.{agency}.{measure_id}", body.encode(), headers
 
 
+def drop_store(database_url: str) -> None:
+    """Empty the reporting store (for a second drain from the start)."""
+    engine = make_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            drop_tables(conn, suffix="")
+    finally:
+        engine.dispose()
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
@@ -107,6 +123,12 @@ def spy_argv(out: Path | None, name: str) -> list[str]:
     return [spy, "record", "--rate", "250", "--format", "raw", "-o", str(out / f"{name}.txt"), "--"]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def children(pid: int) -> list[int]:
     path = Path(f"/proc/{pid}/task/{pid}/children")
     return [int(x) for x in path.read_text().split()] if path.exists() else []
@@ -116,6 +138,7 @@ class Service:
     """`python -m reporting` as a child process on a free port (under py-spy when profiling)."""
 
     def __init__(self, env: dict[str, str], log: Path, profile: Path | None = None) -> None:
+        """`profile`: a directory for py-spy's output."""
         self.env = env
         self.log = log
         self.profile = profile
@@ -123,8 +146,21 @@ class Service:
 
     def start(self) -> None:
         out = self.log.open("ab")
-        argv = [*spy_argv(self.profile, "service"), sys.executable, "-m", "reporting"]
+        spy = spy_argv(self.profile.parent, self.profile.name) if self.profile else []
+        argv = [*spy, sys.executable, "-m", "reporting"]
         self.process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def pid(self) -> int:
+        """The service's own pid (not py-spy's, when profiling)."""
+        assert self.process is not None
+        if self.profile:
+            for _ in range(100):
+                found = children(self.process.pid)
+                if found:
+                    return found[0]
+                time.sleep(0.05)
+        return self.process.pid
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -218,6 +254,7 @@ async def main() -> None:
     parser.add_argument("--postgres", action="store_true", help="the store on a fresh PostgreSQL database")
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    parser.add_argument("--skip-untraced", action="store_true", help="drain once only (with tracing)")
     args = parser.parse_args()
 
     print(f"reporting benchmark: {args.events:,} events; {load()}", flush=True)
@@ -266,17 +303,33 @@ async def main() -> None:
                 "SHINCHOKU_REPORTING_PORT": str(port),
                 "SHINCHOKU_REPORTING_LOG_LEVEL": "WARNING",
             }
-            service = Service(env, tmp / "reporting.log", args.profile)
-            service.start()
-            assert service.process is not None
+            # The consumer with tracing as deployed (every report's trace recorded, spans to the span file), then
+            # again from an empty store with the SDK disabled, to show what tracing costs.
+            runs = [("traced", {})] + ([] if args.skip_untraced else [("untraced", {"OTEL_SDK_DISABLED": "true"})])
+            service: Service | None = None
             try:
-                await wait_healthy(base)
-                sustained, whole = await drain(admin, loaded)
-                print(
-                    f"consumer: {sustained:,.0f} events/s sustained (10–90 % of the backlog), "
-                    f"{whole:,.0f} events/s over the whole drain",
-                    flush=True,
-                )
+                for i, (label, extra) in enumerate(runs):
+                    if i > 0:
+                        await admin.jetstream().delete_consumer("ACCEPTED", "reporting")
+                        drop_store(database_url)
+                    profile = args.profile / f"service-{label}" if args.profile else None
+                    service = Service({**env, **extra}, tmp / f"reporting-{label}.log", profile)
+                    service.start()
+                    await wait_healthy(base)
+                    pid, nats_pid = service.pid, server.process.pid if server.process else 0
+                    cpu, nats_cpu = cpu_seconds(pid), cpu_seconds(nats_pid)
+                    sustained, whole = await drain(admin, loaded)
+                    per_event = (cpu_seconds(pid) - cpu) / loaded * 1e6
+                    nats_per_event = (cpu_seconds(nats_pid) - nats_cpu) / loaded * 1e6
+                    print(
+                        f"consumer ({label}): {sustained:,.0f} events/s sustained (10–90 % of the backlog), "
+                        f"{whole:,.0f} events/s over the whole drain; CPU per event: reporting {per_event:.0f} µs "
+                        f"(= {1e6 / per_event:,.0f} events/s on one free core), nats-server {nats_per_event:.0f} µs; "
+                        f"{load()}",
+                        flush=True,
+                    )
+                    if i < len(runs) - 1:
+                        service.stop()
                 quarters = [
                     FiscalQuarter(2024, 3),
                     FiscalQuarter(2025, 1),
@@ -292,7 +345,8 @@ async def main() -> None:
                         flush=True,
                     )
             finally:
-                service.stop()
+                if service is not None:
+                    service.stop()
 
             t = time.monotonic()
             rebuild = subprocess.Popen(
@@ -302,15 +356,19 @@ async def main() -> None:
                 stderr=subprocess.DEVNULL,
                 text=True,
             )
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
             stdout, _ = rebuild.communicate()
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            rebuild_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
             seconds = time.monotonic() - t
             if rebuild.returncode != 0:
                 raise RuntimeError(f"rebuild failed: {stdout}")
             stored = re.search(r"([\d,]+) events,", stdout)
             print(
                 f"rebuild: {loaded + args.changes:,} ACCEPTED messages replayed into a new store in {seconds:.1f}s: "
-                f"{(loaded + args.changes) / seconds:,.0f} events/s (command wall time; "
-                f"{stored.group(1) if stored else '?'} events stored)",
+                f"{(loaded + args.changes) / seconds:,.0f} events/s (command wall time, start-up included; "
+                f"{stored.group(1) if stored else '?'} events stored); CPU {rebuild_cpu:.1f}s in the rebuild process "
+                f"(= {(loaded + args.changes) / max(rebuild_cpu, 1e-9):,.0f} events/s of its CPU); {load()}",
                 flush=True,
             )
             await admin.close()

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Final, Literal
+from typing import Final, Literal, NamedTuple
 
 from contracts.agencies import Agency
 from contracts.catalog import Measure, Target
@@ -51,9 +51,8 @@ class KpiReading:
     as_of: date
 
 
-@dataclass(frozen=True, slots=True)
-class LeadReport:
-    """One agency's report on one measure for one fiscal quarter."""
+class LeadReport(NamedTuple):
+    """One agency's report on one measure for one fiscal quarter (a named tuple: cheap to make in bulk)."""
 
     measure_id: str
     agency: str
@@ -291,10 +290,6 @@ class MeasureProgress:
     observations: Mapping[int, Observation]
 
 
-#: What the latest status needs of an effective report: (measure_id, agency, fiscal_year, quarter, status).
-StatusRow = tuple[str, str, int, int, str]
-
-
 def measure_progress(measure: Measure, reports: Iterable[LeadReport]) -> MeasureProgress:
     """Latest status and KPI observations from a measure's effective reports of every quarter.
 
@@ -302,57 +297,68 @@ def measure_progress(measure: Measure, reports: Iterable[LeadReport]) -> Measure
     observation of a target is the one with the greatest `as_of`, then the later report. Reports of
     agencies that do not lead the measure, and observations of targets it does not have, are ignored.
     """
-    reports = list(reports)
-    statuses = [(r.measure_id, r.agency, r.fiscal_year, r.quarter, r.status) for r in reports]
-    return progress_by_measure([measure], statuses, [r for r in reports if r.kpis])[measure.id]
+    by_quarter: dict[FiscalQuarter, dict[str, LeadReport]] = {}
+    for report in reports:
+        by_quarter.setdefault(report.fiscal_quarter, {})[report.agency] = report
+    rollups = [rollup_quarter(q, [measure], {measure.id: mine}) for q, mine in by_quarter.items()]
+    observations = latest_observations([measure], [r for mine in by_quarter.values() for r in mine.values()])
+    return progress_from_rollups([measure], rollups, [observations])[measure.id]
 
 
-def progress_by_measure(
-    measures: Iterable[Measure], statuses: Iterable[StatusRow], kpi_reports: Iterable[LeadReport]
-) -> dict[str, MeasureProgress]:
-    """`measure_progress` for many measures at once, from light status rows of every effective report and
-    the effective reports that carry KPI observations (the rollups recompute this whenever the store changes).
-    """
+def latest_observations(
+    measures: Iterable[Measure], reports: Iterable[LeadReport]
+) -> dict[str, dict[int, Observation]]:
+    """Per measure and target index, the latest observation the reports carry (leads only, known targets)."""
     by_id = {m.id: m for m in measures}
     leads = {m.id: {str(a) for a in m.lead_agencies} for m in by_id.values()}
-    latest_key: dict[str, int] = {}
-    latest: dict[str, dict[str, str]] = {}
-    for measure_id, agency, fiscal_year, quarter, status in statuses:
-        lead_set = leads.get(measure_id)
-        if lead_set is None or agency not in lead_set:
+    out: dict[str, dict[int, Observation]] = {}
+    for report in reports:
+        if not report.kpis:
             continue
-        key = fiscal_year * 4 + quarter
-        seen = latest_key.get(measure_id)
-        if seen is None or key > seen:
-            latest_key[measure_id] = key
-            latest[measure_id] = {agency: status}
-        elif key == seen:
-            latest[measure_id][agency] = status
-    observations: dict[str, dict[int, Observation]] = {}
-    for report in kpi_reports:
         measure = by_id.get(report.measure_id)
         if measure is None or report.agency not in leads[measure.id]:
             continue
-        found = observations.setdefault(measure.id, {})
+        found = out.setdefault(measure.id, {})
         for kpi in report.kpis:
             if not 0 <= kpi.target < len(measure.targets):
                 continue
-            seen_obs = found.get(kpi.target)
-            if seen_obs is None or (kpi.as_of, report.reported_at, report.event_id) > (
-                seen_obs.as_of,
-                seen_obs.reported_at,
-                seen_obs.event_id,
-            ):
-                found[kpi.target] = Observation(
-                    kpi.value, kpi.as_of, report.agency, report.event_id, report.reported_at
-                )
+            candidate = Observation(kpi.value, kpi.as_of, report.agency, report.event_id, report.reported_at)
+            seen = found.get(kpi.target)
+            if seen is None or _observation_order(candidate) > _observation_order(seen):
+                found[kpi.target] = candidate
+    return out
+
+
+def _observation_order(o: Observation) -> tuple[date, datetime, str]:
+    return (o.as_of, o.reported_at, o.event_id)
+
+
+def progress_from_rollups(
+    measures: Iterable[Measure],
+    rollups: Iterable[QuarterRollup],
+    observations: Iterable[Mapping[str, Mapping[int, Observation]]],
+) -> dict[str, MeasureProgress]:
+    """Each measure's progress from the rollups of every quarter with reports and the quarters' observations.
+
+    The latest status is the measure's combined status in the latest quarter where it was reported.
+    """
+    latest: dict[str, tuple[FiscalQuarter, str]] = {}
+    for rollup in sorted(rollups, key=lambda r: r.quarter, reverse=True):
+        for standing in rollup.measures:
+            if standing.reported and standing.measure.id not in latest:
+                latest[standing.measure.id] = (rollup.quarter, standing.status)
+    merged: dict[str, dict[int, Observation]] = {}
+    for part in observations:
+        for measure_id, found in part.items():
+            into = merged.setdefault(measure_id, {})
+            for target, candidate in found.items():
+                seen = into.get(target)
+                if seen is None or _observation_order(candidate) > _observation_order(seen):
+                    into[target] = candidate
     out = {}
-    for measure_id in by_id:
-        newest = latest_key.get(measure_id)
-        latest_quarter = None if newest is None else FiscalQuarter((newest - 1) // 4, (newest - 1) % 4 + 1)
-        out[measure_id] = MeasureProgress(
-            combined_status(latest.get(measure_id, {}).values()), latest_quarter, observations.get(measure_id, {})
-        )
+    for measure in measures:
+        quarter, status = latest.get(measure.id, (None, UNREPORTED))
+        out[measure.id] = MeasureProgress(status, quarter, merged.get(measure.id, {}))
     return out
 
 

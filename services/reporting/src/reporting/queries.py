@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from contracts.agencies import Agency
 from contracts.catalog import SECTION_TITLES, Measure
@@ -28,13 +28,15 @@ from reporting.domain import (
     LeadStanding,
     MeasureProgress,
     MeasureStanding,
+    Observation,
     QuarterRollup,
     Tally,
     Trend,
+    latest_observations,
     measure_progress,
     measure_standing,
     movement,
-    progress_by_measure,
+    progress_from_rollups,
     rollup_quarter,
     target_standings,
     trend,
@@ -44,7 +46,7 @@ from shinchoku_runtime.http import BadRequest, NotFound, Unavailable
 
 MIN_FISCAL_YEAR = 2000
 MAX_FISCAL_YEAR = 2100
-_CACHE_SIZE = 64
+_CACHE_SIZE = 512
 
 Document = dict[str, Any]
 
@@ -81,10 +83,16 @@ def _by_measure(reports: Iterable[LeadReport]) -> dict[str, dict[str, LeadReport
     return grouped
 
 
-def _progress(measures: Iterable[Measure], reports: Iterable[LeadReport]) -> dict[str, MeasureProgress]:
-    reports = list(reports)
-    statuses = [(r.measure_id, r.agency, r.fiscal_year, r.quarter, r.status) for r in reports]
-    return progress_by_measure(measures, statuses, [r for r in reports if r.kpis])
+@dataclass(frozen=True)
+class QuarterData:
+    """One quarter as its effective reports make it: the rollup, and the KPI observations its reports carry."""
+
+    rollup: QuarterRollup
+    observations: dict[str, dict[int, Observation]]
+
+
+def quarter_data(quarter: FiscalQuarter, measures: Sequence[Measure], reports: Sequence[LeadReport]) -> QuarterData:
+    return QuarterData(rollup_quarter(quarter, measures, _by_measure(reports)), latest_observations(measures, reports))
 
 
 class RollupQueries:
@@ -238,8 +246,7 @@ class RollupQueries:
     def _view(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[QuarterView, tuple[Any, ...]]:
         snapshot = self.catalog()
         previous = quarter.previous()
-        reference = (as_of or self._clock()).astimezone(TOKYO)
-        today = reference.date()
+        today = (as_of or self._clock()).astimezone(TOKYO).date()
         with self._engine.connect() as conn:
             revisions = repository.revisions(conn)
             everything = tuple(sorted(revisions.items()))
@@ -249,37 +256,42 @@ class RollupQueries:
             if cached is not None:
                 return cached, key
             if as_of is None:
-                current = repository.effective_for_quarter(
-                    conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter
-                )
-                before = repository.effective_for_quarter(
-                    conn, fiscal_year=previous.fiscal_year, quarter=previous.quarter
-                )
-                progress = self._progress(conn, snapshot, everything)
+                # Each quarter's data is cached under its own revision: a new event costs one quarter's reload.
+                datas = {
+                    q: self._quarter_data(conn, snapshot, q, revision)
+                    for q, revision in ((FiscalQuarter(fy, n), rev) for (fy, n), rev in revisions.items())
+                }
+                this = datas.get(quarter) or self._quarter_data(conn, snapshot, quarter, None)
+                last = datas.get(previous) or self._quarter_data(conn, snapshot, previous, None)
             else:
                 known = repository.effective_as_of(conn, as_of=as_of)
-                current = [r for r in known if r.fiscal_year == quarter.fiscal_year and r.quarter == quarter.quarter]
-                before = [r for r in known if r.fiscal_year == previous.fiscal_year and r.quarter == previous.quarter]
-                progress = _progress(snapshot.measures, known)
-        this = rollup_quarter(quarter, snapshot.measures, _by_measure(current))
-        last = rollup_quarter(previous, snapshot.measures, _by_measure(before))
-        view = QuarterView(this, trend(this, last), progress, today, as_of)
+                grouped: dict[FiscalQuarter, list[LeadReport]] = defaultdict(list)
+                for report in known:
+                    grouped[report.fiscal_quarter].append(report)
+                datas = {q: quarter_data(q, snapshot.measures, reports) for q, reports in grouped.items()}
+                this = datas.get(quarter) or quarter_data(quarter, snapshot.measures, [])
+                last = datas.get(previous) or quarter_data(previous, snapshot.measures, [])
+        progress = progress_from_rollups(
+            snapshot.measures, (d.rollup for d in datas.values()), (d.observations for d in datas.values())
+        )
+        view = QuarterView(this.rollup, trend(this.rollup, last.rollup), progress, today, as_of)
         self._remember(key, view)
         return view, key
 
-    def _progress(
-        self, conn: Any, snapshot: CatalogSnapshot, everything: tuple[Any, ...]
-    ) -> Mapping[str, MeasureProgress]:
-        key = ("progress", everything, snapshot.revision)
+    def _quarter_data(
+        self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int | None
+    ) -> QuarterData:
+        key = ("quarter", quarter, revision, snapshot.revision)
         with self._lock:
-            cached: Mapping[str, MeasureProgress] | None = self._cache.get(key)
+            cached: QuarterData | None = self._cache.get(key)
         if cached is not None:
             return cached
-        progress = progress_by_measure(
-            snapshot.measures, repository.status_rows(conn), repository.effective_with_kpis(conn)
-        )
-        self._remember(key, progress)
-        return progress
+        reports: list[LeadReport] = []
+        if revision is not None:
+            reports = repository.effective_for_quarter(conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter)
+        data = quarter_data(quarter, snapshot.measures, reports)
+        self._remember(key, data)
+        return data
 
 
 def _check_agency(agency: Agency | str) -> str:

@@ -16,6 +16,7 @@ the RFC 3339 text as reported (keeping the reporter's offset).
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -253,6 +254,9 @@ def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any
     conn.exec_driver_sql(sql, list(rows))
 
 
+_effective_key = operator.itemgetter(0, 1, 2, 3)
+
+
 def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
     """Make each row (a tuple in EFFECTIVE_COLUMNS order) the effective report of its key, unless the stored
     one wins the ordering (greater reported_at, then greater event_id).
@@ -269,7 +273,7 @@ def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[
         f"{updates} WHERE excluded.reported_at_us > {table}.reported_at_us "
         f"OR (excluded.reported_at_us = {table}.reported_at_us AND excluded.event_id > {table}.event_id)"
     )
-    conn.exec_driver_sql(sql, sorted(rows, key=lambda r: (r[0], r[1], r[2], r[3])))
+    conn.exec_driver_sql(sql, sorted(rows, key=_effective_key))
 
 
 def bump_revisions(
@@ -409,18 +413,6 @@ def effective_for_quarter(conn: Connection, *, fiscal_year: int, quarter: int, s
 def all_effective(conn: Connection, *, store: Store = LIVE) -> list[LeadReport]:
     t = store.effective
     return [_lead_report(row) for row in conn.execute(sa.select(*_report_columns(t)))]
-
-
-def status_rows(conn: Connection, *, store: Store = LIVE) -> list[tuple[str, str, int, int, str]]:
-    """(measure_id, agency, fiscal_year, quarter, status) of every effective report, as plain tuples."""
-    sql = f'SELECT measure_id, agency, fiscal_year, quarter, status FROM "{store.effective.name}"'
-    return [tuple(row) for row in conn.exec_driver_sql(sql).fetchall()]
-
-
-def effective_with_kpis(conn: Connection, *, store: Store = LIVE) -> list[LeadReport]:
-    """The effective reports that carry KPI observations (every quarter)."""
-    t = store.effective
-    return [_lead_report(row) for row in conn.execute(sa.select(*_report_columns(t)).where(t.c.kpis.is_not(None)))]
 
 
 def effective_for_measure(conn: Connection, *, measure_id: str, store: Store = LIVE) -> list[LeadReport]:

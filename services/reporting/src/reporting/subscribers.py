@@ -32,8 +32,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
-from opentelemetry import propagate, trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry import trace
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
@@ -41,6 +40,7 @@ from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting.handlers import Admitted, apply_admitted, decode_admitted
 from reporting.metrics import ReportingMetrics
 from reporting.repository import LIVE, Store, from_micros
+from reporting.tracing import BatchSpans, MessageSpan
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ class AcceptedWriter:
         queue_batches: int = 2,
         tracer: trace.Tracer | None = None,
     ) -> None:
-        self._tracer = tracer or trace.get_tracer(__name__)
+        self._spans = BatchSpans(tracer or trace.get_tracer(__name__), db_system=engine.dialect.name)
         self._engine = engine
         self._metrics = metrics
         self._store = store
@@ -212,7 +212,6 @@ class AcceptedWriter:
         self._max_rows = max_rows
         self._queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=queue_batches)
         self._task: asyncio.Task[None] | None = None
-        self._db_system = engine.dialect.name
 
     async def submit(self, batch: list[Delivery]) -> None:
         """Queue a batch (waits while the writer is behind: that is the back-pressure)."""
@@ -303,46 +302,25 @@ class AcceptedWriter:
         self, deliveries: Sequence[Delivery], started: int, ended: int, *, error: Exception | None = None
     ) -> None:
         """One span per message (parent: the report's trace), with the batch's DB write as its child."""
-        done = time.time_ns()
+        messages = []
         for d in deliveries:
-            admitted = d.admitted
-            assert admitted is not None
-            report = admitted.report
-            parent = propagate.extract(d.msg.headers or {})
-            span = self._tracer.start_span(
-                f"reporting process {d.msg.subject}",
-                context=parent,
-                kind=SpanKind.CONSUMER,
-                start_time=d.received_ns,
-                attributes={
-                    "messaging.system": "nats",
-                    "messaging.destination.name": d.msg.subject,
-                    "messaging.operation": "process",
-                    "messaging.consumer.group.name": REPORTING_DURABLE,
-                    "shinchoku.event_id": report.event_id,
-                    "shinchoku.measure_id": report.measure_id,
-                    "shinchoku.agency": report.agency,
-                    "shinchoku.fiscal_quarter": report.fiscal_quarter.label,
-                },
-            )
-            if not span.is_recording():
-                span.end()
+            report = d.admitted.report if d.admitted is not None else None
+            if report is None:
                 continue
-            child = self._tracer.start_span(
-                "reporting db write",
-                context=trace.set_span_in_context(span),
-                kind=SpanKind.CLIENT,
-                start_time=started,
-                attributes={
-                    "db.system": self._db_system,
-                    "db.operation": "apply admitted batch",
-                    "shinchoku.batch_size": len(deliveries),
-                    "shinchoku.event_id": report.event_id,
-                },
+            messages.append(
+                MessageSpan(
+                    headers=d.msg.headers,
+                    name=f"reporting process {d.msg.subject}",
+                    attributes={
+                        "messaging.system": "nats",
+                        "messaging.destination.name": d.msg.subject,
+                        "messaging.operation": "process",
+                        "messaging.consumer.group.name": REPORTING_DURABLE,
+                        "shinchoku.event_id": report.event_id,
+                        "shinchoku.measure_id": report.measure_id,
+                        "shinchoku.agency": report.agency,
+                    },
+                    start_ns=d.received_ns,
+                )
             )
-            if error is not None:
-                child.record_exception(error)
-                child.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
-                span.set_status(Status(StatusCode.ERROR, "database write failed; message nak'ed for redelivery"))
-            child.end(end_time=ended)
-            span.end(end_time=done)
+        self._spans.record(messages, write_start_ns=started, write_end_ns=ended, error=error)
