@@ -226,11 +226,13 @@ async def test_measures_missing_from_the_mirror_are_asked_of_the_catalog(
     ingest: Any, publisher_for: Publishers, admin_nc: Client
 ) -> None:
     asked: list[str] = []
+    traceparents: dict[str, str] = {}
     extra = SAMPLE_MEASURES[0].model_copy(update={"id": "5-5"})
 
     async def answer(msg: Msg) -> None:
         measure_id = msg.data.decode()
         asked.append(measure_id)
+        traceparents[measure_id] = (msg.headers or {}).get("traceparent", "")
         if measure_id == "5-5":
             await msg.respond(extra.model_dump_json().encode())
         else:
@@ -241,10 +243,14 @@ async def test_measures_missing_from_the_mirror_are_asked_of_the_catalog(
     known, unknown = event_body(measure_id="5-5"), event_body(measure_id="5-6")
     await mof.publish_raw("status.mof.5-5", encode(known))
     await mof.publish_raw("status.mof.5-6", encode(unknown))
-    assert (await wait_for_event(ingest.http, known["event_id"]))["outcome"] == "admitted"
+    admitted = await wait_for_event(ingest.http, known["event_id"])
+    assert admitted["outcome"] == "admitted"
     decided = await wait_for_event(ingest.http, unknown["event_id"])
     assert (decided["outcome"], decided["reason"]) == ("rejected", "unknown_measure")
     assert sorted(asked) == ["5-5", "5-6"]
+    # Each request carried its report's trace, so the catalog's span joins it.
+    assert traceparents["5-5"].split("-")[1] == admitted["trace_id"]
+    assert traceparents["5-6"].split("-")[1] == decided["trace_id"]
 
 
 async def test_an_unreachable_catalog_delays_a_report_but_never_rejects_it(

@@ -37,6 +37,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 from contracts.events import AdmittedEvent, ReasonCode, Rejection, StatusEvent
 from contracts.streams import (
     ACCEPTED_STREAM,
+    CATALOG_MEASURE_GET,
     MSG_ID_HEADER,
     REJECTED_STREAM,
     accepted_subject,
@@ -293,15 +294,32 @@ class BatchHandler:
         todo = [d for d in deliveries if d.stored is None and not d.fault]
 
         # 2. The catalog, for every well-formed report.
-        reports = [d for d in todo if isinstance(d.read, Report)]
+        reports = [(d, d.read) for d in todo if isinstance(d.read, Report)]
         lookup_started = time.time_ns()
-        found, unavailable = await self._mirror.lookup_many(d.read.event.measure_id for d in reports)  # type: ignore[union-attr]
+        # A measure the mirror lacks is asked of the catalog inside the first asking message's trace.
+        asking: dict[str, Span | None] = {}
+        owners: set[int] = set()
+        for d, report in reports:
+            measure_id = report.event.measure_id
+            if measure_id not in asking and not self._mirror.cached(measure_id)[0]:
+                span = self._start_child(d, "catalog lookup", SpanKind.CLIENT, CATALOG_MEASURE_GET, "request")
+                asking[measure_id] = span
+                if span is not None:
+                    span.set_attribute("shinchoku.measure_id", measure_id)
+                    owners.add(d.seq)
+        contexts = {m: trace.set_span_in_context(span) for m, span in asking.items() if span is not None}
+        found, unavailable = await self._mirror.lookup_many((r.event.measure_id for _, r in reports), contexts)
         lookup_ended = time.time_ns()
         self._metrics.phase_seconds.labels("catalog").observe((lookup_ended - lookup_started) / 1e9)
-        for d in reports:
-            assert isinstance(d.read, Report)
-            measure_id = d.read.event.measure_id
-            self._child(d, "catalog lookup", lookup_started, lookup_ended, {"shinchoku.measure_id": measure_id})
+        for span in asking.values():
+            if span is not None:
+                span.end(end_time=lookup_ended)
+        for d, report in reports:
+            measure_id = report.event.measure_id
+            if d.seq not in owners:
+                source = "catalog" if measure_id in asking else "mirror"
+                attributes = {"shinchoku.measure_id": measure_id, "shinchoku.catalog.source": source}
+                self._child(d, "catalog lookup", lookup_started, lookup_ended, attributes)
             if measure_id in unavailable:
                 self._fault(d, FAULT_CATALOG, unavailable[measure_id])
 
@@ -723,7 +741,9 @@ class BatchHandler:
         )
         span.end(end_time=end_ns)
 
-    def _start_child(self, d: Delivery, name: str, kind: SpanKind, subject: str) -> Span | None:
+    def _start_child(
+        self, d: Delivery, name: str, kind: SpanKind, subject: str, operation: str = "publish"
+    ) -> Span | None:
         if not d.span.is_recording():
             return None
         return self._tracer.start_span(
@@ -732,7 +752,7 @@ class BatchHandler:
             kind=kind,
             attributes={
                 "messaging.system": "nats",
-                "messaging.operation": "publish",
+                "messaging.operation": operation,
                 "messaging.destination.name": subject,
             },
         )

@@ -12,7 +12,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -20,6 +20,8 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from opentelemetry.context import Context
+from opentelemetry.propagate import inject
 from pydantic import ValidationError
 
 from contracts.catalog import Measure
@@ -132,10 +134,18 @@ class MeasureMirror:
             return True, None
         return False, None
 
-    async def ask(self, measure_id: str) -> Measure | None:
-        """Ask the catalog for one measure: None when it says not found; CatalogUnavailable when it cannot say."""
+    async def ask(self, measure_id: str, context: Context | None = None) -> Measure | None:
+        """Ask the catalog for one measure: None when it says not found; CatalogUnavailable when it cannot say.
+
+        The request carries `context` as a W3C traceparent, so the catalog's span joins the report's trace.
+        """
+        headers: dict[str, str] = {}
+        if context is not None:
+            inject(headers, context=context)
         try:
-            reply = await self._nc.request(CATALOG_MEASURE_GET, measure_id.encode(), timeout=self._timeout)
+            reply = await self._nc.request(
+                CATALOG_MEASURE_GET, measure_id.encode(), timeout=self._timeout, headers=headers or None
+            )
         except (NoRespondersError, NatsTimeoutError, TimeoutError) as e:
             raise CatalogUnavailable(f"the catalog did not answer {CATALOG_MEASURE_GET} for {measure_id}: {e!r}") from e
         except Exception as e:  # connection closed or reconnecting: transient all the same
@@ -156,8 +166,13 @@ class MeasureMirror:
         self._measures.setdefault(measure_id, measure)
         return measure
 
-    async def lookup_many(self, measure_ids: Iterable[str]) -> tuple[dict[str, Measure | None], dict[str, str]]:
-        """Look up several measures: (found or known absent, unavailable with why)."""
+    async def lookup_many(
+        self, measure_ids: Iterable[str], contexts: Mapping[str, Context] | None = None
+    ) -> tuple[dict[str, Measure | None], dict[str, str]]:
+        """Look up several measures: (found or known absent, unavailable with why).
+
+        `contexts` gives, per measure id, the trace context a request to the catalog should carry.
+        """
         found: dict[str, Measure | None] = {}
         to_ask: list[str] = []
         for measure_id in set(measure_ids):
@@ -168,7 +183,8 @@ class MeasureMirror:
                 to_ask.append(measure_id)
         unavailable: dict[str, str] = {}
         if to_ask:
-            answers = await asyncio.gather(*(self.ask(m) for m in to_ask), return_exceptions=True)
+            traced = contexts or {}
+            answers = await asyncio.gather(*(self.ask(m, traced.get(m)) for m in to_ask), return_exceptions=True)
             for measure_id, answer in zip(to_ask, answers, strict=True):
                 if isinstance(answer, CatalogUnavailable):
                     unavailable[measure_id] = str(answer)
