@@ -28,7 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import PubAck
+from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagate import extract, inject
@@ -57,7 +57,6 @@ from ingest.domain import (
     read_report,
     readable_event_id,
 )
-from ingest.jetstream import JetStreamPublisher
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
 from ingest.repository import (
@@ -69,6 +68,7 @@ from ingest.repository import (
     StoredDecision,
     WriteConflict,
 )
+from shinchoku_runtime.batchpublish import BatchAck, OutMessage, publish_atomic
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,6 @@ class Delivery:
     fault_detail: str = ""
     settled: bool = False
     acked: bool = False
-    pub_ack: PubAck | None = None
 
     @property
     def agency(self) -> str:
@@ -128,7 +127,8 @@ class Delivery:
         return format(ctx.trace_id, "032x") if ctx.trace_id else None
 
 
-Waiting = dict["asyncio.Future[PubAck]", tuple[Delivery, Span | None]]
+#: The atomic batches being published, each with the messages (and their publish spans) it carries.
+Publishing = list[tuple["asyncio.Future[BatchAck]", list[tuple[Delivery, Span | None]]]]
 
 
 def retry_delay(delivered: int, cap: float) -> float:
@@ -156,7 +156,6 @@ class BatchHandler:
         self._engine = engine
         self._nc = nc
         self._js = nc.jetstream()
-        self._publisher = JetStreamPublisher(nc)
         self._mirror = mirror
         self._metrics = metrics
         self._options = options
@@ -168,8 +167,7 @@ class BatchHandler:
         self._finishing: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        """Subscribe to the PubAcks of this handler's publishes (before the first batch)."""
-        await self._publisher.start()
+        """Nothing to prepare: each atomic batch awaits its own PubAck (kept for the composition root)."""
 
     # --- entry point ---
 
@@ -186,7 +184,7 @@ class BatchHandler:
         try:
             try:
                 await self._prepare(deliveries, recheck=False)
-                waiting = await self._start_publish(deliveries)
+                waiting = self._start_publish(deliveries)
             except Exception:
                 log.exception("unexpected error in a batch of %d; deciding its messages one by one", len(deliveries))
                 await self._one_by_one(deliveries)
@@ -213,7 +211,7 @@ class BatchHandler:
             self._reset(d)
             try:
                 await self._prepare([d], recheck=True)
-                waiting = await self._start_publish([d])
+                waiting = self._start_publish([d])
                 await self._await_pub_acks(waiting)
             except Exception as e:
                 log.exception("message STATUS-%d cannot be processed now", d.seq)
@@ -221,7 +219,7 @@ class BatchHandler:
             await self._settle(d)
         self._count(deliveries)
 
-    async def _finish(self, deliveries: list[Delivery], waiting: Waiting, started: float) -> None:
+    async def _finish(self, deliveries: list[Delivery], waiting: Publishing, started: float) -> None:
         try:
             await self._await_pub_acks(waiting)
             for d in deliveries:
@@ -515,9 +513,15 @@ class BatchHandler:
             rejection.rejection_id,
         )
 
-    async def _start_publish(self, deliveries: list[Delivery]) -> Waiting:
-        """Publish every decision at once (publish_async): the futures of their PubAcks."""
-        waiting: Waiting = {}
+    def _start_publish(self, deliveries: list[Delivery]) -> Publishing:
+        """Start publishing the batch: its ACCEPTED decisions as one atomic batch, its REJECTED ones as another.
+
+        With `sync_interval: always` each stored write is an fsync: an atomic batch is one write and one
+        PubAck for all its messages. A batch holding a decision the stream already has (a redelivery whose
+        earlier publish was stored) is refused whole by the broker and republished message by message;
+        the duplicate window drops the copies.
+        """
+        outgoing: dict[str, tuple[list[OutMessage], list[tuple[Delivery, Span | None]]]] = {}
         for d in deliveries:
             if d.fault:
                 continue
@@ -528,43 +532,36 @@ class BatchHandler:
             span = self._start_child(d, f"{stream} publish", SpanKind.PRODUCER, subject)
             headers = {MSG_ID_HEADER: msg_id}
             inject(headers, context=trace.set_span_in_context(span or d.span))
-            try:
-                future = await self._publisher.publish(subject, payload, stream=stream, headers=headers)
-            except Exception as e:
-                self._fault(d, FAULT_NATS, f"publish failed: {e!r}")
-                if span is not None:
-                    span.end()
-                continue
-            waiting[future] = (d, span)
-        return waiting
+            messages, owners = outgoing.setdefault(stream, ([], []))
+            messages.append(OutMessage(subject, payload, headers))
+            owners.append((d, span))
+        timeout = self._options.publish_timeout
+        return [
+            (asyncio.ensure_future(publish_atomic(self._nc, stream, messages, timeout=timeout)), owners)
+            for stream, (messages, owners) in outgoing.items()
+        ]
 
-    async def _await_pub_acks(self, waiting: Waiting) -> None:
-        """Wait (bounded) for every PubAck; a missing or refused one is a NATS fault for its message."""
-        if not waiting:
+    async def _await_pub_acks(self, publishing: Publishing) -> None:
+        """Wait for each batch's PubAck; a missing or refused one is a NATS fault for every message of it."""
+        if not publishing:
             return
         started = time.perf_counter()
-        deadline = started + self._options.publish_timeout
-        pending: set[asyncio.Future[PubAck]] = set(waiting)
-        while pending:
-            _done, pending = await asyncio.wait(pending, timeout=min(0.25, max(0.0, deadline - time.perf_counter())))
-            # A PubAck does not survive a lost connection: stop waiting for it, the redelivery republishes.
-            if not pending or time.perf_counter() >= deadline or not self._nc.is_connected:
-                break
+        await asyncio.wait([task for task, _ in publishing])
         self._metrics.phase_seconds.labels("publish").observe(time.perf_counter() - started)
-        self._publisher.abandon(pending)
-        for future, (d, span) in waiting.items():
-            if future in pending:
-                self._fault(d, FAULT_NATS, "no PubAck (timeout or connection lost)")
-            elif (error := future.exception()) is not None:
-                self._fault(d, FAULT_NATS, f"publish refused: {error!r}")
+        for task, owners in publishing:
+            error = task.exception()
+            if error is not None:
+                detail = "no PubAck (timeout)" if isinstance(error, NatsTimeoutError) else f"publish failed: {error!r}"
+                for d, _span in owners:
+                    self._fault(d, FAULT_NATS, detail)
             else:
-                d.pub_ack = future.result()
+                ack = task.result()
+                for _d, span in owners:
+                    if span is not None and ack.fell_back:
+                        span.set_attribute("messaging.nats.republished", True)
+            for _d, span in owners:
                 if span is not None:
-                    span.set_attribute("messaging.nats.stream_sequence", d.pub_ack.seq)
-                    if d.pub_ack.duplicate:
-                        span.set_attribute("messaging.nats.duplicate", True)
-            if span is not None:
-                span.end()
+                    span.end()
 
     # --- settling each message ---
 
