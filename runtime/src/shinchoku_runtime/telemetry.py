@@ -56,6 +56,10 @@ SPAN_FILE_MAX_BYTES_ENV = "SHINCHOKU_SPAN_FILE_MAX_BYTES"
 SPAN_FILE_BACKUPS_ENV = "SHINCHOKU_SPAN_FILE_BACKUPS"
 #: Fresh span files matter more than batching here: `shinchoku trace` reads them right after a report.
 DEFAULT_SCHEDULE_DELAY_MILLIS = 500
+#: Room for a few seconds of spans at thousands of messages a second (the SDK's 2,048 overflowed and dropped
+#: spans under load), exported in large batches (one write each).
+DEFAULT_MAX_QUEUE_SIZE = 32_768
+DEFAULT_MAX_EXPORT_BATCH_SIZE = 2_048
 #: Requests that are not worth a trace (probes every few seconds, scrapes).
 DEFAULT_EXCLUDED_URLS = "/healthz,/metrics"
 
@@ -73,8 +77,16 @@ def _plain(value: object) -> object:
     return str(value)
 
 
+_SCALARS = (str, int, float, bool)
+
+
 def _attributes(attributes: Attributes | Mapping[str, object] | None) -> dict[str, object]:
-    return {k: _plain(v) for k, v in (attributes or {}).items()}
+    if not attributes:
+        return {}
+    # Nearly every attribute is a scalar already: copy without converting unless one is not.
+    if all(type(v) in _SCALARS for v in attributes.values()):
+        return dict(attributes)
+    return {k: _plain(v) for k, v in attributes.items()}
 
 
 def span_to_dict(span: ReadableSpan) -> dict[str, object]:
@@ -82,28 +94,39 @@ def span_to_dict(span: ReadableSpan) -> dict[str, object]:
     ctx = span.get_span_context()
     parent = span.parent
     resource = span.resource.attributes
+    scope = span.instrumentation_scope
+    status = span.status
+    attributes = span.attributes
     return {
-        "trace_id": format(ctx.trace_id, "032x") if ctx else None,
-        "span_id": format(ctx.span_id, "016x") if ctx else None,
-        "parent_span_id": format(parent.span_id, "016x") if parent else None,
+        "trace_id": f"{ctx.trace_id:032x}" if ctx else None,
+        "span_id": f"{ctx.span_id:016x}" if ctx else None,
+        "parent_span_id": f"{parent.span_id:016x}" if parent else None,
         "name": span.name,
         "kind": span.kind.name,
         "service": resource.get("service.name"),
         "service_instance": resource.get("service.instance.id"),
-        "scope": span.instrumentation_scope.name if span.instrumentation_scope else None,
+        "scope": scope.name if scope else None,
         "start_ns": span.start_time,
         "end_ns": span.end_time,
-        "status": span.status.status_code.name,
-        "status_description": span.status.description,
-        "attributes": _attributes(span.attributes),
+        "status": status.status_code.name,
+        "status_description": status.description,
+        "attributes": _attributes(attributes) if attributes else {},
         "events": [
             {"name": e.name, "time_ns": e.timestamp, "attributes": _attributes(e.attributes)} for e in span.events
-        ],
+        ]
+        if span.events
+        else [],
         "links": [
-            {"trace_id": format(link.context.trace_id, "032x"), "span_id": format(link.context.span_id, "016x")}
+            {"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
             for link in span.links
-        ],
+        ]
+        if span.links
+        else [],
     }
+
+
+#: One encoder for every span line (compact separators; `json.dumps` would build one per call with these options).
+_SPAN_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -158,7 +181,8 @@ class JsonlSpanExporter(SpanExporter):
                     fcntl.flock(lock, fcntl.LOCK_UN)
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        data = "".join(json.dumps(span_to_dict(s), ensure_ascii=False, default=str) + "\n" for s in spans)
+        encode = _SPAN_ENCODER.encode
+        data = "".join([encode(span_to_dict(s)) + "\n" for s in spans])
         payload = data.encode("utf-8")
         try:
             with self._lock:
@@ -275,9 +299,19 @@ def make_resource(service_name: str) -> Resource:
 
 
 def _batch_processor(exporter: SpanExporter) -> BatchSpanProcessor:
-    if os.environ.get("OTEL_BSP_SCHEDULE_DELAY"):
-        return BatchSpanProcessor(exporter)
-    return BatchSpanProcessor(exporter, schedule_delay_millis=DEFAULT_SCHEDULE_DELAY_MILLIS)
+    """The SDK's batch processor with this project's defaults; an `OTEL_BSP_*` variable that is set wins."""
+    queue_set = bool(os.environ.get("OTEL_BSP_MAX_QUEUE_SIZE"))
+    batch: int | None = None
+    if not os.environ.get("OTEL_BSP_MAX_EXPORT_BATCH_SIZE"):
+        # A smaller queue set by the operator bounds the batch (the SDK requires batch <= queue).
+        queue = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", DEFAULT_MAX_QUEUE_SIZE) if queue_set else DEFAULT_MAX_QUEUE_SIZE
+        batch = min(DEFAULT_MAX_EXPORT_BATCH_SIZE, queue)
+    return BatchSpanProcessor(
+        exporter,
+        max_queue_size=None if queue_set else DEFAULT_MAX_QUEUE_SIZE,
+        schedule_delay_millis=None if os.environ.get("OTEL_BSP_SCHEDULE_DELAY") else DEFAULT_SCHEDULE_DELAY_MILLIS,
+        max_export_batch_size=batch,
+    )
 
 
 def init_tracing(service_name: str, data_dir: Path | None = None) -> TracerProvider:

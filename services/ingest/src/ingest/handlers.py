@@ -30,9 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from opentelemetry import trace
-from opentelemetry.context import Context
-from opentelemetry.propagate import extract, inject
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, Status, StatusCode, Tracer
 
 from contracts.events import AdmittedEvent, ReasonCode, Rejection, StatusEvent
 from contracts.streams import (
@@ -68,6 +66,7 @@ from ingest.repository import (
     StoredDecision,
     WriteConflict,
 )
+from ingest.tracing import BatchTracer, MessageSpan, inject_context
 from shinchoku_runtime.batchpublish import BatchAck, OutMessage, publish_atomic
 
 log = logging.getLogger(__name__)
@@ -101,7 +100,7 @@ class Delivery:
     subject: str
     data: bytes
     received_at: datetime
-    span: Span
+    span: MessageSpan
     read: Report | Reject | None = None
     decision: Decision | None = None
     admitted_at: datetime | None = None
@@ -109,6 +108,7 @@ class Delivery:
     fault: str | None = None
     fault_detail: str = ""
     settled: bool = False
+    out_subject: str = ""
     acked: bool = False
 
     @property
@@ -123,12 +123,14 @@ class Delivery:
 
     @property
     def trace_id(self) -> str | None:
-        ctx = self.span.get_span_context()
-        return format(ctx.trace_id, "032x") if ctx.trace_id else None
+        return self.span.trace_id
 
 
 #: The atomic batches being published, each with the messages (and their publish spans) it carries.
-Publishing = list[tuple["asyncio.Future[BatchAck]", list[tuple[Delivery, Span | None]]]]
+Publishing = list[tuple["asyncio.Future[BatchAck]", list[tuple[Delivery, SpanContext | None]], str, int]]
+
+
+_UNSET = Status()
 
 
 def retry_delay(delivered: int, cap: float) -> float:
@@ -159,7 +161,8 @@ class BatchHandler:
         self._mirror = mirror
         self._metrics = metrics
         self._options = options
-        self._tracer = tracer or trace.get_tracer(__name__)
+        self._tracer = BatchTracer(tracer or trace.get_tracer(__name__))
+        self._db_attributes = {"db.system": engine.dialect.name}
         self._consecutive_faults = 0
         #: When writes to the store started failing (None while they succeed): read by /healthz.
         self.store_failing_since: float | None = None
@@ -295,29 +298,45 @@ class BatchHandler:
         reports = [(d, d.read) for d in todo if isinstance(d.read, Report)]
         lookup_started = time.time_ns()
         # A measure the mirror lacks is asked of the catalog inside the first asking message's trace.
-        asking: dict[str, Span | None] = {}
-        owners: set[int] = set()
+        asking: dict[str, tuple[Delivery, SpanContext | None]] = {}
         for d, report in reports:
             measure_id = report.event.measure_id
             if measure_id not in asking and not self._mirror.cached(measure_id)[0]:
-                span = self._start_child(d, "catalog lookup", SpanKind.CLIENT, CATALOG_MEASURE_GET, "request")
-                asking[measure_id] = span
-                if span is not None:
-                    span.set_attribute("shinchoku.measure_id", measure_id)
-                    owners.add(d.seq)
-        contexts = {m: trace.set_span_in_context(span) for m, span in asking.items() if span is not None}
+                asking[measure_id] = (d, self._tracer.new_child(d.span))
+        contexts = {
+            m: trace.set_span_in_context(NonRecordingSpan(ctx)) for m, (_, ctx) in asking.items() if ctx is not None
+        }
         found, unavailable = await self._mirror.lookup_many((r.event.measure_id for _, r in reports), contexts)
         lookup_ended = time.time_ns()
         self._metrics.phase_seconds.labels("catalog").observe((lookup_ended - lookup_started) / 1e9)
-        for span in asking.values():
-            if span is not None:
-                span.end(end_time=lookup_ended)
+        tracer = self._tracer
+        lookup_attributes: dict[str, dict[str, Any]] = {}  # one (read-only) dict per measure, shared by its spans
         for d, report in reports:
             measure_id = report.event.measure_id
-            if d.seq not in owners:
-                source = "catalog" if measure_id in asking else "mirror"
-                attributes = {"shinchoku.measure_id": measure_id, "shinchoku.catalog.source": source}
-                self._child(d, "catalog lookup", lookup_started, lookup_ended, attributes)
+            asked = asking.get(measure_id)
+            if asked is not None and asked[0] is d:  # the message whose trace the catalog request joined
+                attributes = {
+                    "messaging.system": "nats",
+                    "messaging.operation": "request",
+                    "messaging.destination.name": CATALOG_MEASURE_GET,
+                    "shinchoku.measure_id": measure_id,
+                }
+                tracer.child(
+                    d.span,
+                    "catalog lookup",
+                    lookup_started,
+                    lookup_ended,
+                    attributes,
+                    kind=SpanKind.CLIENT,
+                    context=asked[1],
+                )
+            elif d.span.recording:
+                shared = lookup_attributes.get(measure_id)
+                if shared is None:
+                    source = "catalog" if asked is not None else "mirror"
+                    shared = {"shinchoku.measure_id": measure_id, "shinchoku.catalog.source": source}
+                    lookup_attributes[measure_id] = shared
+                tracer.child(d.span, "catalog lookup", lookup_started, lookup_ended, shared)
             if measure_id in unavailable:
                 self._fault(d, FAULT_CATALOG, unavailable[measure_id])
 
@@ -368,7 +387,7 @@ class BatchHandler:
         self._metrics.phase_seconds.labels("store").observe((db_ended - db_started) / 1e9)
         self.store_failing_since = None
         for d in decidable:
-            self._child(d, "ingest store write", db_started, db_ended, {"db.system": self._engine.dialect.name})
+            tracer.child(d.span, "ingest store write", db_started, db_ended, self._db_attributes)
         return "stored"
 
     def _decide(
@@ -521,7 +540,8 @@ class BatchHandler:
         earlier publish was stored) is refused whole by the broker and republished message by message;
         the duplicate window drops the copies.
         """
-        outgoing: dict[str, tuple[list[OutMessage], list[tuple[Delivery, Span | None]]]] = {}
+        outgoing: dict[str, tuple[list[OutMessage], list[tuple[Delivery, SpanContext | None]]]] = {}
+        tracer = self._tracer
         for d in deliveries:
             if d.fault:
                 continue
@@ -529,15 +549,22 @@ class BatchHandler:
             if out is None:
                 continue
             subject, payload, stream, msg_id = out
-            span = self._start_child(d, f"{stream} publish", SpanKind.PRODUCER, subject)
+            span = tracer.new_child(d.span)
             headers = {MSG_ID_HEADER: msg_id}
-            inject(headers, context=trace.set_span_in_context(span or d.span))
+            inject_context(headers, span or d.span.context)
             messages, owners = outgoing.setdefault(stream, ([], []))
             messages.append(OutMessage(subject, payload, headers))
+            d.out_subject = subject
             owners.append((d, span))
         timeout = self._options.publish_timeout
+        started = time.time_ns()
         return [
-            (asyncio.ensure_future(publish_atomic(self._nc, stream, messages, timeout=timeout)), owners)
+            (
+                asyncio.ensure_future(publish_atomic(self._nc, stream, messages, timeout=timeout)),
+                owners,
+                stream,
+                started,
+            )
             for stream, (messages, owners) in outgoing.items()
         ]
 
@@ -546,22 +573,40 @@ class BatchHandler:
         if not publishing:
             return
         started = time.perf_counter()
-        await asyncio.wait([task for task, _ in publishing])
+        await asyncio.wait([task for task, _, _, _ in publishing])
+        ended = time.time_ns()
         self._metrics.phase_seconds.labels("publish").observe(time.perf_counter() - started)
-        for task, owners in publishing:
+        tracer = self._tracer
+        for task, owners, stream, publish_started in publishing:
             error = task.exception()
+            status = _UNSET
+            batch_attributes: dict[str, Any] = {"messaging.nats.batch_size": len(owners)}
             if error is not None:
                 detail = "no PubAck (timeout)" if isinstance(error, NatsTimeoutError) else f"publish failed: {error!r}"
+                status = Status(StatusCode.ERROR, clean(detail, 200))
                 for d, _span in owners:
                     self._fault(d, FAULT_NATS, detail)
-            else:
-                ack = task.result()
-                for _d, span in owners:
-                    if span is not None and ack.fell_back:
-                        span.set_attribute("messaging.nats.republished", True)
-            for _d, span in owners:
+            elif task.result().fell_back:
+                batch_attributes["messaging.nats.republished"] = True
+            name = f"{stream} publish"
+            for d, span in owners:
                 if span is not None:
-                    span.end()
+                    attributes = {
+                        "messaging.system": "nats",
+                        "messaging.operation": "publish",
+                        "messaging.destination.name": d.out_subject,
+                        **batch_attributes,
+                    }
+                    tracer.child(
+                        d.span,
+                        name,
+                        publish_started,
+                        ended,
+                        attributes,
+                        kind=SpanKind.PRODUCER,
+                        context=span,
+                        status=status,
+                    )
 
     # --- settling each message ---
 
@@ -664,7 +709,7 @@ class BatchHandler:
             log.warning("undeliverable STATUS-%d not recorded in the store: %s", d.seq, e)
         subject, payload, stream, msg_id = self._rejection_out(d, rejection)
         headers = {MSG_ID_HEADER: msg_id}
-        inject(headers, context=trace.set_span_in_context(d.span))
+        inject_context(headers, d.span.context)
         try:
             await self._js.publish(
                 subject, payload, stream=stream, headers=headers, timeout=self._options.publish_timeout
@@ -674,7 +719,7 @@ class BatchHandler:
             log.error("STATUS-%d dead-lettering failed, message left in STATUS: %s", d.seq, e)
         else:
             self._metrics.rejected.labels(d.agency, ReasonCode.undeliverable.value).inc()
-            d.span.set_attribute("shinchoku.reason", ReasonCode.undeliverable.value)
+            d.span.attributes["shinchoku.reason"] = ReasonCode.undeliverable.value
             try:
                 await d.msg.ack()
             except Exception as e:  # max_deliver is reached: the broker will not deliver it again anyway
@@ -684,26 +729,24 @@ class BatchHandler:
 
     def _open(self, msg: Msg) -> Delivery:
         meta = msg.metadata
-        headers = msg.headers
-        # Only a message that carries a trace context has one to extract (the propagators cost ~6 µs).
-        parent: Context = extract(headers) if headers and "traceparent" in headers else Context()
-        span = self._tracer.start_span(
-            f"{msg.subject} process",
-            context=parent,
-            kind=SpanKind.CONSUMER,
-            attributes={
+        seq = meta.sequence.stream
+        subject = msg.subject
+        span = self._tracer.open(
+            f"{subject} process",
+            msg.headers,
+            {
                 "messaging.system": "nats",
                 "messaging.operation": "process",
-                "messaging.destination.name": msg.subject,
-                "messaging.nats.stream_sequence": meta.sequence.stream,
+                "messaging.destination.name": subject,
+                "messaging.nats.stream_sequence": seq,
                 "messaging.nats.delivered": meta.num_delivered,
             },
         )
         return Delivery(
             msg=msg,
-            seq=meta.sequence.stream,
+            seq=seq,
             delivered=meta.num_delivered,
-            subject=msg.subject,
+            subject=subject,
             data=msg.data,
             received_at=meta.timestamp,
             span=span,
@@ -730,59 +773,36 @@ class BatchHandler:
         for d in deliveries:
             self._fault(d, fault, detail)
 
-    def _child(self, d: Delivery, name: str, start_ns: int, end_ns: int, attributes: dict[str, Any]) -> None:
-        if not d.span.is_recording():
-            return
-        span = self._tracer.start_span(
-            name, context=trace.set_span_in_context(d.span), start_time=start_ns, attributes=attributes
-        )
-        span.end(end_time=end_ns)
-
-    def _start_child(
-        self, d: Delivery, name: str, kind: SpanKind, subject: str, operation: str = "publish"
-    ) -> Span | None:
-        if not d.span.is_recording():
-            return None
-        return self._tracer.start_span(
-            name,
-            context=trace.set_span_in_context(d.span),
-            kind=kind,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation": operation,
-                "messaging.destination.name": subject,
-            },
-        )
-
     def _close(self, d: Delivery) -> None:
         span = d.span
-        if not span.is_recording():
+        if not span.recording:
             return
+        attributes = span.attributes
         decision = d.decision
         stored = d.stored
         report = None
         if isinstance(decision, Admit | Duplicate) or (isinstance(decision, Reject) and decision.report):
             report = decision.report
         if report is not None:
-            span.set_attribute("shinchoku.event_id", report.event_id)
-            span.set_attribute("shinchoku.measure_id", report.event.measure_id)
+            attributes["shinchoku.event_id"] = report.event_id
+            attributes["shinchoku.measure_id"] = report.event.measure_id
         elif isinstance(decision, Reject) and decision.event_id:
-            span.set_attribute("shinchoku.event_id", decision.event_id)
-        span.set_attribute("shinchoku.agency", d.agency)
+            attributes["shinchoku.event_id"] = decision.event_id
+        attributes["shinchoku.agency"] = d.agency
         if isinstance(decision, Admit):
-            span.set_attribute("shinchoku.outcome", OUTCOME_ADMITTED)
+            attributes["shinchoku.outcome"] = OUTCOME_ADMITTED
         elif isinstance(decision, Duplicate):
-            span.set_attribute("shinchoku.outcome", OUTCOME_DUPLICATE)
+            attributes["shinchoku.outcome"] = OUTCOME_DUPLICATE
         elif isinstance(decision, Reject):
-            span.set_attribute("shinchoku.outcome", OUTCOME_REJECTED)
-            span.set_attribute("shinchoku.reason", decision.reason.value)
+            attributes["shinchoku.outcome"] = OUTCOME_REJECTED
+            attributes["shinchoku.reason"] = decision.reason.value
         elif stored is not None:
-            span.set_attribute("shinchoku.outcome", stored.outcome)
-            span.set_attribute("shinchoku.republished", True)
+            attributes["shinchoku.outcome"] = stored.outcome
+            attributes["shinchoku.republished"] = True
             if stored.event_id:
-                span.set_attribute("shinchoku.event_id", stored.event_id)
+                attributes["shinchoku.event_id"] = stored.event_id
             if stored.reason:
-                span.set_attribute("shinchoku.reason", stored.reason)
+                attributes["shinchoku.reason"] = stored.reason
         if d.fault:
-            span.set_status(Status(StatusCode.ERROR, f"{d.fault} unavailable: retried later"))
-        span.end()
+            span.status = Status(StatusCode.ERROR, f"{d.fault} unavailable: retried later")
+        self._tracer.close(span)
