@@ -84,8 +84,10 @@ class BatchTracer:
         recording = sampling.decision == Decision.RECORD_AND_SAMPLE
         flags = _SAMPLED if recording else TraceFlags(TraceFlags.DEFAULT)
         context = SpanContext(trace_id, sdk.id_generator.generate_span_id(), False, flags, sampling.trace_state)
-        if recording and sampling.attributes:
-            attributes = {**sampling.attributes, **attributes}
+        extra = sampling.attributes
+        # The SDK's samplers hand the span's own attributes back; one that adds attributes adds keys.
+        if recording and extra and len(extra) != len(attributes):
+            attributes = {**extra, **attributes}
         return MessageSpan(name, context, parent, recording, attributes, start_ns)
 
     def new_child(self, message: MessageSpan) -> SpanContext | None:
