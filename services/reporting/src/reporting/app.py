@@ -48,7 +48,7 @@ class ReportingService:
         self.metrics = ReportingMetrics(self.registry)
         self.consumer_lag = ConsumerLag(self.registry)
         self.tracer_provider = init_tracing("reporting", settings.data_dir)
-        self.engine = make_engine(settings.resolved_database_url())
+        self.engine = repository.tune(make_engine(settings.resolved_database_url()))
         instrument_engine(self.engine, self.tracer_provider)
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)

@@ -49,7 +49,7 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
     event = admitted.event
     event_id = str(event.event_id)
     reported_us = repository.to_micros(event.reported_at)
-    kpis = tuple(KpiReading(k.target, k.value, k.as_of) for k in event.kpis)
+    kpis = tuple(KpiReading(k.target, k.value, k.as_of) for k in event.kpis) if event.kpis else ()
     admitted_us = repository.to_micros(admitted.admitted_at)
     # `_value_` rather than `.value`: the enum property costs a microsecond each on this path.
     agency: str = event.agency._value_
@@ -72,17 +72,17 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         event.reporter,
     )
     report = LeadReport(
-        measure_id=event.measure_id,
-        agency=agency,
-        fiscal_year=event.fiscal_year,
-        quarter=event.quarter,
-        status=status,
-        reported_at=event.reported_at,
-        event_id=event_id,
-        progress=event.progress,
-        kpis=kpis,
-        note=event.note,
-        reporter=event.reporter,
+        event.measure_id,
+        agency,
+        event.fiscal_year,
+        event.quarter,
+        status,
+        event.reported_at,
+        event_id,
+        event.progress,
+        kpis,
+        event.note,
+        event.reporter,
     )
     return Admitted(row, report, admitted_us)
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import logging
+import multiprocessing
 import secrets
 import sys
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -186,6 +189,107 @@ def _decode_all(messages: list[Msg]) -> list[Admitted]:
     return out
 
 
+class EffectiveReports:
+    """The effective report per (quarter, measure, agency) of everything added: greatest reported_at, then
+    greatest event id (the ordering `repository.upsert_effective` applies in SQL)."""
+
+    def __init__(self) -> None:
+        self._best: dict[tuple[int, int, str, str], tuple[tuple[int, str], tuple[Any, ...]]] = {}
+
+    def add(self, batch: list[Admitted]) -> None:
+        best = self._best
+        for admitted in batch:
+            row = admitted.event_row
+            key = (row[3], row[4], row[1], row[2])  # fiscal_year, quarter, measure_id, agency
+            order = (row[6], row[0])  # reported_at_us, event_id
+            seen = best.get(key)
+            if seen is None or order > seen[0]:
+                best[key] = (order, admitted.effective_row())
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return [row for _, row in self._best.values()]
+
+
+@dataclass(frozen=True)
+class BulkResult:
+    read: int
+    rows: list[tuple[Any, ...]]
+
+
+def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
+    """Child process of the bulk phase: decode batches of (subject, payload), insert their events, keep winners."""
+    from shinchoku_runtime.telemetry import init_logging
+
+    init_logging("reporting")
+    engine = repository.tune(make_engine(url))
+    store = repository.store_tables(suffix=suffix, tag=tag)
+    winners = EffectiveReports()
+    # SQLite works without the GIL: insert one batch in a thread while the next one is decoded.
+    inserting: Future[None] | None = None
+    try:
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            while True:
+                payloads = pipe.recv()
+                if payloads is None:
+                    break
+                batch = _decode_payloads(payloads)
+                winners.add(batch)
+                if inserting is not None:
+                    inserting.result()
+                inserting = pool.submit(_insert_batch, engine, store, batch)
+            if inserting is not None:
+                inserting.result()
+        pipe.send(("done", winners.rows()))
+    except BaseException as e:
+        with contextlib.suppress(Exception):
+            pipe.send(("error", f"{type(e).__name__}: {e}"))
+        raise
+    finally:
+        engine.dispose()
+
+
+async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: ProgressBar | None) -> BulkResult:
+    context = multiprocessing.get_context("spawn")
+    parent, child = context.Pipe()
+    url = engine.url.render_as_string(hide_password=False)
+    worker = context.Process(target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child), daemon=True)
+    worker.start()
+    read = 0
+    try:
+        sending: asyncio.Task[None] | None = None
+        async for messages in reader.batches():
+            payloads = [(m.subject, m.data) for m in messages]
+            read += len(messages)
+            if sending is not None:
+                await sending
+            sending = asyncio.create_task(asyncio.to_thread(parent.send, payloads))
+            if bar:
+                bar.update(len(messages))
+        if sending is not None:
+            await sending
+        await asyncio.to_thread(parent.send, None)
+        kind, value = await asyncio.to_thread(parent.recv)
+    except (EOFError, BrokenPipeError, ConnectionResetError) as e:
+        raise RuntimeError(f"the rebuild's writer process died (exit code {worker.exitcode})") from e
+    finally:
+        await asyncio.to_thread(worker.join, 30)
+        if worker.is_alive():
+            worker.kill()
+    if kind != "done":
+        raise RuntimeError(f"the rebuild's writer process failed: {value}")
+    return BulkResult(read, value)
+
+
+def _decode_payloads(payloads: list[tuple[str, bytes]]) -> list[Admitted]:
+    out = []
+    for subject, data in payloads:
+        try:
+            out.append(decode_admitted(data))
+        except (ValidationError, ValueError) as e:
+            log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", subject, e)
+    return out
+
+
 def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
     rows: dict[str, tuple[Any, ...]] = {}
     for admitted in batch:
@@ -222,24 +326,16 @@ async def rebuild_store(
     bar = ProgressBar(total, stream=stream) if progress else None
     read = 0
     try:
-        # Bulk phase: decode in the event loop while the previous batch is written in a worker thread.
-        writing: asyncio.Task[None] | None = None
-        async for messages in reader.batches():
-            batch = _decode_all(messages)
-            read += len(messages)
-            if writing is not None:
-                await writing
-            writing = asyncio.create_task(asyncio.to_thread(_insert_batch, engine, shadow, batch))
-            if bar:
-                bar.update(len(messages))
-        if writing is not None:
-            await writing
+        # Bulk phase: this process receives; a child process decodes, inserts the events and keeps the winning
+        # report per (quarter, measure, agency), as the incremental upsert would have (two cores, not one).
+        winners = await _bulk_phase(engine, reader, shadow, bar)
+        read += winners.read
         log.info("replayed %d messages in %.1fs", read, time.monotonic() - started)
         mark = time.monotonic()
         with engine.begin() as conn:
             repository.create_late_indexes(conn, store=shadow)
-            repository.fill_effective_from_events(conn, store=shadow)
-        log.info("indexed and derived the effective reports in %.1fs", time.monotonic() - mark)
+            repository.upsert_effective(conn, store=shadow, rows=winners.rows)
+        log.info("indexed and stored the effective reports in %.1fs", time.monotonic() - mark)
         mark = time.monotonic()
 
         # Swap phase: hold the live store's write lock, catch up with the stream, swap.
@@ -256,8 +352,9 @@ async def rebuild_store(
             effective = repository.count_rows(conn, shadow.effective)
             repository.rename_tables(conn, from_suffix=LIVE_SUFFIX, to_suffix=OLD_SUFFIX)
             repository.rename_tables(conn, from_suffix=SHADOW_SUFFIX, to_suffix=LIVE_SUFFIX)
-            repository.drop_tables(conn, suffix=OLD_SUFFIX)
         log.info("caught up and swapped the store in %.1fs", time.monotonic() - mark)
+        with engine.begin() as conn:  # after the swap: writers need not wait for it
+            repository.drop_tables(conn, suffix=OLD_SUFFIX)
         if bar:
             bar.finish()
     finally:
@@ -266,7 +363,7 @@ async def rebuild_store(
 
 
 async def run_rebuild(settings: ReportingSettings, *, progress: bool = True) -> RebuildResult:
-    engine = make_engine(settings.resolved_database_url())
+    engine = repository.tune(make_engine(settings.resolved_database_url()))
     nc = await connect_reporting(settings)
     try:
         return await rebuild_store(engine, nc, progress=progress)

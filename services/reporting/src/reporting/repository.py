@@ -40,16 +40,12 @@ SHADOW_SUFFIX = "__rebuild"
 OLD_SUFFIX = "__old"
 
 
-_EPOCH_ORDINAL = _EPOCH.toordinal()
-
-
 def to_micros(moment: datetime) -> int:
     """Exact microseconds since the epoch of an aware moment (integer arithmetic, no float rounding)."""
-    offset = moment.utcoffset()
-    if offset is None:
+    if moment.tzinfo is None:
         raise ValueError("a moment needs a UTC offset")
-    seconds = (moment.toordinal() - _EPOCH_ORDINAL) * 86400 + moment.hour * 3600 + moment.minute * 60 + moment.second
-    return (seconds - offset.days * 86400 - offset.seconds) * 1_000_000 + moment.microsecond - offset.microseconds
+    since = moment - _EPOCH
+    return (since.days * 86400 + since.seconds) * 1_000_000 + since.microseconds
 
 
 def from_micros(micros: int) -> datetime:
@@ -66,6 +62,8 @@ class Store:
     revisions: sa.Table
     #: Indexes created after a bulk load rather than with the tables.
     late_indexes: tuple[sa.Index, ...]
+    suffix: str = LIVE_SUFFIX
+    tag: str = ""
 
     @property
     def tables(self) -> tuple[sa.Table, ...]:
@@ -127,10 +125,32 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Index(f"ix_events_quarter_admitted{tag}", events.c.fiscal_year, events.c.quarter, events.c.admitted_at_us),
         sa.Index(f"ix_effective_reports_measure{tag}", effective.c.measure_id),
     )
-    return Store(metadata, events, effective, revisions, late)
+    return Store(metadata, events, effective, revisions, late, suffix, tag)
 
 
 LIVE = store_tables()
+
+
+#: SQLite page cache per connection (KiB when negative) and memory-mapped reads: the `events` primary key is
+#: a random UUID, so inserts touch pages all over its index; with SQLite's default 2 MB cache each insert into
+#: a store of a million events went to the file for them.
+SQLITE_CACHE_KIB = 131_072
+SQLITE_MMAP_BYTES = 512 * 1024 * 1024
+
+
+def tune(engine: Engine) -> Engine:
+    """Give a SQLite engine a page cache and memory-mapped reads sized for the store (no-op on PostgreSQL)."""
+    if engine.dialect.name == "sqlite":
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+            cursor.close()
+
+    return engine
 
 
 def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = True) -> None:
@@ -302,35 +322,6 @@ def bump_revisions(
         for (fy, q), admitted in sorted(quarters.items())
     ]
     conn.execute(stmt, rows)
-
-
-def fill_effective_from_events(conn: Connection, *, store: Store) -> None:
-    """Derive every effective report from the events in one statement (rebuild's bulk path)."""
-    ev, eff = store.events, store.effective
-    ranked = sa.select(
-        ev.c.fiscal_year,
-        ev.c.quarter,
-        ev.c.measure_id,
-        ev.c.agency,
-        ev.c.event_id,
-        ev.c.status,
-        ev.c.reported_at_us,
-        ev.c.reported_at,
-        ev.c.on_time,
-        ev.c.progress,
-        ev.c.kpis,
-        ev.c.note,
-        ev.c.reporter,
-        sa.func.row_number()
-        .over(
-            partition_by=(ev.c.fiscal_year, ev.c.quarter, ev.c.measure_id, ev.c.agency),
-            order_by=(ev.c.reported_at_us.desc(), ev.c.event_id.desc()),
-        )
-        .label("rank"),
-    ).subquery()
-    columns = [c.name for c in eff.columns]
-    select = sa.select(*(ranked.c[name] for name in columns)).where(ranked.c.rank == 1)
-    conn.execute(sa.insert(eff).from_select(columns, select))
 
 
 def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapping[tuple[int, int], int]) -> None:
