@@ -88,7 +88,7 @@ def test_a_failed_write_marks_both_spans() -> None:
         [message({"traceparent": f"00-{TRACE}-{PARENT}-01"})],
         write_start_ns=2_000,
         write_end_ns=3_000,
-        error=RuntimeError("database is locked"),
+        error="OperationalError: database is locked",
     )
     write, process = exporter.get_finished_spans()
     assert write.status.status_code is StatusCode.ERROR

@@ -29,6 +29,7 @@ from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
 from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config
+from reporting.workers import make_applier
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
@@ -53,8 +54,9 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self.writer = AcceptedWriter(
-            self.engine,
+            make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
+            db_system=self.engine.dialect.name,
             retry_delay=settings.retry_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),

@@ -30,6 +30,12 @@ class ReportingSettings(ServiceSettings):
     retry_delay: float = Field(
         default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
     )
+    writer_processes: int = Field(
+        default=1,
+        ge=0,
+        le=1,
+        description="1: decode and write batches in a child process (a second core); 0: in a thread of this one",
+    )
     ingest_url: str = Field(
         default="http://127.0.0.1:8002",
         description="Ingest's HTTP base URL as a browser reaches it: the dashboard links each event id there",

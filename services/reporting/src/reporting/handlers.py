@@ -9,7 +9,9 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import Connection
+from pydantic import ValidationError
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.events import AdmittedEvent
 from contracts.periods import FiscalQuarter
@@ -114,3 +116,44 @@ def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted],
         quarters[key] = max(quarters.get(key, 0), admitted.admitted_at_us)
     repository.bump_revisions(conn, store=store, quarters=quarters, now=now)
     return len(batch)
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedEvent:
+    """What the consumer needs back about a stored event: ids for its span, admission time for the lag."""
+
+    event_id: str
+    measure_id: str
+    agency: str
+    admitted_at_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutcome:
+    """Per message, the stored event or why the message is not AdmittedEvent JSON; and a database fault, if
+    one rolled the transaction back (then nothing of the batch was stored)."""
+
+    events: list[AppliedEvent | str]
+    error: str | None = None
+
+
+def decode_and_apply(engine: Engine, payloads: Sequence[bytes], *, store: Store) -> BatchOutcome:
+    """Decode a batch of ACCEPTED payloads and apply the admitted events in one transaction."""
+    events: list[AppliedEvent | str] = []
+    batch = []
+    for data in payloads:
+        try:
+            admitted = decode_admitted(data)
+        except (ValidationError, ValueError) as e:
+            events.append(str(e))
+            continue
+        batch.append(admitted)
+        report = admitted.report
+        events.append(AppliedEvent(report.event_id, report.measure_id, report.agency, admitted.admitted_at_us))
+    if batch:
+        try:
+            with engine.begin() as conn:
+                apply_admitted(conn, store=store, batch=batch)
+        except SQLAlchemyError as e:
+            return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+    return BatchOutcome(events)

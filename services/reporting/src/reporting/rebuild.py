@@ -218,8 +218,10 @@ class BulkResult:
 
 def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
     """Child process of the bulk phase: decode batches of (subject, payload), insert their events, keep winners."""
+    from reporting.workers import exit_with_parent
     from shinchoku_runtime.telemetry import init_logging
 
+    exit_with_parent()
     init_logging("reporting")
     engine = repository.tune(make_engine(url))
     store = repository.store_tables(suffix=suffix, tag=tag)

@@ -33,37 +33,28 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
-from pydantic import ValidationError
-from sqlalchemy import Engine
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting.handlers import Admitted, apply_admitted, decode_admitted
+from reporting.handlers import AppliedEvent
 from reporting.metrics import ReportingMetrics
-from reporting.repository import LIVE, Store, from_micros
+from reporting.repository import to_micros
 from reporting.tracing import BatchSpans, MessageSpan
+from reporting.workers import Applier
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Delivery:
-    """One message of a pulled batch, decoded (or with the reason it could not be)."""
+    """One message of a pulled batch and when it arrived."""
 
     msg: Msg
-    admitted: Admitted | None
-    error: str | None
     received_ns: int
 
 
-def decode_messages(messages: Sequence[Msg]) -> list[Delivery]:
+def deliveries(messages: Sequence[Msg]) -> list[Delivery]:
     received = time.time_ns()
-    out = []
-    for msg in messages:
-        try:
-            out.append(Delivery(msg, decode_admitted(msg.data), None, received))
-        except (ValidationError, ValueError) as e:
-            out.append(Delivery(msg, None, str(e), received))
-    return out
+    return [Delivery(msg, received) for msg in messages]
 
 
 def consumer_config(*, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
@@ -168,7 +159,7 @@ class AcceptedPuller:
                     await self._request()
                 if self._buffer:
                     messages, self._buffer = self._buffer, []
-                    await self._handle(decode_messages(messages))
+                    await self._handle(deliveries(messages))
                     continue
                 self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
@@ -195,19 +186,18 @@ class AcceptedWriter:
 
     def __init__(
         self,
-        engine: Engine,
+        applier: Applier,
         metrics: ReportingMetrics,
         *,
-        store: Store = LIVE,
+        db_system: str,
         retry_delay: float = 2.0,
         max_rows: int = 4000,
         queue_batches: int = 2,
         tracer: trace.Tracer | None = None,
     ) -> None:
-        self._spans = BatchSpans(tracer or trace.get_tracer(__name__), db_system=engine.dialect.name)
-        self._engine = engine
+        self._spans = BatchSpans(tracer or trace.get_tracer(__name__), db_system=db_system)
+        self._applier = applier
         self._metrics = metrics
-        self._store = store
         self._retry_delay = retry_delay
         self._max_rows = max_rows
         self._queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=queue_batches)
@@ -237,6 +227,7 @@ class AcceptedWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
+        self._applier.close()
 
     async def _run(self) -> None:
         while True:
@@ -255,72 +246,62 @@ class AcceptedWriter:
                 for _ in batches:
                     self._queue.task_done()
 
-    async def _write(self, deliveries: Sequence[Delivery]) -> None:
-        good = [d for d in deliveries if d.admitted is not None]
-        for bad in deliveries:
-            if bad.admitted is None:
-                self._metrics.malformed.inc()
-                log.error(
-                    "ACCEPTED message on %s is not AdmittedEvent JSON, terminated: %s", bad.msg.subject, bad.error
-                )
-                await bad.msg.term()
-        if not good:
-            return
-        batch = [d.admitted for d in good if d.admitted is not None]
+    async def _write(self, batch: Sequence[Delivery]) -> None:
         started = time.time_ns()
         try:
-            await asyncio.to_thread(self._apply, batch)
-        except Exception as e:
-            ended = time.time_ns()
-            self._metrics.batches.labels("retried").inc()
-            log.warning(
-                "could not apply %d admitted events (%s: %s); retrying in %.1fs",
-                len(good),
-                type(e).__name__,
-                e,
-                self._retry_delay,
-            )
-            for d in good:
-                await d.msg.nak(delay=self._retry_delay)
-            self._trace(good, started, ended, error=e)
+            outcome = await self._applier.apply([d.msg.data for d in batch])
+        except Exception as e:  # the worker died: nothing is known to be committed
+            await self._retry(batch, f"{type(e).__name__}: {e}")
             return
         ended = time.time_ns()
-        for d in good:
+        good: list[tuple[Delivery, AppliedEvent]] = []
+        for d, event in zip(batch, outcome.events, strict=True):
+            if isinstance(event, str):
+                self._metrics.malformed.inc()
+                log.error("ACCEPTED message on %s is not AdmittedEvent JSON, terminated: %s", d.msg.subject, event)
+                await d.msg.term()
+            else:
+                good.append((d, event))
+        if outcome.error is not None:
+            await self._retry([d for d, _ in good], outcome.error)
+            self._trace(good, started, ended, error=outcome.error)
+            return
+        for d, _ in good:
             await d.msg.ack()
+        if not good:
+            return
         self._metrics.applied(len(good))
         self._metrics.batch_seconds.observe((ended - started) / 1e9)
-        now = datetime.now(UTC)
-        for a in batch:
-            self._metrics.apply_lag.observe(max(0.0, (now - from_micros(a.admitted_at_us)).total_seconds()))
+        now = to_micros(datetime.now(UTC))
+        for _, event in good:
+            self._metrics.apply_lag.observe(max(0.0, (now - event.admitted_at_us) / 1e6))
         self._trace(good, started, ended)
 
-    def _apply(self, batch: list[Admitted]) -> None:
-        with self._engine.begin() as conn:
-            apply_admitted(conn, store=self._store, batch=batch)
+    async def _retry(self, batch: Sequence[Delivery], error: str) -> None:
+        self._metrics.batches.labels("retried").inc()
+        log.warning("could not apply %d admitted events (%s); retrying in %.1fs", len(batch), error, self._retry_delay)
+        for d in batch:
+            await d.msg.nak(delay=self._retry_delay)
 
     def _trace(
-        self, deliveries: Sequence[Delivery], started: int, ended: int, *, error: Exception | None = None
+        self, good: Sequence[tuple[Delivery, AppliedEvent]], started: int, ended: int, *, error: str | None = None
     ) -> None:
         """One span per message (parent: the report's trace), with the batch's DB write as its child."""
-        messages = []
-        for d in deliveries:
-            report = d.admitted.report if d.admitted is not None else None
-            if report is None:
-                continue
-            messages.append(
-                MessageSpan(
-                    headers=d.msg.headers,
-                    name=f"reporting process {d.msg.subject}",
-                    attributes={
-                        "messaging.system": "nats",
-                        "messaging.destination.name": d.msg.subject,
-                        "messaging.operation": "process",
-                        "messaging.consumer.group.name": REPORTING_DURABLE,
-                        "shinchoku.event_id": report.event_id,
-                        "shinchoku.measure_id": report.measure_id,
-                        "shinchoku.agency": report.agency,
-                    },
-                    start_ns=d.received_ns,
-                )
+        messages = [
+            MessageSpan(
+                headers=d.msg.headers,
+                name=f"reporting process {d.msg.subject}",
+                attributes={
+                    "messaging.system": "nats",
+                    "messaging.destination.name": d.msg.subject,
+                    "messaging.operation": "process",
+                    "messaging.consumer.group.name": REPORTING_DURABLE,
+                    "shinchoku.event_id": event.event_id,
+                    "shinchoku.measure_id": event.measure_id,
+                    "shinchoku.agency": event.agency,
+                },
+                start_ns=d.received_ns,
             )
+            for d, event in good
+        ]
         self._spans.record(messages, write_start_ns=started, write_end_ns=ended, error=error)

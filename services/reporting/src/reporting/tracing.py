@@ -45,7 +45,7 @@ class BatchSpans:
         self._sdk = tracer if isinstance(tracer, SdkTracer) else None
 
     def record(
-        self, messages: Sequence[MessageSpan], *, write_start_ns: int, write_end_ns: int, error: Exception | None
+        self, messages: Sequence[MessageSpan], *, write_start_ns: int, write_end_ns: int, error: str | None
     ) -> None:
         done = time.time_ns()
         db_attributes: dict[str, Any] = {
@@ -60,11 +60,11 @@ class BatchSpans:
         events: tuple[Event, ...] = ()
         if error is not None:
             process_status = Status(StatusCode.ERROR, "database write failed; message nak'ed for redelivery")
-            write_status = Status(StatusCode.ERROR, f"{type(error).__name__}: {error}")
+            write_status = Status(StatusCode.ERROR, error)
             events = (
                 Event(
                     "exception",
-                    {"exception.type": type(error).__name__, "exception.message": str(error)},
+                    _exception_attributes(error),
                     timestamp=write_end_ns,
                 ),
             )
@@ -121,7 +121,7 @@ class BatchSpans:
         end: int,
         done: int,
         db_attributes: dict[str, Any],
-        error: Exception | None,
+        error: str | None,
     ) -> None:
         for m in messages:
             parent = propagate.extract(m.headers) if m.headers else None
@@ -139,8 +139,14 @@ class BatchSpans:
                 attributes=db_attributes,
             )
             if error is not None:
-                child.record_exception(error)
-                child.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+                child.add_event("exception", _exception_attributes(error))
+                child.set_status(Status(StatusCode.ERROR, error))
                 span.set_status(Status(StatusCode.ERROR, "database write failed; message nak'ed for redelivery"))
             child.end(end_time=end)
             span.end(end_time=done)
+
+
+def _exception_attributes(error: str) -> dict[str, Any]:
+    """`error` reads "Type: message" (what the writer reports of a database fault)."""
+    kind, _, message = error.partition(": ")
+    return {"exception.type": kind, "exception.message": message or kind}
