@@ -12,6 +12,7 @@ import csv
 import io
 import os
 import random
+import signal
 import subprocess
 import sys
 import uuid
@@ -604,3 +605,36 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
             except subprocess.TimeoutExpired:
                 process.kill()
         log.close()
+
+
+async def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(
+    nats_server: NatsServer, admin_nc: Client, sqlite_url: str, tmp_path: Path
+) -> None:
+    measures = synthetic_measures(20, seed=2)
+    await put_catalog(admin_nc, measures)
+    settings = reporting_settings(
+        nats_server.plain_url, nats_server.passwords["reporting"], sqlite_url, tmp_path, writer_processes=1
+    )
+    quarter = FiscalQuarter(2024, 3)
+    first = random_admissions(measures, [quarter], 200, seed=1)
+    second = random_admissions(measures, [quarter], 200, seed=2, admitted_from=datetime(2025, 3, 1, tzinfo=UTC))
+    async with running_reporting(settings) as reporting:
+        await publish_admissions(admin_nc, first)
+        await wait_caught_up(admin_nc)
+        writers = [
+            int(p.name)
+            for p in Path("/proc").iterdir()
+            if p.name.isdigit()
+            and (p / "stat").exists()
+            and (p / "stat").read_text().rsplit(")", 1)[1].split()[1] == str(os.getpid())
+            and b"spawn_main" in (p / "cmdline").read_bytes()
+        ]
+        assert writers, "no writer process found"
+        for pid in writers:
+            os.kill(pid, signal.SIGKILL)
+        await publish_admissions(admin_nc, second)
+        await wait_caught_up(admin_nc, timeout=60)
+        body = (await reporting.http.get(f"/rollups/{quarter.fiscal_year}/{quarter.quarter}")).json()
+    expected = Expected(measures, first + second)
+    assert_tally(body, expected.rollup(quarter.fiscal_year, quarter.quarter), quarter.label)
+    assert len(snapshot(sqlite_url)["events"]) == len(expected.reports)

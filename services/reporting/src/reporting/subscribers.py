@@ -2,11 +2,12 @@
 
 `AcceptedPuller` keeps pull requests outstanding on the durable consumer and receives the messages on an
 inbox callback; whatever has arrived is handed over as one batch, so batches grow by themselves when the
-writer is busy and a lone event is not held back waiting for company. `AcceptedWriter` applies queued
-batches in a worker thread (one transaction, possibly several batches merged) and acknowledges every
-message after the commit, so pulling the next batch overlaps with writing this one. A database fault naks
-the messages with a delay (they come back; nothing is terminated for a fault of ours); a message that is
-not AdmittedEvent JSON is terminated and logged.
+writer is busy and a lone event is not held back waiting for company. `AcceptedWriter` has queued batches
+decoded and applied by an `Applier` (a child process by default, see `reporting.workers`; one transaction,
+possibly several batches merged) and acknowledges every message after the commit, so pulling the next
+batch overlaps with writing this one; then it records each message's span. A database fault (or a writer
+process that died) naks the messages with a delay: they come back, nothing is terminated for a fault of
+ours. A message that is not AdmittedEvent JSON is terminated and logged.
 
 Why not FastStream's `PullSub(batch=True)` here: with FastStream 0.7.8 and nats-py 2.16, when the batch
 deadline is nearly spent nats-py's `fetch` raises the builtin `TimeoutError` rather than
