@@ -9,9 +9,10 @@ end, so it is in the new store; everything after the lock is written by the cons
 tables. Its durable consumer is not touched. Readers keep reading during the swap.
 
 The replay reads with an ephemeral pull consumer (no acknowledgements) and its own fetch loop on an
-inbox, the fastest path nats-py offers; events are bulk-inserted, and the effective reports are derived
-from them in one statement with the same ordering the incremental path applies, so the result equals the
-incrementally built store row for row.
+inbox, the fastest path nats-py offers. This process only receives; a child process decodes, bulk-inserts
+the events and keeps the winning report per (quarter, measure, agency) in memory, by the same ordering the
+incremental upsert applies (greatest `reported_at`, then greatest `event_id`), so the result equals the
+incrementally built store row for row. The catch-up under the lock uses the incremental path itself.
 """
 
 from __future__ import annotations
