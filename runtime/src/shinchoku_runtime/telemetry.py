@@ -147,14 +147,19 @@ _fragments: dict[int, tuple[object, str]] = {}
 
 
 def _fragment(owner: object, make: Callable[[], str]) -> str:
-    cached = _fragments.get(id(owner))
-    if cached is not None and cached[0] is owner:
-        return cached[1]
     text = make()
     if len(_fragments) > 256:
         _fragments.clear()
     _fragments[id(owner)] = (owner, text)
     return text
+
+
+def _resource_json(resource: Resource) -> str:
+    attributes = resource.attributes
+    return (
+        f'"service":{_encode(attributes.get("service.name"))},'
+        f'"service_instance":{_encode(attributes.get("service.instance.id"))}'
+    )
 
 
 def _number(value: int | None) -> str:
@@ -169,43 +174,45 @@ def span_to_json(span: ReadableSpan) -> str:
     scope = span.instrumentation_scope
     status = span.status
     attributes = span.attributes
-    service = _fragment(
-        resource,
-        lambda: (
-            f'"service":{_encode(resource.attributes.get("service.name"))},'
-            f'"service_instance":{_encode(resource.attributes.get("service.instance.id"))}'
-        ),
+    events = span.events
+    links = span.links
+    cached = _fragments.get(id(resource))
+    service = (
+        cached[1]
+        if cached is not None and cached[0] is resource
+        else _fragment(resource, lambda: _resource_json(resource))
     )
-    scope_json = _fragment(scope, lambda: _encode(scope.name if scope else None)) if scope else "null"
+    if scope is None:
+        scope_json = "null"
+    else:
+        cached = _fragments.get(id(scope))
+        scope_json = (
+            cached[1] if cached is not None and cached[0] is scope else _fragment(scope, lambda: _encode(scope.name))
+        )
     ids = (
         f'"trace_id":"{ctx.trace_id:032x}","span_id":"{ctx.span_id:016x}"' if ctx else '"trace_id":null,"span_id":null'
     )
-    events = (
-        _encode(
-            [{"name": e.name, "time_ns": e.timestamp, "attributes": _attributes(e.attributes)} for e in span.events]
-        )
-        if span.events
+    # Attribute values are str, bool, int, float or sequences of them: the encoder writes them as they are.
+    attributes_json = _encode(dict(attributes)) if attributes else "{}"
+    events_json = (
+        _encode([{"name": e.name, "time_ns": e.timestamp, "attributes": _attributes(e.attributes)} for e in events])
+        if events
         else "[]"
     )
-    links = (
-        _encode(
-            [
-                {"trace_id": f"{link.context.trace_id:032x}", "span_id": f"{link.context.span_id:016x}"}
-                for link in span.links
-            ]
-        )
-        if span.links
+    links_json = (
+        _encode([{"trace_id": f"{x.context.trace_id:032x}", "span_id": f"{x.context.span_id:016x}"} for x in links])
+        if links
         else "[]"
     )
     parent_json = f'"{parent.span_id:016x}"' if parent else "null"
+    description = status.description
     return (
         f'{{{ids},"parent_span_id":{parent_json},'
         f'"name":{_encode(span.name)},"kind":"{span.kind.name}",{service},"scope":{scope_json},'
         f'"start_ns":{_number(span.start_time)},"end_ns":{_number(span.end_time)},'
         f'"status":"{status.status_code.name}",'
-        f'"status_description":{"null" if status.description is None else _encode(status.description)},'
-        f'"attributes":{_encode(_attributes(attributes)) if attributes else "{}"},'
-        f'"events":{events},"links":{links}}}'
+        f'"status_description":{"null" if description is None else _encode(description)},'
+        f'"attributes":{attributes_json},"events":{events_json},"links":{links_json}}}'
     )
 
 
