@@ -48,7 +48,17 @@ class Announcements:
 async def _bucket_contents(nc: Client) -> dict[str, bytes]:
     kv = await nc.jetstream().key_value(CATALOG_BUCKET)
     contents: dict[str, bytes] = {}
-    for key in await kv.keys():
+    # nats-py's keys() watches the bucket and says "no keys" when the watch is slow to deliver (a loaded
+    # machine), not only when the bucket is empty: ask again a few times before believing it.
+    for attempt in range(5):
+        try:
+            keys = await kv.keys()
+            break
+        except NoKeysError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(0.5)
+    for key in keys:
         entry = await kv.get(key)
         assert entry.value is not None
         contents[key] = entry.value
