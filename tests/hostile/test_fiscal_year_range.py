@@ -1,15 +1,13 @@
-"""Known inconsistency, pinned as a strict xfail: the contract admits fiscal years 1900–9998, reporting serves 2000–2100.
+"""Every fiscal year the v1 contract admits (1900–9998) can be served by reporting.
 
 A ministry's report on FY1999 (a past quarter, otherwise valid) is admitted by ingest and stored by reporting,
-but `GET /rollups/1999/{q}` answers 400, so the report can never be seen. Either the contract's range or
-reporting's (reporting.queries.MIN_FISCAL_YEAR / MAX_FISCAL_YEAR) should change; when they agree this test
-passes and its xfail marker must go.
+so `GET /rollups/1999/{q}` must answer it; reporting's range (reporting.queries.MIN_FISCAL_YEAR /
+MAX_FISCAL_YEAR) follows the contract's.
 """
 
 from __future__ import annotations
 
 import httpx
-import pytest
 
 from contracts.events import StatusEvent
 from tests.faults.stack import RunningStack
@@ -22,7 +20,6 @@ def contract_range() -> tuple[int, int]:
     return int(low), int(high)
 
 
-@pytest.mark.xfail(strict=True, reason="reporting serves FY2000–2100 while the v1 contract admits FY1900–9998")
 def test_every_admissible_fiscal_year_can_be_served(hostile_stack: RunningStack) -> None:
     low, high = contract_range()
     current = 2024

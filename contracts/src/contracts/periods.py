@@ -42,7 +42,8 @@ class FiscalQuarter:
     def __post_init__(self) -> None:
         if not 1 <= self.quarter <= 4:
             raise ValueError(f"quarter must be 1–4, not {self.quarter}")
-        if not 1900 <= self.fiscal_year <= 9998:
+        # Wider than the v1 contract (1900–9998) so that the quarters around any admissible one exist too.
+        if not 1000 <= self.fiscal_year <= 9999:
             raise ValueError(f"fiscal year out of range: {self.fiscal_year}")
 
     @classmethod

@@ -44,8 +44,9 @@ from reporting.domain import (
 from reporting.registry import CatalogSnapshot, CatalogView
 from shinchoku_runtime.http import BadRequest, NotFound, Unavailable
 
-MIN_FISCAL_YEAR = 2000
-MAX_FISCAL_YEAR = 2100
+# Every fiscal year the v1 contract admits can be served: an admitted report must never be unviewable.
+MIN_FISCAL_YEAR = 1900
+MAX_FISCAL_YEAR = 9998
 _CACHE_SIZE = 512
 
 Document = dict[str, Any]
