@@ -250,6 +250,9 @@ async def test_shinchoku_trace_prints_the_whole_journey(stack: Running) -> None:
     for service in (CLIENT, "ingest", "reporting"):
         assert f"{service}  " in out, f"{service} missing from:\n{out}"
     assert f"ingest  status.{agency}.2-1 process" in out
+    # The lookup answered from the catalog's KV mirror names the catalog as its peer.
+    assert "catalog lookup" in out
+    assert "peer.service=catalog" in out, out
     assert "0 with errors" in out
 
 

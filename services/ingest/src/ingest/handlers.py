@@ -319,6 +319,7 @@ class BatchHandler:
                     "messaging.system": "nats",
                     "messaging.operation": "request",
                     "messaging.destination.name": CATALOG_MEASURE_GET,
+                    "peer.service": "catalog",
                     "shinchoku.measure_id": measure_id,
                 }
                 tracer.child(
@@ -334,7 +335,12 @@ class BatchHandler:
                 shared = lookup_attributes.get(measure_id)
                 if shared is None:
                     source = "catalog" if asked is not None else "mirror"
-                    shared = {"shinchoku.measure_id": measure_id, "shinchoku.catalog.source": source}
+                    # The mirror is the catalog's own KV bucket: the catalog is the peer either way.
+                    shared = {
+                        "shinchoku.measure_id": measure_id,
+                        "shinchoku.catalog.source": source,
+                        "peer.service": "catalog",
+                    }
                     lookup_attributes[measure_id] = shared
                 tracer.child(d.span, "catalog lookup", lookup_started, lookup_ended, shared)
             if measure_id in unavailable:
