@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
@@ -32,3 +34,23 @@ def serve(app: FastAPI, *, host: str, port: int) -> None:
     config = uvicorn.Config(app, host=host, port=port, access_log=False, log_config=None, lifespan="on")
     server = uvicorn.Server(config)
     asyncio.run(server.serve())
+
+
+class Startable(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+def lifespan_of(runtime: Startable) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """A FastAPI lifespan that starts the service's runtime (broker, consumers) and stops it on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return lifespan

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BadRequestError
 from nats.js.kv import KeyValue
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from prometheus_client import CollectorRegistry, Gauge
 from sqlmodel import Session
 
@@ -25,8 +23,8 @@ from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED
 from shinchoku_runtime.broker import make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.service import add_metrics_route
-from shinchoku_runtime.telemetry import init_tracing, instrument_engine
+from shinchoku_runtime.service import add_metrics_route, lifespan_of
+from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -173,23 +171,15 @@ def create_app(settings: CatalogSettings | None = None, *, load_plan: PlanLoader
     """The catalog's ASGI app; its lifespan seeds the registry and runs the NATS side."""
     runtime = CatalogRuntime(settings or CatalogSettings(), load_plan=load_plan)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
     app = FastAPI(
         title="Shinchoku catalog",
         summary="The registry of the Priority Policy Program's 320 measures (デジタル社会の実現に向けた重点計画)",
         version="1.0.0",
-        lifespan=lifespan,
+        lifespan=lifespan_of(runtime),
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(router)
     add_metrics_route(app, runtime.metrics)
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=runtime.tracer_provider, excluded_urls="healthz,metrics")
+    instrument_app(app, runtime.tracer_provider)
     return app

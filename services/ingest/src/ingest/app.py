@@ -5,12 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
-from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
@@ -26,8 +23,8 @@ from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import ensure_streams
-from shinchoku_runtime.service import add_metrics_route
-from shinchoku_runtime.telemetry import init_tracing, instrument_engine
+from shinchoku_runtime.service import add_metrics_route, lifespan_of
+from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -163,23 +160,15 @@ class IngestRuntime:
 def create_app(settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
     runtime = IngestRuntime(settings or IngestSettings(), tracer_provider=tracer_provider)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
-            yield
-        finally:
-            await runtime.stop()
-
     app = FastAPI(
         title="Shinchoku ingest",
         summary="Admits each ministry status event exactly once, or rejects it with a reason code",
         version="1.0.0",
-        lifespan=lifespan,
+        lifespan=lifespan_of(runtime),
     )
     app.state.runtime = runtime
     install_error_handlers(app)
     add_metrics_route(app, runtime.registry)
     app.include_router(router)
-    FastAPIInstrumentor.instrument_app(app, tracer_provider=runtime.tracer_provider, excluded_urls="healthz,metrics")
+    instrument_app(app, runtime.tracer_provider)
     return app

@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import nats
@@ -34,7 +32,7 @@ from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import ensure_streams
-from shinchoku_runtime.service import add_metrics_route, health_response
+from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -172,19 +170,11 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     settings = settings or ReportingSettings()
     service = ReportingService(settings)
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        await service.start()
-        try:
-            yield
-        finally:
-            await service.stop()
-
     app = FastAPI(
         title="Shinchoku reporting",
         description="Quarterly rollups of the Priority Policy Program by fiscal quarter, agency and section.",
         version="1.0.0",
-        lifespan=lifespan,
+        lifespan=lifespan_of(service),
     )
     app.state.service = service
     app.state.settings = settings
