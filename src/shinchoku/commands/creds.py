@@ -12,6 +12,7 @@ from rich.console import Console
 
 from contracts.agencies import AGENCY_INFO, Agency
 from contracts.streams import agency_inbox_prefix
+from shinchoku.commands.agencyarg import require_agency
 from shinchoku.stack import Stack, StackNotFound
 
 err = Console(stderr=True, highlight=False)
@@ -45,10 +46,7 @@ def creds(
     ] = None,
 ) -> None:
     """Print the NATS URL with AGENCY's credentials (it may publish only on status.AGENCY.>)."""
-    if agency not in Agency.__members__:
-        err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
-        raise typer.Exit(2)
-    code = Agency(agency)
+    code = require_agency(agency)
     try:
         stack = Stack.load(data_dir)
         url = stack.nats_url(code.value)

@@ -35,6 +35,7 @@ from contracts.agencies import Agency, agency_from_japanese
 from contracts.catalog import Measure
 from contracts.events import KpiObservation, Status, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter
+from shinchoku.commands.agencyarg import require_agency
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -481,10 +482,7 @@ def import_csv(
     """Send one status report per CSV row as AGENCY (Japanese headers and labels accepted); errors per row."""
     from shinchoku.stackhttp import StackUnavailable
 
-    if agency not in Agency.__members__:
-        err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
-        raise typer.Exit(2)
-    code = Agency(agency)
+    code = require_agency(agency)
     try:
         default_at = parse_reported_at(reported_at) if reported_at else None
         text, encoding = decode(file.read_bytes())

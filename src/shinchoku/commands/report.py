@@ -24,6 +24,7 @@ from rich.markup import escape
 
 from contracts.agencies import Agency
 from contracts.events import StatusEvent
+from shinchoku.commands.agencyarg import require_agency
 from shinchoku.commands.importcsv import (
     CellError,
     parse_kpi,
@@ -145,10 +146,7 @@ def report(
     from shinchoku.client import PublishError
     from shinchoku.stack import Stack, StackNotFound
 
-    if agency not in Agency.__members__:
-        err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
-        raise typer.Exit(2)
-    code = Agency(agency)
+    code = require_agency(agency)
     try:
         event = build_report(
             agency=code,

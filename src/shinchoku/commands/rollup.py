@@ -13,7 +13,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from contracts.agencies import Agency
+from shinchoku.commands.agencyarg import require_agency
 from shinchoku.rollup_view import RollupSliceNotFound, render_rollup, select_slice
 from shinchoku.stack import Stack
 from shinchoku.stackhttp import StackUnavailable, detail, get, load_stack
@@ -55,9 +55,8 @@ def filter_csv(content: bytes, scope: str, key: str) -> bytes:
 
 
 def check_agency(agency: str | None) -> str | None:
-    if agency is not None and agency not in Agency.__members__:
-        err.print(f"[red]Unknown agency {agency!r}.[/] Valid codes: {', '.join(a.value for a in Agency)}")
-        raise typer.Exit(2)
+    if agency is not None:
+        require_agency(agency)
     return agency
 
 
