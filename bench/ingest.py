@@ -168,58 +168,75 @@ def cpu_seconds(pid: int) -> float:
 @contextmanager
 def running_ingest(
     server: NatsServer, database_url: str, data_dir: Path, args: argparse.Namespace
-) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "SHINCHOKU_INGEST_NATS_URL": server.plain_url,
-        "SHINCHOKU_INGEST_NATS_USER": "ingest",
-        "SHINCHOKU_INGEST_NATS_PASSWORD": server.passwords["ingest"],
-        "SHINCHOKU_INGEST_DATABASE_URL": database_url,
-        "SHINCHOKU_INGEST_DATA_DIR": str(data_dir),
-        "SHINCHOKU_INGEST_PORT": str(port),
-        "SHINCHOKU_INGEST_BATCH_SIZE": str(args.batch_size),
-        "SHINCHOKU_INGEST_MAX_INFLIGHT_BATCHES": str(args.inflight),
-        "SHINCHOKU_INGEST_LOG_LEVEL": "WARNING",
-        **tracing_env(args),
-    }
-    log = open(data_dir / "ingest.log", "ab")
-    command = [sys.executable, "-m", "ingest"]
-    profile = args.profile
-    if profile:
-        py_spy = str(Path(sys.executable).parent / "py-spy")
-        fmt = ["--format", "raw"] if profile.endswith(".txt") else []
-        command = [py_spy, "record", "--rate", "200", "--gil", *fmt, "-o", profile, "--", *command]
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+) -> Iterator[tuple[list[subprocess.Popen[bytes]], list[int]]]:
+    """`--replicas` ingest processes sharing the durable consumer (and the store), as replicas would."""
+    processes: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    logs = []
     try:
-        yield process, port
+        for replica in range(args.replicas):
+            port = free_port()
+            env = {
+                **os.environ,
+                "SHINCHOKU_INGEST_NATS_URL": server.plain_url,
+                "SHINCHOKU_INGEST_NATS_USER": "ingest",
+                "SHINCHOKU_INGEST_NATS_PASSWORD": server.passwords["ingest"],
+                "SHINCHOKU_INGEST_DATABASE_URL": database_url,
+                "SHINCHOKU_INGEST_DATA_DIR": str(data_dir),
+                "SHINCHOKU_INGEST_PORT": str(port),
+                "SHINCHOKU_INGEST_BATCH_SIZE": str(args.batch_size),
+                "SHINCHOKU_INGEST_MAX_INFLIGHT_BATCHES": str(args.inflight),
+                "SHINCHOKU_INGEST_LOG_LEVEL": "WARNING",
+                **tracing_env(args),
+            }
+            log = open(data_dir / f"ingest-{replica}.log", "ab")
+            logs.append(log)
+            command = [sys.executable, "-m", "ingest"]
+            profile = args.profile
+            if profile and replica == 0:
+                py_spy = str(Path(sys.executable).parent / "py-spy")
+                fmt = ["--format", "raw"] if profile.endswith(".txt") else []
+                command = [py_spy, "record", "--rate", "200", "--gil", *fmt, "-o", profile, "--", *command]
+            processes.append(subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT))
+            ports.append(port)
+        yield processes, ports
     finally:
-        process.send_signal(signal.SIGINT if profile else signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-        log.close()
+        for process in processes:
+            process.send_signal(signal.SIGINT if args.profile else signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(5)
+        for log in logs:
+            log.close()
+
+
+def total_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(pid) for pid in pids)
 
 
 async def measure_ingest(
-    server: NatsServer, expected: int, timeout: float, pid: int | None
-) -> tuple[float, int, int, float]:
+    server: NatsServer, expected: int, timeout: float, pids: list[int] | None
+) -> tuple[float, int, int, float, float]:
     """Wait until ACCEPTED holds `expected` messages.
 
-    Returns (events/s first→last admission, accepted, rejected, ingest CPU µs per event while admitting).
+    Returns (events/s first→last admission, accepted, rejected, and the CPU µs per event while admitting
+    of ingest (all replicas) and of nats-server).
     """
+    assert server.process is not None
+    server_pid = server.process.pid
     nc = await connect(server.plain_url, name="bench-watch", user="admin", password=server.passwords["admin"])
     js = nc.jetstream()
     deadline = time.monotonic() + timeout
     last_count, last_change = -1, time.monotonic()
-    cpu_start: tuple[float, int] | None = None
+    cpu_start: tuple[float, float, int] | None = None
     while True:
         accepted = (await js.stream_info("ACCEPTED")).state
         rejected = (await js.stream_info("REJECTED")).state.messages
-        if cpu_start is None and accepted.messages > 0 and pid is not None:
-            cpu_start = (cpu_seconds(pid), accepted.messages)  # startup excluded
+        if cpu_start is None and accepted.messages > 0 and pids is not None:
+            cpu_start = (total_cpu(pids), cpu_seconds(server_pid), accepted.messages)  # startup excluded
         if accepted.messages + rejected >= expected:
             break
         if accepted.messages != last_count:
@@ -228,9 +245,11 @@ async def measure_ingest(
         if time.monotonic() > deadline or time.monotonic() - last_change > 60:
             break
         await asyncio.sleep(0.5 if cpu_start is None else 2)
-    cpu_per_event = float("nan")
-    if cpu_start is not None and pid is not None and accepted.messages > cpu_start[1]:
-        cpu_per_event = (cpu_seconds(pid) - cpu_start[0]) * 1e6 / (accepted.messages - cpu_start[1])
+    cpu_per_event = server_per_event = float("nan")
+    if cpu_start is not None and pids is not None and accepted.messages > cpu_start[2]:
+        counted = accepted.messages - cpu_start[2]
+        cpu_per_event = (total_cpu(pids) - cpu_start[0]) * 1e6 / counted
+        server_per_event = (cpu_seconds(server_pid) - cpu_start[1]) * 1e6 / counted
     first = await js.get_msg("ACCEPTED", accepted.first_seq)
     last = await js.get_msg("ACCEPTED", accepted.last_seq)
     assert first.time is not None
@@ -240,28 +259,29 @@ async def measure_ingest(
     print(f"  consumer: {info.num_pending} pending, {info.num_ack_pending} unacked, {info.num_redelivered} redelivered")
     await nc.close()
     rate = (accepted.messages - 1) / seconds if seconds > 0 else float("nan")
-    return rate, accepted.messages, rejected, cpu_per_event
+    return rate, accepted.messages, rejected, cpu_per_event, server_per_event
 
 
-def batch_summary(port: int) -> str:
-    """Batches and their mean size, from ingest's /metrics."""
-    try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except httpx.HTTPError as e:
-        return f"no metrics: {e}"
-    values = {}
-    phases = {}
-    for line in text.splitlines():
-        if line.startswith("shinchoku_ingest_phase_seconds_sum{"):
-            phase = line.split('phase="')[1].split('"')[0]
-            phases[phase] = float(line.split()[1])
-        for name in (
-            "shinchoku_ingest_batch_size_count",
-            "shinchoku_ingest_batch_size_sum",
-            "shinchoku_ingest_batch_seconds_sum",
-        ):
-            if line.startswith(name + " "):
-                values[name] = float(line.split()[1])
+def batch_summary(ports: list[int]) -> str:
+    """Batches and their mean size, from each replica's /metrics (summed)."""
+    values: dict[str, float] = {}
+    phases: dict[str, float] = {}
+    for port in ports:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        except httpx.HTTPError as e:
+            return f"no metrics: {e}"
+        for line in text.splitlines():
+            if line.startswith("shinchoku_ingest_phase_seconds_sum{"):
+                phase = line.split('phase="')[1].split('"')[0]
+                phases[phase] = phases.get(phase, 0.0) + float(line.split()[1])
+            for name in (
+                "shinchoku_ingest_batch_size_count",
+                "shinchoku_ingest_batch_size_sum",
+                "shinchoku_ingest_batch_seconds_sum",
+            ):
+                if line.startswith(name + " "):
+                    values[name] = values.get(name, 0.0) + float(line.split()[1])
     count = values.get("shinchoku_ingest_batch_size_count", 0)
     if not count:
         return "no batches"
@@ -309,15 +329,16 @@ async def run(args: argparse.Namespace) -> int:
                 )
                 with contextmanager(_database)(database, base) as url:
                     (base / "ingest").mkdir()
-                    with running_ingest(server, url, base / "ingest", args) as (process, port):
-                        rate, accepted, rejected, cpu = await measure_ingest(
-                            server, total, args.timeout, None if args.profile else process.pid
+                    with running_ingest(server, url, base / "ingest", args) as (processes, ports):
+                        rate, accepted, rejected, cpu, server_cpu = await measure_ingest(
+                            server, total, args.timeout, None if args.profile else [p.pid for p in processes]
                         )
-                        print(f"  {batch_summary(port)}")
+                        print(f"  {batch_summary(ports)}")
                     admitted, distinct = store_counts(url)
                 print(
                     f"[{database}] ingest admitted {accepted:,} events: {rate:,.0f} events/s sustained "
-                    f"(first→last admission); ingest process CPU {cpu:,.0f} µs per admitted event"
+                    f"(first→last admission) by {args.replicas} ingest process(es); CPU per admitted event: "
+                    f"ingest {cpu:,.0f} µs, nats-server {server_cpu:,.0f} µs"
                 )
                 exact = accepted == total and admitted == total and distinct == total and rejected == 0
                 print(
@@ -346,6 +367,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--pg", action="store_true", help="run the ingest figure on PostgreSQL too")
     parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--replicas", type=int, default=1, help="ingest processes sharing the durable consumer")
     parser.add_argument("--inflight", type=int, default=4, help="batches waiting for PubAcks at once")
     parser.add_argument("--trace-ratio", type=float, help="sample traces at this ratio (parentbased_traceidratio)")
     parser.add_argument("--no-tracing", action="store_true", help="run ingest with OTEL_SDK_DISABLED=true")

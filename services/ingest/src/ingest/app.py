@@ -18,7 +18,7 @@ from ingest.config import IngestSettings
 from ingest.handlers import BatchHandler, HandlerOptions
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
-from ingest.subscribers import ensure_consumer, guard_fetch_timeouts, register
+from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
@@ -81,7 +81,7 @@ class IngestRuntime:
                 if self.handler is None:
                     self.handler = await self._make_handler(nc)
                 await self.broker.start()
-                guard_fetch_timeouts(self.broker)
+                tune_pull_fetch(self.broker)
                 self.consuming.set()
                 self._lag = asyncio.create_task(
                     ConsumerLag(self.registry).watch(js, stream=STATUS_STREAM.name, durable=INGEST_DURABLE),
