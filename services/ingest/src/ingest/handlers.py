@@ -98,6 +98,8 @@ class Delivery:
     seq: int
     delivered: int
     subject: str
+    #: The agency of the subject (the one NATS authenticated), or `unknown` for an alien subject.
+    agency: str
     data: bytes
     received_at: datetime
     span: MessageSpan
@@ -110,12 +112,6 @@ class Delivery:
     settled: bool = False
     out_subject: str = ""
     acked: bool = False
-
-    @property
-    def agency(self) -> str:
-        """The agency of the subject (the one NATS authenticated), or `unknown` for an alien subject."""
-        parts = self.subject.split(".")
-        return parts[1] if len(parts) > 1 and parts[1] else "unknown"
 
     @property
     def rejection_id(self) -> str:
@@ -748,11 +744,13 @@ class BatchHandler:
                 "messaging.nats.delivered": meta.num_delivered,
             },
         )
+        parts = subject.split(".", 2)
         return Delivery(
             msg=msg,
             seq=seq,
             delivered=meta.num_delivered,
             subject=subject,
+            agency=parts[1] if len(parts) > 1 and parts[1] else "unknown",
             data=msg.data,
             received_at=meta.timestamp,
             span=span,

@@ -18,12 +18,13 @@ from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.context import Context
-from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, SpanContext, SpanKind, Status, TraceFlags
+
+from shinchoku_runtime.propagation import extract_parent, inject_span_context
 
 SCOPE = InstrumentationScope("ingest")
 _UNSET = Status()
@@ -69,13 +70,7 @@ class BatchTracer:
 
     def open(self, name: str, headers: Mapping[str, str] | None, attributes: dict[str, Any]) -> MessageSpan:
         start_ns = time.time_ns()
-        # Only a message that carries a trace context has one to extract (the propagators cost ~6 µs).
-        parent_context = extract(headers) if headers and "traceparent" in headers else None
-        parent: SpanContext | None = None
-        if parent_context is not None:
-            parent = trace.get_current_span(parent_context).get_span_context()
-            if not parent.is_valid:
-                parent = None
+        parent_context, parent = extract_parent(headers)
         sdk = self._sdk
         if sdk is None:
             return MessageSpan(name, parent or INVALID_SPAN_CONTEXT, None, False, attributes, start_ns)
@@ -154,5 +149,4 @@ class BatchTracer:
 
 def inject_context(headers: dict[str, str], context: SpanContext) -> None:
     """Put `context` into outgoing message headers (W3C traceparent with the configured propagators)."""
-    if context.is_valid:
-        inject(headers, context=trace.set_span_in_context(NonRecordingSpan(context)))
+    inject_span_context(headers, context)

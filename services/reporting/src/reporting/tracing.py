@@ -23,6 +23,8 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
+from shinchoku_runtime.propagation import extract_parent
+
 SCOPE = InstrumentationScope("reporting.subscribers")
 
 
@@ -71,10 +73,8 @@ class BatchSpans:
         else:
             process_status = write_status = Status(StatusCode.UNSET)
         for m in messages:
-            context = propagate.extract(m.headers) if m.headers else None
-            parent = trace.get_current_span(context).get_span_context() if context is not None else None
-            if parent is None or not parent.is_valid:
-                parent = None
+            context, parent = extract_parent(m.headers)
+            if parent is None:
                 trace_id = sdk.id_generator.generate_trace_id()
             else:
                 trace_id = parent.trace_id
