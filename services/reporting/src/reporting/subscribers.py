@@ -36,7 +36,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting.handlers import AppliedEvent
+from reporting.handlers import AppliedEvent, BatchOutcome
 from reporting.metrics import ReportingMetrics
 from reporting.repository import to_micros
 from reporting.tracing import BatchSpans, MessageSpan
@@ -231,30 +231,58 @@ class AcceptedWriter:
         self._applier.close()
 
     async def _run(self) -> None:
-        while True:
-            batches = [await self._queue.get()]
-            rows = len(batches[0])
-            while rows < self._max_rows and not self._queue.empty():
-                batches.append(self._queue.get_nowait())
-                rows += len(batches[-1])
-            try:
-                await self._write([d for batch in batches for d in batch])
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # never let the writer die: the messages stay unacknowledged and come back
-                log.exception("writer failed on a batch; its messages will be redelivered")
-            finally:
-                for _ in batches:
-                    self._queue.task_done()
+        # Acknowledging and tracing a written batch (this process) overlaps with writing the next one (the
+        # writer process): one batch settles while the next is written, never more.
+        settling: asyncio.Task[None] | None = None
+        try:
+            while True:
+                batches = [await self._queue.get()]
+                rows = len(batches[0])
+                while rows < self._max_rows and not self._queue.empty():
+                    batches.append(self._queue.get_nowait())
+                    rows += len(batches[-1])
+                written: tuple[Sequence[Delivery], BatchOutcome, int, int] | None = None
+                try:
+                    written = await self._write([d for batch in batches for d in batch])
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # never let the writer die: the messages stay unacknowledged and come back
+                    log.exception("writer failed on a batch; its messages will be redelivered")
+                if settling is not None:
+                    await settling
+                    settling = None
+                if written is None:
+                    for _ in batches:
+                        self._queue.task_done()
+                    continue
+                settling = asyncio.create_task(self._settle_logged(*written, count=len(batches)))
+        finally:
+            if settling is not None:
+                await asyncio.shield(settling)
 
-    async def _write(self, batch: Sequence[Delivery]) -> None:
+    async def _write(self, batch: Sequence[Delivery]) -> tuple[Sequence[Delivery], BatchOutcome, int, int] | None:
+        """Decode and write the batch; None when the writer process died (the batch was put back)."""
         started = time.time_ns()
         try:
             outcome = await self._applier.apply([d.msg.data for d in batch])
         except Exception as e:  # the worker died: nothing is known to be committed
             await self._retry(batch, f"{type(e).__name__}: {e}")
-            return
-        ended = time.time_ns()
+            return None
+        return batch, outcome, started, time.time_ns()
+
+    async def _settle_logged(
+        self, batch: Sequence[Delivery], outcome: BatchOutcome, started: int, ended: int, *, count: int
+    ) -> None:
+        try:
+            await self._settle(batch, outcome, started, ended)
+        except Exception:  # unacknowledged messages come back after ack_wait, answered idempotently
+            log.exception("could not settle a written batch of %d", len(batch))
+        finally:
+            for _ in range(count):
+                self._queue.task_done()
+
+    async def _settle(self, batch: Sequence[Delivery], outcome: BatchOutcome, started: int, ended: int) -> None:
+        """Acknowledge what was committed (terminate what is not AdmittedEvent JSON), then record the spans."""
         good: list[tuple[Delivery, AppliedEvent]] = []
         for d, event in zip(batch, outcome.events, strict=True):
             if isinstance(event, str):
