@@ -25,11 +25,15 @@ def make_broker(
     service: str,
     tracer_provider: TracerProvider | None,
     registry: CollectorRegistry,
+    telemetry: bool = True,
     **kwargs: Any,
 ) -> NatsBroker:
     """The service's broker: its own NATS user, reconnecting for ever, no per-message access log.
 
     FastStream's access log halves consumer throughput, so it is off; decisions are logged by the handlers.
+    `telemetry=False` leaves out FastStream's span middleware, for a service that records its messages'
+    spans itself (on a batch subscriber it would add a batch span linking every message, extracting each
+    message's trace context once more).
     """
     security = None
     if settings.nats_user:
@@ -46,7 +50,7 @@ def make_broker(
         reconnect_time_wait=1,
         error_cb=error_cb,
         middlewares=[
-            NatsTelemetryMiddleware(tracer_provider=tracer_provider),
+            *([NatsTelemetryMiddleware(tracer_provider=tracer_provider)] if telemetry else []),
             NatsPrometheusMiddleware(registry=registry, app_name=service, metrics_prefix="shinchoku"),
         ],
         logger=None,
