@@ -26,6 +26,7 @@ from reporting import repository
 from reporting.handlers import BatchOutcome, decode_and_apply
 from reporting.repository import LIVE
 from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.service import settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ def _init_worker(url: str) -> None:
     global _worker_engine
     exit_with_parent()
     _worker_engine = repository.tune(make_engine(url))
+    settle_heap()
 
 
 def _apply_in_worker(payloads: Sequence[bytes]) -> BatchOutcome:
