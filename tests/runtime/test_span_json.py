@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
-from shinchoku_runtime.telemetry import span_to_dict, span_to_json
+from shinchoku_runtime.telemetry import span_line, span_to_dict, span_to_json
 
 
 def test_span_to_json_matches_span_to_dict() -> None:
@@ -33,4 +33,25 @@ def test_span_to_json_matches_span_to_dict() -> None:
     for span in spans:
         line = span_to_json(span)
         assert "\n" not in line
+        assert json.loads(line) == json.loads(json.dumps(span_to_dict(span)))
+
+
+def test_spans_built_from_plain_dicts_and_text_orjson_refuses_are_written() -> None:
+    """Spans recorded directly as ReadableSpans (ingest, reporting) and a lone surrogate still give one JSON line."""
+    context = SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False, TraceFlags(1))
+    resource = Resource({"service.name": "ingest"})
+    plain = ReadableSpan(
+        "ACCEPTED publish",
+        context=context,
+        parent=context,
+        resource=resource,
+        attributes={"messaging.nats.batch_size": 500, "shinchoku.agency": "mof", "flags": (True, False)},
+        kind=SpanKind.PRODUCER,
+        start_time=1,
+        end_time=2,
+    )
+    odd = ReadableSpan("odd", context=context, resource=resource, attributes={"note": "broken \ud800 text", "n": 2**70})
+    for span in (plain, odd):
+        line = span_line(span)
+        assert b"\n" not in line
         assert json.loads(line) == json.loads(json.dumps(span_to_dict(span)))
