@@ -71,8 +71,9 @@ from shinchoku_runtime.batchpublish import BatchAck, OutMessage, publish_atomic
 
 log = logging.getLogger(__name__)
 
-#: Attempts at storing a batch that raced with another replica before its messages are retried later.
-WRITE_ATTEMPTS = 3
+#: Attempts at storing a batch before its messages are retried later: the first assumes its event ids are new,
+#: the others decide with the stored records (a resend, or a race with another replica).
+WRITE_ATTEMPTS = 4
 
 FAULT_DATABASE = "database"
 FAULT_NATS = "nats"
@@ -284,7 +285,8 @@ class BatchHandler:
             outcome = await self._decide_and_store(deliveries, recheck=recheck or attempt > 0)
             if outcome != "conflict":
                 return
-            log.info("batch raced with another replica (attempt %d); deciding again from the store", attempt + 1)
+            if attempt > 0 or recheck:
+                log.info("batch raced with another replica (attempt %d); deciding again from the store", attempt + 1)
         for d in deliveries:
             if d.stored is None and not d.fault:
                 self._fault(d, FAULT_CONFLICT, "kept racing with another replica")
@@ -356,33 +358,28 @@ class BatchHandler:
             if measure_id in unavailable:
                 self._fault(d, FAULT_CATALOG, unavailable[measure_id])
 
-        # 3. What was recorded before for these event ids.
+        # 3. What was recorded before for these event ids. Optimistically nothing, on the first attempt: a new
+        # event id is the common case, and the claim insert (unique on event_id) is the check that counts. A
+        # batch holding an id claimed before (a resend, a redelivery, another replica's work) fails that insert
+        # as a whole and is decided again with the stored records (`recheck`). Only a decision that claims
+        # nothing could come out differently without them (e.g. an admitted event resent after the catalog
+        # dropped a target it reports on: a duplicate, not malformed): those ids are read at once.
         decidable = [d for d in todo if not d.fault]
         read_started = time.perf_counter()
+        reported = [d.read.event_id for d in decidable if isinstance(d.read, Report)]
         try:
-            priors = await asyncio.to_thread(
-                repository.load_priors,
-                self._engine,
-                event_ids=[d.read.event_id for d in decidable if isinstance(d.read, Report)],
-            )
+            priors = await self._load_priors(reported) if recheck else {}
+            rows, claims, late = self._decide_all(decidable, found, dict(priors))
+            if not recheck:
+                unclaimed = self._unclaimed_reports(decidable)
+                if unclaimed:
+                    priors = await self._load_priors(unclaimed)
+                    if priors:
+                        rows, claims, late = self._decide_all(decidable, found, dict(priors))
         except sa.exc.SQLAlchemyError as e:
             self._fault_all(decidable, FAULT_DATABASE, e)
             return "fault"
-
         self._metrics.phase_seconds.labels("read").observe(time.perf_counter() - read_started)
-
-        # 4. Decide in stream order, each decision seeing the ones before it in the batch.
-        rows: list[dict[str, Any]] = []
-        claims: dict[str, NewClaim] = {}
-        late: list[LateAdmission] = []
-        decided_at = _now()
-        for d in decidable:
-            decision, previous = self._decide(d, found, priors)
-            d.decision = decision
-            if isinstance(decision, Admit):
-                d.admitted_at = decided_at
-            rows.append(self._row(d))
-            self._record_claim(d, decision, previous, priors, claims, late)
 
         # 5. One transaction for the whole batch.
         db_started = time.time_ns()
@@ -405,6 +402,38 @@ class BatchHandler:
         for d in decidable:
             tracer.child(d.span, "ingest store write", db_started, db_ended, self._db_attributes)
         return "stored"
+
+    async def _load_priors(self, event_ids: list[str]) -> dict[str, PriorRecord]:
+        if not event_ids:
+            return {}
+        return await asyncio.to_thread(repository.load_priors, self._engine, event_ids=event_ids)
+
+    def _decide_all(
+        self, decidable: list[Delivery], found: dict[str, Any], priors: dict[str, PriorRecord]
+    ) -> tuple[list[dict[str, Any]], dict[str, NewClaim], list[LateAdmission]]:
+        """Decide in stream order, each decision seeing the ones before it in the batch (`priors` grows)."""
+        rows: list[dict[str, Any]] = []
+        claims: dict[str, NewClaim] = {}
+        late: list[LateAdmission] = []
+        decided_at = _now()
+        for d in decidable:
+            decision, previous = self._decide(d, found, priors)
+            d.decision = decision
+            d.admitted_at = decided_at if isinstance(decision, Admit) else None
+            rows.append(self._row(d))
+            self._record_claim(d, decision, previous, priors, claims, late)
+        return rows, claims, late
+
+    @staticmethod
+    def _unclaimed_reports(decidable: list[Delivery]) -> list[str]:
+        """Event ids of well-formed reports whose decision (made without stored records) claims nothing."""
+        return [
+            d.decision.report.event_id
+            for d in decidable
+            if isinstance(d.decision, Reject)
+            and d.decision.report is not None
+            and not claims_event_id(d.decision, None)
+        ]
 
     def _decide(
         self, d: Delivery, found: dict[str, Any], priors: dict[str, PriorRecord]
