@@ -5,9 +5,10 @@ from __future__ import annotations
 import nats
 import pytest
 from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts.streams import agency_inbox_prefix
-from shinchoku_runtime.batchpublish import MAX_BATCH, BatchPublishError, OutMessage, publish_atomic
+from shinchoku_runtime.batchpublish import MAX_BATCH, BatchPublishError, OutMessage, ack_all, publish_atomic
 from shinchoku_runtime.natsserver import NatsServer
 
 
@@ -55,3 +56,42 @@ async def test_a_refused_batch_stores_nothing(admin_nc: Client) -> None:
     with pytest.raises(BatchPublishError):
         await publish_atomic(admin_nc, "ACCEPTED", [*_accepted(["a", "b"]), huge])
     assert (await admin_nc.jetstream().stream_info("ACCEPTED")).state.messages == 0
+
+
+async def test_the_block_path_stores_what_the_public_path_stores(admin_nc: Client) -> None:
+    """Messages written as one block and ones published by nats-py arrive with the same subject, headers, data."""
+    js = admin_nc.jetstream()
+    headers = {"Nats-Msg-Id": "", "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
+    block = [
+        OutMessage(f"accepted.mof.1-{i}", f"日本語 {i}".encode(), {**headers, "Nats-Msg-Id": f"b{i}"}) for i in range(3)
+    ]
+    await publish_atomic(admin_nc, "ACCEPTED", block)
+    # A header value nats-py would strip keeps these on the public path.
+    public = [
+        OutMessage(f"accepted.mof.1-{i}", f"日本語 {i}".encode(), {**headers, "Nats-Msg-Id": f"p{i}", "X-Pad": " x "})
+        for i in range(3)
+    ]
+    await publish_atomic(admin_nc, "ACCEPTED", public)
+    stored = [await js.get_msg("ACCEPTED", seq) for seq in range(1, 7)]
+    for b, p in zip(stored[:3], stored[3:], strict=True):
+        assert (b.subject, b.data) == (p.subject, p.data)
+        assert b.headers is not None
+        assert p.headers is not None
+        assert b.headers["traceparent"] == p.headers["traceparent"] == headers["traceparent"]
+        assert b.headers["Nats-Msg-Id"][1:] == p.headers["Nats-Msg-Id"][1:]
+    assert [m.headers["Nats-Batch-Sequence"] for m in stored if m.headers] == ["1", "2", "3"] * 2
+
+
+async def test_ack_all_acknowledges_every_message(admin_nc: Client) -> None:
+    js = admin_nc.jetstream()
+    await publish_atomic(admin_nc, "ACCEPTED", _accepted([str(i) for i in range(20)]))
+    await js.add_consumer("ACCEPTED", ConsumerConfig(durable_name="acks", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    sub = await js.pull_subscribe_bind("acks", "ACCEPTED")
+    msgs = await sub.fetch(20, timeout=5)
+    assert len(msgs) == 20
+    await ack_all(admin_nc, msgs[:15])
+    await msgs[15].ack()
+    await ack_all(admin_nc, msgs)  # the ones acked already are not acked again
+    await admin_nc.flush()
+    info = await js.consumer_info("ACCEPTED", "acks")
+    assert (info.num_ack_pending, info.num_redelivered, info.ack_floor.stream_seq) == (0, 0, 20)

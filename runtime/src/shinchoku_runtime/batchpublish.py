@@ -8,17 +8,26 @@ all or nothing, so a crash or a lost connection mid-batch stores none of it and 
 A batch that contains a `Nats-Msg-Id` the stream has already stored is refused whole (err_code 10201). That
 happens when an earlier attempt was committed but its PubAck never arrived; the fallback then publishes each
 message on its own, and the broker's duplicate window drops the ones it already has.
+
+The messages of a batch before its commit (and the acks of a batch of consumed messages, `ack_all`) are
+written to the connection as one block of protocol commands: nats-py's `publish` costs about 9 µs a message
+(subject and header checks, a coroutine, a command each), a third of it the header encoding. The block goes
+into the client's own outgoing buffer, in order with everything else, and only while it is connected with
+nothing unusual in the messages (a subject or header value with whitespace, a payload above the server's
+limit); otherwise each message takes the public path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js.errors import APIError
 
 #: nats-server's default ceiling on messages in one atomic batch (jetstream.limits.batch.max_msgs).
@@ -84,7 +93,16 @@ async def publish_atomic(nc: Client, stream: str, messages: Sequence[OutMessage]
 async def _publish_chunk(nc: Client, stream: str, chunk: Sequence[OutMessage], *, timeout: float) -> BatchAck:
     batch_id = uuid.uuid4().hex
     final = len(chunk)
-    for i, m in enumerate(chunk, start=1):
+    if final > 1 and _raw_ok(nc, chunk[:-1]):
+        block = b"".join(
+            _hpub(m.subject, {**m.headers, BATCH_ID: batch_id, BATCH_SEQUENCE: str(i)}, m.payload)
+            for i, m in enumerate(chunk[:-1], start=1)
+        )
+        await _send_block(nc, block, final - 1, sum(len(m.payload) for m in chunk[:-1]))
+        start = final
+    else:
+        start = 1
+    for i, m in enumerate(chunk[start - 1 :], start=start):
         headers = {**m.headers, BATCH_ID: batch_id, BATCH_SEQUENCE: str(i)}
         if i < final:
             await nc.publish(m.subject, m.payload, headers=headers)
@@ -101,6 +119,66 @@ async def _publish_chunk(nc: Client, stream: str, chunk: Sequence[OutMessage], *
     raise AssertionError("unreachable: a non-empty chunk ends in a commit")
 
 
+_UNSAFE = re.compile(r"[\s]")
+
+
+def _raw_ok(nc: Client, messages: Sequence[OutMessage]) -> bool:
+    """Whether these messages can be written as one block (else nats-py checks and sends each)."""
+    if not nc.is_connected or getattr(nc, "_pending", None) is None or not hasattr(nc, "_send_command"):
+        return False
+    limit = nc.max_payload
+    for m in messages:
+        if len(m.payload) > limit or _UNSAFE.search(m.subject) or not m.subject:
+            return False
+        for key, value in m.headers.items():
+            if not _HEADER_KEY.fullmatch(key) or _UNSAFE_VALUE.search(value):
+                return False
+    return True
+
+
+#: What nats-py would change or refuse: a key outside RFC 7230's token characters minus ':', a value with a
+#: line break, a tab, or spaces at either end (nats-py strips them).
+_HEADER_KEY = re.compile(r"[!#-9;-~]+")
+_UNSAFE_VALUE = re.compile(r"[\r\n\t]|^ | $")
+
+
+def _hpub(subject: str, headers: dict[str, str], payload: bytes) -> bytes:
+    """One HPUB command, as nats-py would write it (`NATS/1.0` header block, no reply subject)."""
+    head = ("NATS/1.0\r\n" + "".join([f"{k}: {v}\r\n" for k, v in headers.items()]) + "\r\n").encode()
+    return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), len(head) + len(payload), head, payload)
+
+
+async def _send_block(nc: Client, block: bytes, count: int, payload_bytes: int) -> None:
+    """Queue a block of commands on the connection, as `publish` queues one (the caller's next request flushes)."""
+    nc.stats["out_msgs"] += count
+    nc.stats["out_bytes"] += payload_bytes
+    await nc._send_command(block)
+
+
+async def ack_all(nc: Client | None, msgs: Sequence[Msg]) -> None:
+    """Acknowledge JetStream messages: one block of `PUB <reply> 0` commands, flushed, instead of a publish each.
+
+    `nc` is the connection they arrived on (None: the messages' own). Falls back to `msg.ack()` for each when
+    the connection is not in a state to take a block.
+    """
+    pending = [m for m in msgs if not m._ackd]
+    if not pending:
+        return
+    if nc is None:
+        nc = pending[0]._client
+    if not nc.is_connected or getattr(nc, "_pending", None) is None or not hasattr(nc, "_send_command"):
+        for m in pending:
+            await m.ack()
+        return
+    for m in pending:
+        m._check_reply()
+    await _send_block(nc, b"".join([b"PUB %s 0\r\n\r\n" % m.reply.encode() for m in pending]), len(pending), 0)
+    if nc._flush_queue is not None and nc._flush_queue.empty():
+        await nc._flush_pending()
+    for m in pending:
+        m._ackd = True
+
+
 async def _publish_each(nc: Client, stream: str, chunk: Sequence[OutMessage], *, timeout: float) -> BatchAck:
     js = nc.jetstream()
     acks = await asyncio.gather(
@@ -109,4 +187,4 @@ async def _publish_each(nc: Client, stream: str, chunk: Sequence[OutMessage], *,
     return BatchAck(stream=stream, last_seq=max(a.seq for a in acks), count=len(acks), fell_back=True)
 
 
-__all__ = ["MAX_BATCH", "APIError", "BatchAck", "BatchPublishError", "OutMessage", "publish_atomic"]
+__all__ = ["MAX_BATCH", "APIError", "BatchAck", "BatchPublishError", "OutMessage", "ack_all", "publish_atomic"]

@@ -67,7 +67,7 @@ from ingest.repository import (
     WriteConflict,
 )
 from ingest.tracing import BatchTracer, MessageSpan, inject_context
-from shinchoku_runtime.batchpublish import BatchAck, OutMessage, publish_atomic
+from shinchoku_runtime.batchpublish import BatchAck, OutMessage, ack_all, publish_atomic
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +236,7 @@ class BatchHandler:
     async def _finish(self, deliveries: list[Delivery], waiting: Publishing, started: float) -> None:
         try:
             await self._await_pub_acks(waiting)
-            for d in deliveries:
-                await self._settle(d)
+            await self._settle_all(deliveries)
             self._count(deliveries)
             self._log_faults(deliveries)
         except Exception:  # acks not sent: ack_wait brings the messages back, answered from the store
@@ -654,6 +653,26 @@ class BatchHandler:
                     )
 
     # --- settling each message ---
+
+    async def _settle_all(self, deliveries: list[Delivery]) -> None:
+        """Put back what must wait, then acknowledge all the rest at once."""
+        done: list[Delivery] = []
+        for d in deliveries:
+            if d.settled:
+                continue
+            if d.fault:
+                await self._retry_later(d)
+            else:
+                done.append(d)
+        if not done:
+            return
+        try:
+            await ack_all(self._nc, [d.msg for d in done])
+        except Exception as e:  # the acks will be lost; the redeliveries are answered from the store
+            log.warning("could not ack %d messages (STATUS-%d…): %s", len(done), done[0].seq, e)
+        for d in done:
+            d.settled = True
+            d.acked = True
 
     async def _settle(self, d: Delivery) -> None:
         if d.settled:

@@ -41,6 +41,7 @@ from reporting.metrics import ReportingMetrics
 from reporting.repository import to_micros
 from reporting.tracing import BatchSpans, MessageSpan
 from reporting.workers import Applier
+from shinchoku_runtime.batchpublish import ack_all
 
 log = logging.getLogger(__name__)
 
@@ -295,10 +296,9 @@ class AcceptedWriter:
             await self._retry([d for d, _ in good], outcome.error)
             self._trace(good, started, ended, error=outcome.error)
             return
-        for d, _ in good:
-            await d.msg.ack()
         if not good:
             return
+        await ack_all(None, [d.msg for d, _ in good])
         self._metrics.applied(len(good))
         self._metrics.batch_seconds.observe((ended - started) / 1e9)
         now = to_micros(datetime.now(UTC))
