@@ -195,6 +195,9 @@ def write_batch(
     """Store a batch's decisions and idempotency records in one transaction, or nothing (WriteConflict)."""
     if not decisions:
         return
+    if engine.dialect.name == "sqlite":
+        _write_batch_sqlite(engine, decisions=decisions, claims=claims, late_admissions=late_admissions)
+        return
     with engine.begin() as conn:
         stmt = _insert(engine, _decision).on_conflict_do_nothing().returning(_decision.c.stream_seq)
         inserted = conn.execute(stmt, list(decisions)).all()
@@ -215,14 +218,64 @@ def write_batch(
             claimed = conn.execute(stmt, rows).all()
             if len(claimed) != len(claims):
                 raise WriteConflict(f"{len(claims) - len(claimed)} event id(s) were claimed by another replica")
-        for late in late_admissions:
-            result = conn.execute(
-                sa.update(_claim)
-                .where(_claim.c.event_id == late.event_id, _claim.c.admitted_seq.is_(None))
-                .values(admitted_seq=late.admitted_seq)
-            )
-            if result.rowcount != 1:
-                raise WriteConflict(f"event id {late.event_id} was admitted by another replica")
+        _admit_late(conn, late_admissions)
+
+
+_DECISION_COLUMNS = tuple(c.name for c in _decision.columns)
+_DATETIME_COLUMNS = frozenset(c.name for c in _decision.columns if isinstance(c.type, sa.DateTime))
+_SQLITE_DECISION_INSERT = (
+    f"INSERT INTO decision ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(_DECISION_COLUMNS))}) "
+    "ON CONFLICT DO NOTHING"
+)
+_SQLITE_CLAIM_INSERT = (
+    "INSERT INTO event_id_claim (event_id, content_hash, agency, first_seq, admitted_seq) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+def sqlite_datetime(value: datetime | None) -> str | None:
+    """The text SQLAlchemy's SQLite DATETIME stores for `value` (its fields as they are, with microseconds)."""
+    return None if value is None else value.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _write_batch_sqlite(
+    engine: Engine,
+    *,
+    decisions: Sequence[dict[str, Any]],
+    claims: Sequence[NewClaim],
+    late_admissions: Sequence[LateAdmission],
+) -> None:
+    """`write_batch` on SQLite: plain `executemany` of prepared tuples, the same rows SQLAlchemy Core would write.
+
+    Core's per-row parameter processing (a dict per row, a bind processor per datetime) cost more than
+    SQLite's own insert here. A row that did not go in shows as a smaller total of changes.
+    """
+    columns = _DECISION_COLUMNS
+    dates = _DATETIME_COLUMNS
+    rows = [tuple(sqlite_datetime(row[c]) if c in dates else row[c] for c in columns) for row in decisions]
+    with engine.begin() as conn:
+        inserted = conn.exec_driver_sql(_SQLITE_DECISION_INSERT, rows).rowcount
+        if inserted != len(rows):
+            raise WriteConflict(f"{len(rows) - inserted} decision(s) were stored by another replica")
+        if claims:
+            claimed = conn.exec_driver_sql(
+                _SQLITE_CLAIM_INSERT,
+                [(c.event_id, c.content_hash, c.agency, c.first_seq, c.admitted_seq) for c in claims],
+            ).rowcount
+            if claimed != len(claims):
+                raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
+        _admit_late(conn, late_admissions)
+
+
+def _admit_late(conn: sa.Connection, late_admissions: Sequence[LateAdmission]) -> None:
+    for late in late_admissions:
+        result = conn.execute(
+            sa.update(_claim)
+            .where(_claim.c.event_id == late.event_id, _claim.c.admitted_seq.is_(None))
+            .values(admitted_seq=late.admitted_seq)
+        )
+        if result.rowcount != 1:
+            raise WriteConflict(f"event id {late.event_id} was admitted by another replica")
 
 
 # --- reading for HTTP ----------------------------------------------------------------------------------------
