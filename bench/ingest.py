@@ -367,7 +367,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--pg", action="store_true", help="run the ingest figure on PostgreSQL too")
     parser.add_argument("--timeout", type=float, default=900)
-    parser.add_argument("--replicas", type=int, default=1, help="ingest processes sharing the durable consumer")
+    parser.add_argument(
+        "--replicas", type=int, default=2, help="ingest processes sharing the durable consumer (2: as deployed)"
+    )
     parser.add_argument("--inflight", type=int, default=4, help="batches waiting for PubAcks at once")
     parser.add_argument("--trace-ratio", type=float, help="sample traces at this ratio (parentbased_traceidratio)")
     parser.add_argument("--no-tracing", action="store_true", help="run ingest with OTEL_SDK_DISABLED=true")

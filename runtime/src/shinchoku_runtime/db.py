@@ -41,5 +41,24 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5, **kwargs)
 
 
+def size_sqlite_cache(engine: Engine, *, cache_kib: int, mmap_bytes: int) -> Engine:
+    """Give a SQLite engine a page cache and memory-mapped reads sized for its store (no-op on PostgreSQL).
+
+    A store keyed by random UUIDs touches index pages all over the file on every insert; with SQLite's
+    default 2 MB cache, once the indexes outgrow it each insert goes to the file for its pages.
+    """
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _cache(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+            cursor.execute(f"PRAGMA mmap_size={int(mmap_bytes)}")
+            cursor.execute("PRAGMA temp_store=MEMORY")
+            cursor.close()
+
+    return engine
+
+
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"

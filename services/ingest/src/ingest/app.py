@@ -36,7 +36,7 @@ class IngestRuntime:
 
     def __init__(self, settings: IngestSettings, *, tracer_provider: TracerProvider | None = None) -> None:
         self.settings = settings
-        self.engine = make_engine(settings.resolved_database_url())
+        self.engine = repository.tune(make_engine(settings.resolved_database_url()))
         repository.set_sqlite_busy_timeout(self.engine, milliseconds=settings.sqlite_busy_timeout_ms)
         self.registry = CollectorRegistry()
         self.metrics = IngestMetrics.create(self.registry)

@@ -21,6 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Column, Field, SQLModel
 
 from ingest.domain import PriorRecord
+from shinchoku_runtime.db import size_sqlite_cache
 
 OUTCOME_ADMITTED = "admitted"
 OUTCOME_REJECTED = "rejected"
@@ -79,6 +80,16 @@ _claim: sa.Table = EventIdClaimRow.__table__  # type: ignore[attr-defined]
 
 def create_schema(engine: Engine) -> None:
     SQLModel.metadata.create_all(engine, tables=[_decision, _claim])
+
+
+#: Ingest's SQLite page cache and memory map: the decision and claim indexes are keyed by random event ids.
+SQLITE_CACHE_KIB = 65_536
+SQLITE_MMAP_BYTES = 256 * 1024 * 1024
+
+
+def tune(engine: Engine) -> Engine:
+    """Size the SQLite page cache for random-key inserts (no-op on PostgreSQL)."""
+    return size_sqlite_cache(engine, cache_kib=SQLITE_CACHE_KIB, mmap_bytes=SQLITE_MMAP_BYTES)
 
 
 def set_sqlite_busy_timeout(engine: Engine, *, milliseconds: int) -> None:

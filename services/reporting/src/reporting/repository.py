@@ -28,6 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
 from reporting.domain import KpiReading, LeadReport
+from shinchoku_runtime.db import size_sqlite_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -140,17 +141,7 @@ SQLITE_MMAP_BYTES = 512 * 1024 * 1024
 
 def tune(engine: Engine) -> Engine:
     """Give a SQLite engine a page cache and memory-mapped reads sized for the store (no-op on PostgreSQL)."""
-    if engine.dialect.name == "sqlite":
-
-        @sa.event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
-            cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
-            cursor.execute("PRAGMA temp_store=MEMORY")
-            cursor.close()
-
-    return engine
+    return size_sqlite_cache(engine, cache_kib=SQLITE_CACHE_KIB, mmap_bytes=SQLITE_MMAP_BYTES)
 
 
 def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = True) -> None:
