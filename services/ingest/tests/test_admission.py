@@ -25,7 +25,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from contracts.events import AdmittedEvent, ReasonCode, Rejection, StatusEvent
 from contracts.periods import FiscalQuarter
 from contracts.streams import CATALOG_MEASURE_GET
-from ingest.testing import SAMPLE_MEASURES, encode, event_body, stream_messages, wait_for_count, wait_for_event
+from ingest.testing import (
+    SAMPLE_MEASURES,
+    encode,
+    event_body,
+    put_measures,
+    stream_messages,
+    wait_for_count,
+    wait_for_event,
+)
 from shinchoku.client import AgencyPublisher, PermissionDenied
 from shinchoku_runtime.natsserver import NatsServer
 
@@ -139,6 +147,38 @@ async def test_identical_duplicates_are_admitted_once(ingest: Any, publisher_for
     event = AdmittedEvent.model_validate_json(accepted[0].data)
     assert event.event == StatusEvent.model_validate(body)
     assert accepted[0].headers["Nats-Msg-Id"] == body["event_id"]
+
+
+async def test_a_resend_after_the_catalog_changed_is_still_a_duplicate(
+    ingest: Any, publisher_for: Publishers, admin_nc: Client
+) -> None:
+    """An admitted event resent as is stays idempotent, even where the catalog now says it would be malformed."""
+    mof = await publisher_for("mof")
+    body = event_body(kpis=[{"target": 1, "value": 55, "as_of": "2024-06-30"}])
+    await mof.publish_raw("status.mof.1-25", encode(body))
+    assert (await wait_for_event(ingest.http, body["event_id"]))["outcome"] == "admitted"
+    fewer = SAMPLE_MEASURES[0].model_copy(update={"targets": SAMPLE_MEASURES[0].targets[:1]})
+    await put_measures(admin_nc, [fewer])
+    # Once a new event on the dropped target is malformed, ingest's mirror has the new catalog.
+    probe = event_body(kpis=[{"target": 1, "value": 60, "as_of": "2024-06-30"}])
+    deadline = time.monotonic() + 10
+    while True:
+        probe["event_id"] = str(uuid.uuid4())
+        await mof.publish_raw("status.mof.1-25", encode(probe))
+        decided = await wait_for_event(ingest.http, probe["event_id"])
+        if decided["outcome"] == "rejected" or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert decided["reason"] == ReasonCode.malformed
+    await mof.publish_raw("status.mof.1-25", encode(body))
+    deadline = time.monotonic() + 10
+    while True:
+        first = await wait_for_event(ingest.http, body["event_id"])
+        if first["attempts"] or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    assert first["outcome"] == "admitted"
+    assert [a["outcome"] for a in first["attempts"]] == ["duplicate"]
 
 
 async def test_an_agency_cannot_publish_as_another(
