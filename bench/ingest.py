@@ -10,9 +10,9 @@ What it does, in one run:
    into the CATALOG KV bucket;
 3. publishes N valid events into STATUS from several agency connections with nats-py `publish_async`,
    waiting for every PubAck: that is the raw JetStream publish rate on this server;
-4. starts `python -m ingest` as its own process on SQLite (and again on PostgreSQL with --pg), lets it
-   drain the backlog, and measures admitted events/s sustained: (admitted − 1) / (time of the last
-   ACCEPTED message − time of the first), timestamps from the ACCEPTED stream itself;
+4. starts `--replicas` (2) `python -m ingest` processes sharing the durable consumer, on SQLite (and again
+   on PostgreSQL with --pg), lets them drain the backlog, and measures admitted events/s sustained:
+   (admitted − 1) / (time of the last ACCEPTED message − time of the first), from the ACCEPTED stream itself;
 5. checks exactly-once: ACCEPTED holds N messages, the ingest store N admitted decisions for N distinct
    event ids, and REJECTED nothing.
 

@@ -356,13 +356,13 @@ async def main() -> None:
             t = time.monotonic()
             rebuild = subprocess.Popen(
                 [*spy_argv(args.profile, "rebuild"), sys.executable, "-m", "reporting", "rebuild", "--no-progress"],
-                env=env,
+                env={**env, "SHINCHOKU_REPORTING_LOG_LEVEL": "INFO"},  # its phases, printed below
                 stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
                 text=True,
             )
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            stdout, _ = rebuild.communicate()
+            stdout, stderr = rebuild.communicate()
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             rebuild_cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
             seconds = time.monotonic() - t
@@ -376,6 +376,9 @@ async def main() -> None:
                 f"(= {(loaded + args.changes) / max(rebuild_cpu, 1e-9):,.0f} events/s of its CPU); {load()}",
                 flush=True,
             )
+            phases = [m.group(1) for m in re.finditer(r'"message": "((?:replayed|indexed|caught up)[^"]*)"', stderr)]
+            if phases:
+                print(f"  rebuild phases: {'; '.join(phases)}", flush=True)
             await admin.close()
     finally:
         server.stop()

@@ -221,10 +221,12 @@ class BulkResult:
 def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
     """Child process of the bulk phase: decode batches of (subject, payload), insert their events, keep winners."""
     from reporting.workers import exit_with_parent
+    from shinchoku_runtime.service import settle_heap
     from shinchoku_runtime.telemetry import init_logging
 
     exit_with_parent()
     init_logging("reporting")
+    settle_heap()
     engine = repository.tune(make_engine(url))
     if engine.dialect.name == "sqlite":
         # Only the shadow tables are written here; a crash mid-rebuild discards them anyway, and the swap is
