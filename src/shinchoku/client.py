@@ -103,7 +103,9 @@ class AgencyPublisher:
         if self._password is not None:
             options["user"] = self.agency.value
             options["password"] = self._password
-        self._nc = await nats.connect(self.url, **options)
+        # A cluster's URLs may come comma-separated, as the services take them (SHINCHOKU_NATS_URL).
+        servers = [u.strip() for u in self.url.split(",") if u.strip()]
+        self._nc = await nats.connect(servers, **options)
 
     async def close(self) -> None:
         if self._nc is not None:

@@ -12,7 +12,7 @@ from contracts.events import StatusEvent
 from ingest.testing import event_body
 from shinchoku.client import AgencyPublisher, PublishTimeout
 from shinchoku_runtime.natsclient import connect, ensure_streams
-from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.natsserver import NatsServer, free_port
 
 
 def publisher(server: NatsServer, **kwargs: float) -> AgencyPublisher:
@@ -53,3 +53,19 @@ async def test_a_publish_that_never_gets_an_answer_fails_clearly(nats_server: Na
         with pytest.raises(PublishTimeout, match="safe to publish the same report again"):
             await mof.publish(event)
         assert time.monotonic() - started < 3
+
+
+async def test_comma_separated_urls_reach_the_cluster(nats_server: NatsServer, admin_nc: object) -> None:
+    """The client takes a cluster's URLs as the services do: comma-separated (a dead one first is skipped)."""
+    del admin_nc  # the streams exist
+    dead = f"nats://127.0.0.1:{free_port()}"
+    mof = AgencyPublisher(
+        f"{dead}, {nats_server.plain_url}",
+        agency="mof",
+        password=nats_server.passwords["mof"],
+        tracer_provider=TracerProvider(),
+        connect_options={"dont_randomize": True},
+    )
+    async with mof:
+        ack = await mof.publish(StatusEvent.model_validate(event_body()))
+    assert ack.stream == "STATUS"
