@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, event
+from sqlalchemy import Connection, Engine, event, text
 from sqlmodel import create_engine
 
 
@@ -58,6 +58,18 @@ def size_sqlite_cache(engine: Engine, *, cache_kib: int, mmap_bytes: int) -> Eng
             cursor.close()
 
     return engine
+
+
+def serialize_schema_changes(conn: Connection, store: str) -> None:
+    """Inside a transaction: let one process at a time create or change `store`'s tables (PostgreSQL).
+
+    Replicas of a service start together; each finds the tables missing and creates them, and on PostgreSQL
+    the second `CREATE TABLE` fails (or collides in the catalog) while the first is uncommitted. A
+    transaction-level advisory lock makes the others wait and then find the tables. SQLite serialises
+    writers itself.
+    """
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"shinchoku schema {store}"})
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -13,6 +13,7 @@ from sqlmodel import JSON, Column, Field, Session, SQLModel, col, func, select
 from catalog.domain import measure_hash, measure_search_key
 from contracts.agencies import Agency
 from contracts.catalog import Measure, Target
+from shinchoku_runtime.db import serialize_schema_changes
 
 #: Any constant key for PostgreSQL's advisory lock that serialises seeding between catalog processes.
 _SEED_LOCK_KEY = 0x5EED_CA7A
@@ -72,7 +73,9 @@ class RegistryRow(CatalogTable, table=True):
 
 
 def create_schema(engine: Engine) -> None:
-    CatalogTable.metadata.create_all(engine)
+    with engine.begin() as conn:
+        serialize_schema_changes(conn, "catalog")
+        CatalogTable.metadata.create_all(conn)
 
 
 # --- writing -------------------------------------------------------------------------------------------------

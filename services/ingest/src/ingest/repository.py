@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Column, Field, SQLModel
 
 from ingest.domain import PriorRecord
-from shinchoku_runtime.db import size_sqlite_cache
+from shinchoku_runtime.db import serialize_schema_changes, size_sqlite_cache
 
 OUTCOME_ADMITTED = "admitted"
 OUTCOME_REJECTED = "rejected"
@@ -79,7 +79,9 @@ _claim: sa.Table = EventIdClaimRow.__table__  # type: ignore[attr-defined]
 
 
 def create_schema(engine: Engine) -> None:
-    SQLModel.metadata.create_all(engine, tables=[_decision, _claim])
+    with engine.begin() as conn:
+        serialize_schema_changes(conn, "ingest")
+        SQLModel.metadata.create_all(conn, tables=[_decision, _claim])
 
 
 #: Ingest's SQLite page cache and memory map: the decision and claim indexes are keyed by random event ids.

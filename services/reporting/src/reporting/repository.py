@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
 from reporting.domain import KpiReading, LeadReport
-from shinchoku_runtime.db import size_sqlite_cache
+from shinchoku_runtime.db import serialize_schema_changes, size_sqlite_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -147,6 +147,7 @@ def tune(engine: Engine) -> Engine:
 def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = True) -> None:
     """Create the tables that do not exist yet (and their indexes)."""
     with engine.begin() as conn:
+        serialize_schema_changes(conn, "reporting")
         existing = set(sa.inspect(conn).get_table_names())
         for table in store.tables:
             if table.name not in existing:
