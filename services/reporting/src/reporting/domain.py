@@ -239,9 +239,15 @@ def rollup_quarter(
         standings.append(standing)
         on_time = standing.on_time
         overall.add(standing.status, on_time=on_time)
-        by_section.setdefault(measure.section, Tally()).add(standing.status, on_time=on_time)
+        section = by_section.get(measure.section)
+        if section is None:  # not `setdefault(…, Tally())`: that builds a Tally on every call
+            section = by_section[measure.section] = Tally()
+        section.add(standing.status, on_time=on_time)
         for lead in standing.leads:
-            by_agency.setdefault(lead.agency, Tally()).add(lead.status, on_time=bool(lead.on_time))
+            tally = by_agency.get(lead.agency)
+            if tally is None:
+                tally = by_agency[lead.agency] = Tally()
+            tally.add(lead.status, on_time=bool(lead.on_time))
     return QuarterRollup(quarter, overall, by_agency, by_section, tuple(standings))
 
 
