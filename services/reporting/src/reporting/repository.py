@@ -208,12 +208,14 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
 
+#: What `json.dumps(…, separators=(",", ":"))` builds on every call, built once (the same output).
+_KPIS_ENCODER = json.JSONEncoder(separators=(",", ":"))
+
+
 def kpis_json(kpis: Sequence[KpiReading]) -> str | None:
     if not kpis:
         return None
-    return json.dumps(
-        [{"target": k.target, "value": k.value, "as_of": k.as_of.isoformat()} for k in kpis], separators=(",", ":")
-    )
+    return _KPIS_ENCODER.encode([{"target": k.target, "value": k.value, "as_of": k.as_of.isoformat()} for k in kpis])
 
 
 def parse_kpis(text: str | None) -> tuple[KpiReading, ...]:
