@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import re
+from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
@@ -56,7 +57,7 @@ class AgencyPublisher:
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         agency: Agency | str,
         password: str | None = None,
@@ -103,8 +104,9 @@ class AgencyPublisher:
         if self._password is not None:
             options["user"] = self.agency.value
             options["password"] = self._password
-        # A cluster's URLs may come comma-separated, as the services take them (SHINCHOKU_NATS_URL).
-        servers = [u.strip() for u in self.url.split(",") if u.strip()]
+        # A cluster's URLs: a list, or comma-separated as the services take them (SHINCHOKU_NATS_URL).
+        url = self.url
+        servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else list(url)
         self._nc = await nats.connect(servers, **options)
 
     async def close(self) -> None:
