@@ -119,9 +119,14 @@ async def _publish_chunk(nc: Client, stream: str, chunk: Sequence[OutMessage], *
     raise AssertionError("unreachable: a non-empty chunk ends in a commit")
 
 
+def _takes_blocks(nc: Client) -> bool:
+    """Whether the client is connected and has the outgoing buffer a block of commands goes into."""
+    return nc.is_connected and getattr(nc, "_pending", None) is not None and hasattr(nc, "_send_command")
+
+
 def _raw_ok(nc: Client, messages: Sequence[OutMessage]) -> bool:
     """Whether these messages can be written as one block (else nats-py checks and sends each)."""
-    if not nc.is_connected or getattr(nc, "_pending", None) is None or not hasattr(nc, "_send_command"):
+    if not _takes_blocks(nc):
         return False
     limit = nc.max_payload
     for m in messages:
@@ -180,7 +185,7 @@ async def ack_all(nc: Client | None, msgs: Sequence[Msg]) -> None:
         return
     if nc is None:
         nc = pending[0]._client
-    if not nc.is_connected or getattr(nc, "_pending", None) is None or not hasattr(nc, "_send_command"):
+    if not _takes_blocks(nc):
         for m in pending:
             await m.ack()
         return
