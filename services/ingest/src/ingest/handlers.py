@@ -66,8 +66,9 @@ from ingest.repository import (
     StoredDecision,
     WriteConflict,
 )
-from ingest.tracing import BatchTracer, MessageSpan, inject_context
+from ingest.tracing import BatchTracer, MessageSpan
 from shinchoku_runtime.batchpublish import BatchAck, OutMessage, ack_all, publish_atomic
+from shinchoku_runtime.propagation import inject_span_context
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class BatchHandler:
             except Exception as e:
                 log.exception("message STATUS-%d cannot be processed now", d.seq)
                 self._fault(d, FAULT_ERROR, f"{type(e).__name__}: {e}")
-            await self._settle(d)
+            await self._settle_all([d])
         self._count(deliveries)
 
     async def _finish(self, deliveries: list[Delivery], waiting: Publishing, started: float) -> None:
@@ -595,7 +596,7 @@ class BatchHandler:
             subject, payload, stream, msg_id = out
             span = tracer.new_child(d.span)
             headers = {MSG_ID_HEADER: msg_id}
-            inject_context(headers, span or d.span.context)
+            inject_span_context(headers, span or d.span.context)
             messages, owners = outgoing.setdefault(stream, ([], []))
             messages.append(OutMessage(subject, payload, headers))
             d.out_subject = subject
@@ -673,19 +674,6 @@ class BatchHandler:
         for d in done:
             d.settled = True
             d.acked = True
-
-    async def _settle(self, d: Delivery) -> None:
-        if d.settled:
-            return
-        if d.fault:
-            await self._retry_later(d)
-            return
-        try:
-            await d.msg.ack()
-        except Exception as e:  # the ack will be lost; the redelivery is answered from the store
-            log.warning("could not ack STATUS-%d: %s", d.seq, e)
-        d.settled = True
-        d.acked = True
 
     def _count(self, deliveries: list[Delivery]) -> None:
         """Outcome counters, once per batch (a redelivery answered from the store was counted the first time)."""
@@ -773,7 +761,7 @@ class BatchHandler:
             log.warning("undeliverable STATUS-%d not recorded in the store: %s", d.seq, e)
         subject, payload, stream, msg_id = self._rejection_out(d, rejection)
         headers = {MSG_ID_HEADER: msg_id}
-        inject_context(headers, d.span.context)
+        inject_span_context(headers, d.span.context)
         try:
             await self._js.publish(
                 subject, payload, stream=stream, headers=headers, timeout=self._options.publish_timeout

@@ -17,14 +17,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, NonRecordingSpan, SpanContext, SpanKind, Status, TraceFlags
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, Status, TraceFlags
 
-from shinchoku_runtime.propagation import extract_parent, inject_span_context
+from shinchoku_runtime.propagation import extract_parent
 
 SCOPE = InstrumentationScope("ingest")
 _UNSET = Status()
@@ -56,10 +55,6 @@ class MessageSpan:
     @property
     def trace_id(self) -> str | None:
         return f"{self.context.trace_id:032x}" if self.context.trace_id else None
-
-    def as_context(self) -> Context:
-        """A context whose current span is this one (to inject into a request or message)."""
-        return trace.set_span_in_context(NonRecordingSpan(self.context))
 
 
 class BatchTracer:
@@ -145,8 +140,3 @@ class BatchTracer:
                 instrumentation_scope=SCOPE,
             )
         )
-
-
-def inject_context(headers: dict[str, str], context: SpanContext) -> None:
-    """Put `context` into outgoing message headers (W3C traceparent with the configured propagators)."""
-    inject_span_context(headers, context)
