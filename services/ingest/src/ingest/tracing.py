@@ -21,19 +21,23 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace import Tracer as SdkTracer
 from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, Status, TraceFlags
+from opentelemetry.trace import INVALID_SPAN_CONTEXT, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from shinchoku_runtime.propagation import extract_parent
+from shinchoku_runtime.telemetry import RecordSink, SpanRecords, record_sink
 
 SCOPE = InstrumentationScope("ingest")
 _UNSET = Status()
 _SAMPLED = TraceFlags(TraceFlags.SAMPLED)
+#: Names by identity (an enum member's own hash is computed in Python, a dict keyed by it costs more).
+_KIND_NAMES = {id(kind): kind.name for kind in SpanKind}
+_STATUS_NAMES = {id(code): code.name for code in StatusCode}
 
 
 class MessageSpan:
     """One message's `process` span while its batch is under way (recorded when the message is closed)."""
 
-    __slots__ = ("attributes", "context", "name", "parent", "recording", "start_ns", "status")
+    __slots__ = ("_trace_hex", "attributes", "context", "name", "parent", "recording", "span_hex", "start_ns", "status")
 
     def __init__(
         self,
@@ -51,17 +55,39 @@ class MessageSpan:
         self.attributes = attributes
         self.start_ns = start_ns
         self.status = _UNSET
+        self._trace_hex: str | None = None
+        #: This span's id in hex, once a span record needed it.
+        self.span_hex: str | None = None
 
     @property
     def trace_id(self) -> str | None:
-        return f"{self.context.trace_id:032x}" if self.context.trace_id else None
+        if self._trace_hex is None and self.context.trace_id:
+            self._trace_hex = f"{self.context.trace_id:032x}"
+        return self._trace_hex
+
+    def own_span_hex(self) -> str:
+        if self.span_hex is None:
+            self.span_hex = f"{self.context.span_id:016x}"
+        return self.span_hex
 
 
 class BatchTracer:
-    """Opens message spans and records finished child spans for them."""
+    """Opens message spans and records finished child spans for them.
+
+    When the spans go to the span file alone, they are handed over as records (`record_sink`), collected
+    until `flush` (once per batch), which skips building a `ReadableSpan` and reading it back for each.
+    """
 
     def __init__(self, tracer: trace.Tracer) -> None:
         self._sdk = tracer if isinstance(tracer, SdkTracer) else None
+        self._sink: RecordSink | None = record_sink(self._sdk) if self._sdk is not None else None
+        self._records = SpanRecords()
+
+    def flush(self) -> None:
+        """Hand the records collected so far to the span file's processor."""
+        if self._records and self._sink is not None:
+            records, self._records = self._records, SpanRecords()
+            self._sink.emit(records)
 
     def open(self, name: str, headers: Mapping[str, str] | None, attributes: dict[str, Any]) -> MessageSpan:
         start_ns = time.time_ns()
@@ -103,6 +129,27 @@ class BatchTracer:
         sdk = self._sdk
         if not message.recording or sdk is None:
             return
+        sink = self._sink
+        if sink is not None:
+            span_id = context.span_id if context is not None else sdk.id_generator.generate_span_id()
+            self._records.append(
+                (
+                    name,
+                    message.trace_id or "",
+                    f"{span_id:016x}",
+                    message.own_span_hex(),
+                    _KIND_NAMES[id(kind)],
+                    start_ns,
+                    end_ns,
+                    _STATUS_NAMES[id(status.status_code)],
+                    status.description,
+                    attributes,
+                    SCOPE.name,
+                    sink.service,
+                    sink.instance,
+                )
+            )
+            return
         if context is None:
             c = message.context
             context = SpanContext(c.trace_id, sdk.id_generator.generate_span_id(), False, c.trace_flags, c.trace_state)
@@ -125,6 +172,28 @@ class BatchTracer:
         """Record the message's `process` span, ending now."""
         sdk = self._sdk
         if not message.recording or sdk is None:
+            return
+        sink = self._sink
+        if sink is not None:
+            parent = message.parent
+            status = message.status
+            self._records.append(
+                (
+                    message.name,
+                    message.trace_id or "",
+                    message.own_span_hex(),
+                    f"{parent.span_id:016x}" if parent is not None else None,
+                    "CONSUMER",
+                    message.start_ns,
+                    time.time_ns(),
+                    _STATUS_NAMES[id(status.status_code)],
+                    status.description,
+                    message.attributes,
+                    SCOPE.name,
+                    sink.service,
+                    sink.instance,
+                )
+            )
             return
         sdk.span_processor.on_end(
             ReadableSpan(
