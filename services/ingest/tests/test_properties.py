@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.agencies import Agency
-from contracts.events import ReasonCode, StatusEvent
-from ingest.domain import Admit, Duplicate, Reject, admit
+from contracts.events import AdmittedEvent, ReasonCode, StatusEvent
+from ingest.domain import Admit, Duplicate, Reject, Report, admit, admitted_json, content_hash, hash_and_json
 from ingest.testing import SAMPLE_MEASURES, event_body
 
 CATALOG = {m.id: m for m in SAMPLE_MEASURES}
@@ -105,3 +105,46 @@ def test_well_formed_events_always_get_a_decision(subject: str, agency: str, mea
     assert isinstance(decision, Admit | Duplicate | Reject)
     if isinstance(decision, Reject):
         assert_rejected(decision)
+
+
+_texts = st.none() | st.text(max_size=60)  # any Unicode, quotes, backslashes, and the key's own spelling
+_tricky = st.sampled_from([',"reported_at":"', '\\",\\"reported_at\\":\\"', '"', "\\", "値\n\t"])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    note=_texts | _tricky,
+    reporter=_texts | _tricky,
+    progress=st.none() | st.floats(0, 100) | st.integers(0, 100),
+    offset_minutes=st.integers(-12 * 60, 14 * 60),
+    micro=st.integers(0, 999_999),
+    kpis=st.lists(st.tuples(st.integers(0, 3), st.floats(-1e12, 1e12) | st.integers(-(10**12), 10**12)), max_size=3),
+)
+def test_the_event_written_once_hashes_and_publishes_as_the_reference_says(
+    note: str | None,
+    reporter: str | None,
+    progress: float | None,
+    offset_minutes: int,
+    micro: int,
+    kpis: list[tuple[int, float]],
+) -> None:
+    """`hash_and_json` and `admitted_json` give the bytes of `content_hash` and `AdmittedEvent.model_dump_json`."""
+    reported_at = datetime(2024, 12, 20, 9, 0, 0, micro, tzinfo=timezone(timedelta(minutes=offset_minutes)))
+    body = event_body(
+        note=note,
+        reporter=reporter,
+        progress=progress,
+        reported_at=reported_at.isoformat(),
+        kpis=[{"target": t, "value": v, "as_of": "2024-12-01"} for t, v in kpis],
+    )
+    try:
+        event = StatusEvent.model_validate_json(json.dumps(body), strict=True)
+    except ValueError:
+        return  # not a valid event (e.g. a lone surrogate): never hashed
+    digest, event_json = hash_and_json(event)
+    assert digest == content_hash(event)
+    assert event_json == event.model_dump_json()
+    report = Report("status.mof.1-25", "mof", event, digest, str(event.event_id), event_json)
+    admitted_at = datetime(2024, 12, 20, 0, 0, 1, micro, tzinfo=UTC)
+    expected = AdmittedEvent(event=event, admitted_at=admitted_at, subject="status.mof.1-25").model_dump_json()
+    assert admitted_json(report, admitted_at, "status.mof.1-25") == expected.encode()

@@ -17,11 +17,11 @@ from functools import lru_cache
 from typing import Any
 from uuid import UUID
 
-from pydantic import ValidationError
+from pydantic import AwareDatetime, TypeAdapter, ValidationError
 
 from contracts.agencies import Agency
 from contracts.catalog import Measure
-from contracts.events import REASON_PRECEDENCE, ReasonCode, Status, StatusEvent
+from contracts.events import REASON_PRECEDENCE, AdmittedEvent, ReasonCode, Status, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter
 from contracts.streams import parse_status_subject
 
@@ -50,6 +50,8 @@ _FIELD_HINTS: dict[str, str] = {
     "reporter": "text of at most 200 characters",
 }
 _HASH_EXCLUDE = {"reported_at"}
+_STR_JSON: TypeAdapter[str] = TypeAdapter(str)
+_TIME_JSON: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
@@ -66,6 +68,8 @@ class Report:
     content_hash: str
     #: The event_id as text (asked for often: computed once).
     event_id: str
+    #: The event as pydantic writes it (`event.model_dump_json()`), written once for the hash and for ACCEPTED.
+    event_json: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +131,43 @@ def content_hash(event: StatusEvent) -> str:
     """Hash of the event's canonical form: key order, whitespace, number spelling and offsets do not matter."""
     canonical = event.model_dump_json(exclude=_HASH_EXCLUDE) + event.reported_at.astimezone(UTC).isoformat()
     return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
+_REPORTED_AT_MEMBER = ',"reported_at":"'
+
+
+def hash_and_json(event: StatusEvent) -> tuple[str, str]:
+    """(`content_hash(event)`, `event.model_dump_json()`), from one serialisation instead of two.
+
+    The canonical form is the event's JSON without its `reported_at` member: a member whose key is written
+    `,"reported_at":"` can only be that field (inside a JSON string every `"` is escaped), and its value, a
+    timestamp, holds no quote. Anything unexpected takes the reference definition.
+    """
+    full = event.model_dump_json()
+    start = full.find(_REPORTED_AT_MEMBER)
+    end = full.find('"', start + len(_REPORTED_AT_MEMBER)) if start > 0 else -1
+    if end < 0:
+        return content_hash(event), full
+    canonical = full[:start] + full[end + 1 :] + event.reported_at.astimezone(UTC).isoformat()
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(), full
+
+
+@lru_cache(maxsize=4096)
+def _json_text(value: str) -> str:
+    return _STR_JSON.dump_json(value).decode()
+
+
+@lru_cache(maxsize=64)
+def _json_time(value: datetime) -> str:
+    return _TIME_JSON.dump_json(value).decode()
+
+
+def admitted_json(report: Report, admitted_at: datetime, subject: str) -> bytes:
+    """`AdmittedEvent(event=…, admitted_at=…, subject=…).model_dump_json()`, around the event's JSON written once."""
+    if not report.event_json:
+        body = AdmittedEvent.model_construct(event=report.event, admitted_at=admitted_at, subject=subject)
+        return body.model_dump_json().encode()
+    return f'{{"event":{report.event_json},"admitted_at":{_json_time(admitted_at)},"subject":{_json_text(subject)}}}'.encode()
 
 
 def clean(text: str, limit: int = 200) -> str:
@@ -212,7 +253,7 @@ def read_report(subject: str, data: bytes) -> Report | Reject:
         if value is not None and "\x00" in value:
             return _malformed(f"field {name!r} contains a NUL character (\\u0000), which no report may carry", data)
     try:
-        digest = content_hash(event)
+        digest, event_json = hash_and_json(event)
     except (ValueError, UnicodeError) as e:  # e.g. a lone surrogate that cannot be written as UTF-8
         return _malformed(f"the event cannot be stored as UTF-8 JSON: {clean(str(e), 120)}", data)
     if event.measure_id != parts.measure_id:
@@ -224,7 +265,14 @@ def read_report(subject: str, data: bytes) -> Report | Reject:
             ),
             event_id=event_id,
         )
-    return Report(subject=subject, subject_agency=parts.agency, event=event, content_hash=digest, event_id=event_id)
+    return Report(
+        subject=subject,
+        subject_agency=parts.agency,
+        event=event,
+        content_hash=digest,
+        event_id=event_id,
+        event_json=event_json,
+    )
 
 
 # --- the rules -----------------------------------------------------------------------------------------------

@@ -49,6 +49,7 @@ from ingest.domain import (
     PriorRecord,
     Reject,
     Report,
+    admitted_json,
     claims_event_id,
     clean,
     decide,
@@ -263,6 +264,7 @@ class BatchHandler:
     def _close_batch(self, deliveries: list[Delivery], started: float) -> None:
         for d in deliveries:
             self._close(d)
+        self._tracer.flush()
         self._metrics.batch_size.observe(len(deliveries))
         self._metrics.batch_seconds.observe(time.perf_counter() - started)
         self._slots.release()
@@ -528,11 +530,11 @@ class BatchHandler:
         decision = d.decision
         if isinstance(decision, Admit):
             assert d.admitted_at is not None
-            event = decision.report.event
+            report = decision.report
+            event = report.event
             # Built from validated parts: no need to validate them again.
-            body = AdmittedEvent.model_construct(event=event, admitted_at=d.admitted_at, subject=d.subject)
             subject = accepted_subject(event.agency, event.measure_id)
-            return subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, decision.report.event_id
+            return subject, admitted_json(report, d.admitted_at, d.subject), ACCEPTED_STREAM.name, report.event_id
         if isinstance(decision, Reject):
             rejection = Rejection(
                 rejection_id=d.rejection_id,
