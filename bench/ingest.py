@@ -1,6 +1,6 @@
 """Ingest benchmark: admitted events/s sustained, next to the raw JetStream publish rate on the same server.
 
-    .venv/bin/python bench/ingest.py [--events 200000] [--pg] [--publishers 4] [--batch-size 500]
+    .venv/bin/python bench/ingest.py [--events 200000] [--pg] [--publishers 4] [--batch-size 1000]
 
 What it does, in one run:
 
@@ -364,7 +364,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--publishers", type=int, default=4, help="concurrent agency connections publishing")
-    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=1000)
     parser.add_argument("--pg", action="store_true", help="run the ingest figure on PostgreSQL too")
     parser.add_argument("--timeout", type=float, default=900)
     parser.add_argument(

@@ -22,7 +22,7 @@ class IngestSettings(ServiceSettings):
 
     port: int = 8002
 
-    batch_size: int = Field(default=500, ge=1, le=5000, description="Messages decided and committed together")
+    batch_size: int = Field(default=1000, ge=1, le=5000, description="Messages decided and committed together")
     batch_wait: float = Field(
         default=0.05, gt=0, le=5, description="Longest wait (s) to fill a batch before deciding what arrived"
     )
@@ -35,7 +35,7 @@ class IngestSettings(ServiceSettings):
     max_inflight_batches: int = Field(
         default=4, ge=1, le=32, description="Batches waiting for their PubAcks while the next one is decided"
     )
-    max_ack_pending: int = Field(default=10_000, ge=1, description="Unacknowledged messages across all replicas")
+    max_ack_pending: int = Field(default=20_000, ge=1, description="Unacknowledged messages across all replicas")
     retry_delay_max: float = Field(default=60.0, gt=0, description="Cap (s) of the exponential nak delay")
     catalog_timeout: float = Field(default=2.0, gt=0, description="Seconds to wait for catalog.measure.get")
     publish_timeout: float = Field(default=10.0, gt=0, description="Seconds to wait for the PubAcks of one batch")

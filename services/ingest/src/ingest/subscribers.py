@@ -11,7 +11,7 @@ Consumer settings, chosen together:
   before it is dead-lettered as `undeliverable` on REJECTED (on its last delivery, by ingest itself).
   Meanwhile the consumer slows itself down (`BatchHandler._pause_if_failing`) so the outage does not burn
   the deliveries of the whole backlog.
-- `max_ack_pending` 10 000: room for several replicas' batches in flight.
+- `max_ack_pending` 20 000: room for several replicas' batches in flight (batches of 1,000, 4 in flight each).
 - Explicit acks, sent by the handler (FastStream's ack policy is MANUAL): FastStream's default would
   terminate a message whose handler raised.
 """
