@@ -27,7 +27,6 @@ import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -51,14 +50,19 @@ log = logging.getLogger(__name__)
 #: The first line of a header block without a status (a data message's).
 _PLAIN_HEADER = b"NATS/1.0\r\n"
 
+#: A message as the replay reads it: (subject, payload).
+Payload = tuple[bytes, bytes]
+
 REQUEST_BATCH = 5000
 REQUESTS_IN_FLIGHT = 2
+#: Batches received and waiting for the writer process.
+SEND_QUEUE = 4
 
 
 class StreamReader:
     """Reads ACCEPTED from a sequence through an ephemeral pull consumer and a callback inbox.
 
-    `batches()` yields lists of messages until the stream has nothing more to deliver.
+    `batches()` yields lists of (subject, payload) until the stream has nothing more to deliver.
     """
 
     def __init__(self, nc: Client, *, start_seq: int, batch: int = REQUEST_BATCH) -> None:
@@ -66,7 +70,7 @@ class StreamReader:
         self._start_seq = max(1, start_seq)
         self._batch = batch
         self._name = f"reporting-rebuild-{secrets.token_hex(6)}"
-        self._buffer: list[Msg] = []
+        self._buffer: list[Payload] = []
         self._pending: collections.deque[int] = collections.deque()
         self._exhausted = False
         self._wakeup = asyncio.Event()
@@ -92,21 +96,33 @@ class StreamReader:
         self._skip_data_headers()
 
     def _skip_data_headers(self) -> None:
-        """Hand this subscription's data messages over without parsing their headers.
+        """Take this subscription's data messages straight from the protocol parser.
 
-        The replay reads only payloads; nats-py would parse every message's header block into a dict (the
-        msg id, the trace context and the batch headers ingest writes): about a sixth of this process's CPU.
-        A status message (`NATS/1.0 404 …`, `408`, `100` heartbeats) keeps its headers; other subscriptions
-        on the connection are not touched, and `close()` puts nats-py's own handling back.
+        The replay reads only subjects and payloads; nats-py would parse every message's header block into a
+        dict (the msg id, the trace context and the batch headers ingest writes), build a `Msg`, queue it and
+        run the subscription's callback for it: most of this process's CPU. A data message (no header block,
+        or one without a status line) is taken here as (subject, payload); a status message (`NATS/1.0 404 …`,
+        `408`, `100` heartbeats) goes nats-py's way to `_on_msg`. Other subscriptions on the connection are
+        not touched, and `close()` puts nats-py's own handling back.
         """
         nc = self._nc
         original = nc._process_msg
         sid = self._sub._id
+        buffer_append = self._buffer.append
+        pending = self._pending
+        wakeup = self._wakeup
 
         async def process_msg(sid_: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-            if sid_ == sid and headers and headers.startswith(_PLAIN_HEADER):
-                headers = b""
-            await original(sid_, subject, reply, data, headers)
+            if sid_ != sid or (headers and not headers.startswith(_PLAIN_HEADER)):
+                await original(sid_, subject, reply, data, headers)
+                return
+            buffer_append((subject, data))
+            if pending:
+                pending[0] -= 1
+                if pending[0] > 0:
+                    return
+                pending.popleft()
+            wakeup.set()  # a request is complete: `batches` hands its messages over and asks for more
 
         nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
         self._restore: Callable[[], None] | None = lambda: setattr(nc, "_process_msg", original)
@@ -127,8 +143,8 @@ class StreamReader:
     async def _on_msg(self, msg: Msg) -> None:
         headers = msg.headers
         status = headers.get("Status") if headers else None
-        if status is None:
-            self._buffer.append(msg)
+        if status is None:  # not taken by the parser hook (see `_skip_data_headers`): a data message
+            self._buffer.append((msg.subject.encode(), msg.data))
             if self._pending:
                 self._pending[0] -= 1
                 if self._pending[0] <= 0:
@@ -145,13 +161,13 @@ class StreamReader:
         subject = f"$JS.API.CONSUMER.MSG.NEXT.{ACCEPTED_STREAM.name}.{self._name}"
         await self._nc.publish(subject, body, reply=self._inbox)
 
-    async def batches(self) -> AsyncIterator[list[Msg]]:
-        """Everything from where the last call stopped up to the stream's current end."""
+    async def batches(self) -> AsyncIterator[list[Payload]]:
+        """Everything from where the last call stopped up to the stream's current end, a request's worth at a time."""
         self._exhausted = False
         while True:
             while len(self._pending) < REQUESTS_IN_FLIGHT and not self._exhausted:
                 await self._request()
-            if not self._buffer:
+            if not self._buffer or (len(self._buffer) < self._batch and self._pending):
                 if self._exhausted and not self._pending:
                     return
                 self._wakeup.clear()
@@ -161,7 +177,8 @@ class StreamReader:
                     # A lost request or reply: forget the requests in flight and ask again.
                     self._pending.clear()
                 continue
-            out, self._buffer = self._buffer, []
+            out = self._buffer.copy()  # the same list object stays the parser hook's target
+            self._buffer.clear()
             yield out
 
 
@@ -209,16 +226,6 @@ class RebuildResult:
         return self.events_read / self.seconds if self.seconds else 0.0
 
 
-def _decode_all(messages: list[Msg]) -> list[Admitted]:
-    out = []
-    for msg in messages:
-        try:
-            out.append(decode_admitted(msg.data))
-        except (ValidationError, ValueError) as e:
-            log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", msg.subject, e)
-    return out
-
-
 class EffectiveReports:
     """The effective report per (quarter, measure, agency) of everything added: greatest reported_at, then
     greatest event id (the ordering `repository.upsert_effective` applies in SQL)."""
@@ -263,20 +270,22 @@ def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
     store = repository.store_tables(suffix=suffix, tag=tag)
     winners = EffectiveReports()
     # SQLite works without the GIL: insert one batch in a thread while the next one is decoded.
-    inserting: Future[None] | None = None
+    waited = decoding = inserting = 0.0  # where this process's time went, logged at the end
     try:
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            while True:
-                payloads = pipe.recv()
-                if payloads is None:
-                    break
-                batch = _decode_payloads(payloads)
-                winners.add(batch)
-                if inserting is not None:
-                    inserting.result()
-                inserting = pool.submit(_insert_batch, engine, store, batch)
-            if inserting is not None:
-                inserting.result()
+        while True:
+            mark = time.perf_counter()
+            payloads = pipe.recv()
+            if payloads is None:
+                break
+            started = time.perf_counter()
+            batch = _decode_payloads(payloads)
+            winners.add(batch)
+            decoded = time.perf_counter()
+            _insert_batch(engine, store, batch)
+            waited += started - mark
+            decoding += decoded - started
+            inserting += time.perf_counter() - decoded
+        log.info("writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs", waited, decoding, inserting)
         pipe.send(("done", winners.rows()))
     except BaseException as e:
         with contextlib.suppress(Exception):
@@ -293,19 +302,38 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
     worker = context.Process(target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child), daemon=True)
     worker.start()
     read = 0
+    # Batches wait here while the writer decodes: receiving goes on (the broker keeps streaming) instead of
+    # stopping at each send until the writer has taken the batch before.
+    waiting: asyncio.Queue[list[Payload] | None] = asyncio.Queue(maxsize=SEND_QUEUE)
+
+    async def send_all() -> None:
+        while True:
+            batch = await waiting.get()
+            await asyncio.to_thread(parent.send, batch)
+            if batch is None:
+                return
+
+    sender = asyncio.create_task(send_all())
+
+    async def hand_over(batch: list[Payload] | None) -> None:
+        put = asyncio.ensure_future(waiting.put(batch))
+        await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
+        if not put.done():  # the sender stopped: its exception says why
+            put.cancel()
+            sender.result()
+            raise EOFError("the writer stopped taking batches")
+
     try:
-        sending: asyncio.Task[None] | None = None
-        async for messages in reader.batches():
-            payloads = [(m.subject, m.data) for m in messages]
-            read += len(messages)
-            if sending is not None:
-                await sending
-            sending = asyncio.create_task(asyncio.to_thread(parent.send, payloads))
-            if bar:
-                bar.update(len(messages))
-        if sending is not None:
-            await sending
-        await asyncio.to_thread(parent.send, None)
+        try:
+            async for messages in reader.batches():
+                read += len(messages)
+                await hand_over(messages)
+                if bar:
+                    bar.update(len(messages))
+            await hand_over(None)
+            await sender
+        finally:
+            sender.cancel()
         kind, value = await asyncio.to_thread(parent.recv)
     except (EOFError, BrokenPipeError, ConnectionResetError) as e:
         raise RuntimeError(f"the rebuild's writer process died (exit code {worker.exitcode})") from e
@@ -318,13 +346,14 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
     return BulkResult(read, value)
 
 
-def _decode_payloads(payloads: list[tuple[str, bytes]]) -> list[Admitted]:
+def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
     out = []
     for subject, data in payloads:
         try:
             out.append(decode_admitted(data))
         except (ValidationError, ValueError) as e:
-            log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", subject, e)
+            shown = subject.decode("utf-8", "replace")
+            log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", shown, e)
     return out
 
 
@@ -387,7 +416,7 @@ async def rebuild_store(
             repository.lock_for_swap(conn)
             async for messages in reader.batches():
                 read += len(messages)
-                apply_admitted(conn, store=shadow, batch=_decode_all(messages))
+                apply_admitted(conn, store=shadow, batch=_decode_payloads(messages))
                 if bar:
                     bar.update(len(messages))
             previous = repository.revisions(conn)
