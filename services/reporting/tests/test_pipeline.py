@@ -28,7 +28,7 @@ from nats.aio.client import Client
 
 from contracts.catalog import Measure, Target
 from contracts.periods import FiscalQuarter
-from reporting import repository
+from reporting import rebuild, repository
 from reporting.rebuild import rebuild_store
 from reporting.testing import (
     Admission,
@@ -409,8 +409,15 @@ def today_in_tokyo() -> date:
 
 @pytest.mark.timeout(240)
 async def test_rollups_match_an_independent_computation(
-    nats_server: NatsServer, admin_nc: Client, reporting_nc: Client, database_url: str, tmp_path: Path
+    nats_server: NatsServer,
+    admin_nc: Client,
+    reporting_nc: Client,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # Small replay batches, so that the rebuild's writer processes share the stream between them.
+    monkeypatch.setattr(rebuild, "REQUEST_BATCH", 97)
     measures, admissions, duplicates = scenario()
     await put_catalog(admin_nc, measures)
     settings = reporting_settings(

@@ -9,10 +9,11 @@ end, so it is in the new store; everything after the lock is written by the cons
 tables. Its durable consumer is not touched. Readers keep reading during the swap.
 
 The replay reads with an ephemeral pull consumer (no acknowledgements) and its own fetch loop on an
-inbox, the fastest path nats-py offers. This process only receives; a child process decodes, bulk-inserts
-the events and keeps the winning report per (quarter, measure, agency) in memory, by the same ordering the
-incremental upsert applies (greatest `reported_at`, then greatest `event_id`), so the result equals the
-incrementally built store row for row. The catch-up under the lock uses the incremental path itself.
+inbox, the fastest path nats-py offers. This process only receives; writer processes (`WRITERS`, each taking
+the next batch when it is free) decode, bulk-insert the events and keep the winning report per (quarter,
+measure, agency) of their share in memory, by the same ordering the incremental upsert applies (greatest
+`reported_at`, then greatest `event_id`); the shares' winners are merged by that ordering, so the result
+equals the incrementally built store row for row. The catch-up under the lock uses the incremental path itself.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import multiprocessing
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -55,8 +56,11 @@ Payload = tuple[bytes, bytes]
 
 REQUEST_BATCH = 5000
 REQUESTS_IN_FLIGHT = 2
-#: Batches received and waiting for the writer process.
+#: Batches received and waiting for a writer process.
 SEND_QUEUE = 4
+#: Writer processes decoding and inserting (each takes the next batch when it is free). On SQLite they take
+#: turns at the write lock; decoding, the larger part, runs side by side.
+WRITERS = 2
 
 
 class StreamReader:
@@ -65,10 +69,10 @@ class StreamReader:
     `batches()` yields lists of (subject, payload) until the stream has nothing more to deliver.
     """
 
-    def __init__(self, nc: Client, *, start_seq: int, batch: int = REQUEST_BATCH) -> None:
+    def __init__(self, nc: Client, *, start_seq: int, batch: int | None = None) -> None:
         self._nc = nc
         self._start_seq = max(1, start_seq)
-        self._batch = batch
+        self._batch = batch or REQUEST_BATCH
         self._name = f"reporting-rebuild-{secrets.token_hex(6)}"
         self._buffer: list[Payload] = []
         self._pending: collections.deque[int] = collections.deque()
@@ -246,6 +250,19 @@ class EffectiveReports:
     def rows(self) -> list[tuple[Any, ...]]:
         return [row for _, row in self._best.values()]
 
+    def ranked(self) -> list[tuple[tuple[int, str], tuple[Any, ...]]]:
+        """The winners with their ordering, for `merge` (another writer's share of the stream)."""
+        return list(self._best.values())
+
+    def merge(self, ranked: list[tuple[tuple[int, str], tuple[Any, ...]]]) -> None:
+        """Add the winners of another share of the stream (the effective row's first four fields are its key)."""
+        best = self._best
+        for order, row in ranked:
+            key = (row[0], row[1], row[2], row[3])
+            seen = best.get(key)
+            if seen is None or order > seen[0]:
+                best[key] = (order, row)
+
 
 @dataclass(frozen=True)
 class BulkResult:
@@ -269,7 +286,8 @@ def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
         sa.event.listen(engine, "connect", _sqlite_normal_sync)
     store = repository.store_tables(suffix=suffix, tag=tag)
     winners = EffectiveReports()
-    # SQLite works without the GIL: insert one batch in a thread while the next one is decoded.
+    # Decoding and inserting in turn: an insert thread next to the decoding lost more to the GIL (sqlite
+    # releases and takes it back for every row) than it won.
     waited = decoding = inserting = 0.0  # where this process's time went, logged at the end
     try:
         while True:
@@ -286,7 +304,7 @@ def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
             decoding += decoded - started
             inserting += time.perf_counter() - decoded
         log.info("writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs", waited, decoding, inserting)
-        pipe.send(("done", winners.rows()))
+        pipe.send(("done", winners.ranked()))
     except BaseException as e:
         with contextlib.suppress(Exception):
             pipe.send(("error", f"{type(e).__name__}: {e}"))
@@ -297,53 +315,70 @@ def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
 
 async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: ProgressBar | None) -> BulkResult:
     context = multiprocessing.get_context("spawn")
-    parent, child = context.Pipe()
     url = engine.url.render_as_string(hide_password=False)
-    worker = context.Process(target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child), daemon=True)
-    worker.start()
+    writers = []
+    for _ in range(WRITERS):
+        parent, child = context.Pipe()
+        worker = context.Process(target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child), daemon=True)
+        worker.start()
+        writers.append((worker, parent))
     read = 0
-    # Batches wait here while the writer decodes: receiving goes on (the broker keeps streaming) instead of
-    # stopping at each send until the writer has taken the batch before.
-    waiting: asyncio.Queue[list[Payload] | None] = asyncio.Queue(maxsize=SEND_QUEUE)
+    # Batches wait here for the first writer free to take them: receiving goes on (the broker keeps streaming)
+    # while the writers decode and insert.
+    waiting: asyncio.Queue[list[Payload]] = asyncio.Queue(maxsize=SEND_QUEUE)
 
-    async def send_all() -> None:
+    async def send_all(pipe: Any) -> None:  # ends only by failing (the writer died) or being cancelled
         while True:
             batch = await waiting.get()
-            await asyncio.to_thread(parent.send, batch)
-            if batch is None:
-                return
+            try:
+                await asyncio.to_thread(pipe.send, batch)
+            finally:
+                waiting.task_done()
 
-    sender = asyncio.create_task(send_all())
+    senders = [asyncio.create_task(send_all(pipe)) for _, pipe in writers]
 
-    async def hand_over(batch: list[Payload] | None) -> None:
-        put = asyncio.ensure_future(waiting.put(batch))
-        await asyncio.wait({put, sender}, return_when=asyncio.FIRST_COMPLETED)
-        if not put.done():  # the sender stopped: its exception says why
-            put.cancel()
-            sender.result()
-            raise EOFError("the writer stopped taking batches")
+    async def unless_a_sender_fails(step: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(step)
+        await asyncio.wait({task, *senders}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            for sender in senders:
+                if sender.done():
+                    sender.result()  # raises what stopped it
+            raise EOFError("a writer stopped taking batches")
 
+    winners = EffectiveReports()
+    failures = []
     try:
         try:
             async for messages in reader.batches():
                 read += len(messages)
-                await hand_over(messages)
+                await unless_a_sender_fails(waiting.put(messages))
                 if bar:
                     bar.update(len(messages))
-            await hand_over(None)
-            await sender
+            await unless_a_sender_fails(waiting.join())
         finally:
-            sender.cancel()
-        kind, value = await asyncio.to_thread(parent.recv)
+            for sender in senders:
+                sender.cancel()
+        for _, pipe in writers:
+            await asyncio.to_thread(pipe.send, None)
+        for _, pipe in writers:
+            kind, value = await asyncio.to_thread(pipe.recv)
+            if kind == "done":
+                winners.merge(value)
+            else:
+                failures.append(str(value))
     except (EOFError, BrokenPipeError, ConnectionResetError) as e:
-        raise RuntimeError(f"the rebuild's writer process died (exit code {worker.exitcode})") from e
+        codes = ", ".join(str(worker.exitcode) for worker, _ in writers)
+        raise RuntimeError(f"a writer process of the rebuild died (exit codes {codes})") from e
     finally:
-        await asyncio.to_thread(worker.join, 30)
-        if worker.is_alive():
-            worker.kill()
-    if kind != "done":
-        raise RuntimeError(f"the rebuild's writer process failed: {value}")
-    return BulkResult(read, value)
+        for worker, _ in writers:
+            await asyncio.to_thread(worker.join, 30)
+            if worker.is_alive():
+                worker.kill()
+    if failures:
+        raise RuntimeError(f"the rebuild's writer process failed: {'; '.join(failures)}")
+    return BulkResult(read, winners.rows())
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
@@ -399,8 +434,8 @@ async def rebuild_store(
     bar = ProgressBar(total, stream=stream) if progress else None
     read = 0
     try:
-        # Bulk phase: this process receives; a child process decodes, inserts the events and keeps the winning
-        # report per (quarter, measure, agency), as the incremental upsert would have (two cores, not one).
+        # Bulk phase: this process receives; writer processes decode, insert the events and keep the winning
+        # report per (quarter, measure, agency), as the incremental upsert would have (every core, not one).
         winners = await _bulk_phase(engine, reader, shadow, bar)
         read += winners.read
         log.info("replayed %d messages in %.1fs", read, time.monotonic() - started)
