@@ -37,6 +37,11 @@ from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument
 
 log = logging.getLogger(__name__)
 
+#: How often the rollups read lately are checked for staleness when this process committed nothing (another
+#: replica's commits, a catalog change, the day turning), and the least time between two warm-ups.
+WARM_CHECK_SECONDS = 1.0
+WARM_MIN_INTERVAL = 0.2
+
 
 class ReportingService:
     """The running parts of the service, started and stopped by the app's lifespan."""
@@ -51,6 +56,7 @@ class ReportingService:
         instrument_engine(self.engine, self.tracer_provider)
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
+        self._changed = asyncio.Event()
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
@@ -58,6 +64,7 @@ class ReportingService:
             retry_delay=settings.retry_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
+            on_committed=self._changed.set,
         )
         self.puller: AcceptedPuller | None = None
         self._nc: Client | None = None
@@ -68,6 +75,21 @@ class ReportingService:
         repository.create_store(self.engine)
         self.writer.start()
         self._tasks.append(asyncio.create_task(self._run(), name="reporting-nats"))
+        self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
+
+    async def _keep_warm(self) -> None:
+        """Recompute the rollups read lately as soon as the store changes, so readers find them computed."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=WARM_CHECK_SECONDS)
+            self._changed.clear()
+            try:
+                await asyncio.to_thread(self.queries.warm)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # e.g. the database is away: the readers will say so; try again later
+                log.debug("could not warm the rollups", exc_info=True)
+            await asyncio.sleep(WARM_MIN_INTERVAL)
 
     async def stop(self) -> None:
         # Stop pulling first, then let the writer commit and acknowledge what it holds.

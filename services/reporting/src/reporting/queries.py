@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -48,6 +49,10 @@ from shinchoku_runtime.http import BadRequest, NotFound, Unavailable
 MIN_FISCAL_YEAR = 1900
 MAX_FISCAL_YEAR = 9998
 _CACHE_SIZE = 512
+#: Documents read this recently (s) are recomputed in the background when the store changes (`warm`).
+WARM_WINDOW = 300.0
+#: At most this many recently read documents are kept warm.
+WARM_MAX = 16
 
 Document = dict[str, Any]
 
@@ -111,6 +116,10 @@ class RollupQueries:
         self._clock = clock or (lambda: datetime.now(TOKYO))
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        #: Documents being computed, each by one thread: others asking for the same one wait for it.
+        self._flights: dict[tuple[Any, ...], threading.Event] = {}
+        #: (kind, quarter) of the current documents read lately → (when, how to build it), for `warm`.
+        self._recent: OrderedDict[tuple[str, FiscalQuarter], tuple[float, Callable[[QuarterView], Any]]] = OrderedDict()
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -224,18 +233,65 @@ class RollupQueries:
 
     # --- computing and caching ----------------------------------------------------------------
 
+    def warm(self) -> int:
+        """Recompute the documents read lately that a change to the store or the catalog made stale.
+
+        Called in the background after the store changed, so that the next reader finds the document ready
+        (or, if it asks while this computes, waits for this computation instead of starting its own).
+        Returns how many documents were computed.
+        """
+        horizon = time.monotonic() - WARM_WINDOW
+        with self._lock:
+            for key in [k for k, (seen, _) in self._recent.items() if seen < horizon]:
+                del self._recent[key]
+            wanted = [(kind, quarter, build) for (kind, quarter), (_, build) in self._recent.items()]
+        computed = 0
+        for kind, quarter, build in wanted:
+            try:
+                _, fresh = self._document(kind, quarter, None, build)
+            except Unavailable:  # the catalog is not loaded yet: nothing to warm
+                return computed
+            computed += fresh
+        return computed
+
     def _cached_document(
         self, kind: str, quarter: FiscalQuarter, as_of: datetime | None, build: Callable[[QuarterView], Any]
     ) -> Any:
-        view, key = self._view(quarter, as_of)
-        doc_key = (kind, *key)
-        with self._lock:
-            if doc_key in self._cache:
-                self._cache.move_to_end(doc_key)
-                return self._cache[doc_key]
-        doc = build(view)
-        self._remember(doc_key, doc)
+        if as_of is None:
+            with self._lock:
+                self._recent[kind, quarter] = (time.monotonic(), build)
+                self._recent.move_to_end((kind, quarter))
+                while len(self._recent) > WARM_MAX:
+                    self._recent.popitem(last=False)
+        doc, _ = self._document(kind, quarter, as_of, build)
         return doc
+
+    def _document(
+        self, kind: str, quarter: FiscalQuarter, as_of: datetime | None, build: Callable[[QuarterView], Any]
+    ) -> tuple[Any, bool]:
+        """(the document, whether this call computed it): from the cache, or computed once however many ask."""
+        while True:
+            key, snapshot = self._view_key(quarter, as_of)
+            doc_key = (kind, *key)
+            with self._lock:
+                if doc_key in self._cache:
+                    self._cache.move_to_end(doc_key)
+                    return self._cache[doc_key], False
+                flight = self._flights.get(doc_key)
+                if flight is None:
+                    flight = self._flights[doc_key] = threading.Event()
+                    break
+            # Another thread computes this very document: wait for it, then read it from the cache (or, if
+            # that thread failed or the store moved on meanwhile, compute it here).
+            flight.wait(timeout=30)
+        try:
+            doc = build(self._view(quarter, as_of, key, snapshot))
+            self._remember(doc_key, doc)
+            return doc, True
+        finally:
+            with self._lock:
+                del self._flights[doc_key]
+            flight.set()
 
     def _remember(self, key: tuple[Any, ...], value: Any) -> None:
         with self._lock:
@@ -244,18 +300,26 @@ class RollupQueries:
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
 
-    def _view(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[QuarterView, tuple[Any, ...]]:
+    def _view_key(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[tuple[Any, ...], CatalogSnapshot]:
+        """What a quarter's view depends on (every quarter's revision, the catalog's, the day), and that catalog."""
         snapshot = self.catalog()
-        previous = quarter.previous()
         today = (as_of or self._clock()).astimezone(TOKYO).date()
         with self._engine.connect() as conn:
             revisions = repository.revisions(conn)
-            everything = tuple(sorted(revisions.items()))
-            key = ("view", quarter, as_of, everything, snapshot.revision, today)
-            with self._lock:
-                cached = self._cache.get(key)
-            if cached is not None:
-                return cached, key
+        return ("view", quarter, as_of, tuple(sorted(revisions.items())), snapshot.revision, today), snapshot
+
+    def _view(
+        self, quarter: FiscalQuarter, as_of: datetime | None, key: tuple[Any, ...], snapshot: CatalogSnapshot
+    ) -> QuarterView:
+        """The view `key` names (from `_view_key`), from the cache or computed."""
+        with self._lock:
+            cached: QuarterView | None = self._cache.get(key)
+        if cached is not None:
+            return cached
+        previous = quarter.previous()
+        today: date = key[5]
+        with self._engine.connect() as conn:
+            revisions = dict(key[3])
             if as_of is None:
                 # Each quarter's data is cached under its own revision: a new event costs one quarter's reload.
                 datas = {
@@ -277,7 +341,7 @@ class RollupQueries:
         )
         view = QuarterView(this.rollup, trend(this.rollup, last.rollup), progress, today, as_of)
         self._remember(key, view)
-        return view, key
+        return view
 
     def _quarter_data(
         self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int | None

@@ -196,7 +196,10 @@ class AcceptedWriter:
         max_rows: int = 4000,
         queue_batches: int = 2,
         tracer: trace.Tracer | None = None,
+        on_committed: Callable[[], None] | None = None,
     ) -> None:
+        #: Called after each batch committed and acknowledged (the reading side warms its caches).
+        self._on_committed = on_committed
         self._spans = BatchSpans(tracer or trace.get_tracer(__name__), db_system=db_system)
         self._applier = applier
         self._metrics = metrics
@@ -299,6 +302,8 @@ class AcceptedWriter:
         if not good:
             return
         await ack_all(None, [d.msg for d, _ in good])
+        if self._on_committed is not None:
+            self._on_committed()
         self._metrics.applied(len(good))
         self._metrics.batch_seconds.observe((ended - started) / 1e9)
         now = to_micros(datetime.now(UTC))
