@@ -45,7 +45,12 @@ def test_a_rollup_read_lately_is_recomputed_after_a_change(setup: Any, monkeypat
     assert rollups.warm() == 1  # the changed quarter's document, computed here …
     built: list[Any] = []
     real = queries.rollup_document
-    monkeypatch.setattr(queries, "rollup_document", lambda view: built.append(view) or real(view))
+
+    def counted(view: Any) -> Any:
+        built.append(view)
+        return real(view)
+
+    monkeypatch.setattr(queries, "rollup_document", counted)
     after = rollups.rollup_json(Q)  # … so the reader finds it ready
     assert built == []
     assert after != before
