@@ -84,12 +84,14 @@ class ReportingService:
                 await asyncio.wait_for(self._changed.wait(), timeout=WARM_CHECK_SECONDS)
             self._changed.clear()
             try:
-                await asyncio.to_thread(self.queries.warm)
+                computed = await asyncio.to_thread(self.queries.warm)
             except asyncio.CancelledError:
                 raise
             except Exception:  # e.g. the database is away: the readers will say so; try again later
                 log.debug("could not warm the rollups", exc_info=True)
-            await asyncio.sleep(WARM_MIN_INTERVAL)
+                computed = 1
+            if computed:  # leave the consumer most of the process while the store keeps changing
+                await asyncio.sleep(WARM_MIN_INTERVAL)
 
     async def stop(self) -> None:
         # Stop pulling first, then let the writer commit and acknowledge what it holds.

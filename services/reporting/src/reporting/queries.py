@@ -244,7 +244,8 @@ class RollupQueries:
         with self._lock:
             for key in [k for k, (seen, _) in self._recent.items() if seen < horizon]:
                 del self._recent[key]
-            wanted = [(kind, quarter, build) for (kind, quarter), (_, build) in self._recent.items()]
+            # The document read last first: the likeliest to be read again next.
+            wanted = [(kind, quarter, build) for (kind, quarter), (_, build) in reversed(self._recent.items())]
         computed = 0
         for kind, quarter, build in wanted:
             try:
