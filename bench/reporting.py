@@ -378,7 +378,8 @@ async def main() -> None:
 
             rates = []
             for _ in range(args.rebuilds):
-                rates.append(run_rebuild(args, env, loaded + args.changes, server.process.pid if server.process else 0))
+                in_stream = loaded + args.changes + args.changes // 4  # the events of the latency phases too
+                rates.append(run_rebuild(args, env, in_stream, server.process.pid if server.process else 0))
             if len(rates) > 1:
                 print(
                     f"rebuild over {len(rates)} runs: median {statistics.median(rates):,.0f} events/s "
