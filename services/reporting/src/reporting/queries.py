@@ -271,27 +271,31 @@ class RollupQueries:
         self, kind: str, quarter: FiscalQuarter, as_of: datetime | None, build: Callable[[QuarterView], Any]
     ) -> tuple[Any, bool]:
         """(the document, whether this call computed it): from the cache, or computed once however many ask."""
+        key, snapshot = self._view_key(quarter, as_of)
+        return self._once((kind, *key), lambda: build(self._view(quarter, as_of, key, snapshot)))
+
+    def _once(self, key: tuple[Any, ...], compute: Callable[[], Any]) -> tuple[Any, bool]:
+        """(the value cached under `key`, whether this call computed it). However many threads ask for the
+        same key at once, one computes it and the others wait for it (a warm-up and a reader, two readers)."""
         while True:
-            key, snapshot = self._view_key(quarter, as_of)
-            doc_key = (kind, *key)
             with self._lock:
-                if doc_key in self._cache:
-                    self._cache.move_to_end(doc_key)
-                    return self._cache[doc_key], False
-                flight = self._flights.get(doc_key)
+                if key in self._cache:
+                    self._cache.move_to_end(key)
+                    return self._cache[key], False
+                flight = self._flights.get(key)
                 if flight is None:
-                    flight = self._flights[doc_key] = threading.Event()
+                    flight = self._flights[key] = threading.Event()
                     break
-            # Another thread computes this very document: wait for it, then read it from the cache (or, if
-            # that thread failed or the store moved on meanwhile, compute it here).
+            # Another thread computes this very value: wait for it, then read it from the cache (or, if that
+            # thread failed, or the value was evicted meanwhile, compute it here).
             flight.wait(timeout=30)
         try:
-            doc = build(self._view(quarter, as_of, key, snapshot))
-            self._remember(doc_key, doc)
-            return doc, True
+            value = compute()
+            self._remember(key, value)
+            return value, True
         finally:
             with self._lock:
-                del self._flights[doc_key]
+                del self._flights[key]
             flight.set()
 
     def _remember(self, key: tuple[Any, ...], value: Any) -> None:
@@ -313,19 +317,21 @@ class RollupQueries:
         self, quarter: FiscalQuarter, as_of: datetime | None, key: tuple[Any, ...], snapshot: CatalogSnapshot
     ) -> QuarterView:
         """The view `key` names (from `_view_key`), from the cache or computed."""
-        with self._lock:
-            cached: QuarterView | None = self._cache.get(key)
-        if cached is not None:
-            return cached
+        view: QuarterView = self._once(key, lambda: self._compute_view(quarter, as_of, key, snapshot))[0]
+        return view
+
+    def _compute_view(
+        self, quarter: FiscalQuarter, as_of: datetime | None, key: tuple[Any, ...], snapshot: CatalogSnapshot
+    ) -> QuarterView:
         previous = quarter.previous()
         today: date = key[5]
+        everything = key[3]
         with self._engine.connect() as conn:
-            revisions = dict(key[3])
             if as_of is None:
                 # Each quarter's data is cached under its own revision: a new event costs one quarter's reload.
                 datas = {
                     q: self._quarter_data(conn, snapshot, q, revision)
-                    for q, revision in ((FiscalQuarter(fy, n), rev) for (fy, n), rev in revisions.items())
+                    for q, revision in ((FiscalQuarter(fy, n), rev) for (fy, n), rev in everything)
                 }
                 this = datas.get(quarter) or self._quarter_data(conn, snapshot, quarter, None)
                 last = datas.get(previous) or self._quarter_data(conn, snapshot, previous, None)
@@ -337,26 +343,30 @@ class RollupQueries:
                 datas = {q: quarter_data(q, snapshot.measures, reports) for q, reports in grouped.items()}
                 this = datas.get(quarter) or quarter_data(quarter, snapshot.measures, [])
                 last = datas.get(previous) or quarter_data(previous, snapshot.measures, [])
-        progress = progress_from_rollups(
-            snapshot.measures, (d.rollup for d in datas.values()), (d.observations for d in datas.values())
-        )
-        view = QuarterView(this.rollup, trend(this.rollup, last.rollup), progress, today, as_of)
-        self._remember(key, view)
-        return view
+
+        def progress() -> dict[str, MeasureProgress]:
+            return progress_from_rollups(
+                snapshot.measures, (d.rollup for d in datas.values()), (d.observations for d in datas.values())
+            )
+
+        if as_of is None:  # the same for every quarter's view of this state of the store: computed once
+            plan_progress = self._once(("progress", everything, snapshot.revision), progress)[0]
+        else:
+            plan_progress = progress()
+        return QuarterView(this.rollup, trend(this.rollup, last.rollup), plan_progress, today, as_of)
 
     def _quarter_data(
         self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int | None
     ) -> QuarterData:
-        key = ("quarter", quarter, revision, snapshot.revision)
-        with self._lock:
-            cached: QuarterData | None = self._cache.get(key)
-        if cached is not None:
-            return cached
-        reports: list[LeadReport] = []
-        if revision is not None:
-            reports = repository.effective_for_quarter(conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter)
-        data = quarter_data(quarter, snapshot.measures, reports)
-        self._remember(key, data)
+        def compute() -> QuarterData:
+            reports: list[LeadReport] = []
+            if revision is not None:
+                reports = repository.effective_for_quarter(
+                    conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter
+                )
+            return quarter_data(quarter, snapshot.measures, reports)
+
+        data: QuarterData = self._once(("quarter", quarter, revision, snapshot.revision), compute)[0]
         return data
 
 
