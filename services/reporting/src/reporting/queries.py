@@ -120,6 +120,8 @@ class RollupQueries:
         self._flights: dict[tuple[Any, ...], threading.Event] = {}
         #: (kind, quarter) of the current documents read lately → (when, how to build it), for `warm`.
         self._recent: OrderedDict[tuple[str, FiscalQuarter], tuple[float, Callable[[QuarterView], Any]]] = OrderedDict()
+        #: The state of the store and the documents the last warm-up left computed.
+        self._warmed: tuple[Any, ...] | None = None
 
     # --- public API ---------------------------------------------------------------------------
 
@@ -246,13 +248,21 @@ class RollupQueries:
                 del self._recent[key]
             # The document read last first: the likeliest to be read again next.
             wanted = [(kind, quarter, build) for (kind, quarter), (_, build) in reversed(self._recent.items())]
+        try:
+            state = self._state(None)
+        except Unavailable:  # the catalog is not loaded yet: nothing to warm
+            return 0
+        signature = (state[0], state[1].revision, state[2], tuple((kind, quarter) for kind, quarter, _ in wanted))
+        if signature == self._warmed:  # nothing changed since the last warm-up: not even a key to read
+            return 0
         computed = 0
         for kind, quarter, build in wanted:
             try:
                 _, fresh = self._document(kind, quarter, None, build)
-            except Unavailable:  # the catalog is not loaded yet: nothing to warm
+            except Unavailable:
                 return computed
             computed += fresh
+        self._warmed = signature
         return computed
 
     def _cached_document(
@@ -305,13 +315,18 @@ class RollupQueries:
             while len(self._cache) > _CACHE_SIZE:
                 self._cache.popitem(last=False)
 
-    def _view_key(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[tuple[Any, ...], CatalogSnapshot]:
-        """What a quarter's view depends on (every quarter's revision, the catalog's, the day), and that catalog."""
+    def _state(self, as_of: datetime | None) -> tuple[tuple[Any, ...], CatalogSnapshot, date]:
+        """What every view depends on: each quarter's revision, the catalog, and the day."""
         snapshot = self.catalog()
         today = (as_of or self._clock()).astimezone(TOKYO).date()
         with self._engine.connect() as conn:
             revisions = repository.revisions(conn)
-        return ("view", quarter, as_of, tuple(sorted(revisions.items())), snapshot.revision, today), snapshot
+        return tuple(sorted(revisions.items())), snapshot, today
+
+    def _view_key(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[tuple[Any, ...], CatalogSnapshot]:
+        """The cache key of a quarter's view, and the catalog it is computed with."""
+        everything, snapshot, today = self._state(as_of)
+        return ("view", quarter, as_of, everything, snapshot.revision, today), snapshot
 
     def _view(
         self, quarter: FiscalQuarter, as_of: datetime | None, key: tuple[Any, ...], snapshot: CatalogSnapshot
