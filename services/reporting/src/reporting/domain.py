@@ -349,10 +349,16 @@ def progress_from_rollups(
     The latest status is the measure's combined status in the latest quarter where it was reported.
     """
     latest: dict[str, tuple[FiscalQuarter, str]] = {}
+    measures = list(measures)
     for rollup in sorted(rollups, key=lambda r: r.quarter, reverse=True):
+        if len(latest) >= len(measures):  # every measure has its latest quarter: older ones cannot change that
+            break
         for standing in rollup.measures:
-            if standing.reported and standing.measure.id not in latest:
-                latest[standing.measure.id] = (rollup.quarter, standing.status)
+            status = standing.status
+            if status != UNREPORTED:
+                measure_id = standing.measure.id
+                if measure_id not in latest:
+                    latest[measure_id] = (rollup.quarter, status)
     merged: dict[str, dict[int, Observation]] = {}
     for part in observations:
         for measure_id, found in part.items():

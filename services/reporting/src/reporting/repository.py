@@ -346,18 +346,19 @@ def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapp
 
 def _lead_report(row: Sequence[Any]) -> LeadReport:
     measure_id, agency, fiscal_year, quarter, status, reported_at, event_id, progress, kpis, note, reporter = row
+    # Positional, in LeadReport's field order (keywords cost more on this path: one call per effective report).
     return LeadReport(
-        measure_id=measure_id,
-        agency=agency,
-        fiscal_year=fiscal_year,
-        quarter=quarter,
-        status=status,
-        reported_at=datetime.fromisoformat(reported_at),
-        event_id=event_id,
-        progress=progress,
-        kpis=parse_kpis(kpis) if kpis else (),
-        note=note,
-        reporter=reporter,
+        measure_id,
+        agency,
+        fiscal_year,
+        quarter,
+        status,
+        datetime.fromisoformat(reported_at),
+        event_id,
+        progress,
+        parse_kpis(kpis) if kpis else (),
+        note,
+        reporter,
     )
 
 
@@ -392,7 +393,7 @@ def last_admitted(conn: Connection, *, store: Store = LIVE) -> datetime | None:
 def effective_for_quarter(conn: Connection, *, fiscal_year: int, quarter: int, store: Store = LIVE) -> list[LeadReport]:
     t = store.effective
     stmt = sa.select(*_report_columns(t)).where(t.c.fiscal_year == fiscal_year, t.c.quarter == quarter)
-    return [_lead_report(row) for row in conn.execute(stmt)]
+    return [_lead_report(row) for row in conn.execute(stmt).all()]
 
 
 def all_effective(conn: Connection, *, store: Store = LIVE) -> list[LeadReport]:
