@@ -72,6 +72,40 @@ def check_fiscal_year(fiscal_year: int) -> int:
 
 
 @dataclass(frozen=True)
+class TargetSummary:
+    """The plan's targets on a day: how many, how many overdue (per agency and section), and their ratings.
+
+    It depends on the measures' progress across quarters and the day, not on the quarter a rollup is for.
+    """
+
+    total: int
+    overdue: int
+    measures_overdue: int
+    ratings: dict[str, int]
+    overdue_by_agency: dict[str, int]
+    overdue_by_section: dict[int, int]
+
+
+def target_summary(measures: Iterable[Measure], progress: Mapping[str, MeasureProgress], today: date) -> TargetSummary:
+    overdue = measures_overdue = targets_total = 0
+    ratings = dict.fromkeys(("A", "B", "N"), 0)
+    overdue_by_agency: dict[str, int] = {}
+    overdue_by_section: dict[int, int] = {}
+    for measure in measures:
+        targets = target_standings(measure, progress[measure.id], today)
+        late = sum(1 for t in targets if t.overdue)
+        overdue += late
+        measures_overdue += 1 if late else 0
+        targets_total += len(targets)
+        overdue_by_section[measure.section] = overdue_by_section.get(measure.section, 0) + late
+        for agency in measure.lead_agencies:
+            overdue_by_agency[agency.value] = overdue_by_agency.get(agency.value, 0) + late
+        for t in targets:
+            ratings[t.rating.rating] += 1
+    return TargetSummary(targets_total, overdue, measures_overdue, ratings, overdue_by_agency, overdue_by_section)
+
+
+@dataclass(frozen=True)
 class QuarterView:
     """Everything computed for one quarter: rollup, trend, and the cross-quarter progress of each measure."""
 
@@ -80,6 +114,8 @@ class QuarterView:
     progress: Mapping[str, MeasureProgress]
     today: date
     as_of: datetime | None
+    #: The targets' summary, when it was computed once for every quarter's view (else by `rollup_document`).
+    targets: TargetSummary | None = None
 
 
 def _by_measure(reports: Iterable[LeadReport]) -> dict[str, dict[str, LeadReport]]:
@@ -364,11 +400,16 @@ class RollupQueries:
                 snapshot.measures, (d.rollup for d in datas.values()), (d.observations for d in datas.values())
             )
 
+        summary: TargetSummary | None = None
         if as_of is None:  # the same for every quarter's view of this state of the store: computed once
             plan_progress = self._once(("progress", everything, snapshot.revision), progress)[0]
+            summary = self._once(
+                ("targets", everything, snapshot.revision, today),
+                lambda: target_summary(snapshot.measures, plan_progress, today),
+            )[0]
         else:
             plan_progress = progress()
-        return QuarterView(this.rollup, trend(this.rollup, last.rollup), plan_progress, today, as_of)
+        return QuarterView(this.rollup, trend(this.rollup, last.rollup), plan_progress, today, as_of, summary)
 
     def _quarter_data(
         self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int | None
@@ -424,22 +465,8 @@ def rollup_document(view: QuarterView) -> Document:
     rollup = view.rollup
     quarter = rollup.quarter
     previous = view.trend.previous
-    overdue = measures_overdue = targets_total = 0
-    ratings = dict.fromkeys(("A", "B", "N"), 0)
-    overdue_by_agency = dict.fromkeys(rollup.by_agency, 0)
-    overdue_by_section = dict.fromkeys(rollup.by_section, 0)
-    for standing in rollup.measures:
-        measure = standing.measure
-        targets = target_standings(measure, view.progress[measure.id], view.today)
-        late = sum(1 for t in targets if t.overdue)
-        overdue += late
-        measures_overdue += 1 if late else 0
-        targets_total += len(targets)
-        overdue_by_section[measure.section] = overdue_by_section.get(measure.section, 0) + late
-        for agency in measure.lead_agencies:
-            overdue_by_agency[agency.value] = overdue_by_agency.get(agency.value, 0) + late
-        for t in targets:
-            ratings[t.rating.rating] += 1
+    targets = view.targets or target_summary((s.measure for s in rollup.measures), view.progress, view.today)
+    overdue = targets.overdue
     return {
         **_quarter_fields(quarter),
         "on_time_deadline": quarter.on_time_deadline.isoformat(),
@@ -447,12 +474,16 @@ def rollup_document(view: QuarterView) -> Document:
         "by_agency": {
             agency.value: {
                 **tally_document(rollup.by_agency[agency.value]),
-                "overdue_targets": overdue_by_agency.get(agency.value, 0),
+                "overdue_targets": targets.overdue_by_agency.get(agency.value, 0),
             }
             for agency in Agency
         },
         "by_section": {
-            str(n): {**tally_document(t), "title": SECTION_TITLES.get(n, ""), "overdue_targets": overdue_by_section[n]}
+            str(n): {
+                **tally_document(t),
+                "title": SECTION_TITLES.get(n, ""),
+                "overdue_targets": targets.overdue_by_section.get(n, 0),
+            }
             for n, t in sorted(rollup.by_section.items())
         },
         "previous": {**_quarter_fields(previous.quarter), **tally_document(previous.overall)},
@@ -460,10 +491,10 @@ def rollup_document(view: QuarterView) -> Document:
         "moved_better": list(view.trend.moved_better),
         "overdue_targets": overdue,
         "targets": {
-            "total": targets_total,
+            "total": targets.total,
             "overdue": overdue,
-            "measures_with_overdue": measures_overdue,
-            "ratings": ratings,
+            "measures_with_overdue": targets.measures_overdue,
+            "ratings": dict(targets.ratings),
             "reference_date": view.today.isoformat(),
         },
         "as_of": view.as_of.isoformat() if view.as_of else None,
