@@ -349,7 +349,6 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
 
     winners = EffectiveReports()
     failures = []
-    finished = False
     try:
         try:
             async for messages in reader.batches():
@@ -369,33 +368,17 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
                 winners.merge(value)
             else:
                 failures.append(str(value))
-        finished = True
     except (EOFError, BrokenPipeError, ConnectionResetError) as e:
-        said = [str(value) for kind, value in _last_words(writers) if kind == "error"]
         codes = ", ".join(str(worker.exitcode) for worker, _ in writers)
-        why = f": {'; '.join(said)}" if said else ""
-        raise RuntimeError(f"a writer process of the rebuild stopped (exit codes {codes}){why}") from e
+        raise RuntimeError(f"a writer process of the rebuild died (exit codes {codes})") from e
     finally:
         for worker, _ in writers:
-            if not finished or failures:
-                worker.kill()  # the rebuild has failed: the others' work is discarded with the shadow tables
             await asyncio.to_thread(worker.join, 30)
             if worker.is_alive():
                 worker.kill()
     if failures:
         raise RuntimeError(f"the rebuild's writer process failed: {'; '.join(failures)}")
     return BulkResult(read, winners.rows())
-
-
-def _last_words(writers: list[tuple[Any, Any]]) -> list[tuple[str, Any]]:
-    """What writers that stopped early sent before they went (their error), without waiting for the others."""
-    out = []
-    for worker, pipe in writers:
-        worker.join(1)
-        with contextlib.suppress(EOFError, OSError):
-            if pipe.poll(0):
-                out.append(pipe.recv())
-    return out
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
