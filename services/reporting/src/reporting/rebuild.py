@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import multiprocessing
+import os
 import secrets
 import sys
 import time
@@ -270,13 +271,13 @@ class BulkResult:
     rows: list[tuple[Any, ...]]
 
 
-def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any) -> None:
+def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any, parent: int) -> None:
     """Child process of the bulk phase: decode batches of (subject, payload), insert their events, keep winners."""
     from reporting.workers import exit_with_parent
     from shinchoku_runtime.service import settle_heap
     from shinchoku_runtime.telemetry import init_logging
 
-    exit_with_parent()
+    exit_with_parent(parent)
     init_logging("reporting")
     settle_heap()
     engine = repository.tune(make_engine(url))
@@ -319,7 +320,9 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
     writers = []
     for _ in range(WRITERS):
         parent, child = context.Pipe()
-        worker = context.Process(target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child), daemon=True)
+        worker = context.Process(
+            target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child, os.getpid()), daemon=True
+        )
         worker.start()
         writers.append((worker, parent))
     read = 0

@@ -52,9 +52,14 @@ class ThreadApplier:
         return None
 
 
-def exit_with_parent(interval: float = 1.0) -> None:
-    """In a child process: exit as soon as the parent is gone (a SIGKILLed service must not leave a writer)."""
-    parent = os.getppid()
+def exit_with_parent(parent: int, interval: float = 1.0) -> None:
+    """In a child process: exit as soon as the parent is gone (a SIGKILLed service must not leave a writer).
+
+    `parent` is the pid the parent had when it started this process (its own `os.getpid()`): read here, in
+    the child, it could already be init's if the parent died while the child was still starting.
+    """
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -65,9 +70,9 @@ def exit_with_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _init_worker(url: str) -> None:
+def _init_worker(url: str, parent: int) -> None:
     global _worker_engine
-    exit_with_parent()
+    exit_with_parent(parent)
     _worker_engine = repository.tune(make_engine(url))
     settle_heap()
 
@@ -89,7 +94,7 @@ class ProcessApplier:
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_init_worker,
-            initargs=(self._url,),
+            initargs=(self._url, os.getpid()),
         )
 
     async def apply(self, payloads: Sequence[bytes]) -> BatchOutcome:
