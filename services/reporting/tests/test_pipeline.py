@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import multiprocessing
 import os
 import random
 import signal
@@ -645,3 +646,34 @@ async def test_a_writer_process_that_dies_is_replaced_and_nothing_is_lost(
     expected = Expected(measures, first + second)
     assert_tally(body, expected.rollup(quarter.fiscal_year, quarter.quarter), quarter.label)
     assert len(snapshot(sqlite_url)["events"]) == len(expected.reports)
+
+
+@pytest.mark.timeout(120)
+async def test_a_writer_killed_mid_rebuild_fails_it_at_once_and_leaves_the_store_alone(
+    admin_nc: Client, reporting_nc: Client, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rebuild, "REQUEST_BATCH", 20)  # many small batches: the replay takes a while
+    measures = synthetic_measures(30)
+    await publish_admissions(admin_nc, random_admissions(measures, [FiscalQuarter(2025, 1)], 6000, seed=8))
+    engine = make_engine(database_url)
+    try:
+        repository.create_store(engine)
+        before = snapshot(database_url)
+        running = asyncio.create_task(rebuild_store(engine, reporting_nc, progress=False))
+        deadline = asyncio.get_running_loop().time() + 20
+        while not [p for p in multiprocessing.active_children() if p.is_alive()]:
+            assert asyncio.get_running_loop().time() < deadline, "the rebuild started no writer process"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3)
+        victim = next(p for p in multiprocessing.active_children() if p.is_alive())
+        assert victim.pid is not None
+        os.kill(victim.pid, signal.SIGKILL)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(RuntimeError, match="writer process"):
+            await running
+        # At once: not after waiting for the other writer to time out.
+        assert asyncio.get_running_loop().time() - started < 10
+        assert not [p for p in multiprocessing.active_children() if p.is_alive()]
+        assert snapshot(database_url) == before
+    finally:
+        engine.dispose()

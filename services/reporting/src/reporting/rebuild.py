@@ -324,6 +324,9 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
             target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child, os.getpid()), daemon=True
         )
         worker.start()
+        # The parent keeps only its own end: a writer that dies then closes the connection for good, and a
+        # send or receive on it fails (EPIPE, EOF) instead of blocking a thread for ever.
+        child.close()
         writers.append((worker, parent))
     read = 0
     # Batches wait here for the first writer free to take them: receiving goes on (the broker keeps streaming)
@@ -352,6 +355,7 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
 
     winners = EffectiveReports()
     failures = []
+    finished = False
     try:
         try:
             async for messages in reader.batches():
@@ -371,17 +375,46 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
                 winners.merge(value)
             else:
                 failures.append(str(value))
+        finished = not failures
     except (EOFError, BrokenPipeError, ConnectionResetError) as e:
+        said = _last_words(writers)
+        for worker, _ in writers:  # the rebuild has failed: what the others wrote goes with the shadow tables
+            worker.kill()
+        await asyncio.to_thread(_join_all, writers, 5)
         codes = ", ".join(str(worker.exitcode) for worker, _ in writers)
-        raise RuntimeError(f"a writer process of the rebuild died (exit codes {codes})") from e
+        why = f": {'; '.join(said)}" if said else ""
+        raise RuntimeError(f"a writer process of the rebuild stopped (exit codes {codes}){why}") from e
     finally:
-        for worker, _ in writers:
-            await asyncio.to_thread(worker.join, 30)
-            if worker.is_alive():
+        if not finished:
+            for worker, _ in writers:
                 worker.kill()
+        await asyncio.to_thread(_join_all, writers, 30)
+        for _, pipe in writers:
+            pipe.close()
     if failures:
         raise RuntimeError(f"the rebuild's writer process failed: {'; '.join(failures)}")
     return BulkResult(read, winners.rows())
+
+
+def _last_words(writers: list[tuple[Any, Any]]) -> list[str]:
+    """The error a writer that stopped sent before it went, if it said anything (never waits)."""
+    out = []
+    for _, pipe in writers:
+        with contextlib.suppress(EOFError, OSError):
+            while pipe.poll(0):
+                kind, value = pipe.recv()
+                if kind == "error":
+                    out.append(str(value))
+    return out
+
+
+def _join_all(writers: list[tuple[Any, Any]], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    for worker, _ in writers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+        if worker.is_alive():
+            worker.kill()
+            worker.join(5)
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
