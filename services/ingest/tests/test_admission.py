@@ -352,7 +352,7 @@ async def test_http_answers_user_errors_with_4xx(ingest: Any) -> None:
     assert (await http.get("/rejections", params={"offset": -1})).status_code == 422
     health = await http.get("/healthz")
     assert health.status_code == 200
-    assert health.json()["checks"] == {"nats": True, "database": True}
+    assert health.json()["checks"] == {"nats": True, "database": True, "jetstream": True}
     assert (await http.get("/docs")).status_code == 200
     paths = (await http.get("/openapi.json")).json()["paths"]
     assert {"/events/{event_id}", "/rejections", "/healthz"} <= set(paths)

@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from nats.aio.client import Client
+from nats.js.api import DiscardPolicy
 
+from contracts.streams import ACCEPTED_STREAM
 from ingest.testing import (
     SAMPLE_MEASURES,
     assert_exactly_once,
@@ -26,6 +28,7 @@ from ingest.testing import (
 )
 from shinchoku.client import AgencyPublisher
 from shinchoku_runtime.db import normalise_url
+from shinchoku_runtime.natsclient import ensure_streams, stream_config
 from shinchoku_runtime.testing import pg_admin_url
 
 Publishers = Callable[[str], Awaitable[AgencyPublisher]]
@@ -95,6 +98,44 @@ async def test_a_database_outage_loses_nothing_and_duplicates_nothing(
     metrics = (await running.http.get("/metrics")).text
     assert 'shinchoku_ingest_transient_faults_total{fault="database"}' in metrics
     assert (await running.http.get("/healthz")).status_code == 200
+
+
+async def test_a_stream_that_refuses_writes_makes_ingest_unready_and_loses_nothing(
+    start_ingest: Any, catalog_kv: Any, publisher_for: Publishers, admin_nc: Client, ingest_db_url: str
+) -> None:
+    """ACCEPTED refuses new messages (as a full disk or a lost quorum would): /healthz says so, nothing is acked
+    until the stream takes writes again, and then every event is admitted once."""
+    running = await start_ingest(retry_delay_max=0.5)
+    js = admin_nc.jetstream()
+    mof = await publisher_for("mof")
+    before = [event_body() for _ in range(20)]
+    await publish_events(mof, before)
+    await wait_for_count(admin_nc, "ACCEPTED", len(before))
+    assert (await running.http.get("/healthz")).json()["checks"]["jetstream"] is True
+
+    limited = stream_config(ACCEPTED_STREAM)
+    limited.max_msgs = len(before)
+    limited.discard = DiscardPolicy.NEW
+    await js.update_stream(limited)
+    during = [event_body() for _ in range(30)]
+    await publish_events(mof, during)
+    deadline = asyncio.get_running_loop().time() + 15
+    while (health := await running.http.get("/healthz")).status_code == 200:
+        assert asyncio.get_running_loop().time() < deadline, "ingest stayed ready while ACCEPTED refused writes"
+        await asyncio.sleep(0.1)
+    body = health.json()
+    assert health.status_code == 503
+    assert body["checks"] == {"nats": True, "database": True, "jetstream": False}
+    assert list(body["publishing"]) == ["ACCEPTED"]
+    assert (await js.stream_info("ACCEPTED")).state.messages == len(before)
+    assert (await js.consumer_info("STATUS", "ingest")).num_ack_pending > 0  # put back, not acked
+
+    await ensure_streams(js)  # the shared definition again
+    event_ids = {b["event_id"] for b in before + during}
+    await assert_exactly_once(admin_nc, ingest_db_url, event_ids, duplicates=0)
+    health = await running.http.get("/healthz")
+    assert health.status_code == 200, health.text
+    assert health.json()["publishing"] == {}
 
 
 async def test_two_replicas_decide_each_event_once(

@@ -152,10 +152,13 @@ def get_rejections(
 
 @router.get("/healthz", tags=["health"])
 def healthz(request: Request) -> JSONResponse:
-    """Ready when NATS is connected with the consumer running and the store answers (else 503)."""
+    """Ready when NATS is connected with the consumer running, the store answers and JetStream takes what ingest
+    publishes (else 503; `publishing` names each stream that refuses or does not answer, and since when)."""
     runtime = request.app.state.runtime
     mirror = runtime.mirror
+    problems = runtime.handler.publishing_problems() if runtime.handler is not None else {}
     return health_response(
-        {"nats": runtime.nats_connected(), "database": runtime.database_ready()},
+        {"nats": runtime.nats_connected(), "database": runtime.database_ready(), "jetstream": not problems},
         catalog_mirror=len(mirror) if mirror is not None else 0,
+        publishing=problems,
     )

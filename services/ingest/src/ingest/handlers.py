@@ -77,6 +77,9 @@ log = logging.getLogger(__name__)
 #: the others decide with the stored records (a resend, or a race with another replica).
 WRITE_ATTEMPTS = 4
 
+#: The longest the consumer pauses between batches that all failed (`BatchHandler._pause_if_failing`).
+PAUSE_MAX = 10.0
+
 FAULT_DATABASE = "database"
 FAULT_NATS = "nats"
 FAULT_CATALOG = "catalog"
@@ -179,6 +182,9 @@ class BatchHandler:
         self._consecutive_faults = 0
         #: When writes to the store started failing (None while they succeed): read by /healthz.
         self.store_failing_since: float | None = None
+        #: Streams whose last publish got no PubAck or a refusal (a full disk, a stream limit, no quorum):
+        #: stream → (first failure, latest failure, what went wrong), dropped at the stream's next PubAck.
+        self.publish_failures: dict[str, tuple[float, float, str]] = {}
         self._slots = asyncio.Semaphore(options.max_inflight)
         self._finishing: set[asyncio.Task[None]] = set()
 
@@ -273,7 +279,7 @@ class BatchHandler:
         """When nothing in a batch could be done, slow the consumer down instead of spinning through the outage."""
         if deliveries and all(d.fault for d in deliveries):
             self._consecutive_faults += 1
-            await asyncio.sleep(min(10.0, 0.25 * 2 ** min(self._consecutive_faults, 6)))
+            await asyncio.sleep(min(PAUSE_MAX, 0.25 * 2 ** min(self._consecutive_faults, 6)))
         else:
             self._consecutive_faults = 0
 
@@ -615,6 +621,21 @@ class BatchHandler:
             for stream, (messages, owners) in outgoing.items()
         ]
 
+    def publishing_problems(self, *, now: float | None = None) -> dict[str, str]:
+        """The streams ingest cannot write to now, each with what went wrong and for how long (for /healthz).
+
+        A failure counts until the stream's next PubAck, or until no message has been retried on it for
+        longer than a retry takes at most (the messages that failed were all put back and come back sooner
+        while the outage lasts; a failure older than that is history, not the present).
+        """
+        now = time.monotonic() if now is None else now
+        horizon = self._options.retry_delay_max + PAUSE_MAX + self._options.publish_timeout
+        return {
+            stream: f"{detail} (failing for {now - first:.0f} s)"
+            for stream, (first, last, detail) in sorted(self.publish_failures.items())
+            if now - last <= horizon
+        }
+
     async def _await_pub_acks(self, publishing: Publishing) -> None:
         """Wait for each batch's PubAck; a missing or refused one is a NATS fault for every message of it."""
         if not publishing:
@@ -633,8 +654,13 @@ class BatchHandler:
                 status = Status(StatusCode.ERROR, clean(detail, 200))
                 for d, _span in owners:
                     self._fault(d, FAULT_NATS, detail)
-            elif task.result().fell_back:
-                batch_attributes["messaging.nats.republished"] = True
+                now = time.monotonic()
+                first = self.publish_failures.get(stream, (now,))[0]
+                self.publish_failures[stream] = (first, now, clean(detail, 200))
+            else:
+                self.publish_failures.pop(stream, None)
+                if task.result().fell_back:
+                    batch_attributes["messaging.nats.republished"] = True
             name = f"{stream} publish"
             for d, span in owners:
                 if span is not None:
