@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -37,9 +38,10 @@ def assert_rejected(decision: Any) -> Reject:
     assert isinstance(decision, Reject), decision
     assert decision.reason in ReasonCode
     assert decision.message.strip()
-    # The message is stored in SQLite/PostgreSQL and shown to clerks: valid UTF-8, no NUL.
+    # The message is stored in SQLite/PostgreSQL and shown to clerks (one line in a table, a CSV cell, a log
+    # line): valid UTF-8, no control character at all (a tab or newline from the bad input is quoted as \x09).
     decision.message.encode("utf-8")
-    assert "\x00" not in decision.message
+    assert not [c for c in decision.message if unicodedata.category(c) == "Cc"], decision.message
     return decision
 
 

@@ -52,7 +52,10 @@ _FIELD_HINTS: dict[str, str] = {
 _HASH_EXCLUDE = {"reported_at"}
 _STR_JSON: TypeAdapter[str] = TypeAdapter(str)
 _TIME_JSON: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Quoted, not copied, from bad input into a message: C0 and C1 controls (tabs and newlines included: a message
+#: is one line in a table, a CSV cell or a log), line and paragraph separators, and the bidirectional
+#: overrides and isolates that could make a quoted value read as something else.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 
 
 # --- decisions -----------------------------------------------------------------------------------------------
@@ -170,9 +173,14 @@ def admitted_json(report: Report, admitted_at: datetime, subject: str) -> bytes:
     return f'{{"event":{report.event_json},"admitted_at":{_json_time(admitted_at)},"subject":{_json_text(subject)}}}'.encode()
 
 
+def _escaped(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def clean(text: str, limit: int = 200) -> str:
     """Text safe to quote in a message (no control characters, bounded length, storable in any database)."""
-    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    text = _CONTROL.sub(_escaped, text)
     text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
