@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, text
+from sqlalchemy import Connection, Engine, Table, event, text
+from sqlalchemy.dialects import postgresql
 from sqlmodel import create_engine
 
 
@@ -74,3 +76,34 @@ def serialize_schema_changes(conn: Connection, store: str) -> None:
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+class ColumnArrays:
+    """`INSERT … SELECT * FROM unnest(…) ON CONFLICT DO NOTHING` on PostgreSQL: a whole batch in one statement.
+
+    Each column's values go as one array in PostgreSQL's binary format. An `executemany` through SQLAlchemy
+    (insertmanyvalues, RETURNING to count what went in) cost ~200 µs of client CPU per row in psycopg's text
+    adaptation and ~275 ms per 1,000 rows; this costs ~13 µs and ~50 ms (measured on the ingest decision
+    table, PostgreSQL on the same 2-core machine). One statement, so its row count is exact: the rows that
+    did not go in because of a conflict are `len(rows) - inserted`.
+    """
+
+    def __init__(self, table: Table, columns: Sequence[str], *, conflict: str = "ON CONFLICT DO NOTHING") -> None:
+        dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+        self.columns = tuple(columns)
+        arrays = ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in self.columns)
+        self.sql = (
+            f'INSERT INTO "{table.name}" ({", ".join(self.columns)}) SELECT * FROM unnest({arrays}) {conflict}'.strip()
+        )
+
+    def insert(self, conn: Connection, rows: Sequence[Sequence[Any]]) -> int:
+        """Insert `rows` (tuples in `columns` order) in the connection's transaction; the number inserted."""
+        if not rows:
+            return 0
+        arrays = [list(values) for values in zip(*rows, strict=True)]
+        cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+        try:
+            cursor.execute(self.sql, arrays)
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()

@@ -17,11 +17,10 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Column, Field, SQLModel
 
 from ingest.domain import PriorRecord
-from shinchoku_runtime.db import serialize_schema_changes, size_sqlite_cache
+from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes, size_sqlite_cache
 
 OUTCOME_ADMITTED = "admitted"
 OUTCOME_REJECTED = "rejected"
@@ -104,12 +103,6 @@ def set_sqlite_busy_timeout(engine: Engine, *, milliseconds: int) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout={int(milliseconds)}")
         cursor.close()
-
-
-def _insert(engine: Engine, table: sa.Table) -> Any:
-    if engine.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
 
 
 def _aware(moment: datetime | None) -> datetime | None:
@@ -211,37 +204,33 @@ def write_batch(
     if engine.dialect.name == "sqlite":
         _write_batch_sqlite(engine, decisions=decisions, claims=claims, late_admissions=late_admissions)
         return
+    columns = _DECISION_COLUMNS
+    rows = [tuple(row[c] for c in columns) for row in decisions]
     with engine.begin() as conn:
-        stmt = _insert(engine, _decision).on_conflict_do_nothing().returning(_decision.c.stream_seq)
-        inserted = conn.execute(stmt, list(decisions)).all()
-        if len(inserted) != len(decisions):
-            raise WriteConflict(f"{len(decisions) - len(inserted)} decision(s) were stored by another replica")
+        inserted = _PG_DECISION_INSERT.insert(conn, rows)
+        if inserted != len(rows):
+            raise WriteConflict(f"{len(rows) - inserted} decision(s) were stored by another replica")
         if claims:
-            stmt = _insert(engine, _claim).on_conflict_do_nothing().returning(_claim.c.event_id)
-            rows = [
-                {
-                    "event_id": c.event_id,
-                    "content_hash": c.content_hash,
-                    "agency": c.agency,
-                    "first_seq": c.first_seq,
-                    "admitted_seq": c.admitted_seq,
-                }
-                for c in claims
-            ]
-            claimed = conn.execute(stmt, rows).all()
-            if len(claimed) != len(claims):
-                raise WriteConflict(f"{len(claims) - len(claimed)} event id(s) were claimed by another replica")
+            claimed = _PG_CLAIM_INSERT.insert(
+                conn, [(c.event_id, c.content_hash, c.agency, c.first_seq, c.admitted_seq) for c in claims]
+            )
+            if claimed != len(claims):
+                raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)
 
 
 _DECISION_COLUMNS = tuple(c.name for c in _decision.columns)
+_CLAIM_COLUMNS = ("event_id", "content_hash", "agency", "first_seq", "admitted_seq")
+#: PostgreSQL: each batch's rows in one statement, as column arrays (see `ColumnArrays` for the figures).
+_PG_DECISION_INSERT = ColumnArrays(_decision, _DECISION_COLUMNS)
+_PG_CLAIM_INSERT = ColumnArrays(_claim, _CLAIM_COLUMNS)
 _DATETIME_COLUMNS = frozenset(c.name for c in _decision.columns if isinstance(c.type, sa.DateTime))
 _SQLITE_DECISION_INSERT = (
     f"INSERT INTO decision ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(_DECISION_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
 _SQLITE_CLAIM_INSERT = (
-    "INSERT INTO event_id_claim (event_id, content_hash, agency, first_seq, admitted_seq) VALUES (?, ?, ?, ?, ?) "
+    f"INSERT INTO event_id_claim ({', '.join(_CLAIM_COLUMNS)}) VALUES ({', '.join('?' * len(_CLAIM_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
 
