@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, event, text
+from sqlalchemy import Connection, Engine, String, Table, event, text
 from sqlalchemy.dialects import postgresql
 from sqlmodel import create_engine
 
@@ -91,7 +91,7 @@ class ColumnArrays:
     def __init__(self, table: Table, columns: Sequence[str], *, conflict: str = "ON CONFLICT DO NOTHING") -> None:
         dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
         self.columns = tuple(columns)
-        arrays = ", ".join(f"%b::{table.c[name].type.compile(dialect=dialect)}[]" for name in self.columns)
+        arrays = ", ".join(f"%b::{_array_element(table.c[name].type, dialect)}[]" for name in self.columns)
         self.sql = (
             f'INSERT INTO "{table.name}" ({", ".join(self.columns)}) SELECT * FROM unnest({arrays}) {conflict}'.strip()
         )
@@ -107,3 +107,12 @@ class ColumnArrays:
             return int(cursor.rowcount)
         finally:
             cursor.close()
+
+
+def _array_element(column_type: Any, dialect: Any) -> str:
+    """The SQL type of a column's values in the array: text for any string (the column's own length and
+    collation apply when the row goes in; `VARCHAR(36) COLLATE "C"[]` is no type)."""
+    impl = column_type.dialect_impl(dialect)
+    if isinstance(impl, String) or isinstance(getattr(impl, "impl", None), String):  # TypeDecorators included
+        return "TEXT"
+    return str(impl.compile(dialect=dialect))

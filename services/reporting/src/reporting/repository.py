@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
 from reporting.domain import KpiReading, LeadReport
-from shinchoku_runtime.db import serialize_schema_changes, size_sqlite_cache
+from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes, size_sqlite_cache
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
@@ -253,13 +253,28 @@ def _placeholders(conn: Connection, count: int) -> str:
     return ", ".join([mark] * count)
 
 
+_COLUMN_ARRAYS: dict[tuple[str, str], ColumnArrays] = {}
+
+
+def _column_arrays(table: sa.Table, columns: Sequence[str], conflict: str) -> ColumnArrays:
+    """PostgreSQL: a batch as one statement of column arrays (`ColumnArrays`), built once per table and clause."""
+    key = (table.name, conflict)
+    found = _COLUMN_ARRAYS.get(key)
+    if found is None:
+        found = _COLUMN_ARRAYS[key] = ColumnArrays(table, columns, conflict=conflict)
+    return found
+
+
 def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
     """Insert `events` rows (tuples in EVENT_COLUMNS order); an event id already stored keeps its first copy.
 
-    One executemany of a plain statement: SQLAlchemy's per-row parameter processing costs more than the
-    insert itself on this path.
+    SQLite: one executemany of a plain statement (SQLAlchemy's per-row parameter processing costs more than
+    the insert itself on this path). PostgreSQL: one statement of column arrays (`ColumnArrays`).
     """
     if not rows:
+        return
+    if conn.dialect.name == "postgresql":
+        _column_arrays(store.events, EVENT_COLUMNS, "ON CONFLICT (event_id) DO NOTHING").insert(conn, rows)
         return
     sql = (
         f'INSERT INTO "{store.events.name}" ({", ".join(EVENT_COLUMNS)}) '
@@ -281,13 +296,20 @@ def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[
         return
     table = f'"{store.effective.name}"'
     updates = ", ".join(f"{name} = excluded.{name}" for name in EFFECTIVE_VALUES)
-    sql = (
-        f"INSERT INTO {table} ({', '.join(EFFECTIVE_COLUMNS)}) VALUES ({_placeholders(conn, len(EFFECTIVE_COLUMNS))}) "
+    conflict = (
         "ON CONFLICT (fiscal_year, quarter, measure_id, agency) DO UPDATE SET "
         f"{updates} WHERE excluded.reported_at_us > {table}.reported_at_us "
         f"OR (excluded.reported_at_us = {table}.reported_at_us AND excluded.event_id > {table}.event_id)"
     )
-    conn.exec_driver_sql(sql, sorted(rows, key=_effective_key))
+    ordered = sorted(rows, key=_effective_key)
+    if conn.dialect.name == "postgresql":
+        _column_arrays(store.effective, EFFECTIVE_COLUMNS, conflict).insert(conn, ordered)
+        return
+    sql = (
+        f"INSERT INTO {table} ({', '.join(EFFECTIVE_COLUMNS)}) VALUES ({_placeholders(conn, len(EFFECTIVE_COLUMNS))}) "
+        f"{conflict}"
+    )
+    conn.exec_driver_sql(sql, ordered)
 
 
 def bump_revisions(
