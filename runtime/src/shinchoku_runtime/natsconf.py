@@ -102,7 +102,8 @@ def generate_secrets() -> dict[str, str]:
     return {user: secrets.token_urlsafe(24) for user in all_users()}
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
+    """Write a secret-bearing file readable by its owner only (mode 0600, also when it existed before)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -118,7 +119,7 @@ def load_or_create_secrets(directory: Path) -> dict[str, str]:
     if missing or not path.exists():
         fresh = generate_secrets()
         existing.update({u: fresh[u] for u in missing})
-        _write_private(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+        write_private(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
     return existing
 
 
@@ -184,7 +185,7 @@ def write_config(directory: Path, options: ServerOptions) -> Path:
     """Write `directory/nats.conf` (mode 0600, it holds the secrets) and return its path."""
     passwords = load_or_create_secrets(directory)
     path = directory / CONFIG_FILE
-    _write_private(path, render_config(options, passwords))
+    write_private(path, render_config(options, passwords))
     return path
 
 
@@ -209,5 +210,5 @@ def rotate_secret(directory: Path, user: str) -> str:
         raise ValueError(f"no such NATS user: {user}")
     existing = load_or_create_secrets(directory)
     existing[user] = secrets.token_urlsafe(24)
-    _write_private(directory / SECRETS_FILE, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    write_private(directory / SECRETS_FILE, json.dumps(existing, indent=2, sort_keys=True) + "\n")
     return existing[user]
