@@ -98,3 +98,7 @@ REJECTED_STREAM = StreamSpec(
 )
 
 STREAMS: tuple[StreamSpec, ...] = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)
+
+#: The broker's word that it gave up on a STATUS message: `max_deliver` deliveries to ingest and no ack (each
+#: replica holding it stopped or hung). Ingest records it as an `undeliverable` rejection.
+INGEST_MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STATUS_STREAM.name}.{INGEST_DURABLE}"

@@ -19,6 +19,7 @@ from contracts.streams import (
     CATALOG_CHANGED,
     CATALOG_MEASURE_GET,
     INGEST_DURABLE,
+    INGEST_MAX_DELIVERIES_ADVISORY,
     REPORTING_DURABLE,
     STATUS_STREAM,
     agency_inbox_prefix,
@@ -75,7 +76,7 @@ def service_permissions(user: str) -> Permissions:
                 # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
                 f"$JS.FC.KV_{CATALOG_BUCKET}.>",
             ],
-            subscribe=["_INBOX.>", CATALOG_CHANGED, kv],
+            subscribe=["_INBOX.>", CATALOG_CHANGED, kv, INGEST_MAX_DELIVERIES_ADVISORY],
             deny_publish=_JS_DENY,
         )
     if user == "reporting":

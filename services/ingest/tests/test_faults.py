@@ -7,7 +7,9 @@ Tests whose behaviour depends on the database run on SQLite and on the real Post
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -24,6 +26,7 @@ from ingest.testing import (
     event_body,
     publish_events,
     store_counts,
+    stream_messages,
     wait_for_count,
 )
 from shinchoku.client import AgencyPublisher
@@ -136,6 +139,46 @@ async def test_a_stream_that_refuses_writes_makes_ingest_unready_and_loses_nothi
     health = await running.http.get("/healthz")
     assert health.status_code == 200, health.text
     assert health.json()["publishing"] == {}
+
+
+async def test_a_message_no_replica_ever_settles_is_recorded_undeliverable(
+    start_ingest: Any, catalog_kv: Any, publisher_for: Publishers, admin_nc: Client, ingest_db_url: str
+) -> None:
+    """Each replica that holds one message dies or hangs before deciding it (here: the handler drops it), until
+    the broker gives up after `max_deliver`: ingest hears the broker's advisory and records the message as an
+    `undeliverable` rejection, once, with its original bytes; the messages around it are admitted as usual."""
+    running = await start_ingest(max_deliver=3, ack_wait=5.0, batch_size=10)  # the least the settings allow
+    handler = running.runtime.handler
+    assert handler is not None
+    poison = event_body()
+    handle = handler.handle
+
+    async def dropping(msgs: list[Any]) -> None:  # the process holding the poison "dies" before deciding it
+        kept = [m for m in msgs if poison["event_id"] not in m.data.decode()]
+        if kept:
+            await handle(kept)
+
+    handler.handle = dropping  # type: ignore[method-assign]
+    mof = await publisher_for("mof")
+    around = [event_body() for _ in range(10)]
+    await publish_events(mof, [*around[:5], poison, *around[5:]])
+    assert await wait_for_count(admin_nc, "REJECTED", 1, timeout=40) == 1
+    rejected = (await stream_messages(admin_nc, "REJECTED"))[0]
+    body = json.loads(rejected.data)
+    assert body["reason"] == "undeliverable"
+    assert body["event_id"] == poison["event_id"]
+    assert body["subject"] == "status.mof.1-25"
+    assert json.loads(base64.b64decode(body["payload_b64"])) == poison
+    assert "3 deliveries" in body["message"]
+    assert "NOT admitted" in body["message"]
+    await asyncio.sleep(1.0)  # any second record (another advisory, a late redelivery) would show by now
+    assert (await admin_nc.jetstream().stream_info("REJECTED")).state.messages == 1
+    counts = store_counts(ingest_db_url)
+    assert counts["rejected"] == 1
+    assert counts["admitted"] == counts["distinct_admitted"] == len(around)
+    response = await running.http.get(f"/events/{poison['event_id']}")
+    assert response.status_code == 200
+    assert response.json()["reason"] == "undeliverable"
 
 
 async def test_two_replicas_decide_each_event_once(

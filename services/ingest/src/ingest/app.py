@@ -8,10 +8,11 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI
+from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from contracts.streams import INGEST_DURABLE, STATUS_STREAM
+from contracts.streams import INGEST_DURABLE, INGEST_MAX_DELIVERIES_ADVISORY, STATUS_STREAM
 from ingest import repository
 from ingest.api import router
 from ingest.config import IngestSettings
@@ -59,6 +60,11 @@ class IngestRuntime:
         register(self.broker, settings, self._handler)
         self._task: asyncio.Task[None] | None = None
         self._lag: asyncio.Task[None] | None = None
+        self._advisories: Any = None
+
+    async def _on_max_deliveries(self, msg: Msg) -> None:
+        if self.handler is not None:
+            await self.handler.on_max_deliveries(msg.data)
 
     def _handler(self) -> BatchHandler:
         assert self.handler is not None, "the consumer starts only after the handler exists"
@@ -82,6 +88,8 @@ class IngestRuntime:
                     await self.mirror.start()
                 if self.handler is None:
                     self.handler = await self._make_handler(nc)
+                if self._advisories is None:
+                    self._advisories = await nc.subscribe(INGEST_MAX_DELIVERIES_ADVISORY, cb=self._on_max_deliveries)
                 await self.broker.start()
                 tune_pull_fetch(self.broker)
                 self.consuming.set()

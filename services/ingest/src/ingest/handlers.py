@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import time
 from collections import Counter
@@ -38,6 +39,7 @@ from contracts.streams import (
     CATALOG_MEASURE_GET,
     MSG_ID_HEADER,
     REJECTED_STREAM,
+    STATUS_STREAM,
     accepted_subject,
     rejected_subject,
 )
@@ -747,12 +749,47 @@ class BatchHandler:
         except Exception as e:  # without the nak, ack_wait brings it back all the same
             log.warning("could not nak STATUS-%d: %s", d.seq, e)
 
-    async def _dead_letter(self, d: Delivery) -> None:
+    async def on_max_deliveries(self, advisory: bytes) -> None:
+        """The broker gave up on a STATUS message: `max_deliver` deliveries and no ack, because each replica that
+        held it stopped or hung before deciding (a message that fails otherwise is dead-lettered on its last
+        delivery by `_retry_later`). Record it as `undeliverable` so that the ministry learns it was not
+        admitted; the store's decision for its sequence makes this idempotent across replicas, which all get
+        the advisory."""
+        try:
+            body = json.loads(advisory)
+            seq, deliveries = int(body["stream_seq"]), int(body.get("deliveries", self._options.max_deliver))
+        except (ValueError, TypeError, KeyError) as e:
+            log.warning("unreadable max-deliveries advisory ignored: %s", clean(repr(advisory), 200), exc_info=e)
+            return
+        for attempt in range(WRITE_ATTEMPTS + 2):
+            try:
+                if seq in await asyncio.to_thread(repository.load_stored, self._engine, seqs=[seq]):
+                    return  # decided after all, or dead-lettered on its last delivery
+                raw = await self._js.get_msg(STATUS_STREAM.name, seq)
+                break
+            except Exception as e:  # the store or NATS is away for a moment: the advisory comes only once
+                log.warning("max-deliveries advisory for STATUS-%d: %s (attempt %d)", seq, e, attempt + 1)
+                await asyncio.sleep(min(self._options.retry_delay_max, 2.0**attempt))
+        else:
+            log.error("STATUS-%d was given up by the broker and could not be recorded as undeliverable", seq)
+            return
+        msg = Msg(self._nc, subject=raw.subject or "", data=raw.data or b"", headers=raw.headers)
+        stored_at = raw.time if raw.time is not None and raw.time.tzinfo is not None else _now()
+        d = self._open(msg, seq=seq, delivered=deliveries, received_at=stored_at)
+        d.fault = "ingest"
+        d.fault_detail = "each ingest process that held it stopped or hung before deciding it"
+        try:
+            await self._dead_letter(d, lost=True)
+        finally:
+            self._close(d)
+            self._tracer.flush()
+
+    async def _dead_letter(self, d: Delivery, *, lost: bool = False) -> None:
         """The last delivery: publish an `undeliverable` rejection so that the report is not silently lost."""
+        why = clean(d.fault_detail, 200) if lost else f"{d.fault} unavailable: {clean(d.fault_detail, 200)}"
         message = (
             f"処理不能 (undeliverable): ingest could not process this message in {d.delivered} deliveries "
-            f"({d.fault} unavailable: {clean(d.fault_detail, 200)}). It was NOT admitted: send the same report "
-            "again (the same event_id is fine)"
+            f"({why}). It was NOT admitted: send the same report again (the same event_id is fine)"
         )
         event_id = readable_event_id(d.data)
         rejection = Rejection(
@@ -800,6 +837,8 @@ class BatchHandler:
         else:
             self._metrics.rejected.labels(d.agency, ReasonCode.undeliverable.value).inc()
             d.span.attributes["shinchoku.reason"] = ReasonCode.undeliverable.value
+            if not d.msg.reply:  # read back from the stream after the broker gave up on it: nothing to ack
+                return
             try:
                 await d.msg.ack()
             except Exception as e:  # max_deliver is reached: the broker will not deliver it again anyway
@@ -807,8 +846,11 @@ class BatchHandler:
 
     # --- bookkeeping ---
 
-    def _open(self, msg: Msg) -> Delivery:
-        seq, delivered, received_at = delivery_info(msg)
+    def _open(
+        self, msg: Msg, *, seq: int | None = None, delivered: int = 0, received_at: datetime | None = None
+    ) -> Delivery:
+        if seq is None or received_at is None:
+            seq, delivered, received_at = delivery_info(msg)
         subject = msg.subject
         span = self._tracer.open(
             f"{subject} process",
