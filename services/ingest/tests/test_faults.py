@@ -146,19 +146,25 @@ async def test_a_message_no_replica_ever_settles_is_recorded_undeliverable(
 ) -> None:
     """Each replica that holds one message dies or hangs before deciding it (here: the handler drops it), until
     the broker gives up after `max_deliver`: ingest hears the broker's advisory and records the message as an
-    `undeliverable` rejection, once, with its original bytes; the messages around it are admitted as usual."""
-    running = await start_ingest(max_deliver=3, ack_wait=5.0, batch_size=10)  # the least the settings allow
-    handler = running.runtime.handler
-    assert handler is not None
+    `undeliverable` rejection, once (two replicas hear the advisory), with its original bytes; the messages
+    around it are admitted as usual."""
     poison = event_body()
-    handle = handler.handle
 
-    async def dropping(msgs: list[Any]) -> None:  # the process holding the poison "dies" before deciding it
-        kept = [m for m in msgs if poison["event_id"] not in m.data.decode()]
-        if kept:
-            await handle(kept)
+    def drop_poison(handle: Callable[[list[Any]], Awaitable[None]]) -> Callable[[list[Any]], Awaitable[None]]:
+        async def dropping(msgs: list[Any]) -> None:  # the process holding the poison "dies" before deciding it
+            kept = [m for m in msgs if poison["event_id"] not in m.data.decode()]
+            if kept:
+                await handle(kept)
 
-    handler.handle = dropping  # type: ignore[method-assign]
+        return dropping
+
+    # Two replicas: both hear the advisory, one record comes of it.
+    replicas = [await start_ingest(max_deliver=3, ack_wait=5.0, batch_size=10) for _ in range(2)]
+    for replica in replicas:
+        handler = replica.runtime.handler
+        assert handler is not None
+        handler.handle = drop_poison(handler.handle)  # type: ignore[method-assign]
+    running = replicas[0]
     mof = await publisher_for("mof")
     around = [event_body() for _ in range(10)]
     await publish_events(mof, [*around[:5], poison, *around[5:]])
