@@ -79,6 +79,9 @@ log = logging.getLogger(__name__)
 #: the others decide with the stored records (a resend, or a race with another replica).
 WRITE_ATTEMPTS = 4
 
+#: Tries at recording a message the broker gave up on (waiting 2, 4 … 32 s in between: about a minute).
+ADVISORY_ATTEMPTS = 6
+
 #: The longest the consumer pauses between batches that all failed (`BatchHandler._pause_if_failing`).
 PAUSE_MAX = 10.0
 
@@ -761,16 +764,18 @@ class BatchHandler:
         except (ValueError, TypeError, KeyError) as e:
             log.warning("unreadable max-deliveries advisory ignored: %s", clean(repr(advisory), 200), exc_info=e)
             return
-        for attempt in range(WRITE_ATTEMPTS + 2):
+        raw = None
+        for attempt in range(ADVISORY_ATTEMPTS):  # the advisory comes only once: ride out a short outage
+            if attempt:
+                await asyncio.sleep(min(self._options.retry_delay_max, 2.0**attempt))
             try:
                 if seq in await asyncio.to_thread(repository.load_stored, self._engine, seqs=[seq]):
                     return  # decided after all, or dead-lettered on its last delivery
                 raw = await self._js.get_msg(STATUS_STREAM.name, seq)
                 break
-            except Exception as e:  # the store or NATS is away for a moment: the advisory comes only once
+            except Exception as e:  # the store or NATS is away for a moment
                 log.warning("max-deliveries advisory for STATUS-%d: %s (attempt %d)", seq, e, attempt + 1)
-                await asyncio.sleep(min(self._options.retry_delay_max, 2.0**attempt))
-        else:
+        if raw is None:
             log.error("STATUS-%d was given up by the broker and could not be recorded as undeliverable", seq)
             return
         msg = Msg(self._nc, subject=raw.subject or "", data=raw.data or b"", headers=raw.headers)
