@@ -32,6 +32,7 @@ lint: setup
 
 typecheck: setup
 	$(VENV)/bin/mypy contracts/src runtime/src services/catalog/src services/ingest/src services/reporting/src src
+	MYPYPATH=src $(VENV)/bin/mypy --explicit-package-bases conftest.py services/catalog/tests services/ingest/tests services/reporting/tests tests bench
 
 check: lint typecheck test
 

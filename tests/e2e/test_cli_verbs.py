@@ -153,7 +153,7 @@ def test_rollup_json_and_csv(stack_dir: Path, reporting: tuple[str, list[str]]) 
     result = runner.invoke(
         app, ["rollup", "2025", "1", "--section", "3", "--format", "json", "--data-dir", str(stack_dir)]
     )
-    assert json.loads(result.stdout) == ROLLUP["by_section"]["3"]  # type: ignore[index]
+    assert json.loads(result.stdout) == ROLLUP["by_section"]["3"]
     result = runner.invoke(app, ["rollup", "2025", "1", "--format", "csv", "--data-dir", str(stack_dir)])
     assert result.exit_code == 0, result.output
     assert result.stdout_bytes == CSV.encode()

@@ -170,7 +170,7 @@ def running_stack(
         settings = StackSettings()
         launch = plan_launch(data_dir, settings, base_env=env)
     launch.stack.save()
-    running = RunningStack(launch=launch, supervisor=None, env=env)
+    running = RunningStack(launch=launch, supervisor=None, env=env)  # type: ignore[arg-type]  # set just below
     running.supervisor = Supervisor(
         launch.specs, run_dir=launch.stack.run_dir, logs_dir=launch.stack.logs_dir, log=running.log.append
     )

@@ -163,7 +163,7 @@ async def test_a_message_no_replica_ever_settles_is_recorded_undeliverable(
     for replica in replicas:
         handler = replica.runtime.handler
         assert handler is not None
-        handler.handle = drop_poison(handler.handle)  # type: ignore[method-assign]
+        handler.handle = drop_poison(handler.handle)
     running = replicas[0]
     mof = await publisher_for("mof")
     around = [event_body() for _ in range(10)]

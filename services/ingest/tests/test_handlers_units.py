@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -63,7 +64,7 @@ def test_the_sqlite_batch_write_reads_back_exactly(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'ingest.sqlite'}")
     repository.create_schema(engine)
     received = datetime(2026, 11, 26, 15, 10, 28, 5, tzinfo=UTC)
-    row = {
+    row: dict[str, Any] = {
         "stream_seq": 7,
         "event_id": "0b6f8a52-3d0e-4a8e-9d55-8f0c0b0b7a11",
         "outcome": "rejected",
