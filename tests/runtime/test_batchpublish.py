@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import nats
 import pytest
 from nats.aio.client import Client
@@ -93,5 +95,12 @@ async def test_ack_all_acknowledges_every_message(admin_nc: Client) -> None:
     await msgs[15].ack()
     await ack_all(admin_nc, msgs)  # the ones acked already are not acked again
     await admin_nc.flush()
-    info = await js.consumer_info("ACCEPTED", "acks")
+    # The server takes the acks in order, but its consumer applies them a moment later (another goroutine):
+    # poll for a while instead of reading the state once (read at once under load, it once showed none yet).
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        info = await js.consumer_info("ACCEPTED", "acks")
+        if info.num_ack_pending == 0 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.05)
     assert (info.num_ack_pending, info.num_redelivered, info.ack_floor.stream_seq) == (0, 0, 20)
