@@ -356,6 +356,7 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
     winners = EffectiveReports()
     failures = []
     finished = False
+    stopped: BaseException | None = None
     try:
         try:
             async for messages in reader.batches():
@@ -377,20 +378,19 @@ async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: 
                 failures.append(str(value))
         finished = not failures
     except (EOFError, BrokenPipeError, ConnectionResetError) as e:
-        said = _last_words(writers)
-        for worker, _ in writers:  # the rebuild has failed: what the others wrote goes with the shadow tables
-            worker.kill()
-        await asyncio.to_thread(_join_all, writers, 5)
-        codes = ", ".join(str(worker.exitcode) for worker, _ in writers)
-        why = f": {'; '.join(said)}" if said else ""
-        raise RuntimeError(f"a writer process of the rebuild stopped (exit codes {codes}){why}") from e
+        stopped = e
     finally:
-        if not finished:
+        if not finished:  # the rebuild has failed: what the others wrote goes with the shadow tables
             for worker, _ in writers:
                 worker.kill()
         await asyncio.to_thread(_join_all, writers, 30)
+        said = _last_words(writers)
         for _, pipe in writers:
             pipe.close()
+    if stopped is not None:
+        codes = ", ".join(str(worker.exitcode) for worker, _ in writers)
+        why = f": {'; '.join(said)}" if said else ""
+        raise RuntimeError(f"a writer process of the rebuild stopped (exit codes {codes}){why}") from stopped
     if failures:
         raise RuntimeError(f"the rebuild's writer process failed: {'; '.join(failures)}")
     return BulkResult(read, winners.rows())
