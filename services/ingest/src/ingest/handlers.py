@@ -734,7 +734,7 @@ class BatchHandler:
         self._metrics.transient.labels(d.fault or FAULT_ERROR).inc()
         d.settled = True
         if d.delivered >= self._options.max_deliver:
-            await self._dead_letter(d)
+            await self._dead_letter(d, f"{d.fault} unavailable: {clean(d.fault_detail, 200)}")
             return
         delay = retry_delay(d.delivered, self._options.retry_delay_max)
         # One warning per batch is logged where the fault is seen; this is the per-message detail.
@@ -781,17 +781,15 @@ class BatchHandler:
         msg = Msg(self._nc, subject=raw.subject or "", data=raw.data or b"", headers=raw.headers)
         stored_at = raw.time if raw.time is not None and raw.time.tzinfo is not None else _now()
         d = self._open(msg, seq=seq, delivered=deliveries, received_at=stored_at)
-        d.fault = "ingest"
-        d.fault_detail = "each ingest process that held it stopped or hung before deciding it"
         try:
-            await self._dead_letter(d, lost=True)
+            await self._dead_letter(d, "each ingest process that held it stopped or hung before deciding it")
         finally:
             self._close(d)
             self._tracer.flush()
 
-    async def _dead_letter(self, d: Delivery, *, lost: bool = False) -> None:
-        """The last delivery: publish an `undeliverable` rejection so that the report is not silently lost."""
-        why = clean(d.fault_detail, 200) if lost else f"{d.fault} unavailable: {clean(d.fault_detail, 200)}"
+    async def _dead_letter(self, d: Delivery, why: str) -> None:
+        """Publish an `undeliverable` rejection (saying `why`) so that the report is not silently lost: on its
+        last delivery, or after the broker gave up on it."""
         message = (
             f"処理不能 (undeliverable): ingest could not process this message in {d.delivered} deliveries "
             f"({why}). It was NOT admitted: send the same report again (the same event_id is fine)"
