@@ -7,16 +7,26 @@ the hooks do against a real nats-server, and that a broken hook is named at star
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.security import SASLPlaintext
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from shinchoku_runtime.adapters import HOOKS, HookBroken, check_hooks, hooks
-from shinchoku_runtime.adapters.nats_py import FLUSH_NOW
+from shinchoku_runtime.adapters.faststream_nats import BATCH_PULL_SUBSCRIPTION, guard_fetch_timeouts, pull_subscriptions
+from shinchoku_runtime.adapters.nats_py import FAST_NEXT_MSG, FLUSH_NOW, fast_next_msg
+from shinchoku_runtime.batchpublish import ack_all
+from shinchoku_runtime.natsserver import NatsServer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +67,100 @@ def test_a_broken_hook_is_named_at_start_up(monkeypatch: pytest.MonkeyPatch, cap
     assert "Msg.ack() one by one" in caplog.text  # what the platform does instead
     with pytest.raises(HookBroken, match=re.escape(FLUSH_NOW)):
         check_hooks(strict=True)
+
+
+def _break(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Make a hook's probe fail, as a library change would, without changing the library."""
+
+    def refuse() -> None:
+        raise HookBroken(name, "broken on purpose by the test")
+
+    monkeypatch.setitem(HOOKS, name, dataclasses.replace(HOOKS[name], probe=refuse))
+    hooks.forget()
+
+
+async def _stream_with(nc: Client, count: int, *, name: str = "UNIT") -> None:
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+    for i in range(count):
+        headers = {"traceparent": f"00-{i + 1:032x}-{i + 1:016x}-01"} if i % 2 else None
+        await nc.publish(f"{name.lower()}.{i}", f"本文 {i}".encode(), headers=headers)
+    await nc.flush()
+    while (await js.stream_info(name)).state.messages < count:
+        await asyncio.sleep(0.01)
+
+
+async def _fetched(nc: Client, count: int, durable: str) -> list[Msg]:
+    js = nc.jetstream()
+    await js.add_consumer("UNIT", ConsumerConfig(durable_name=durable, ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    pull = js.pull_subscribe_bind(durable, "UNIT")
+    return (await (await pull).fetch(count, timeout=5)) if count else []
+
+
+async def test_a_broken_hook_is_named_at_use_and_the_public_path_still_works(
+    admin_nc: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    await _stream_with(admin_nc, 10)
+    msgs = await _fetched(admin_nc, 10, "acks")
+    _break(monkeypatch, FLUSH_NOW)  # (deleting the attribute would break nats-py's own publish too)
+    with caplog.at_level(logging.WARNING, logger="shinchoku_runtime.adapters"):
+        await ack_all(admin_nc, msgs)
+    assert FLUSH_NOW in caplog.text
+    assert all(m.is_acked for m in msgs)
+    await admin_nc.flush()
+    deadline = asyncio.get_running_loop().time() + 10
+    while (info := await admin_nc.jetstream().consumer_info("UNIT", "acks")).num_ack_pending:
+        assert asyncio.get_running_loop().time() < deadline, "the public path did not acknowledge"
+        await asyncio.sleep(0.05)
+    assert info.ack_floor.stream_seq == 10
+
+
+async def test_fast_next_msg_hands_over_what_fetch_would(admin_nc: Client) -> None:
+    """nats-py.fast-next-msg: the same messages, in order, with the subscription's bookkeeping kept."""
+    await _stream_with(admin_nc, 40)
+    js = admin_nc.jetstream()
+    await js.add_consumer("UNIT", ConsumerConfig(durable_name="fast", ack_policy=AckPolicy.EXPLICIT, ack_wait=30))
+    pull = await js.pull_subscribe_bind("fast", "UNIT")
+    assert fast_next_msg(pull), f"{FAST_NEXT_MSG} not applied"
+    got: list[Msg] = []
+    while len(got) < 40:
+        got += await pull.fetch(40 - len(got), timeout=5)
+    assert [m.metadata.sequence.stream for m in got] == list(range(1, 41)), FAST_NEXT_MSG
+    assert [m.data for m in got] == [f"本文 {i}".encode() for i in range(40)], FAST_NEXT_MSG
+    assert (pull.pending_msgs, pull.pending_bytes) == (0, 0), f"{FAST_NEXT_MSG}: bookkeeping"
+    with pytest.raises(NatsTimeoutError):  # an empty queue still goes nats-py's way, timeout included
+        await pull.fetch(1, timeout=0.3)
+
+
+async def test_faststream_batch_pulls_keep_their_batch_when_a_request_expires(nats_server: NatsServer) -> None:
+    """faststream.batch-pull-subscription: the pull subscription is found, and a builtin timeout becomes nats'."""
+    security = SASLPlaintext(username="admin", password=nats_server.passwords["admin"])
+    broker = NatsBroker(nats_server.plain_url, security=security, logger=None)
+
+    @broker.subscriber(
+        "guard.>",
+        stream=JStream("GUARD", subjects=["guard.>"]),
+        durable="guard",
+        pull_sub=PullSub(batch_size=10, timeout=0.5, batch=True),
+    )
+    async def handler(batch: list[bytes]) -> None:
+        del batch
+
+    await broker.start()
+    try:
+        pulls = pull_subscriptions(broker)
+    finally:
+        await broker.stop()  # (its loop must not spin on the stand-in below)
+    assert len(pulls) == 1, f"{BATCH_PULL_SUBSCRIPTION}: no pull subscription found"
+    # The premise: FastStream's loop catches nats' TimeoutError only, and the builtin one is not that.
+    assert not issubclass(TimeoutError, NatsTimeoutError)
+    pull = pulls[0]
+
+    async def expired(batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None) -> list[Msg]:
+        del batch, timeout, heartbeat
+        raise TimeoutError  # what nats-py 2.16's fetch raises when a lingering request runs out of time
+
+    pull.fetch = expired  # type: ignore[method-assign]
+    guard_fetch_timeouts(pull)
+    with pytest.raises(NatsTimeoutError):
+        await pull.fetch(10, timeout=0.5)
