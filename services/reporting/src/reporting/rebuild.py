@@ -32,7 +32,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import nats
 import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -46,6 +45,7 @@ from reporting.config import ReportingSettings
 from reporting.handlers import Admitted, apply_admitted, decode_admitted
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
 from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.natsclient import connect_service
 
 log = logging.getLogger(__name__)
 
@@ -443,11 +443,7 @@ def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
 
 
 async def connect_reporting(settings: ReportingSettings) -> Client:
-    options: dict[str, Any] = {"name": "shinchoku-reporting-rebuild", "max_reconnect_attempts": 5}
-    if settings.nats_user:
-        options["user"] = settings.nats_user
-        options["password"] = settings.nats_password or ""
-    return await nats.connect(settings.nats_servers, **options)
+    return await connect_service(settings, name="shinchoku-reporting-rebuild", max_reconnect_attempts=5)
 
 
 async def rebuild_store(
