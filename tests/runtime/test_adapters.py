@@ -24,9 +24,10 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 
 from shinchoku_runtime.adapters import HOOKS, HookBroken, check_hooks, hooks
 from shinchoku_runtime.adapters.faststream_nats import BATCH_PULL_SUBSCRIPTION, guard_fetch_timeouts, pull_subscriptions
-from shinchoku_runtime.adapters.nats_py import FAST_NEXT_MSG, FLUSH_NOW, fast_next_msg
+from shinchoku_runtime.adapters.nats_py import FAST_NEXT_MSG, FLUSH_NOW, PARSER_TAP, fast_next_msg
 from shinchoku_runtime.batchpublish import ack_all
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.pull import PullConsumer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,6 +57,46 @@ def test_every_library_has_its_hooks_registered() -> None:
     for hook in HOOKS.values():
         assert hook.touches, hook.name
         assert hook.name.startswith(("nats-py.", "faststream.", "otel-sdk.")), hook.name
+
+
+def _private_names() -> set[str]:
+    names = set()
+    for hook in HOOKS.values():
+        for touched in hook.touches:
+            attribute = touched.rsplit(".", 1)[-1]
+            if attribute.startswith("_"):
+                names.add(attribute)
+    return names
+
+
+def touches_outside_the_adapters(root: Path) -> list[str]:
+    """Every `x._name` (x not `self`/`cls`) and `"_name"` (as `getattr` takes it) of a name a hook touches, outside
+    the adapters."""
+    names = "|".join(sorted(_private_names()))
+    attribute = re.compile(r"(?P<receiver>[\w.\[\]()]+)\.(?:" + names + r")\b")
+    by_name = re.compile(r"[\"'](?:" + names + r")[\"']")
+    adapters = root / "runtime" / "src" / "shinchoku_runtime" / "adapters"
+    found = []
+    for top in ("runtime/src", "services/catalog/src", "services/ingest/src", "services/reporting/src", "src"):
+        for path in sorted((root / top).rglob("*.py")):
+            if adapters in path.parents:
+                continue
+            for number, line in enumerate(path.read_text("utf-8").splitlines(), start=1):
+                code = line.split("#", 1)[0]
+                hits = [
+                    m.group(0)
+                    for m in attribute.finditer(code)
+                    if m.group("receiver").rsplit("(", 1)[-1] not in ("self", "cls")
+                ]
+                hits += [m.group(0) for m in by_name.finditer(code)]
+                found += [f"{path.relative_to(root)}:{number}: {hit}" for hit in hits]
+    return found
+
+
+def test_no_private_library_attribute_is_touched_outside_the_adapters() -> None:
+    """What the hooks touch appears nowhere else in the platform's code (`self._x` is a class's own)."""
+    found = touches_outside_the_adapters(ROOT)
+    assert not found, "library internals touched outside shinchoku_runtime/adapters:\n" + "\n".join(found)
 
 
 def test_a_broken_hook_is_named_at_start_up(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -130,6 +171,32 @@ async def test_fast_next_msg_hands_over_what_fetch_would(admin_nc: Client) -> No
     assert (pull.pending_msgs, pull.pending_bytes) == (0, 0), f"{FAST_NEXT_MSG}: bookkeeping"
     with pytest.raises(NatsTimeoutError):  # an empty queue still goes nats-py's way, timeout included
         await pull.fetch(1, timeout=0.3)
+
+
+async def _replayed(nc: Client) -> list[tuple[bytes, bytes]]:
+    reader = PullConsumer.replay(nc, stream="UNIT", name="replay", filter_subject="unit.>", start_seq=1, batch=7)
+    await reader.open()
+    try:
+        return [payload async for batch in reader.batches() for payload in batch]
+    finally:
+        await reader.close()
+
+
+async def test_the_parser_tap_reads_what_the_subscription_callback_reads(
+    admin_nc: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-py.parser-tap: a replay through the tap equals one through nats-py's own message handling."""
+    await _stream_with(admin_nc, 30)
+    tapped = await _replayed(admin_nc)
+    # Afterwards nats-py's handling is back: an ordinary subscription on the connection still receives.
+    sub = await admin_nc.subscribe("plain.after")
+    await admin_nc.publish("plain.after", b"x")
+    assert (await sub.next_msg(timeout=5)).data == b"x"
+
+    _break(monkeypatch, PARSER_TAP)
+    untapped = await _replayed(admin_nc)
+    assert tapped == untapped, PARSER_TAP
+    assert tapped == [(f"unit.{i}".encode(), f"本文 {i}".encode()) for i in range(30)]
 
 
 async def test_faststream_batch_pulls_keep_their_batch_when_a_request_expires(nats_server: NatsServer) -> None:
