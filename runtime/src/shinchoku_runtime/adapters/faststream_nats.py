@@ -11,6 +11,11 @@ durable pull consumer, batches handed to the handler, manual acks). Two things i
   subscription FastStream keeps in `subscriber.subscription` so the loop hands over the batch.
 * It gathers each batch through nats-py's `fetch`, whose per-message cost `nats-py.fast-next-msg` removes
   (see `shinchoku_runtime.adapters.nats_py`); this module finds the pull subscriptions it applies to.
+
+FastStream 0.7.8's batch pull is the public API here, and ingest keeps using it; it does not do what these hooks
+do (its loop still catches only `nats.errors.TimeoutError`, and it fetches through nats-py's `fetch`). Measured
+with `bench/hooks.py` (50,000 messages, batches of 1,000 fetched and acked): 33.8 µs of client CPU a message as
+FastStream comes, 12.1 µs with the hooks; hence they stay.
 """
 
 from __future__ import annotations
