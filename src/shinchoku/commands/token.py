@@ -41,7 +41,9 @@ def token(
     principal: Annotated[
         str, typer.Argument(help="An agency code (e.g. mof), secretariat or operator", show_default=False)
     ],
-    sub: Annotated[str | None, typer.Option("--sub", help="The person the token names (default: your user name)")] = None,
+    sub: Annotated[
+        str | None, typer.Option("--sub", help="The person the token names (default: your user name)")
+    ] = None,
     ttl: Annotated[str, typer.Option("--ttl", help="Lifetime, e.g. 15m, 1h, 8h (at most 24h)")] = "1h",
     data_dir: Annotated[Path | None, typer.Option(help="Data directory of the stack (default ./var)")] = None,
 ) -> None:
