@@ -96,6 +96,7 @@ def test_milestones_are_the_earlier_deadlines_with_their_values() -> None:
     cases = parse_target(0, "手続の件数：2024年度末 786件、2025年度末 1,160件")
     data = parse_target(0, "データ数（2020年度約22万件、2025年度約150万件、2027年度約300万件）")
     diet = parse_target(0, "2024年夏までに調査を行い、2025年通常国会での改正を目指す。")
+    steps = parse_target(0, "2024年度末までに、提供基盤を整備し、2025年度末までにリモートアクセス方式を導入")
 
     assert [(m.due_date, m.value, m.unit, m.text) for m in cases.milestones] == [
         (date(2025, 3, 31), 786, "件", "2024年度末 786件")
@@ -104,6 +105,10 @@ def test_milestones_are_the_earlier_deadlines_with_their_values() -> None:
     # 2020 is before the plan: a baseline, not a milestone.
     assert [(m.due_date, m.value, m.unit) for m in data.milestones] == [(date(2026, 3, 31), 150, "万件")]
     assert [(m.due_date, m.due_approximate, m.value) for m in diet.milestones] == [(date(2024, 8, 31), True, None)]
+    assert [m.text for m in diet.milestones + steps.milestones] == [
+        "2024年夏までに調査を行い",
+        "2024年度末までに、提供基盤を整備し",  # a date that only opens its clause takes the next one
+    ]
 
 
 @pytest.mark.parametrize(

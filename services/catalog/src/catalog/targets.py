@@ -197,7 +197,7 @@ def _milestones(
             due_approximate=deadline.approximate,
             value=value.value if value else None,
             unit=value.display_unit if value else None,
-            text=_clause(plain, deadline.start, value.end if value else deadline.end),
+            text=_clause(plain, deadline.start, value.end if value else deadline.end, date_only=value is None),
         )
     return sorted(out.values(), key=lambda m: m.due_date)
 
@@ -212,33 +212,32 @@ def _clause_value(plain: str, deadline: Deadline, candidates: list[_Number]) -> 
     return next((n for n in candidates if deadline.end <= n.start < stop), None)
 
 
-def _clause(plain: str, start: int, end: int) -> str:
-    """The clause around [start, end): out to the nearest delimiter outside brackets on either side."""
-    left, depth = start, 0
-    while left > 0:
-        char = plain[left - 1]
-        if char in _CLOSERS:
-            depth += 1
-        elif char in _OPENERS:
-            if depth == 0:
-                break
-            depth -= 1
-        elif char in _DELIMITERS and depth == 0:
-            break
-        left -= 1
-    right, depth = end, 0
-    while right < len(plain):
-        char = plain[right]
-        if char in _OPENERS:
-            depth += 1
-        elif char in _CLOSERS:
-            if depth == 0:
-                break
-            depth -= 1
-        elif char in _DELIMITERS and depth == 0:
-            break
-        right += 1
+def _clause(plain: str, start: int, end: int, *, date_only: bool) -> str:
+    """The clause around [start, end): out to the nearest delimiter outside brackets on either side.
+
+    A date without a value that only opens its clause (``2024年度末までに、…``) takes the following one.
+    """
+    left, right = _clause_edge(plain, start, -1), _clause_edge(plain, end, 1)
+    opens = date_only and not plain[left:start].strip() and plain[end:right].strip() in ("", "に", "まで", "までに")
+    if opens and right < len(plain):
+        right = _clause_edge(plain, right + 1, 1)
     return plain[left:right].strip()
+
+
+def _clause_edge(plain: str, position: int, step: int) -> int:
+    """Where the clause ends walking from `position` by `step` (-1 left, 1 right), skipping whole brackets."""
+    inward, outward = (_CLOSERS, _OPENERS) if step < 0 else (_OPENERS, _CLOSERS)
+    depth = 0
+    while (0 < position) if step < 0 else (position < len(plain)):
+        char = plain[position - 1 if step < 0 else position]
+        if char in inward:
+            depth += 1
+        elif char in outward or (char in _DELIMITERS and depth == 0):
+            if depth == 0:
+                break
+            depth -= 1
+        position += step
+    return position
 
 
 def _baseline(plain: str) -> _Start | None:
