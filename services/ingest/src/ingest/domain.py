@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from contracts.admission import (
     CLOCK_SKEW_ALLOWANCE,
     MAX_PAYLOAD_BYTES,
@@ -29,6 +31,8 @@ __all__ = [
     "Admit",
     "Decision",
     "Duplicate",
+    "LateAdmission",
+    "NewClaim",
     "PriorRecord",
     "Reject",
     "Report",
@@ -43,3 +47,20 @@ __all__ = [
     "read_report",
     "readable_event_id",
 ]
+
+
+class NewClaim(NamedTuple):
+    """A new idempotency record: an event_id bound to the content it first carried (a row of `event_id_claim`)."""
+
+    event_id: str
+    content_hash: str
+    agency: str
+    first_seq: int
+    admitted_seq: int | None
+
+
+class LateAdmission(NamedTuple):
+    """An event_id claimed by an earlier rejected message, now admitted by an identical resend."""
+
+    event_id: str
+    admitted_seq: int

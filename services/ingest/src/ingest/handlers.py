@@ -48,6 +48,8 @@ from ingest.domain import (
     Admit,
     Decision,
     Duplicate,
+    LateAdmission,
+    NewClaim,
     PriorRecord,
     Reject,
     Report,
@@ -64,8 +66,7 @@ from ingest.repository import (
     OUTCOME_ADMITTED,
     OUTCOME_DUPLICATE,
     OUTCOME_REJECTED,
-    LateAdmission,
-    NewClaim,
+    DecisionRecord,
     StoredDecision,
     WriteConflict,
 )
@@ -423,9 +424,9 @@ class BatchHandler:
 
     def _decide_all(
         self, decidable: list[Delivery], found: dict[str, Any], priors: dict[str, PriorRecord]
-    ) -> tuple[list[dict[str, Any]], dict[str, NewClaim], list[LateAdmission]]:
+    ) -> tuple[list[DecisionRecord], dict[str, NewClaim], list[LateAdmission]]:
         """Decide in stream order, each decision seeing the ones before it in the batch (`priors` grows)."""
-        rows: list[dict[str, Any]] = []
+        rows: list[DecisionRecord] = []
         claims: dict[str, NewClaim] = {}
         late: list[LateAdmission] = []
         decided_at = _now()
@@ -498,7 +499,7 @@ class BatchHandler:
                 late.append(LateAdmission(event_id=event_id, admitted_seq=d.seq))
             priors[event_id] = PriorRecord(content_hash=previous.content_hash, admitted=True, agency=previous.agency)
 
-    def _row(self, d: Delivery) -> dict[str, Any]:
+    def _row(self, d: Delivery) -> DecisionRecord:
         decision = d.decision
         report = decision.report if decision is not None else None
         row: dict[str, Any] = {
@@ -530,7 +531,7 @@ class BatchHandler:
             row["event_id"] = row["event_id"] or decision.event_id
             row["rejection_id"] = d.rejection_id
             row["payload"] = d.data
-        return row
+        return DecisionRecord(**row)
 
     # --- publishing ---
 
@@ -805,7 +806,7 @@ class BatchHandler:
             payload_b64=base64.b64encode(d.data).decode(),
             received_at=d.received_at,
         )
-        row = {
+        row: dict[str, Any] = {
             "stream_seq": d.seq,
             "event_id": event_id,
             "outcome": OUTCOME_REJECTED,
@@ -823,7 +824,7 @@ class BatchHandler:
         }
         try:  # best effort: the database may be what is unavailable
             await asyncio.to_thread(
-                repository.write_batch, self._engine, decisions=[row], claims=[], late_admissions=[]
+                repository.write_batch, self._engine, decisions=[DecisionRecord(**row)], claims=[], late_admissions=[]
             )
         except (sa.exc.SQLAlchemyError, WriteConflict) as e:
             log.warning("undeliverable STATUS-%d not recorded in the store: %s", d.seq, e)
