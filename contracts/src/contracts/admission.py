@@ -5,6 +5,9 @@ report with them before sending it, so a row is judged exactly as ingest would j
 I/O or raises on bad input: whatever bytes arrive, `admit` answers with a decision (admit, duplicate or
 reject). The caller supplies what the rules need from the world: the time, the measure as the catalog
 knows it, and what was recorded before for the event's id. Pydantic and the standard library only.
+
+One module of ~450 lines on purpose: reading a message, the words of each rejection and the rules in their
+contract order are one story read top to bottom, and a ministry's client imports it whole.
 """
 
 from __future__ import annotations
