@@ -27,20 +27,22 @@ from reporting.domain import (
     ROLLUP_STATUSES,
     LeadReport,
     LeadStanding,
-    MeasureProgress,
     MeasureStanding,
-    Observation,
     QuarterRollup,
     Tally,
     Trend,
-    latest_observations,
-    measure_progress,
     measure_standing,
     movement,
-    progress_from_rollups,
     rollup_quarter,
-    target_standings,
     trend,
+)
+from reporting.progress import (
+    MeasureProgress,
+    Observation,
+    latest_observations,
+    measure_progress,
+    progress_from_rollups,
+    target_standings,
 )
 from reporting.registry import CatalogSnapshot, CatalogView
 from shinchoku_runtime.http import BadRequest, NotFound, Unavailable
