@@ -1,4 +1,4 @@
-""""The latest report wins" is defined once (`domain.EFFECTIVE_ORDER`); every rendering of it agrees with it.
+"""The latest report wins, defined once (`domain.EFFECTIVE_ORDER`); every rendering of it agrees with it.
 
 Hypothesis makes sets of reports with many ties (one instant in several UTC offsets, so only the event id can
 decide) and feeds them, in random order and batches, to each rendering on the real SQLite and PostgreSQL:
