@@ -93,12 +93,12 @@ async def overview_page(source: RollupSource, state: ViewState, now: datetime) -
             changes = view.movements(rows)
 
     coverage = view.rate(group.reported, group.measures_total)
-    on_time = view.rate(group.on_time, group.measures_total)
+    on_time = view.on_time_share(group)
     deltas: dict[str, view.Delta | None] = {"coverage": None, "on_time": None, "reported": None}
     if prev_group is not None:
         deltas = {
             "coverage": view.delta_points(coverage, view.rate(prev_group.reported, prev_group.measures_total)),
-            "on_time": view.delta_points(on_time, view.rate(prev_group.on_time, prev_group.measures_total)),
+            "on_time": view.delta_points(on_time, view.on_time_share(prev_group)),
             "reported": view.delta_count(group.reported, prev_group.reported),
         }
     published_pending = state.mode == "published" and state.as_of is None and quarter.on_time_deadline > now

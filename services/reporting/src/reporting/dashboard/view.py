@@ -23,6 +23,7 @@ from reporting.dashboard.i18n import (
     section_title,
 )
 from reporting.dashboard.models import Group, MeasureRow, Rollup
+from reporting.domain import on_time_rate
 
 ViewMode = Literal["now", "published"]
 
@@ -129,6 +130,12 @@ def fiscal_years(now: datetime) -> list[int]:
 
 def rate(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+def on_time_share(group: Group) -> float | None:
+    """The group's on-time rate as the API publishes it (`domain.on_time_rate`); None (shown as —) when the group
+    has no measure."""
+    return on_time_rate(group.on_time, group.measures_total) if group.measures_total else None
 
 
 def percent(value: float | None, digits: int = 1) -> str:
@@ -357,7 +364,7 @@ def _table_row(key: str, name_ja: str, name_en: str, group: Group, href_query: s
         group=group,
         bar=bar(group.by_status, lang),
         coverage=percent(rate(group.reported, group.measures_total)),
-        on_time=percent(rate(group.on_time, group.measures_total)),
+        on_time=percent(on_time_share(group)),
         overdue="—" if group.overdue_targets is None else str(group.overdue_targets),
         href_query=href_query,
     )
