@@ -171,8 +171,10 @@ class EffectiveRow(NamedTuple):
 
     @classmethod
     def of_event(cls, row: EventRow) -> EffectiveRow:
-        """The effective report an event makes (its fields picked by name: `_EFFECTIVE_FROM_EVENT`)."""
-        return cls._make(_effective_from_event(row))
+        """The effective report an event makes: the event's columns this table has, picked by name."""
+        # `tuple.__new__` rather than `_make`: once per event in a rebuild, and the picked values are complete.
+        effective: EffectiveRow = tuple.__new__(cls, _effective_from_event(row))
+        return effective
 
 
 EVENT_COLUMNS: Final[tuple[str, ...]] = EventRow._fields
