@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
 
@@ -21,7 +21,7 @@ from reporting.documents import document_json, history_document, measure_documen
 from reporting.registry import CatalogSnapshot, CatalogView
 from reporting.schemas import HistoryOut, MeasureItemOut, RollupOut, YearOut
 from reporting.views import QuarterView, QuarterViews, StoreState, ViewKey
-from reporting.warmup import Read, RecentReads, Refresh
+from reporting.warmup import Read, RecentReads
 from shinchoku_runtime.http import NotFound, Unavailable
 
 #: Documents read this recently (s) are recomputed in the background when the store changes (`warm`).
@@ -43,14 +43,24 @@ class Warmed:
     reads: tuple[Read, ...]
 
 
+class DocumentKind(Generic[D]):
+    """One kind of document built from a quarter's view, and the documents of that kind built lately (per view)."""
+
+    def __init__(self, name: str, build: Callable[[QuarterView], D]) -> None:
+        self.name = name
+        self.build = build
+        self.cache: SingleFlightCache[ViewKey, D] = SingleFlightCache(DOCUMENTS_CACHED)
+
+
 class RollupQueries:
     """The read side of the reporting store. Thread-safe; the HTTP routes (and through them the dashboard) share one."""
 
     def __init__(self, engine: Engine, catalog: CatalogView, *, clock: Callable[[], datetime] | None = None) -> None:
         self._views = QuarterViews(engine, catalog, clock=clock)
-        self._rollups: SingleFlightCache[ViewKey, RollupOut] = SingleFlightCache(DOCUMENTS_CACHED)
-        self._rollups_json: SingleFlightCache[ViewKey, bytes] = SingleFlightCache(DOCUMENTS_CACHED)
-        self._measures: SingleFlightCache[ViewKey, tuple[MeasureItemOut, ...]] = SingleFlightCache(DOCUMENTS_CACHED)
+        # The builders are looked up when they run (so that a test can count them).
+        self._rollup = DocumentKind("rollup", lambda view: rollup_document(view))
+        self._rollup_json = DocumentKind("rollup-json", lambda view: document_json(rollup_document(view)))
+        self._measures = DocumentKind("measures", lambda view: tuple(measure_documents(view)))
         self._recent = RecentReads(most=WARM_MAX)
         self._warmed: Warmed | None = None
 
@@ -60,13 +70,11 @@ class RollupQueries:
 
     def rollup(self, quarter: FiscalQuarter, *, as_of: datetime | None = None) -> RollupOut:
         """`GET /rollups/{fy}/{q}`: counts government-wide, per agency and per section, with the trend."""
-        return self._document("rollup", self._rollups, quarter, as_of, lambda view: rollup_document(view))
+        return self._document(self._rollup, quarter, as_of)
 
     def rollup_json(self, quarter: FiscalQuarter, *, as_of: datetime | None = None) -> bytes:
         """The rollup document already serialised (cached): the fast path of the HTTP route."""
-        return self._document(
-            "rollup-json", self._rollups_json, quarter, as_of, lambda view: document_json(rollup_document(view))
-        )
+        return self._document(self._rollup_json, quarter, as_of)
 
     def measures(
         self,
@@ -82,9 +90,8 @@ class RollupQueries:
         `status` matches the combined status, or the agency's own status when `agency` is given (so that a
         list drills down from the `by_agency` counts); under an agency, each item says that status.
         """
-        items = self._document("measures", self._measures, quarter, as_of, lambda v: tuple(measure_documents(v)))
         out = []
-        for item in items:
+        for item in self._document(self._measures, quarter, as_of):
             if section is not None and item.section != section:
                 continue
             if agency is not None:
@@ -137,30 +144,12 @@ class RollupQueries:
         self._warmed = mark
         return computed
 
-    def _document(
-        self,
-        kind: str,
-        cache: SingleFlightCache[ViewKey, D],
-        quarter: FiscalQuarter,
-        as_of: datetime | None,
-        build: Callable[[QuarterView], D],
-    ) -> D:
+    def _document(self, kind: DocumentKind[D], quarter: FiscalQuarter, as_of: datetime | None) -> D:
         if as_of is None:
-            self._recent.read(Read(kind, quarter), self._refresh(cache, quarter, build))
-        return self._cached(cache, quarter, as_of, build).value
+            self._recent.read(Read(kind.name, quarter), lambda: self._cached(kind, quarter, None).computed)
+        return self._cached(kind, quarter, as_of).value
 
-    def _refresh(
-        self, cache: SingleFlightCache[ViewKey, D], quarter: FiscalQuarter, build: Callable[[QuarterView], D]
-    ) -> Refresh:
-        return lambda: self._cached(cache, quarter, None, build).computed
-
-    def _cached(
-        self,
-        cache: SingleFlightCache[ViewKey, D],
-        quarter: FiscalQuarter,
-        as_of: datetime | None,
-        build: Callable[[QuarterView], D],
-    ) -> Cached[D]:
-        """The document of `quarter` from `cache` in the store's current state, or built from its view once."""
+    def _cached(self, kind: DocumentKind[D], quarter: FiscalQuarter, as_of: datetime | None) -> Cached[D]:
+        """The document of `quarter` in the store's current state: cached, or built from its view once."""
         key, snapshot = self._views.key(quarter, as_of)
-        return cache.get(key, lambda: build(self._views.view(key, snapshot)))
+        return kind.cache.get(key, lambda: kind.build(self._views.view(key, snapshot)))
