@@ -187,7 +187,7 @@ class QuarterViews:
         with self._engine.connect() as conn:
             revisions = repository.revisions(conn)
         ordered = tuple(sorted((FiscalQuarter(fy, q), revision) for (fy, q), revision in revisions.items()))
-        return StoreState(ordered, snapshot.revision, self.today(as_of)), snapshot
+        return StoreState(revisions=ordered, catalog_revision=snapshot.revision, today=self.today(as_of)), snapshot
 
     def key(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[ViewKey, CatalogSnapshot]:
         """The key of a quarter's view in the store's current state, and the catalog to compute it with."""
@@ -215,7 +215,12 @@ class QuarterViews:
         else:
             plan = plan_standing(snapshot.measures, datas.values(), state.today)
         return QuarterView(
-            this.rollup, trend(this.rollup, last.rollup), plan.progress, plan.targets, state.today, key.as_of
+            rollup=this.rollup,
+            trend=trend(this.rollup, last.rollup),
+            progress=plan.progress,
+            targets=plan.targets,
+            today=state.today,
+            as_of=key.as_of,
         )
 
     def _quarter_data(
