@@ -1,16 +1,16 @@
 """Every reporting route's JSON is exactly its declared response model, over real data.
 
-Admitted events (corrections, late reports, KPI observations, notes, a reporter's name) go through a real
-nats-server into a real reporting app on SQLite and on PostgreSQL. Each route's answer, with and without
-filters and `as_of`, must validate strictly against the model the route declares in the OpenAPI document, and
-dump back to the very same JSON: no key the model does not declare, none it declares missing, every value of
-its declared type.
+Admitted events (corrections, late reports, KPI observations, notes, a reporter's name) on measures whose
+targets state baselines and milestones go through a real nats-server into a real reporting app on SQLite and
+on PostgreSQL. Each route's answer, with and without filters and `as_of`, must validate strictly against the
+model the route declares in the OpenAPI document, and dump back to the very same JSON: no key the model does
+not declare, none it declares missing, every value of its declared type.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 from nats.aio.client import Client
 from pydantic import BaseModel
 
-from contracts.catalog import Measure
+from contracts.catalog import Baseline, DateRange, Measure, Milestone
 from contracts.periods import TOKYO, FiscalQuarter
 from reporting.domain import ROLLUP_STATUSES
 from reporting.schemas import STATUS_NAMES, HistoryOut, MeasureListOut, RollupOut, YearOut
@@ -37,6 +37,28 @@ from shinchoku_runtime.natsserver import NatsServer
 
 QUARTERS = [FiscalQuarter(2024, 3), FiscalQuarter(2024, 4), FiscalQuarter(2025, 1)]
 ADMITTED_FROM = datetime(2025, 2, 1, tzinfo=UTC)
+
+
+def with_stated_targets(measures: list[Measure]) -> list[Measure]:
+    """Some targets state a baseline, a direction, a milestone and an approximate period, as the plan does."""
+    out = []
+    for i, measure in enumerate(measures):
+        if measure.targets and i % 3 == 0:
+            first = measure.targets[0].model_copy(
+                update={
+                    "baseline": Baseline(value=12.5, as_of=date(2022, 3, 31), unit="％"),
+                    "direction": "increase",
+                    "milestones": [
+                        Milestone(due_date=date(2025, 3, 31), value=30.0, unit="％", text="2024年度末 30％")
+                    ],
+                    "due_approximate": True,
+                    "due_range": DateRange(start=date(2026, 4, 1), end=date(2027, 3, 31)),
+                    "due_note": "2026年度を目途: the fiscal year",
+                }
+            )
+            measure = measure.model_copy(update={"targets": [first, *measure.targets[1:]]})
+        out.append(measure)
+    return out
 
 
 def admissions(measures: list[Measure]) -> list[Admission]:
@@ -73,7 +95,7 @@ def test_by_status_names_the_domains_statuses() -> None:
 async def test_every_route_answers_exactly_its_response_model(
     nats_server: NatsServer, admin_nc: Client, database_url: str, tmp_path: Path
 ) -> None:
-    measures = synthetic_measures(48, seed=8)
+    measures = with_stated_targets(synthetic_measures(48, seed=8))
     published = admissions(measures)
     await put_catalog(admin_nc, measures)
     settings = reporting_settings(
@@ -99,7 +121,7 @@ async def test_every_route_answers_exactly_its_response_model(
         moments = [None, ADMITTED_FROM + timedelta(minutes=3), ADMITTED_FROM + timedelta(days=30, minutes=20)]
         as_of = [{} if m is None else {"as_of": m.astimezone(TOKYO).isoformat()} for m in moments]
         leads = sorted({str(a) for m in measures for a in m.lead_agencies})
-        seen_reporter = seen_observation = False
+        seen_reporter = seen_observation = seen_baseline = False
         for q in [*QUARTERS, FiscalQuarter(2023, 1)]:
             base = f"/rollups/{q.fiscal_year}/{q.quarter}"
             for params in as_of:
@@ -109,6 +131,7 @@ async def test_every_route_answers_exactly_its_response_model(
                 for item in listed["items"]:
                     seen_reporter |= any(lead["reporter"] for lead in item["leads"])
                     seen_observation |= any(t["observation"] for t in item["targets"])
+                    seen_baseline |= any(t["baseline"] and t["milestones"] for t in item["targets"])
             filters: list[dict[str, Any]] = [
                 {"agency": leads[0]},
                 {"agency": leads[1], "status": "delayed"},
@@ -131,3 +154,4 @@ async def test_every_route_answers_exactly_its_response_model(
             assert bool(history["items"]) == (measure.id in reported)
         assert seen_reporter, "no lead carried a reporter: the data does not reach that field"
         assert seen_observation, "no target carried an observation: the data does not reach that field"
+        assert seen_baseline, "no target carried a baseline and a milestone: the data does not reach those fields"

@@ -171,14 +171,9 @@ def _measure_fields(measure: Measure) -> dict[str, Any]:
 
 
 def _target(t: TargetStanding) -> TargetOut:
-    target, observation = t.target, t.observation
+    observation = t.observation
     return TargetOut(
-        index=target.index,
-        text=target.text,
-        due_date=target.due_date,
-        due_approximate=target.due_approximate,
-        value=target.value,
-        unit=target.unit,
+        **dict(t.target),
         overdue=t.overdue,
         rating=t.rating.rating,
         rating_reason=t.rating.reason,

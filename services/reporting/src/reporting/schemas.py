@@ -12,6 +12,8 @@ from typing import Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.catalog import Target
+
 StatusName = Literal["delayed", "at_risk", "suspended", "not_started", "on_track", "completed", "unreported"]
 #: The keys of every `by_status`, most severe first, then `unreported` (as `domain.ROLLUP_STATUSES`).
 STATUS_NAMES: Final[tuple[StatusName, ...]] = get_args(StatusName)
@@ -114,13 +116,9 @@ class ObservationOut(Document):
     reported_at: str
 
 
-class TargetOut(Document):
-    index: int
-    text: str
-    due_date: date | None
-    due_approximate: bool
-    value: float | None
-    unit: str | None
+class TargetOut(Target, Document):
+    """A target as the catalog states it (every field of `contracts.catalog.Target`), with what reporting knows."""
+
     overdue: bool
     rating: Literal["A", "B", "N"] = Field(
         description="A: progress (value / target value) ≥ elapsed share of the period since 2024-06-21; B: below; "
