@@ -9,8 +9,8 @@ import pytest
 from contracts.agencies import Agency
 from contracts.catalog import PLAN_ADOPTED, SECTION_TITLES, Baseline, Measure, Milestone, Target
 from contracts.periods import TOKYO
-from reporting import domain
-from reporting.domain import MeasureProgress, Observation
+from reporting import progress as domain_progress
+from reporting.progress import MeasureProgress, Observation
 from reporting.ratings import (
     effective_as_of,
     elapsed_share,
@@ -99,7 +99,7 @@ def test_telework_counts_from_its_baseline_not_from_zero() -> None:
     assert rated.start == FY2021_END  # the plan's path runs from the baseline's date
     assert rated.elapsed_share == pytest.approx(elapsed_share(on, DUE, start=FY2021_END))
     assert (rated.rating, rated.met) == ("B", False)
-    assert domain.rate_kpi(TELEWORK, observed(36.0, on)).rating == "A"  # what the count from zero said
+    assert domain_progress.rate_kpi(TELEWORK, observed(36.0, on)).rating == "A"  # what the count from zero said
 
 
 def test_an_increase_from_its_baseline_rates_a_at_or_ahead_of_time() -> None:
@@ -157,19 +157,19 @@ def test_a_decrease_without_a_start_is_rated_only_once_met() -> None:
 
 
 def test_targets_without_baseline_rate_as_before() -> None:
-    """Drop-in: with no baseline, direction or change, the rating is `reporting.domain.rate_kpi`'s."""
+    """Drop-in: with no baseline, direction or change, the rating is `reporting.domain_progress.rate_kpi`'s."""
     mid = halfway(PLAN_ADOPTED, date(2027, 3, 31))
     for value in (0.0, 20.0, 39.9, 40.0, 79.0, 80.0, 95.0):
         for on in (PLAN_ADOPTED, mid, date(2027, 3, 31), date(2028, 1, 1)):
-            ours, theirs = rate_kpi(PLAIN, observed(value, on)), domain.rate_kpi(PLAIN, observed(value, on))
+            ours, theirs = rate_kpi(PLAIN, observed(value, on)), domain_progress.rate_kpi(PLAIN, observed(value, on))
             assert (ours.rating, ours.progress, ours.elapsed_share) == (
                 theirs.rating,
                 theirs.progress,
                 theirs.elapsed_share,
             )
-    assert rate_kpi(PLAIN, None).reason == domain.rate_kpi(PLAIN, None).reason
+    assert rate_kpi(PLAIN, None).reason == domain_progress.rate_kpi(PLAIN, None).reason
     no_due = PLAIN.model_copy(update={"due_date": None})
-    assert rate_kpi(no_due, observed(1, mid)).reason == domain.rate_kpi(no_due, observed(1, mid)).reason
+    assert rate_kpi(no_due, observed(1, mid)).reason == domain_progress.rate_kpi(no_due, observed(1, mid)).reason
 
 
 # --- milestones --------------------------------------------------------------------------------
