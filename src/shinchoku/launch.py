@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from shinchoku.issuer import EmbeddedIssuer
 from shinchoku.stack import Stack, StackNotFound
 from shinchoku.supervisor import ProcessSpec
+from shinchoku_runtime.auth.settings import AuthSettings
 from shinchoku_runtime.natsclient import connect, ensure_streams
 from shinchoku_runtime.natsconf import ServerOptions, load_or_create_secrets, write_config
 from shinchoku_runtime.natsserver import free_port, nats_server_binary, port_is_free
@@ -134,6 +136,30 @@ def _declare_streams(url: str, user: str, password: str, replicas: int, timeout:
             time.sleep(0.2)
 
 
+def _auth_environment(data_dir: Path, stack: Stack) -> dict[str, str]:
+    """The token settings every service gets: in embedded mode the issuer `up` is (its key made on first start).
+
+    Settings the user gave (`SHINCHOKU_AUTH_*`) reach the services unchanged through the environment.
+    """
+    try:
+        auth = AuthSettings()
+    except ValidationError as e:
+        problems = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        raise ConfigurationError(f"SHINCHOKU_AUTH_* settings: {problems}") from None
+    stack.auth_issuer = auth.expected_issuer
+    if auth.mode != "embedded":
+        return {}
+    try:
+        issuer = EmbeddedIssuer.prepare(data_dir)
+    except ValueError as e:
+        raise ConfigurationError(str(e)) from None
+    return {
+        "SHINCHOKU_AUTH_MODE": "embedded",
+        "SHINCHOKU_AUTH_ISSUER": auth.expected_issuer,
+        "SHINCHOKU_AUTH_JWKS_URL": auth.jwks_url or issuer.jwks_path.as_uri(),
+    }
+
+
 def plan_launch(data_dir: Path, settings: StackSettings, *, base_env: dict[str, str] | None = None) -> Launch:
     """Prepare the data directory (NATS config and secrets, once) and describe every process to run."""
     data_dir = data_dir.resolve()
@@ -147,6 +173,7 @@ def plan_launch(data_dir: Path, settings: StackSettings, *, base_env: dict[str, 
     stack = Stack(data_dir=data_dir)
     for directory in (stack.run_dir, stack.logs_dir, stack.db_dir):
         directory.mkdir(parents=True, exist_ok=True)
+    auth_env = _auth_environment(data_dir, stack)
 
     nats_spec: ProcessSpec | None = None
     if settings.nats_url:
@@ -209,7 +236,7 @@ def plan_launch(data_dir: Path, settings: StackSettings, *, base_env: dict[str, 
             ProcessSpec(
                 name=name,
                 argv=[sys.executable, "-m", name],
-                env={**env, **{prefix + k: str(v) for k, v in child_env.items()}},
+                env={**env, **auth_env, **{prefix + k: str(v) for k, v in child_env.items()}},
                 health_url=f"{url}/healthz",
             )
         )

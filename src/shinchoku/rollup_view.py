@@ -1,4 +1,8 @@
-"""A rollup (GET /rollups/{fy}/{q}) as rich tables: status by colour AND by name, coverage and on-time rates."""
+"""A rollup (GET /rollups/{fy}/{q}) as rich tables: status by colour AND by name, coverage and on-time rates.
+
+The on-time rate is the one the API publishes and the dashboard shows (`reporting.domain.on_time_rate`): the
+measures reported on time over all the measures of the scope.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from rich.text import Text
 from contracts.agencies import AGENCY_INFO, Agency
 from contracts.catalog import SECTION_TITLES
 from contracts.events import SEVERITY_ORDER, UNREPORTED
+from reporting.domain import on_time_rate
 
 #: Every status with its colour, most severe first, then `unreported`. Colour is never the only signal:
 #: the status name is always printed beside it.
@@ -42,6 +47,12 @@ def status_text(status: str, label: str | None = None) -> Text:
 
 def rate(part: int | float, whole: int | float) -> str:
     return f"{100 * part / whole:.1f}%" if whole else "–"
+
+
+def on_time_text(part: dict[str, Any]) -> str:
+    """The scope's on-time rate (`on_time_rate`: on time over all its measures), or – when it has no measure."""
+    total = part["measures_total"]
+    return f"{100 * on_time_rate(part['on_time'], total):.1f}%" if total else "–"
 
 
 def _bar(count: int, total: int, width: int = 30) -> str:
@@ -89,7 +100,7 @@ def summary_table(part: dict[str, Any]) -> Table:
     table.add_column(style="dim")
     table.add_row("measures", str(total), "")
     table.add_row("reported", str(reported), f"coverage {rate(reported, total)}")
-    table.add_row("on time", str(on_time), f"{rate(on_time, reported)} of reported measures")
+    table.add_row("on time", str(on_time), f"{on_time_text(part)} of all measures")
     previous = part.get("previous")
     if isinstance(previous, dict) and "reported" in previous:
         label = previous.get("label", "previous quarter")
@@ -145,7 +156,7 @@ def breakdown_table(title: str, rows: dict[str, dict[str, Any]], names: dict[str
         cells += [
             str(part["measures_total"]),
             rate(part["reported"], part["measures_total"]),
-            rate(part["on_time"], part["reported"]),
+            on_time_text(part),
         ]
         for status in STATUSES:
             count = int(part["by_status"].get(status, 0))

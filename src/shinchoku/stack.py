@@ -6,6 +6,8 @@ Layout of a data directory (default `./var`):
     nats/nats.conf          generated server config (0600)
     nats/secrets.json       generated per-user passwords (0600)
     nats/jetstream/         JetStream file store
+    auth/signing-key.json   the embedded issuer's private key (0600, directory 0700)
+    auth/jwks.json          its public keys, which the services verify tokens with
     db/{service}.sqlite     each service's own database
     run/{name}.pid          one per supervised process (removed when it stops)
     run/up.lock             held (flock) by the running `up`; holds its pid
@@ -47,6 +49,8 @@ class Stack:
 
     #: Set when the stack runs against an external NATS (SHINCHOKU_NATS_URL): `up` then starts no nats-server.
     external_nats_url: str | None = None
+    #: The `iss` the services trust: the embedded issuer, or a deployment's identity provider.
+    auth_issuer: str | None = None
 
     @property
     def nats_dir(self) -> Path:

@@ -2,7 +2,9 @@
 
 - nats/ is 0700, nats/secrets.json and nats/nats.conf are 0600; every user has its own generated secret;
 - each service process receives only its own NATS password (read from /proc/PID/environ), and no agency's;
-- no secret appears in stack.json, in any log file, or in the services' HTTP answers (healthz, OpenAPI).
+- no secret appears in stack.json, in any log file, or in the services' HTTP answers (healthz, OpenAPI);
+- the embedded issuer's signing key: auth/ is 0700, auth/signing-key.json 0600; the services get only the
+  URL of the public keys, and neither the key nor a token sent to them shows in a file, a log or an answer.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import stat
 import httpx
 
 from contracts.agencies import Agency
+from shinchoku.issuer import EmbeddedIssuer, principal_named
+from shinchoku_runtime.auth.settings import JWKS_FILE, SIGNING_KEY_FILE
 from shinchoku_runtime.natsconf import CONFIG_FILE, SECRETS_FILE
 from tests.faults.stack import RunningStack
 
@@ -62,3 +66,38 @@ def test_no_secret_leaks_into_files_or_answers(security_stack: RunningStack) -> 
             texts[f"{service}{path}"] = httpx.get(security_stack.url(service) + path, timeout=10).text
     leaks = [(where, user) for where, text in texts.items() for user, secret in secrets.items() if secret in text]
     assert leaks == [], f"secrets found in: {leaks}"
+
+
+def test_signing_key_is_private_and_stays_in_the_data_directory(security_stack: RunningStack) -> None:
+    auth_dir = security_stack.data_dir / "auth"
+    assert _mode(auth_dir) == 0o700, oct(_mode(auth_dir))
+    assert _mode(auth_dir / SIGNING_KEY_FILE) == 0o600, oct(_mode(auth_dir / SIGNING_KEY_FILE))
+    key_text = (auth_dir / SIGNING_KEY_FILE).read_text()
+    private = json.loads(key_text)["d"]
+    published = json.loads((auth_dir / JWKS_FILE).read_text())
+    assert published["keys"], "the public key is published"
+    assert all("d" not in key for key in published["keys"]), "the JWKS holds no private member"
+
+    issuer = EmbeddedIssuer.load(security_stack.data_dir)
+    token = issuer.mint(principal_named("secretariat", "secrets-test"))
+    texts: dict[str, str] = {"stack.json": (security_stack.data_dir / "stack.json").read_text()}
+    for service in SERVICES:
+        for path in ("/healthz", "/openapi.json", "/metrics"):
+            for headers in ({}, {"Authorization": f"Bearer {token}"}):
+                answer = httpx.get(security_stack.url(service) + path, headers=headers, timeout=10)
+                texts[f"{service}{path} {sorted(headers)}"] = answer.text + json.dumps(dict(answer.headers))
+        pid = security_stack.pid(service)
+        assert pid is not None
+        environ = _environ(pid)
+        assert environ.get("SHINCHOKU_AUTH_JWKS_URL") == (auth_dir / JWKS_FILE).as_uri(), service
+        texts[f"{service} environment"] = "\n".join(environ.values())
+    for log in (security_stack.data_dir / "logs").glob("*.log"):
+        texts[f"logs/{log.name}"] = log.read_text("utf-8", errors="replace")
+    leaks = [
+        (where, what)
+        for where, text in texts.items()
+        for what, secret in (("signing key", private), ("token", token))
+        if secret in text
+    ]
+    assert leaks == [], f"found in: {leaks}"
+    assert key_text not in "".join(texts.values())

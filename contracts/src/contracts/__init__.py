@@ -1,5 +1,19 @@
 """Shared contracts of Shinchoku. Depends on pydantic only."""
 
+from contracts.admission import (
+    CLOCK_SKEW_ALLOWANCE,
+    MAX_PAYLOAD_BYTES,
+    Admit,
+    Decision,
+    Duplicate,
+    PriorRecord,
+    Reject,
+    Report,
+    admit,
+    decide,
+    judge_event,
+    read_report,
+)
 from contracts.agencies import AGENCIES, AGENCY_INFO, Agency, AgencyInfo, agency_from_japanese
 from contracts.catalog import SECTION_TITLES, Measure, Section, Target, measure_sort_key
 from contracts.events import (
@@ -19,26 +33,38 @@ from contracts.periods import TOKYO, FiscalQuarter, fiscal_year_end, fiscal_year
 __all__ = [
     "AGENCIES",
     "AGENCY_INFO",
+    "CLOCK_SKEW_ALLOWANCE",
+    "MAX_PAYLOAD_BYTES",
     "REASON_PRECEDENCE",
     "SECTION_TITLES",
     "SEVERITY_ORDER",
     "TOKYO",
     "UNREPORTED",
+    "Admit",
     "AdmittedEvent",
     "Agency",
     "AgencyInfo",
     "CatalogChanged",
+    "Decision",
+    "Duplicate",
     "FiscalQuarter",
     "KpiObservation",
     "Measure",
+    "PriorRecord",
     "ReasonCode",
+    "Reject",
     "Rejection",
+    "Report",
     "Section",
     "Status",
     "StatusEvent",
     "Target",
+    "admit",
     "agency_from_japanese",
+    "decide",
     "fiscal_year_end",
     "fiscal_year_of",
+    "judge_event",
     "measure_sort_key",
+    "read_report",
 ]

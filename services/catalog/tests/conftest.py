@@ -109,3 +109,14 @@ async def api(
         httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://catalog") as client,
     ):
         yield client
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Show the target parser's measured accuracy (test_target_accuracy.py) in every run's summary."""
+    for outcome in ("passed", "failed"):
+        for report in terminalreporter.stats.get(outcome, []):
+            for key, lines in getattr(report, "user_properties", ()):
+                if key == "target_parser_accuracy":
+                    terminalreporter.section("target parser accuracy (hand-checked sample)")
+                    for line in lines:
+                        terminalreporter.write_line(line)

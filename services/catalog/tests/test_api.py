@@ -36,7 +36,8 @@ async def test_measure_1_25_as_the_contract_shapes_it(api: httpx.AsyncClient) ->
     assert measure["section_title"] == "デジタル化による成長戦略"
     assert measure["lead_agencies"] == ["mof"]
     (target,) = measure["targets"]
-    assert target == {
+    additive = {"due_range", "due_note", "baseline", "direction", "value_is_change", "milestones"}
+    assert {k: v for k, v in target.items() if k not in additive} == {
         "index": 0,
         "text": "e-Taxの利用状況（所得税の申告手続）（80％ 2026年度）",
         "due_date": "2027-03-31",
@@ -44,7 +45,34 @@ async def test_measure_1_25_as_the_contract_shapes_it(api: httpx.AsyncClient) ->
         "value": 80,
         "unit": "％",
     }
+    # The additive fields of DESIGN.md "HTTP" (issue 18): this target states none of them.
+    assert {k: target[k] for k in additive} == {
+        "due_range": None,
+        "due_note": None,
+        "baseline": None,
+        "direction": None,
+        "value_is_change": False,
+        "milestones": [],
+    }
     assert (await api.get("/measures/１－２５")).json() == measure
+
+
+async def test_a_target_with_baseline_milestones_and_an_approximate_date(api: httpx.AsyncClient) -> None:
+    telework = (await api.get("/measures/3-14")).json()["targets"][0]
+    cases = (await api.get("/measures/1-65")).json()["targets"][0]
+    diet = (await api.get("/measures/1-1")).json()["targets"][0]
+
+    assert (telework["baseline"], telework["direction"]) == (
+        {"value": 35.4, "as_of": "2022-03-31", "unit": "％"},
+        "increase",
+    )
+    assert [(m["due_date"], m["value"], m["unit"]) for m in cases["milestones"]] == [("2025-03-31", 786, "件")]
+    assert (diet["due_date"], diet["due_approximate"], diet["due_range"]) == (
+        "2025-06-30",
+        True,
+        {"start": "2025-01-01", "end": "2025-06-30"},
+    )
+    assert "通常国会" in diet["due_note"]
 
 
 async def test_the_default_page_is_the_first_100_in_document_order(api: httpx.AsyncClient, plan: list[Measure]) -> None:

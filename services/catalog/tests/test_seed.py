@@ -6,13 +6,14 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 
+import sqlalchemy as sa
 from sqlalchemy import Engine, func
 from sqlmodel import Session, select
 
 from catalog import handlers, repository
 from catalog.domain import measure_document
 from contracts.agencies import Agency
-from contracts.catalog import Measure
+from contracts.catalog import Measure, Target
 from shinchoku_runtime.db import make_engine
 
 
@@ -151,3 +152,28 @@ def test_two_catalogs_seeding_at_once_take_turns(database_url: str, plan: list[M
     finally:
         for engine in engines:
             engine.dispose()
+
+
+def test_a_catalog_stored_before_target_readings_serves_them_after_reseeding(
+    database_url: str, plan: list[Measure]
+) -> None:
+    """A store from before issue 18 (no `measure_target_reading`, targets without their readings) catches up."""
+    old_fields = {"index", "text", "due_date", "due_approximate", "value", "unit"}
+    old_plan = [
+        m.model_copy(update={"targets": [Target(**t.model_dump(include=old_fields)) for t in m.targets]}) for m in plan
+    ]
+    engine = _engine(database_url)
+    try:
+        handlers.seed_registry(engine, old_plan)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP TABLE measure_target_reading"))
+        repository.create_schema(engine)
+
+        result = handlers.seed_registry(engine, plan)
+
+        assert {"1-1", "1-65", "2-40", "3-14"} <= set(result.changes.updated)
+        with Session(engine) as session:
+            stored = repository.all_measures(session)
+        assert [measure_document(m) for m in stored] == [measure_document(m) for m in plan]
+    finally:
+        engine.dispose()

@@ -14,8 +14,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from sqlalchemy.dialects import sqlite
 
 from ingest import repository
+from ingest.domain import LateAdmission, NewClaim
 from ingest.handlers import delivery_info
-from ingest.repository import LateAdmission, NewClaim, StoredDecision, WriteConflict, sqlite_datetime
+from ingest.repository import DecisionRecord, StoredDecision, WriteConflict, sqlite_datetime
 from shinchoku_runtime.db import make_engine
 
 
@@ -81,7 +82,7 @@ def test_the_sqlite_batch_write_reads_back_exactly(tmp_path: Path) -> None:
         "payload": b"{\xe6\x97\xa5}",
     }
     claim = NewClaim(row["event_id"], "c" * 32, "mof", 7, None)
-    repository.write_batch(engine, decisions=[row], claims=[claim], late_admissions=[])
+    repository.write_batch(engine, decisions=[DecisionRecord(**row)], claims=[claim], late_admissions=[])
     stored = repository.load_stored(engine, seqs=[7])[7]
     assert stored == StoredDecision(**{k: v for k, v in row.items() if k != "payload"})
     (record,), total = repository.list_rejections(engine, agency="mof", reason=None, limit=10, offset=0)
@@ -89,14 +90,16 @@ def test_the_sqlite_batch_write_reads_back_exactly(tmp_path: Path) -> None:
     assert repository.load_priors(engine, event_ids=[row["event_id"]])[row["event_id"]].content_hash == "c" * 32
     # The same message again, or the same event id claimed again: nothing is written, the batch is refused.
     with pytest.raises(WriteConflict):
-        repository.write_batch(engine, decisions=[row], claims=[], late_admissions=[])
+        repository.write_batch(engine, decisions=[DecisionRecord(**row)], claims=[], late_admissions=[])
     with pytest.raises(WriteConflict):
-        repository.write_batch(engine, decisions=[{**row, "stream_seq": 8}], claims=[claim], late_admissions=[])
+        repository.write_batch(
+            engine, decisions=[DecisionRecord(**{**row, "stream_seq": 8})], claims=[claim], late_admissions=[]
+        )
     assert repository.load_stored(engine, seqs=[8]) == {}
     # A late admission by an identical resend.
     repository.write_batch(
         engine,
-        decisions=[{**row, "stream_seq": 9, "outcome": "admitted", "admitted_at": received}],
+        decisions=[DecisionRecord(**{**row, "stream_seq": 9, "outcome": "admitted", "admitted_at": received})],
         claims=[],
         late_admissions=[LateAdmission(row["event_id"], 9)],
     )

@@ -17,9 +17,8 @@ from reporting.dashboard import router
 from reporting.dashboard.models import Group, HistoryEntry, LeadReport, MeasureHistory, MeasureInfo, MeasureRow, Rollup
 from reporting.dashboard.routes import get_source
 from reporting.dashboard.source import ApiSource, SourceError
+from reporting.dashboard.state import BadState, ViewState
 from reporting.dashboard.view import (
-    BadState,
-    ViewState,
     bar,
     delta_points,
     grid,

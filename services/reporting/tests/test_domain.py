@@ -13,23 +13,25 @@ from contracts.catalog import SECTION_TITLES, Measure, Target
 from contracts.events import SEVERITY_ORDER, UNREPORTED
 from contracts.periods import TOKYO, FiscalQuarter
 from reporting.domain import (
-    PLAN_ADOPTED,
     ROLLUP_STATUSES,
     KpiReading,
     LeadReport,
-    Observation,
     Tally,
     combined_status,
     effective_reports,
+    measure_standing,
+    movement,
+    rollup_quarter,
+    trend,
+)
+from reporting.progress import (
+    PLAN_ADOPTED,
+    Observation,
     elapsed_share,
     is_overdue,
     measure_progress,
-    measure_standing,
-    movement,
     rate_kpi,
-    rollup_quarter,
     target_standings,
-    trend,
 )
 
 Q3 = FiscalQuarter(2024, 3)

@@ -6,8 +6,9 @@ column headers (施策番号/measure_id, 年度/fiscal_year, 四半期/quarter, 
 完了 …); full-width digits and the like (matched after NFKC). A row without an event_id gets one derived
 from its content (uuid5), so importing the same file again sends the same ids and nothing twice.
 
-Every row is checked against contract v1 before anything is sent; `--dry-run` also checks each row
-against the catalog (via its HTTP API) and sends nothing. The exit code is 1 when any row failed.
+Every row is checked against contract v1 before anything is sent; `--dry-run` also judges each row with
+ingest's own admission rules (`contracts.admission`) against the catalog (read via its HTTP API), so that
+a row fails exactly when ingest would reject it, and sends nothing. The exit code is 1 when any row failed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,10 +32,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from contracts.admission import Reject, judge_event
 from contracts.agencies import Agency, agency_from_japanese
 from contracts.catalog import Measure
 from contracts.events import KpiObservation, Status, StatusEvent
-from contracts.periods import TOKYO, FiscalQuarter
+from contracts.periods import TOKYO
 from shinchoku.commands.agencyarg import require_agency
 
 console = Console(highlight=False)
@@ -44,7 +46,6 @@ err = Console(stderr=True, highlight=False)
 IMPORT_NAMESPACE = uuid.UUID("6f1c2b4e-8a53-5d0e-9b57-5f3e0c6a9d21")
 #: Reports in flight at once while importing.
 WINDOW = 64
-CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
 
 # Column headers, matched after NFKC, case folding and removing spaces, brackets and underscores.
 _HEADERS: dict[str, tuple[str, ...]] = {
@@ -325,37 +326,6 @@ def build_event(
     return event
 
 
-# --- checks against the catalog ------------------------------------------------------------------------------
-
-
-def catalog_problems(event: StatusEvent, measure: Measure | None, *, now: datetime) -> list[tuple[str, str]]:
-    """What ingest would reject this report for, given the measure (None: not in the catalog)."""
-    if measure is None:
-        return [("measure_id", f"measure {event.measure_id} is not in the catalog (unknown_measure)")]
-    problems: list[tuple[str, str]] = []
-    leads = [a.value for a in measure.lead_agencies]
-    if event.agency.value not in leads:
-        problems.append(
-            (
-                "measure_id",
-                f"{event.agency.value} does not lead {measure.id}; its leads are {', '.join(leads)} (not_lead)",
-            )
-        )
-    for kpi in event.kpis:
-        if kpi.target >= len(measure.targets):
-            problems.append(
-                ("kpis", f"target {kpi.target} does not exist: {measure.id} has {len(measure.targets)} target(s)")
-            )
-    if event.reported_at - now > CLOCK_SKEW_ALLOWANCE:
-        problems.append(("reported_at", f"{event.reported_at.isoformat()} is in the future (future_timestamp)"))
-    quarter = FiscalQuarter(event.fiscal_year, event.quarter)
-    if not quarter.has_started(event.reported_at):
-        problems.append(
-            ("quarter", f"{quarter.label} had not started at {event.reported_at.isoformat()} (future_period)")
-        )
-    return problems
-
-
 # --- the command ---------------------------------------------------------------------------------------------
 
 
@@ -392,12 +362,14 @@ def _field_label(sheet: Sheet, name: str) -> str:
 
 
 def check_catalog(sheet: Sheet, outcome: Outcome, measures: dict[str, Measure | None]) -> None:
+    """Judge each report as ingest would if it were sent now (given the catalog): keep those it would admit."""
     now = datetime.now(UTC)
     kept: list[tuple[int, StatusEvent]] = []
     for line, event in outcome.events:
-        problems = catalog_problems(event, measures.get(event.measure_id), now=now)
-        if problems:
-            outcome.errors.extend(RowError(line, _field_label(sheet, f), m) for f, m in problems)
+        decision = judge_event(event, now=now, measure=measures.get(event.measure_id))
+        if isinstance(decision, Reject):
+            column = decision.field.split(".")[0] if decision.field else "(row)"
+            outcome.errors.append(RowError(line, _field_label(sheet, column), decision.message))
         else:
             kept.append((line, event))
     outcome.events = kept

@@ -73,6 +73,7 @@ def _banner(launch: Launch, ready_in: float, data_dir_option: Path | None) -> Pa
     table.add_row("try", f"shinchoku demo{dd}")
     table.add_row("", f"shinchoku rollup 2025 1{dd}")
     table.add_row("", f"shinchoku creds mof{dd}")
+    table.add_row("", f"shinchoku token secretariat{dd}   [dim](a bearer token for the HTTP APIs)[/]")
     table.add_row("stop", "Ctrl-C (stops the services, then NATS)")
     return Panel(
         table,

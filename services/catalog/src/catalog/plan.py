@@ -19,22 +19,26 @@ records. A line continues the target before it when, checked in this order:
 
 A line ``―`` means the measure has no target. Lines are joined without a separator, except that a
 trailing space the document wrote between two ASCII words or numbers is kept (``Project LINKS``).
+
+What each target's text states (deadline, value, baseline, direction, milestones) is read by
+`catalog.targets.parse_target`, re-exported here.
 """
 
 from __future__ import annotations
 
-import calendar
 import itertools
 import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from importlib import resources
 
+from catalog.target_dates import plain as _plain
+from catalog.targets import parse_target
 from contracts.agencies import Agency, agency_from_japanese
-from contracts.catalog import SECTION_TITLES, Measure, Target
-from contracts.periods import fiscal_year_end
+from contracts.catalog import SECTION_TITLES, Measure
+
+__all__ = ["PlanFormatError", "bundled_plan_text", "parse_plan", "parse_target", "search_key"]
 
 PLAN_FILE = "priority-policy-program-measures.txt"
 
@@ -59,42 +63,10 @@ _INCOMPLETE_ENDS = ("、", "，", "：", ":")
 _HEADING = re.compile(r"^[＜<【][^＞>】]+[＞>】]$")
 _BRACKETS = {"（": "）", "(": ")", "「": "」", "『": "』", "＜": "＞", "【": "】", "［": "］", "[": "]"}
 
-# Patterns below run on the NFKC form of a target, so full-width digits and ％ are plain ASCII.
-_YEAR = r"(?<![\d.,])(?P<year>(?:19|20)\d{2})\s*年"
-_DATE = re.compile(
-    r"(?P<until>[~〜]\s*)?" + _YEAR + r"(?:(?P<fiscal>度)|(?P<month>1[0-2]|0?[1-9])\s*月"
-    r"(?:\s*(?P<day>[1-3]?\d)\s*日)?|(?P<season>[春夏秋冬])|(?P<decade>代))?(?P<part>末|中|内|頃)?"
-)
 _BARE_DATE = re.compile(
     r"(?:[^:：、。]{1,10}[:：]\s*)?(?:19|20)\d{2}\s*年度?(?:末|中|内)?(?:\d{1,2}月)?[、,]?"
 )
 _VALUE_LINE = re.compile(r"^(?:(?:19|20)\d{2}年度?(?:末|中)?\s*[:：]\s*)?約?\d[\d,.]*(?![\d,.]|\s*年)")
-_ERA = re.compile(r"(令和|平成)\s*(\d+|元)\s*年")
-_ERA_OFFSET = {"令和": 2018, "平成": 1988}
-_REFERENCE = re.compile(r"[(（]参考.*?(?=目標|$)")
-_FOOTNOTE = re.compile(r"[(（]※[)）](?![)）]).*$")
-_CITATION = re.compile(r"[^、。()（）\s]{0,16}(?:閣議|会議|総理|本部)決定")
-_APPROXIMATE = re.compile(r"[^、。,]{0,20}?(?:目途|目処|めど|頃)")
-_START_MARKERS = ("以降", "から", "より", "~", "〜")
-_BASELINE_POINT = re.compile(r"時点(?!で|まで)")
-_SEASON_END = {"春": (0, 5), "夏": (0, 8), "秋": (0, 11), "冬": (1, 2)}
-
-_NUMBER = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?"
-_UNITS = (
-    "% 割 倍 件 人 名 者 社 回 手続 団体 自治体 機関 参画機関 医療機関 法人 府省庁 校 "
-    "都市 地域 分野 箇所 か所 か国 カ国 本 台 システム 業務システム 条項 補助金 火山 "
-    "都道府県 領域 世帯 PV TB Tbps Gbps km2 km 円 時間 分 日 施設 事業 講座 プロジェクト"
-).split()
-_UNIT = "|".join(sorted(_UNITS, key=len, reverse=True))
-_VALUE = re.compile(rf"(?<![A-Za-z0-9.\-])約?(?P<number>{_NUMBER})\s*(?P<unit>[万億兆]?(?:{_UNIT})|[万億兆])")
-_UNITLESS_VALUE = re.compile(
-    rf"(?<=[:：数])\s*約?(?P<number>{_NUMBER})\s*(?:以上|以下|程度|超)?\s*(?=$|[()（）])"
-)
-_UNIT_DISPLAY = {"%": "％", "km2": "㎢"}
-_RATIO_UNITS = ("%", "割")
-_CLAUSE_END = re.compile(r"[、。,]")
-_FINAL_PAREN = re.compile(r"[(（][^()（）]*[)）]\s*$")
-_ADJACENT = re.compile(r"[\s:：,，、]*(?:以上|以下|程度|超|未満)?[\s:：,，、]*")
 
 
 class PlanFormatError(ValueError):
@@ -123,16 +95,6 @@ class _Parts:
     description: list[list[_Line]] = field(default_factory=list)
     targets: list[_Line] = field(default_factory=list)
     leads: list[_Line] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class _Deadline:
-    """The date a target is due, where its text states it."""
-
-    due: date
-    approximate: bool
-    start: int
-    end: int
 
 
 def bundled_plan_text() -> str:
@@ -167,37 +129,6 @@ def parse_plan(text: str) -> list[Measure]:
     if not measures:
         raise PlanFormatError(1, "no measure ○[No.S-N] found")
     return measures
-
-
-def parse_target(index: int, text: str) -> Target:
-    """One target with the deadline and the numeric value its text states (nulls where it states none).
-
-    Deadline: every date is read (``YYYY年度[末|中|内]`` → 03-31 of YYYY+1, ``YYYY年N月`` → the month's
-    last day, ``YYYY年`` → 12-31, seasons → the season's last month, approximate; 令和/平成 years are
-    converted). Dates that start something (``から``, ``以降``, ``より``, ``2025年度～``), baselines
-    (``比``, ``時点の``), citations (``…閣議決定``), decades, and anything in reference figures
-    (``（参考…``) or a footnote body (``（※）…``) are not deadlines; of the rest the latest is the due
-    date. ``目途``/``目処``/``めど``/``頃`` right after it (same clause) or a season make it approximate.
-
-    Value: a number written with a unit (``80％``, ``500手続``, ``4回``), kept as written: ``100万人`` is
-    value 100 with unit ``万人``, ``10.6億円`` is 10.6 ``億円``; ``%`` is reported as ``％``. A bare
-    number after ``：`` or ``数`` closing the text or a parenthesis counts without unit. With a
-    deadline, the value is the first number after it (a ％ or 割 in its clause first), else the last
-    number before it when the date directly follows that number or sits in the closing parenthesis
-    (``（80％ 2026年度）``); without a deadline, the first number. Numbers followed by ``から``
-    (baselines) or ``～`` (the lower end of a range) are skipped.
-    """
-    plain = _plain(text)
-    deadline = _deadline(plain)
-    value, unit = _value(plain, deadline)
-    return Target(
-        index=index,
-        text=text,
-        due_date=deadline.due if deadline else None,
-        due_approximate=deadline.approximate if deadline else False,
-        value=value,
-        unit=unit,
-    )
 
 
 def _content_lines(text: str) -> list[_Line]:
@@ -351,105 +282,3 @@ def _is_ascii_alnum(char: str) -> bool:
 def _width(text: str) -> int:
     """Display width in half-width columns, as the layout wrapped it."""
     return sum(2 if unicodedata.east_asian_width(char) in "WFA" else 1 for char in text)
-
-
-def _plain(text: str) -> str:
-    """NFKC text with era years as western years; ①… become spaces so they never read as digits."""
-    text = re.sub(r"[①-⑳]", " ", text)
-    text = unicodedata.normalize("NFKC", text)
-    return _ERA.sub(
-        lambda m: f"{_ERA_OFFSET[m.group(1)] + (1 if m.group(2) == '元' else int(m.group(2)))}年", text
-    )
-
-
-def _deadline(plain: str) -> _Deadline | None:
-    """The latest date in the text that reads as a deadline (the first one on ties)."""
-    masked = _without_notes(plain)
-    deadlines = [
-        _Deadline(*_due(match), match.start(), match.end())
-        for match in _DATE.finditer(masked)
-        if _is_deadline(masked, match)
-    ]
-    if not deadlines:
-        return None
-    deadline = max(deadlines, key=lambda d: d.due)
-    if _APPROXIMATE.match(masked, deadline.end):
-        return _Deadline(deadline.due, True, deadline.start, deadline.end)
-    return deadline
-
-
-def _without_notes(plain: str) -> str:
-    """The text with reference figures (（参考…）) and footnote bodies (（※）…) blanked out."""
-    return _mask(_mask(plain, _REFERENCE), _FOOTNOTE)
-
-
-def _is_deadline(plain: str, match: re.Match[str]) -> bool:
-    """Whether a date is a deadline rather than a start, a baseline, a citation or a decade."""
-    after = plain[match.end() :].lstrip()
-    if match.group("decade"):
-        return False
-    if after.startswith(_START_MARKERS) and not match.group("until"):
-        return False
-    if after.startswith("比") or _BASELINE_POINT.match(after):
-        return False
-    return not _CITATION.match(after)
-
-
-def _due(match: re.Match[str]) -> tuple[date, bool]:
-    """The last day a date mention covers, and whether the mention is approximate."""
-    year = int(match.group("year"))
-    if match.group("fiscal"):
-        return fiscal_year_end(year), False
-    if match.group("season"):
-        offset, month = _SEASON_END[match.group("season")]
-        return _month_end(year + offset, month), True
-    approximate = match.group("part") == "頃"
-    if match.group("month"):
-        month_end = _month_end(year, int(match.group("month")))
-        day = match.group("day")
-        return (month_end.replace(day=min(int(day), month_end.day)) if day else month_end), approximate
-    return date(year, 12, 31), approximate
-
-
-def _month_end(year: int, month: int) -> date:
-    return date(year, month, calendar.monthrange(year, month)[1])
-
-
-def _value(plain: str, deadline: _Deadline | None) -> tuple[float | None, str | None]:
-    """The target's numeric value and unit (rules in parse_target)."""
-    masked = _mask(_without_notes(plain), _DATE)
-    values = [
-        m for m in _VALUE.finditer(masked) if not masked[m.end() :].lstrip().startswith(("から", "~", "〜"))
-    ]
-    candidates = sorted([*values, *_UNITLESS_VALUE.finditer(masked)], key=lambda m: m.start("number"))
-    if deadline is None:
-        chosen = candidates[0] if candidates else None
-    else:
-        chosen = _value_at(masked, candidates, deadline)
-    if chosen is None:
-        return None, None
-    unit = chosen.groupdict().get("unit")
-    return float(chosen.group("number").replace(",", "")), (_UNIT_DISPLAY.get(unit, unit) if unit else None)
-
-
-def _value_at(masked: str, candidates: list[re.Match[str]], deadline: _Deadline) -> re.Match[str] | None:
-    """The value stated for a deadline: after it (a ratio in its clause first), else before it."""
-    after = [m for m in candidates if m.start("number") >= deadline.end]
-    clause_end = _CLAUSE_END.search(masked, deadline.end)
-    in_clause = [m for m in after if clause_end is None or m.start("number") < clause_end.start()]
-    ratios = [m for m in in_clause if m.groupdict().get("unit") in _RATIO_UNITS]
-    if ratios or after:
-        return (ratios or after)[0]
-    before = [m for m in candidates if m.end() <= deadline.start]
-    if not before:
-        return None
-    # A value counts if the date is written right after it (80％ 2026年度) or the date is a closing
-    # parenthesis that qualifies the whole target (1,400補助金でJグランツを利用（2024年度）).
-    final_paren = _FINAL_PAREN.search(masked)
-    closing = final_paren is not None and final_paren.start() < deadline.start
-    return before[-1] if closing or _ADJACENT.fullmatch(masked, before[-1].end(), deadline.start) else None
-
-
-def _mask(text: str, pattern: re.Pattern[str]) -> str:
-    """The text with every match of a pattern blanked out, positions kept."""
-    return pattern.sub(lambda m: " " * len(m.group(0)), text)

@@ -49,6 +49,26 @@ class TargetRow(CatalogTable, table=True):
     unit: str | None = None
 
 
+class TargetReadingRow(CatalogTable, table=True):
+    """What the plan states of a target beyond its final value and date (baseline, direction, milestones, …).
+
+    A table of its own rather than new columns of `measure_target`: `create_schema` adds missing tables, not
+    missing columns, and a catalog seeded before these fields existed reseeds every measure (its content
+    hash changed), filling this table.
+    """
+
+    __tablename__ = "measure_target_reading"
+
+    measure_id: str = Field(foreign_key="measure.id", primary_key=True, max_length=8)
+    position: int = Field(primary_key=True)
+    #: `Target`'s fields in `_READING_FIELDS`, as JSON.
+    reading: dict[str, object] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+
+
+#: The target fields stored in `measure_target_reading` (the others are columns of `measure_target`).
+_READING_FIELDS: set[str] = {"due_range", "due_note", "baseline", "direction", "value_is_change", "milestones"}
+
+
 class LeadRow(CatalogTable, table=True):
     __tablename__ = "measure_lead"
 
@@ -103,6 +123,7 @@ def delete_measures(session: Session, *, measure_ids: Sequence[str]) -> None:
     if not measure_ids:
         return
     ids = list(measure_ids)
+    session.execute(sa.delete(TargetReadingRow).where(col(TargetReadingRow.measure_id).in_(ids)))
     session.execute(sa.delete(TargetRow).where(col(TargetRow.measure_id).in_(ids)))
     session.execute(sa.delete(LeadRow).where(col(LeadRow.measure_id).in_(ids)))
     session.execute(sa.delete(MeasureRow).where(col(MeasureRow.id).in_(ids)))
@@ -149,6 +170,12 @@ def insert_measures(session: Session, *, measures: Sequence[Measure]) -> None:
     ]
     if targets:
         session.execute(sa.insert(TargetRow), targets)
+        readings = [
+            {"measure_id": m.id, "position": t.index, "reading": t.model_dump(mode="json", include=_READING_FIELDS)}
+            for m in measures
+            for t in m.targets
+        ]
+        session.execute(sa.insert(TargetReadingRow), readings)
 
 
 def save_registry(
@@ -244,16 +271,21 @@ def _assemble(session: Session, rows: Sequence[MeasureRow]) -> list[Measure]:
     for lead in session.exec(lead_query).all():
         leads[lead.measure_id].append(Agency(lead.agency))
     targets: dict[str, list[Target]] = {i: [] for i in ids}
+    reading_query = select(TargetReadingRow).where(col(TargetReadingRow.measure_id).in_(ids))
+    readings = {(r.measure_id, r.position): r.reading for r in session.exec(reading_query).all()}
     target_query = select(TargetRow).where(col(TargetRow.measure_id).in_(ids)).order_by(col(TargetRow.position))
     for t in session.exec(target_query).all():
         targets[t.measure_id].append(
-            Target(
-                index=t.position,
-                text=t.text,
-                due_date=t.due_date,
-                due_approximate=t.due_approximate,
-                value=t.value,
-                unit=t.unit,
+            Target.model_validate(
+                {
+                    **readings.get((t.measure_id, t.position), {}),
+                    "index": t.position,
+                    "text": t.text,
+                    "due_date": t.due_date,
+                    "due_approximate": t.due_approximate,
+                    "value": t.value,
+                    "unit": t.unit,
+                }
             )
         )
     return [

@@ -156,7 +156,7 @@ def healthz(request: Request) -> JSONResponse:
     publishes (else 503; `publishing` names each stream that refuses or does not answer, and since when)."""
     runtime = request.app.state.runtime
     mirror = runtime.mirror
-    problems = runtime.handler.publishing_problems() if runtime.handler is not None else {}
+    problems = runtime.health.publishing_problems()
     return health_response(
         {"nats": runtime.nats_connected(), "database": runtime.database_ready(), "jetstream": not problems},
         catalog_mirror=len(mirror) if mirror is not None else 0,

@@ -17,6 +17,7 @@ from ingest import repository
 from ingest.api import router
 from ingest.config import IngestSettings
 from ingest.handlers import BatchHandler, HandlerOptions
+from ingest.health import WorkHealth
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
@@ -54,6 +55,14 @@ class IngestRuntime:
             telemetry=False,
             apply_types=False,
         )
+        self.options = HandlerOptions(
+            max_deliver=settings.max_deliver,
+            retry_delay_max=settings.retry_delay_max,
+            publish_timeout=settings.publish_timeout,
+            max_inflight=settings.max_inflight_batches,
+        )
+        #: Whether the batches can write to the store and publish: what /healthz reports of ingest's own work.
+        self.health = WorkHealth(horizon=self.options.failure_horizon)
         self.mirror: MeasureMirror | None = None
         self.handler: BatchHandler | None = None
         self.consuming = asyncio.Event()
@@ -113,12 +122,8 @@ class IngestRuntime:
             nc=nc,
             mirror=self.mirror,
             metrics=self.metrics,
-            options=HandlerOptions(
-                max_deliver=self.settings.max_deliver,
-                retry_delay_max=self.settings.retry_delay_max,
-                publish_timeout=self.settings.publish_timeout,
-                max_inflight=self.settings.max_inflight_batches,
-            ),
+            options=self.options,
+            health=self.health,
             tracer=self.tracer_provider.get_tracer("ingest"),
         )
         await handler.start()
@@ -159,11 +164,11 @@ class IngestRuntime:
 
     def database_ready(self) -> bool:
         """The store answers, and the last batch could write to it (a locked SQLite file still answers reads)."""
-        if self.handler is not None and self.handler.store_failing_since is not None:
+        if self.health.store_failing:
             # The last batch could not write: ready again as soon as a write could start.
             if not repository.writable(self.engine):
                 return False
-            self.handler.store_failing_since = None
+            self.health.store_ok()
         return repository.ping(self.engine)
 
 

@@ -1,409 +1,226 @@
-"""Admission rules as pure functions: one STATUS message in, one decision out (admit, duplicate or reject).
+"""Ingest's pure decision of a batch: its messages decided in stream order, each seeing the ones before it.
 
-Nothing here does I/O or raises on bad input: whatever bytes arrive, `admit` answers with a decision.
-The caller supplies what the rules need from the world: the time, the measure as the catalog knows it,
-and what was recorded before for the event's id.
+The rules for one message are contract v1's, written once in `contracts.admission` (re-exported here for
+ingest's modules and tests). This module adds what a batch needs on top of them: which kind of message
+each one is (by its subject), and the idempotency records (claims) the batch leaves behind, so that the
+second copy of an event in one batch is decided against the first. Nothing here does I/O: the batch's
+measures and stored records are handed in, and tests call it with plain values.
+
+Kinds: a report on `status.{agency}.{measure_id}` is the one kind today. The secretariat's commands
+(`review.…`, `close.…`, `backfill.…`) will arrive on the same stream and be decided like reports: each will
+be a `MessageKind` with its own reader and decider, registered in `KINDS` under its subject's first token.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from functools import lru_cache
-from typing import Any
-from uuid import UUID
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import NamedTuple, Protocol
 
-from pydantic import AwareDatetime, TypeAdapter, ValidationError
-
-from contracts.agencies import Agency
+from contracts.admission import (
+    CLOCK_SKEW_ALLOWANCE,
+    MAX_PAYLOAD_BYTES,
+    Admit,
+    Decision,
+    Duplicate,
+    PriorRecord,
+    Reject,
+    Report,
+    admit,
+    admitted_json,
+    claims_event_id,
+    clean,
+    content_hash,
+    decide,
+    describe_validation_errors,
+    hash_and_json,
+    read_report,
+    readable_event_id,
+)
 from contracts.catalog import Measure
-from contracts.events import REASON_PRECEDENCE, AdmittedEvent, ReasonCode, Status, StatusEvent
-from contracts.periods import TOKYO, FiscalQuarter
-from contracts.streams import parse_status_subject
+from contracts.streams import STATUS_SUBJECT_PREFIX
 
-#: A valid v1 event is a few KiB at most (note ≤ 4000 characters, ≤ 100 KPIs); anything far larger is refused unread.
-MAX_PAYLOAD_BYTES = 64 * 1024
-#: How far ahead of ingest's clock `reported_at` may be (clock skew between ministries and ingest).
-CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
-#: Validation errors quoted in one rejection message.
-MAX_ERRORS_QUOTED = 5
+__all__ = [
+    "CLOCK_SKEW_ALLOWANCE",
+    "KINDS",
+    "MAX_PAYLOAD_BYTES",
+    "REPORT",
+    "Admit",
+    "BatchDecision",
+    "Decision",
+    "Duplicate",
+    "LateAdmission",
+    "MessageKind",
+    "NewClaim",
+    "Pending",
+    "PriorRecord",
+    "Read",
+    "Reject",
+    "Report",
+    "admit",
+    "admitted_json",
+    "claims_event_id",
+    "clean",
+    "content_hash",
+    "decide",
+    "decide_batch",
+    "describe_validation_errors",
+    "hash_and_json",
+    "kind_of",
+    "read_message",
+    "read_report",
+    "readable_event_id",
+]
 
-_ALLOWED_FIELDS = tuple(StatusEvent.model_fields)
-_STATUSES = ", ".join(s.value for s in Status)
-_AGENCIES = ", ".join(a.value for a in Agency)
-_FIELD_HINTS: dict[str, str] = {
-    "event_id": "a UUID such as 0b6f8a52-3d0e-4a8e-9d55-8f0c0b0b7a11",
-    "schema_version": "1 (or leave it out)",
-    "measure_id": "the plan's number S-N, such as 1-25",
-    "agency": f"one of {_AGENCIES}",
-    "fiscal_year": "an integer such as 2024 (April start)",
-    "quarter": "an integer 1–4",
-    "status": f"one of {_STATUSES}",
-    "progress": "a number 0–100, or leave it out",
-    "kpis": "a list (≤ 100) of {target: int, value: number, as_of: YYYY-MM-DD}",
-    "note": "text of at most 4000 characters",
-    "reported_at": "an RFC 3339 time with offset, such as 2024-12-20T17:00:00+09:00",
-    "reporter": "text of at most 200 characters",
-}
-_HASH_EXCLUDE = {"reported_at"}
-_STR_JSON: TypeAdapter[str] = TypeAdapter(str)
-_TIME_JSON: TypeAdapter[datetime] = TypeAdapter(AwareDatetime)
-#: Quoted, not copied, from bad input into a message: C0 and C1 controls (tabs and newlines included: a message
-#: is one line in a table, a CSV cell or a log), line and paragraph separators, and the bidirectional
-#: overrides and isolates that could make a quoted value read as something else.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
-
-
-# --- decisions -----------------------------------------------------------------------------------------------
+#: A message as read: a well-formed report, or its rejection (malformed).
+Read = Report | Reject
 
 
-@dataclass(frozen=True, slots=True)
-class Report:
-    """A well-formed v1 event as read from its message: the event, its subject, and its content hash."""
+class NewClaim(NamedTuple):
+    """A new idempotency record: an event_id bound to the content it first carried (a row of `event_id_claim`)."""
 
-    subject: str
-    subject_agency: str
-    event: StatusEvent
-    content_hash: str
-    #: The event_id as text (asked for often: computed once).
     event_id: str
-    #: The event as pydantic writes it (`event.model_dump_json()`), written once for the hash and for ACCEPTED.
-    event_json: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class PriorRecord:
-    """What was recorded before for an event_id: the content it first carried, and whether it was admitted."""
-
     content_hash: str
-    admitted: bool
     agency: str
+    first_seq: int
+    admitted_seq: int | None
+
+
+class LateAdmission(NamedTuple):
+    """An event_id claimed by an earlier rejected message, now admitted by an identical resend."""
+
+    event_id: str
+    admitted_seq: int
+
+
+class Decider(Protocol):
+    def __call__(
+        self, read: Report, *, now: datetime, measures: Mapping[str, Measure | None], previous: PriorRecord | None
+    ) -> Decision: ...
 
 
 @dataclass(frozen=True, slots=True)
-class Admit:
-    report: Report
+class MessageKind:
+    """How one kind of message on STATUS is read from its bytes and decided."""
+
+    name: str
+    read: Callable[[str, bytes], Read]
+    decide: Decider
 
 
-@dataclass(frozen=True, slots=True)
-class Duplicate:
-    """The same event_id with the same content as an admitted event: counted once, nothing published."""
-
-    report: Report
-
-
-@dataclass(frozen=True, slots=True)
-class Reject:
-    reason: ReasonCode
-    message: str
-    #: The event_id, when the payload carried a readable one.
-    event_id: str | None = None
-    #: Present when the message was a well-formed event (every reason but `malformed`).
-    report: Report | None = None
-
-
-Decision = Admit | Duplicate | Reject
-
-
-def claims_event_id(decision: Decision, previous: PriorRecord | None) -> bool:
-    """Whether this decision binds its event_id to its content from now on.
-
-    An id is "seen" (DESIGN: duplicate_conflict) once a well-formed event came with it on its own agency's
-    subject, admitted or not. Malformed messages and forged agencies do not claim ids, so nobody can
-    reserve another agency's event_id by sending garbage or impersonating it.
-    """
-    if previous is not None:
-        return False
-    if isinstance(decision, Admit):
-        return True
-    return (
-        isinstance(decision, Reject)
-        and decision.report is not None
-        and decision.reason not in (ReasonCode.malformed, ReasonCode.agency_mismatch)
-    )
-
-
-# --- reading a message ---------------------------------------------------------------------------------------
-
-
-def content_hash(event: StatusEvent) -> str:
-    """Hash of the event's canonical form: key order, whitespace, number spelling and offsets do not matter."""
-    canonical = event.model_dump_json(exclude=_HASH_EXCLUDE) + event.reported_at.astimezone(UTC).isoformat()
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
-
-
-_REPORTED_AT_MEMBER = ',"reported_at":"'
-
-
-def hash_and_json(event: StatusEvent) -> tuple[str, str]:
-    """(`content_hash(event)`, `event.model_dump_json()`), from one serialisation instead of two.
-
-    The canonical form is the event's JSON without its `reported_at` member: a member whose key is written
-    `,"reported_at":"` can only be that field (inside a JSON string every `"` is escaped), and its value, a
-    timestamp, holds no quote. Anything unexpected takes the reference definition.
-    """
-    full = event.model_dump_json()
-    start = full.find(_REPORTED_AT_MEMBER)
-    end = full.find('"', start + len(_REPORTED_AT_MEMBER)) if start > 0 else -1
-    if end < 0:
-        return content_hash(event), full
-    canonical = full[:start] + full[end + 1 :] + event.reported_at.astimezone(UTC).isoformat()
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest(), full
-
-
-@lru_cache(maxsize=4096)
-def _json_text(value: str) -> str:
-    return _STR_JSON.dump_json(value).decode()
-
-
-@lru_cache(maxsize=64)
-def _json_time(value: datetime) -> str:
-    return _TIME_JSON.dump_json(value).decode()
-
-
-def admitted_json(report: Report, admitted_at: datetime, subject: str) -> bytes:
-    """`AdmittedEvent(event=…, admitted_at=…, subject=…).model_dump_json()`, around the event's JSON written once."""
-    if not report.event_json:
-        body = AdmittedEvent.model_construct(event=report.event, admitted_at=admitted_at, subject=subject)
-        return body.model_dump_json().encode()
-    return f'{{"event":{report.event_json},"admitted_at":{_json_time(admitted_at)},"subject":{_json_text(subject)}}}'.encode()
-
-
-def _escaped(match: re.Match[str]) -> str:
-    code = ord(match.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def clean(text: str, limit: int = 200) -> str:
-    """Text safe to quote in a message (no control characters, bounded length, storable in any database)."""
-    text = _CONTROL.sub(_escaped, text)
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _quote(value: Any) -> str:
-    try:
-        shown = json.dumps(value, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError):
-        shown = repr(value)
-    return clean(shown, 80)
-
-
-def describe_validation_errors(errors: Sequence[Any]) -> str:
-    """Say which fields are wrong, what they held, and what is allowed, in words a clerk can act on."""
-    parts: list[str] = []
-    for error in errors[:MAX_ERRORS_QUOTED]:
-        loc = [str(x) for x in error.get("loc", ())]
-        field = ".".join(loc) or "(the message)"
-        top = loc[0] if loc else ""
-        kind = error.get("type", "")
-        if kind == "json_invalid":
-            parts.append(f"not valid JSON: {clean(str(error.get('msg', '')), 160)}")
-            continue
-        if kind == "extra_forbidden":
-            parts.append(f"unknown field {clean(field, 60)!r}: contract v1 allows only {', '.join(_ALLOWED_FIELDS)}")
-            continue
-        if kind == "missing":
-            hint = _FIELD_HINTS.get(top, "")
-            parts.append(f"missing field {clean(field, 60)!r}" + (f" (expected {hint})" if hint else ""))
-            continue
-        if kind == "model_type" and not loc:
-            parts.append("the message must be a JSON object {…} with the v1 fields")
-            continue
-        got = f", got {_quote(error.get('input'))}" if "input" in error else ""
-        wanted = _FIELD_HINTS.get(top)
-        expected = f"; expected {wanted}" if wanted else ""
-        parts.append(f"field {clean(field, 60)!r}: {clean(str(error.get('msg', '')), 120)}{got}{expected}")
-    more = len(errors) - MAX_ERRORS_QUOTED
-    if more > 0:
-        parts.append(f"and {more} more error(s)")
-    return "; ".join(parts)
-
-
-def _malformed(message: str, data: bytes | None = None) -> Reject:
-    return Reject(
-        reason=ReasonCode.malformed,
-        message=f"形式不正 (malformed): {message}",
-        event_id=readable_event_id(data) if data is not None else None,
-    )
-
-
-def readable_event_id(data: bytes) -> str | None:
-    """The event_id of a payload that failed validation, when it still carries a valid UUID there."""
-    if len(data) > MAX_PAYLOAD_BYTES:
-        return None
-    try:
-        body = json.loads(data)
-        value = body.get("event_id") if isinstance(body, dict) else None
-        return str(UUID(value)) if isinstance(value, str) and len(value) <= 64 else None
-    except (ValueError, TypeError, RecursionError, AttributeError):
-        return None
-
-
-def read_report(subject: str, data: bytes) -> Report | Reject:
-    """Decode and validate one STATUS message against contract v1 and its subject."""
-    parts = parse_status_subject(subject)
-    if parts is None:
-        return _malformed(f"subject {clean(subject, 120)!r} is not status.{{agency}}.{{measure_id}}", data)
-    if len(data) > MAX_PAYLOAD_BYTES:
-        return _malformed(f"the message is {len(data)} bytes; a v1 status event is at most {MAX_PAYLOAD_BYTES} bytes")
-    try:
-        event = StatusEvent.model_validate_json(data, strict=True)
-    except ValidationError as e:
-        return _malformed(describe_validation_errors(e.errors(include_url=False)), data)
-    event_id = str(event.event_id)
-    for name in ("note", "reporter"):
-        value = getattr(event, name)
-        if value is not None and "\x00" in value:
-            return _malformed(f"field {name!r} contains a NUL character (\\u0000), which no report may carry", data)
-    try:
-        digest, event_json = hash_and_json(event)
-    except (ValueError, UnicodeError) as e:  # e.g. a lone surrogate that cannot be written as UTF-8
-        return _malformed(f"the event cannot be stored as UTF-8 JSON: {clean(str(e), 120)}", data)
-    if event.measure_id != parts.measure_id:
-        return Reject(
-            reason=ReasonCode.malformed,
-            message=(
-                f"形式不正 (malformed): measure_id {event.measure_id!r} in the payload differs from the subject's "
-                f"measure {clean(parts.measure_id, 40)!r}; publish on status.{{agency}}.{event.measure_id}"
-            ),
-            event_id=event_id,
-        )
-    return Report(
-        subject=subject,
-        subject_agency=parts.agency,
-        event=event,
-        content_hash=digest,
-        event_id=event_id,
-        event_json=event_json,
-    )
-
-
-# --- the rules -----------------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=512)
-def _quarter(fiscal_year: int, quarter: int) -> tuple[FiscalQuarter, datetime]:
-    period = FiscalQuarter(fiscal_year, quarter)
-    return period, period.start_at
-
-
-def _start_label(quarter: FiscalQuarter) -> str:
-    return f"{quarter.start.isoformat()} (Asia/Tokyo)"
-
-
-def _catalog_failures(report: Report, measure: Measure | None) -> list[tuple[ReasonCode, str]]:
-    event = report.event
-    if measure is None:
-        return [
-            (
-                ReasonCode.unknown_measure,
-                f"施策番号不明 (unknown_measure): measure {event.measure_id!r} is not in the catalog of the "
-                "Priority Policy Program; check the number against the catalog (GET /measures)",
-            )
-        ]
-    failures: list[tuple[ReasonCode, str]] = []
-    leads = [a.value for a in measure.lead_agencies]
-    if event.agency.value not in leads:
-        failures.append(
-            (
-                ReasonCode.not_lead,
-                f"主担当外 (not_lead): {event.agency.value} does not lead measure {measure.id}; its lead "
-                f"agencies are {', '.join(leads)}. Report only on measures your agency leads",
-            )
-        )
-    targets = len(measure.targets)
-    for i, kpi in enumerate(event.kpis):
-        if kpi.target >= targets:
-            allowed = f"0–{targets - 1}" if targets else "none: the measure states no concrete targets"
-            failures.append(
-                (
-                    ReasonCode.malformed,
-                    f"形式不正 (malformed): field 'kpis.{i}.target' is {kpi.target}, but measure {measure.id} "
-                    f"has {targets} target(s); allowed indexes: {allowed}",
-                )
-            )
-            break
-    return failures
-
-
-def _time_failures(report: Report, now: datetime) -> list[tuple[ReasonCode, str]]:
-    event = report.event
-    failures: list[tuple[ReasonCode, str]] = []
-    ahead = event.reported_at - now
-    if ahead > CLOCK_SKEW_ALLOWANCE:
-        minutes = int(ahead.total_seconds() // 60)
-        failures.append(
-            (
-                ReasonCode.future_timestamp,
-                f"報告日時が未来 (future_timestamp): reported_at {event.reported_at.isoformat()} is {minutes} min "
-                f"ahead of ingest's clock ({now.astimezone(TOKYO).isoformat(timespec='seconds')}); at most "
-                f"{int(CLOCK_SKEW_ALLOWANCE.total_seconds() // 60)} min ahead is allowed: check the sender's clock",
-            )
-        )
-    quarter, starts_at = _quarter(event.fiscal_year, event.quarter)
-    if event.reported_at < starts_at:  # FiscalQuarter.has_started, with the start computed once per quarter
-        failures.append(
-            (
-                ReasonCode.future_period,
-                f"対象期間が未開始 (future_period): {quarter.label} had not started at reported_at "
-                f"{event.reported_at.isoformat()}; it starts {_start_label(quarter)}. Report on a quarter "
-                "that has begun",
-            )
-        )
-    return failures
-
-
-def decide(report: Report, *, now: datetime, measure: Measure | None, previous: PriorRecord | None) -> Decision:
-    """Apply the admission rules to a well-formed report; several failures → the first in REASON_PRECEDENCE."""
-    event = report.event
-    event_id = report.event_id
-    failures: list[tuple[ReasonCode, str]] = []
-    if report.subject_agency != event.agency.value:
-        failures.append(
-            (
-                ReasonCode.agency_mismatch,
-                f"省庁不一致 (agency_mismatch): the payload says agency {event.agency.value!r} but it was "
-                f"published on {clean(report.subject, 80)!r} by {clean(report.subject_agency, 40)!r}; an agency "
-                "reports only as itself, on status.{its own code}.{measure_id}",
-            )
-        )
-    elif previous is not None and previous.content_hash == report.content_hash and previous.admitted:
-        # An admitted event resent as is: idempotent whatever the catalog or the clock say now.
-        return Duplicate(report=report)
-    failures += _catalog_failures(report, measure) + _time_failures(report, now)
-    if previous is not None and previous.content_hash != report.content_hash:
-        failures.append(
-            (
-                ReasonCode.duplicate_conflict,
-                f"ID重複 (duplicate_conflict): event_id {event_id} was already used for a report with different "
-                "content; a corrected or new report needs a new event_id (a retry must resend the same content)",
-            )
-        )
-    if failures:
-        reason, message = min(failures, key=lambda f: REASON_PRECEDENCE.index(f[0]))
-        return Reject(reason=reason, message=message, event_id=event_id, report=report)
-    return Admit(report=report)
-
-
-def admit(
-    subject: str,
-    data: bytes,
-    *,
-    now: datetime,
-    measure: Callable[[str], Measure | None] | Mapping[str, Measure],
-    previous: Callable[[UUID], PriorRecord | None] | Mapping[UUID, PriorRecord],
+def _decide_report(
+    read: Report, *, now: datetime, measures: Mapping[str, Measure | None], previous: PriorRecord | None
 ) -> Decision:
-    """The whole admission decision for one message, given the catalog and the idempotency records."""
-    read = read_report(subject, data)
-    if isinstance(read, Reject):
-        return read
-    measure_id = read.event.measure_id
-    found = measure.get(measure_id) if isinstance(measure, Mapping) else measure(measure_id)
-    event_id = read.event.event_id
-    prior = previous.get(event_id) if isinstance(previous, Mapping) else previous(event_id)
-    return decide(read, now=now, measure=found, previous=prior)
+    return decide(read, now=now, measure=measures.get(read.event.measure_id), previous=previous)
+
+
+REPORT = MessageKind("report", read_report, _decide_report)
+#: Kinds by their subjects' first token. Any other subject is read as a report, and so rejected as malformed
+#: (it is not `status.{agency}.{measure_id}`), as every message that is nothing ingest knows.
+KINDS: dict[str, MessageKind] = {STATUS_SUBJECT_PREFIX: REPORT}
+
+
+def kind_of(subject: str) -> MessageKind:
+    return KINDS.get(subject.partition(".")[0], REPORT)
+
+
+def read_message(subject: str, data: bytes) -> Read:
+    """Read one message as its kind reads it."""
+    return kind_of(subject).read(subject, data)
+
+
+class Pending(Protocol):
+    """What the batch decision needs of a message (ingest's `Delivery`, or plain values in a test)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def agency(self) -> str: ...
+    @property
+    def received_at(self) -> datetime: ...
+    @property
+    def read(self) -> Read | None: ...
+
+
+@dataclass(slots=True)
+class BatchDecision:
+    #: One decision per message, in the order given.
+    decisions: list[Decision] = field(default_factory=list)
+    #: The event ids this batch binds to their content, by event id.
+    claims: dict[str, NewClaim] = field(default_factory=dict)
+    #: Event ids claimed before (by a rejected message) that this batch admits.
+    late: list[LateAdmission] = field(default_factory=list)
+
+    def unclaimed_event_ids(self) -> list[str]:
+        """Event ids of well-formed reports whose decision claims nothing.
+
+        Decided without stored records, only these could come out differently with them (e.g. an admitted
+        event resent after the catalog dropped a target it reports on: a duplicate, not malformed); every
+        other id is checked by the claim insert itself, which fails if the id was claimed before.
+        """
+        return [
+            d.report.event_id
+            for d in self.decisions
+            if isinstance(d, Reject) and d.report is not None and not claims_event_id(d, None)
+        ]
+
+
+def decide_batch(
+    messages: Sequence[Pending], *, measures: Mapping[str, Measure | None], priors: Mapping[str, PriorRecord]
+) -> BatchDecision:
+    """Decide every message in stream order, each decision seeing the claims of the ones before it.
+
+    `measures` holds every measure the reports name (None: not in the catalog); `priors` the stored
+    idempotency records of their event ids (or none of them: see `BatchDecision.unclaimed_event_ids`).
+    Each message is judged at its own receipt time.
+    """
+    seen = dict(priors)
+    batch = BatchDecision()
+    decisions = batch.decisions
+    for m in messages:
+        read = m.read
+        if read is None:
+            raise ValueError(f"message {m.seq} was not read before deciding")
+        if isinstance(read, Reject):
+            decisions.append(read)
+            continue
+        previous = seen.get(read.event_id)
+        decision = kind_of(m.subject).decide(read, now=m.received_at, measures=measures, previous=previous)
+        decisions.append(decision)
+        if not isinstance(decision, Duplicate):
+            _record_claim(m, decision, previous, seen, batch)
+    return batch
+
+
+def _record_claim(
+    m: Pending,
+    decision: Admit | Reject,
+    previous: PriorRecord | None,
+    seen: dict[str, PriorRecord],
+    batch: BatchDecision,
+) -> None:
+    """Keep the batch's idempotency records, and let later messages in it see them."""
+    report = decision.report
+    if report is None:
+        return
+    event_id = report.event_id
+    admitted = isinstance(decision, Admit)
+    if claims_event_id(decision, previous):
+        batch.claims[event_id] = NewClaim(
+            event_id=event_id,
+            content_hash=report.content_hash,
+            agency=report.subject_agency,
+            first_seq=m.seq,
+            admitted_seq=m.seq if admitted else None,
+        )
+        seen[event_id] = PriorRecord(content_hash=report.content_hash, admitted=admitted, agency=m.agency)
+    elif admitted and previous is not None and not previous.admitted:
+        pending = batch.claims.get(event_id)
+        if pending is not None:
+            batch.claims[event_id] = pending._replace(admitted_seq=m.seq)
+        else:
+            batch.late.append(LateAdmission(event_id=event_id, admitted_seq=m.seq))
+        seen[event_id] = PriorRecord(content_hash=previous.content_hash, admitted=True, agency=previous.agency)

@@ -13,13 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
 from sqlmodel import Column, Field, SQLModel
 
-from ingest.domain import PriorRecord
+from ingest.domain import LateAdmission, NewClaim, PriorRecord
 from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes, size_sqlite_cache
 
 OUTCOME_ADMITTED = "admitted"
@@ -135,6 +135,26 @@ class StoredDecision:
 _STORED_COLUMNS = [_decision.c[name] for name in StoredDecision.__slots__]
 
 
+class DecisionRecord(NamedTuple):
+    """One row of `decision` as ingest writes it, its fields in the table's column order."""
+
+    stream_seq: int
+    event_id: str | None
+    outcome: str
+    reason: str | None
+    message: str | None
+    subject: str
+    agency: str
+    measure_id: str | None
+    received_at: datetime
+    admitted_at: datetime | None
+    trace_id: str | None
+    content_hash: str | None
+    rejection_id: str | None
+    #: The original bytes of a rejected message (None for admissions: they live on ACCEPTED).
+    payload: bytes | None
+
+
 def _stored(row: Any) -> StoredDecision:
     mapping = row._mapping
     values = {name: mapping[name] for name in StoredDecision.__slots__}
@@ -170,23 +190,6 @@ def load_priors(engine: Engine, *, event_ids: Iterable[str]) -> dict[str, PriorR
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class NewClaim:
-    event_id: str
-    content_hash: str
-    agency: str
-    first_seq: int
-    admitted_seq: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class LateAdmission:
-    """An event_id claimed by an earlier rejected message, now admitted by an identical resend."""
-
-    event_id: str
-    admitted_seq: int
-
-
 class WriteConflict(Exception):
     """Another replica stored part of this batch first: decide the batch again from the store."""
 
@@ -194,7 +197,7 @@ class WriteConflict(Exception):
 def write_batch(
     engine: Engine,
     *,
-    decisions: Sequence[dict[str, Any]],
+    decisions: Sequence[DecisionRecord],
     claims: Sequence[NewClaim],
     late_admissions: Sequence[LateAdmission],
 ) -> None:
@@ -204,27 +207,27 @@ def write_batch(
     if engine.dialect.name == "sqlite":
         _write_batch_sqlite(engine, decisions=decisions, claims=claims, late_admissions=late_admissions)
         return
-    columns = _DECISION_COLUMNS
-    rows = [tuple(row[c] for c in columns) for row in decisions]
     with engine.begin() as conn:
-        inserted = _PG_DECISION_INSERT.insert(conn, rows)
-        if inserted != len(rows):
-            raise WriteConflict(f"{len(rows) - inserted} decision(s) were stored by another replica")
+        inserted = _PG_DECISION_INSERT.insert(conn, decisions)
+        if inserted != len(decisions):
+            raise WriteConflict(f"{len(decisions) - inserted} decision(s) were stored by another replica")
         if claims:
-            claimed = _PG_CLAIM_INSERT.insert(
-                conn, [(c.event_id, c.content_hash, c.agency, c.first_seq, c.admitted_seq) for c in claims]
-            )
+            claimed = _PG_CLAIM_INSERT.insert(conn, claims)
             if claimed != len(claims):
                 raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)
 
 
 _DECISION_COLUMNS = tuple(c.name for c in _decision.columns)
-_CLAIM_COLUMNS = ("event_id", "content_hash", "agency", "first_seq", "admitted_seq")
+_CLAIM_COLUMNS = tuple(c.name for c in _claim.columns)
+# Rows are written as the tuples they are: their fields must be the tables' columns, in order.
+if DecisionRecord._fields != _DECISION_COLUMNS or NewClaim._fields != _CLAIM_COLUMNS:
+    raise RuntimeError(f"row types out of step with the tables: {_DECISION_COLUMNS}, {_CLAIM_COLUMNS}")
 #: PostgreSQL: each batch's rows in one statement, as column arrays (see `ColumnArrays` for the figures).
 _PG_DECISION_INSERT = ColumnArrays(_decision, _DECISION_COLUMNS)
 _PG_CLAIM_INSERT = ColumnArrays(_claim, _CLAIM_COLUMNS)
-_DATETIME_COLUMNS = frozenset(c.name for c in _decision.columns if isinstance(c.type, sa.DateTime))
+if [c.name for c in _decision.columns if isinstance(c.type, sa.DateTime)] != ["received_at", "admitted_at"]:
+    raise RuntimeError("`_sqlite_row` writes the decision's times at positions 8 and 9")
 _SQLITE_DECISION_INSERT = (
     f"INSERT INTO decision ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(_DECISION_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
@@ -240,10 +243,15 @@ def sqlite_datetime(value: datetime | None) -> str | None:
     return None if value is None else value.replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
+def _sqlite_row(r: DecisionRecord) -> tuple[Any, ...]:
+    """The row with its two times as SQLAlchemy's SQLite DATETIME writes them."""
+    return (*r[:8], sqlite_datetime(r.received_at), sqlite_datetime(r.admitted_at), *r[10:])
+
+
 def _write_batch_sqlite(
     engine: Engine,
     *,
-    decisions: Sequence[dict[str, Any]],
+    decisions: Sequence[DecisionRecord],
     claims: Sequence[NewClaim],
     late_admissions: Sequence[LateAdmission],
 ) -> None:
@@ -252,18 +260,13 @@ def _write_batch_sqlite(
     Core's per-row parameter processing (a dict per row, a bind processor per datetime) cost more than
     SQLite's own insert here. A row that did not go in shows as a smaller total of changes.
     """
-    columns = _DECISION_COLUMNS
-    dates = _DATETIME_COLUMNS
-    rows = [tuple(sqlite_datetime(row[c]) if c in dates else row[c] for c in columns) for row in decisions]
+    rows = [_sqlite_row(r) for r in decisions]
     with engine.begin() as conn:
         inserted = conn.exec_driver_sql(_SQLITE_DECISION_INSERT, rows).rowcount
         if inserted != len(rows):
             raise WriteConflict(f"{len(rows) - inserted} decision(s) were stored by another replica")
         if claims:
-            claimed = conn.exec_driver_sql(
-                _SQLITE_CLAIM_INSERT,
-                [(c.event_id, c.content_hash, c.agency, c.first_seq, c.admitted_seq) for c in claims],
-            ).rowcount
+            claimed = conn.exec_driver_sql(_SQLITE_CLAIM_INSERT, claims).rowcount
             if claimed != len(claims):
                 raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)

@@ -1,8 +1,11 @@
-"""HTTP routes of the reporting service (:8003). JSON by default, `?format=csv` (UTF-8 with BOM) for tables."""
+"""HTTP routes of the reporting service (:8003). JSON by default, `?format=csv` (UTF-8 with BOM) for tables.
+
+The routes validate what the request says (400 with a reason) and answer the documents `RollupQueries` builds
+as the response models declare (`reporting.documents`), serialised once: the rollup's bytes come from a cache.
+"""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -12,12 +15,18 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from contracts.agencies import AGENCY_INFO, Agency
-from reporting.domain import ROLLUP_STATUSES
-from reporting.queries import Document, RollupQueries, check_fiscal_year, fiscal_quarter
-from reporting.schemas import HistoryOut, MeasureListOut, RollupOut, YearOut
+from contracts.periods import FiscalQuarter
+from reporting.documents import document_json
+from reporting.domain import ROLLUP_STATUSES, SECTIONS
+from reporting.queries import RollupQueries
+from reporting.schemas import STATUS_NAMES, HistoryOut, LeadOut, MeasureListOut, RollupOut, TallyOut, YearOut
 from shinchoku_runtime.http import BadRequest, csv_response
 
 router = APIRouter()
+
+# Every fiscal year the v1 contract admits can be served: an admitted report must never be unviewable.
+MIN_FISCAL_YEAR = 1900
+MAX_FISCAL_YEAR = 9998
 
 
 def get_queries(request: Request) -> RollupQueries:
@@ -37,6 +46,39 @@ AsOf = Annotated[
 ]
 
 _OFFSET_AS_SPACE = re.compile(r" (\d{2}(?::?\d{2})?)$")
+
+
+def check_fiscal_year(fiscal_year: int) -> int:
+    if not MIN_FISCAL_YEAR <= fiscal_year <= MAX_FISCAL_YEAR:
+        raise BadRequest(f"fiscal year must be between {MIN_FISCAL_YEAR} and {MAX_FISCAL_YEAR}, not {fiscal_year}")
+    return fiscal_year
+
+
+def fiscal_quarter(fiscal_year: int, quarter: int) -> FiscalQuarter:
+    """The quarter a path names, or a 400 that says what is wrong."""
+    check_fiscal_year(fiscal_year)
+    if not 1 <= quarter <= 4:
+        raise BadRequest(f"quarter must be 1, 2, 3 or 4, not {quarter}")
+    return FiscalQuarter(fiscal_year, quarter)
+
+
+def check_agency(agency: str) -> str:
+    try:
+        return Agency(agency).value
+    except ValueError:
+        raise BadRequest(f"unknown agency {agency!r}; agencies are {', '.join(a.value for a in Agency)}") from None
+
+
+def check_section(section: int) -> int:
+    if section not in SECTIONS:
+        raise BadRequest(f"section must be 1–6, not {section}")
+    return section
+
+
+def check_status(status: str) -> str:
+    if status not in ROLLUP_STATUSES:
+        raise BadRequest(f"status must be one of {', '.join(ROLLUP_STATUSES)}, not {status!r}")
+    return status
 
 
 def parse_as_of(raw: str | None) -> datetime | None:
@@ -59,39 +101,38 @@ def parse_as_of(raw: str | None) -> datetime | None:
     return moment
 
 
-def _json(body: bytes | Any) -> Response:
-    content = body if isinstance(body, bytes) else json.dumps(body, ensure_ascii=False).encode()
-    return Response(content=content, media_type="application/json")
+def _json(body: bytes) -> Response:
+    return Response(content=body, media_type="application/json")
 
 
-_TALLY_HEADER = ["measures_total", "reported", "coverage", "on_time", "on_time_rate", *ROLLUP_STATUSES]
+_TALLY_HEADER = ["measures_total", "reported", "coverage", "on_time", "on_time_rate", *STATUS_NAMES]
 
 
-def _tally_row(tally: Document) -> list[Any]:
+def _tally_row(tally: TallyOut) -> list[Any]:
     return [
-        tally["measures_total"],
-        tally["reported"],
-        tally["coverage"],
-        tally["on_time"],
-        tally["on_time_rate"],
-        *(tally["by_status"][s] for s in ROLLUP_STATUSES),
+        tally.measures_total,
+        tally.reported,
+        tally.coverage,
+        tally.on_time,
+        tally.on_time_rate,
+        *(tally.by_status[s] for s in STATUS_NAMES),
     ]
 
 
-def _rollup_rows(doc: Document) -> Iterable[list[Any]]:
+def _rollup_rows(doc: RollupOut) -> Iterable[list[Any]]:
     """One row per scope: government-wide, each section, each agency."""
-    yield [doc["label"], "government", "all", "全体", *_tally_row(doc)]
-    for number, tally in doc["by_section"].items():
-        yield [doc["label"], "section", number, tally["title"], *_tally_row(tally)]
-    for code, tally in doc["by_agency"].items():
-        yield [doc["label"], "agency", code, AGENCY_INFO[Agency(code)].name_ja, *_tally_row(tally)]
+    yield [doc.label, "government", "all", "全体", *_tally_row(doc)]
+    for number, section in doc.by_section.items():
+        yield [doc.label, "section", number, section.title, *_tally_row(section)]
+    for code, tally in doc.by_agency.items():
+        yield [doc.label, "agency", code, AGENCY_INFO[Agency(code)].name_ja, *_tally_row(tally)]
 
 
 _ROLLUP_HEADER = ["quarter", "scope", "key", "name", *_TALLY_HEADER]
 
 
-def _leads_text(leads: Sequence[Document]) -> str:
-    return " ".join(f"{lead['agency']}:{lead['status']}" for lead in leads)
+def _leads_text(leads: Sequence[LeadOut]) -> str:
+    return " ".join(f"{lead.agency}:{lead.status}" for lead in leads)
 
 
 @router.get("/rollups/{fiscal_year}/{quarter}", response_model=RollupOut, tags=["rollups"])
@@ -125,7 +166,13 @@ def get_rollup_measures(
 ) -> Response:
     """Each measure's status in a quarter with its leads' effective reports, lineage and targets."""
     q = fiscal_quarter(fiscal_year, quarter)
-    items = queries.measures(q, agency=agency, section=section, status=status, as_of=parse_as_of(as_of))
+    items = queries.measures(
+        q,
+        agency=check_agency(agency) if agency is not None else None,
+        section=check_section(section) if section is not None else None,
+        status=check_status(status) if status is not None else None,
+        as_of=parse_as_of(as_of),
+    )
     total = len(items)
     if format_ == "csv":
         page = items[offset : offset + limit] if limit is not None else items[offset:]
@@ -133,35 +180,35 @@ def get_rollup_measures(
         header += ["leads", "event_ids", "latest_status", "overdue_targets"]
         rows = [
             [
-                i["measure_id"],
-                i["section"],
-                i["title"],
-                i["status"],
-                i["reported"],
-                i["on_time"],
-                i["previous_status"],
-                i["movement"],
-                _leads_text(i["leads"]),
-                " ".join(i["event_ids"]),
-                i["latest_status"],
-                i["overdue_targets"],
+                i.measure_id,
+                i.section,
+                i.title,
+                i.status,
+                i.reported,
+                i.on_time,
+                i.previous_status,
+                i.movement,
+                _leads_text(i.leads),
+                " ".join(i.event_ids),
+                i.latest_status,
+                i.overdue_targets,
             ]
             for i in page
         ]
         return csv_response(header, rows, filename=f"measures-{q.label}.csv")
     size = limit if limit is not None else 100
-    return _json({"items": items[offset : offset + size], "total": total, "limit": size, "offset": offset})
+    page_out = MeasureListOut(items=items[offset : offset + size], total=total, limit=size, offset=offset)
+    return _json(document_json(page_out))
 
 
 @router.get("/rollups/{fiscal_year}", response_model=YearOut, tags=["rollups"])
 def get_year(fiscal_year: int, queries: Queries, as_of: AsOf = None, format_: Format = "json") -> Response:
     """A fiscal year at a glance: the rollups of its four quarters."""
-    check_fiscal_year(fiscal_year)
-    doc = queries.year(fiscal_year, as_of=parse_as_of(as_of))
+    doc = queries.year(check_fiscal_year(fiscal_year), as_of=parse_as_of(as_of))
     if format_ == "csv":
-        rows = [row for quarter in doc["quarters"] for row in _rollup_rows(quarter)]
+        rows = [row for quarter in doc.quarters for row in _rollup_rows(quarter)]
         return csv_response(_ROLLUP_HEADER, rows, filename=f"rollups-FY{fiscal_year}.csv")
-    return _json(doc)
+    return _json(document_json(doc))
 
 
 @router.get("/measures/{measure_id}/history", response_model=HistoryOut, tags=["measures"])
@@ -172,17 +219,17 @@ def get_history(measure_id: str, queries: Queries, format_: Format = "json") -> 
         header = ["quarter", "fiscal_year", "q", "status", "reported", "on_time", "movement", "leads", "event_ids"]
         rows = [
             [
-                i["label"],
-                i["fiscal_year"],
-                i["quarter"],
-                i["status"],
-                i["reported"],
-                i["on_time"],
-                i["movement"],
-                _leads_text(i["leads"]),
-                " ".join(i["event_ids"]),
+                i.label,
+                i.fiscal_year,
+                i.quarter,
+                i.status,
+                i.reported,
+                i.on_time,
+                i.movement,
+                _leads_text(i.leads),
+                " ".join(i.event_ids),
             ]
-            for i in doc["items"]
+            for i in doc.items
         ]
         return csv_response(header, rows, filename=f"history-{measure_id}.csv")
-    return _json(doc)
+    return _json(document_json(doc))

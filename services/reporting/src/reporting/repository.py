@@ -1,25 +1,17 @@
 """All SQL of the reporting store (SQLAlchemy Core: every table here is on a hot path).
 
-The store holds three tables:
-
-- `events`: the reporting store's own copy of every admitted event, unique on `event_id`;
-- `effective_reports`: the effective report per (quarter, measure, agency), derived from `events`;
-- `quarter_revisions`: bookkeeping, not content: a counter per quarter bumped by every transaction that
-  touches the quarter, so that readers can cache a quarter's rollup until it changes.
-
-The tables are built by a factory so that `rebuild` can fill a shadow copy under other names and swap it
-in; constraint and index names carry a tag because PostgreSQL keeps them unique per schema.
-Timestamps are stored as integer microseconds since the epoch (exact ordering on both databases) next to
-the RFC 3339 text as reported (keeping the reporter's offset).
+The tables and their rows are declared in `reporting.tables`; the names the rest of the service imports from
+here (`LIVE`, `Store`, `to_micros`, `tune`, …) are re-exported. Effective reports follow the domain's "latest
+report wins" (`domain.EFFECTIVE_ORDER`): both of its SQL renderings below (the upsert's condition and the
+ranking of `effective_as_of`) are generated from `ORDER_COLUMNS`, and tests/test_effective_order.py checks them
+against the domain on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
 
-import json
 import operator
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,121 +19,67 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import CreateTable
 
-from reporting.domain import KpiReading, LeadReport
-from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes, size_sqlite_cache
+from reporting.domain import LeadReport
+from reporting.tables import (
+    EFFECTIVE_COLUMNS,
+    EFFECTIVE_KEY,
+    EFFECTIVE_VALUES,
+    EVENT_COLUMNS,
+    LIVE,
+    LIVE_SUFFIX,
+    OLD_SUFFIX,
+    ORDER_COLUMNS,
+    SHADOW_SUFFIX,
+    EffectiveRow,
+    EventRow,
+    Store,
+    from_micros,
+    kpis_json,
+    parse_kpis,
+    store_tables,
+    to_micros,
+    tune,
+)
+from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICRO = timedelta(microseconds=1)
-
-#: Canonical UUID text compared byte-wise on both databases (PostgreSQL's default collation may not).
-_EVENT_ID = sa.String(36).with_variant(sa.String(36, collation="C"), "postgresql")
-
-LIVE_SUFFIX = ""
-SHADOW_SUFFIX = "__rebuild"
-OLD_SUFFIX = "__old"
-
-
-def to_micros(moment: datetime) -> int:
-    """Exact microseconds since the epoch of an aware moment (integer arithmetic, no float rounding)."""
-    if moment.tzinfo is None:
-        raise ValueError("a moment needs a UTC offset")
-    since = moment - _EPOCH
-    return (since.days * 86400 + since.seconds) * 1_000_000 + since.microseconds
-
-
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
-
-
-@dataclass(frozen=True)
-class Store:
-    """One set of the store's tables (the live one, or a shadow being rebuilt)."""
-
-    metadata: sa.MetaData
-    events: sa.Table
-    effective: sa.Table
-    revisions: sa.Table
-    #: Indexes created after a bulk load rather than with the tables.
-    late_indexes: tuple[sa.Index, ...]
-    suffix: str = LIVE_SUFFIX
-    tag: str = ""
-
-    @property
-    def tables(self) -> tuple[sa.Table, ...]:
-        return (self.events, self.effective, self.revisions)
-
-
-def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
-    """The store's tables named `events{suffix}` etc., with constraint and index names ending in `tag`."""
-    metadata = sa.MetaData()
-    events = sa.Table(
-        f"events{suffix}",
-        metadata,
-        sa.Column("event_id", _EVENT_ID, nullable=False),
-        sa.Column("measure_id", sa.String(16), nullable=False),
-        sa.Column("agency", sa.String(16), nullable=False),
-        sa.Column("fiscal_year", sa.Integer, nullable=False),
-        sa.Column("quarter", sa.SmallInteger, nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("reported_at_us", sa.BigInteger, nullable=False),
-        sa.Column("reported_at", sa.String(40), nullable=False),
-        sa.Column("on_time", sa.Boolean, nullable=False),
-        sa.Column("admitted_at_us", sa.BigInteger, nullable=False),
-        sa.Column("subject", sa.String(200), nullable=False),
-        sa.Column("progress", sa.Float, nullable=True),
-        sa.Column("kpis", sa.Text, nullable=True),
-        sa.Column("note", sa.Text, nullable=True),
-        sa.Column("reporter", sa.String(200), nullable=True),
-        sa.PrimaryKeyConstraint("event_id", name=f"pk_events{tag}"),
-    )
-    effective = sa.Table(
-        f"effective_reports{suffix}",
-        metadata,
-        sa.Column("fiscal_year", sa.Integer, nullable=False),
-        sa.Column("quarter", sa.SmallInteger, nullable=False),
-        sa.Column("measure_id", sa.String(16), nullable=False),
-        sa.Column("agency", sa.String(16), nullable=False),
-        sa.Column("event_id", _EVENT_ID, nullable=False),
-        sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("reported_at_us", sa.BigInteger, nullable=False),
-        sa.Column("reported_at", sa.String(40), nullable=False),
-        sa.Column("on_time", sa.Boolean, nullable=False),
-        sa.Column("progress", sa.Float, nullable=True),
-        sa.Column("kpis", sa.Text, nullable=True),
-        sa.Column("note", sa.Text, nullable=True),
-        sa.Column("reporter", sa.String(200), nullable=True),
-        sa.PrimaryKeyConstraint("fiscal_year", "quarter", "measure_id", "agency", name=f"pk_effective_reports{tag}"),
-    )
-    revisions = sa.Table(
-        f"quarter_revisions{suffix}",
-        metadata,
-        sa.Column("fiscal_year", sa.Integer, nullable=False),
-        sa.Column("quarter", sa.SmallInteger, nullable=False),
-        sa.Column("revision", sa.BigInteger, nullable=False),
-        sa.Column("last_admitted_at_us", sa.BigInteger, nullable=False),
-        sa.Column("updated_at_us", sa.BigInteger, nullable=False),
-        sa.PrimaryKeyConstraint("fiscal_year", "quarter", name=f"pk_quarter_revisions{tag}"),
-    )
-    late = (
-        sa.Index(f"ix_events_quarter_admitted{tag}", events.c.fiscal_year, events.c.quarter, events.c.admitted_at_us),
-        sa.Index(f"ix_effective_reports_measure{tag}", effective.c.measure_id),
-    )
-    return Store(metadata, events, effective, revisions, late, suffix, tag)
-
-
-LIVE = store_tables()
-
-
-#: SQLite page cache per connection (KiB when negative) and memory-mapped reads: the `events` primary key is
-#: a random UUID, so inserts touch pages all over its index; with SQLite's default 2 MB cache each insert into
-#: a store of a million events went to the file for them.
-SQLITE_CACHE_KIB = 131_072
-SQLITE_MMAP_BYTES = 512 * 1024 * 1024
-
-
-def tune(engine: Engine) -> Engine:
-    """Give a SQLite engine a page cache and memory-mapped reads sized for the store (no-op on PostgreSQL)."""
-    return size_sqlite_cache(engine, cache_kib=SQLITE_CACHE_KIB, mmap_bytes=SQLITE_MMAP_BYTES)
+__all__ = [
+    "EFFECTIVE_COLUMNS",
+    "EFFECTIVE_KEY",
+    "EFFECTIVE_VALUES",
+    "EVENT_COLUMNS",
+    "LIVE",
+    "LIVE_SUFFIX",
+    "OLD_SUFFIX",
+    "ORDER_COLUMNS",
+    "SHADOW_SUFFIX",
+    "EffectiveRow",
+    "EventRow",
+    "Store",
+    "all_effective",
+    "bump_revisions",
+    "count_rows",
+    "create_late_indexes",
+    "create_store",
+    "drop_tables",
+    "effective_as_of",
+    "effective_for_measure",
+    "effective_for_quarter",
+    "fill_revisions_from_events",
+    "from_micros",
+    "has_events",
+    "insert_events",
+    "kpis_json",
+    "last_admitted",
+    "lock_for_swap",
+    "parse_kpis",
+    "rename_tables",
+    "revisions",
+    "store_tables",
+    "table_rows",
+    "to_micros",
+    "tune",
+    "upsert_effective",
+]
 
 
 def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = True) -> None:
@@ -186,66 +124,29 @@ def lock_for_swap(conn: Connection) -> None:
         conn.execute(sa.text("UPDATE quarter_revisions SET revision = revision WHERE 1 = 0"))
 
 
+# --- "The latest report wins" in SQL ---------------------------------------------------------
+
+
+def wins_over(new: str, old: str) -> str:
+    """SQL that holds when the row `new` wins "the latest report wins" over the row `old` (table names or aliases):
+    `ORDER_COLUMNS` compared in order, greater wins (`new.a > old.a OR (new.a = old.a AND new.b > old.b) …`)."""
+    clauses = []
+    for i, column in enumerate(ORDER_COLUMNS):
+        equal = [f"{new}.{c} = {old}.{c}" for c in ORDER_COLUMNS[:i]]
+        clauses.append(" AND ".join([*equal, f"{new}.{column} > {old}.{column}"]))
+    return " OR ".join(f"({clause})" for clause in clauses)
+
+
+def latest_first(table: sa.Table) -> tuple[sa.UnaryExpression[Any], ...]:
+    """ORDER BY terms that put the winner of "the latest report wins" first among rows with one key."""
+    return tuple(table.c[column].desc() for column in ORDER_COLUMNS)
+
+
 # --- Writing ---------------------------------------------------------------------------------
-
-
-#: The columns an effective report copies from its event (besides its key).
-EFFECTIVE_VALUES = (
-    "event_id",
-    "status",
-    "reported_at_us",
-    "reported_at",
-    "on_time",
-    "progress",
-    "kpis",
-    "note",
-    "reporter",
-)
-EFFECTIVE_COLUMNS = ("fiscal_year", "quarter", "measure_id", "agency", *EFFECTIVE_VALUES)
 
 
 def _insert(conn: Connection, table: sa.Table) -> Any:
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
-
-
-#: What `json.dumps(…, separators=(",", ":"))` builds on every call, built once (the same output).
-_KPIS_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
-def kpis_json(kpis: Sequence[KpiReading]) -> str | None:
-    if not kpis:
-        return None
-    return _KPIS_ENCODER.encode([{"target": k.target, "value": k.value, "as_of": k.as_of.isoformat()} for k in kpis])
-
-
-def parse_kpis(text: str | None) -> tuple[KpiReading, ...]:
-    if not text:
-        return ()
-    return tuple(
-        KpiReading(int(k["target"]), float(k["value"]), date.fromisoformat(k["as_of"])) for k in json.loads(text)
-    )
-
-
-#: The columns of an `events` row, in the order `insert_events` takes them.
-EVENT_COLUMNS = (
-    "event_id",
-    "measure_id",
-    "agency",
-    "fiscal_year",
-    "quarter",
-    "status",
-    "reported_at_us",
-    "reported_at",
-    "on_time",
-    "admitted_at_us",
-    "subject",
-    "progress",
-    "kpis",
-    "note",
-    "reporter",
-)
-#: Where each of EFFECTIVE_COLUMNS sits in an `events` row.
-EFFECTIVE_FROM_EVENT = tuple(EVENT_COLUMNS.index(name) for name in EFFECTIVE_COLUMNS)
 
 
 def _placeholders(conn: Connection, count: int) -> str:
@@ -266,7 +167,7 @@ def _column_arrays(table: sa.Table, columns: Sequence[str], conflict: str) -> Co
 
 
 def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
-    """Insert `events` rows (tuples in EVENT_COLUMNS order); an event id already stored keeps its first copy.
+    """Insert `events` rows (`EventRow`s); an event id already stored keeps its first copy.
 
     SQLite: one executemany of a plain statement (SQLAlchemy's per-row parameter processing costs more than
     the insert itself on this path). PostgreSQL: one statement of column arrays (`ColumnArrays`).
@@ -283,12 +184,13 @@ def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any
     conn.exec_driver_sql(sql, list(rows))
 
 
-_effective_key = operator.itemgetter(0, 1, 2, 3)
+#: The key of a row in EFFECTIVE_COLUMNS order (an `EffectiveRow`, or a plain tuple in its order).
+_effective_key = operator.itemgetter(*(EFFECTIVE_COLUMNS.index(name) for name in EFFECTIVE_KEY))
 
 
 def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
-    """Make each row (a tuple in EFFECTIVE_COLUMNS order) the effective report of its key, unless the stored
-    one wins the ordering (greater reported_at, then greater event_id).
+    """Make each row (an `EffectiveRow`) the effective report of its key, unless the stored one wins "the latest
+    report wins" (`wins_over`).
 
     The rows must have distinct keys. Sorted by key so that concurrent writers lock rows in one order.
     """
@@ -296,11 +198,7 @@ def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[
         return
     table = f'"{store.effective.name}"'
     updates = ", ".join(f"{name} = excluded.{name}" for name in EFFECTIVE_VALUES)
-    conflict = (
-        "ON CONFLICT (fiscal_year, quarter, measure_id, agency) DO UPDATE SET "
-        f"{updates} WHERE excluded.reported_at_us > {table}.reported_at_us "
-        f"OR (excluded.reported_at_us = {table}.reported_at_us AND excluded.event_id > {table}.event_id)"
-    )
+    conflict = f"ON CONFLICT ({', '.join(EFFECTIVE_KEY)}) DO UPDATE SET {updates} WHERE {wins_over('excluded', table)}"
     ordered = sorted(rows, key=_effective_key)
     if conn.dialect.name == "postgresql":
         _column_arrays(store.effective, EFFECTIVE_COLUMNS, conflict).insert(conn, ordered)
@@ -365,39 +263,24 @@ def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapp
 
 # --- Reading ---------------------------------------------------------------------------------
 
-
-def _lead_report(row: Sequence[Any]) -> LeadReport:
-    measure_id, agency, fiscal_year, quarter, status, reported_at, event_id, progress, kpis, note, reporter = row
-    # Positional, in LeadReport's field order (keywords cost more on this path: one call per effective report).
-    return LeadReport(
-        measure_id,
-        agency,
-        fiscal_year,
-        quarter,
-        status,
-        datetime.fromisoformat(reported_at),
-        event_id,
-        progress,
-        parse_kpis(kpis) if kpis else (),
-        note,
-        reporter,
-    )
+#: Both `events` and `effective_reports` name these columns as `LeadReport` names its fields, so a report is
+#: selected in LeadReport's field order (`_report_columns`) and made with `LeadReport._make`, after parsing
+#: the two fields stored in another form: `reported_at` (RFC 3339 text) and `kpis` (JSON).
+_REPORT_FIELDS = LeadReport._fields
+_REPORTED_AT = _REPORT_FIELDS.index("reported_at")
+_KPIS = _REPORT_FIELDS.index("kpis")
 
 
 def _report_columns(table: sa.Table) -> list[sa.ColumnElement[Any]]:
-    return [
-        table.c.measure_id,
-        table.c.agency,
-        table.c.fiscal_year,
-        table.c.quarter,
-        table.c.status,
-        table.c.reported_at,
-        table.c.event_id,
-        table.c.progress,
-        table.c.kpis,
-        table.c.note,
-        table.c.reporter,
-    ]
+    return [table.c[name] for name in _REPORT_FIELDS]
+
+
+def _lead_report(row: Sequence[Any]) -> LeadReport:
+    """A LeadReport from a row of `_report_columns` (one call per report read: no per-field keyword binding)."""
+    values = list(row)
+    values[_REPORTED_AT] = datetime.fromisoformat(values[_REPORTED_AT])
+    values[_KPIS] = parse_kpis(values[_KPIS])
+    return LeadReport._make(values)
 
 
 def revisions(conn: Connection, *, store: Store = LIVE) -> dict[tuple[int, int], int]:
@@ -444,10 +327,7 @@ def effective_as_of(
         sa.select(
             *_report_columns(ev),
             sa.func.row_number()
-            .over(
-                partition_by=(ev.c.fiscal_year, ev.c.quarter, ev.c.measure_id, ev.c.agency),
-                order_by=(ev.c.reported_at_us.desc(), ev.c.event_id.desc()),
-            )
+            .over(partition_by=tuple(ev.c[name] for name in EFFECTIVE_KEY), order_by=latest_first(ev))
             .label("rank"),
         )
         .where(*conditions)

@@ -1,16 +1,31 @@
-"""Response shapes of the reporting API, for the OpenAPI document at /docs (binding fields first, then additive)."""
+"""Response shapes of the reporting API, for the OpenAPI document at /docs (binding fields first, then additive).
+
+The documents the routes answer are built as these models (`reporting.documents`): a document carries every
+field its model declares and nothing else (`extra="forbid"`), and tests/test_documents.py checks every route's
+JSON against its model over real data.
+"""
 
 from __future__ import annotations
 
 from datetime import date
-from typing import Literal
+from typing import Final, Literal, get_args
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from contracts.catalog import Target
 
 StatusName = Literal["delayed", "at_risk", "suspended", "not_started", "on_track", "completed", "unreported"]
+#: The keys of every `by_status`, most severe first, then `unreported` (as `domain.ROLLUP_STATUSES`).
+STATUS_NAMES: Final[tuple[StatusName, ...]] = get_args(StatusName)
 
 
-class TallyOut(BaseModel):
+class Document(BaseModel):
+    """A response model: a document built as one has no field it does not declare."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class TallyOut(Document):
     measures_total: int = Field(description="Measures expected to report in the scope", examples=[320])
     reported: int = Field(description="Measures with at least one effective report", examples=[250])
     coverage: float = Field(description="reported / measures_total (0 when nothing is expected)", examples=[0.78])
@@ -35,7 +50,7 @@ class QuarterRefOut(TallyOut):
     period_end: date
 
 
-class TargetSummaryOut(BaseModel):
+class TargetSummaryOut(Document):
     total: int
     overdue: int = Field(
         description="Targets whose due date has passed while the measure's latest status is not completed"
@@ -61,21 +76,27 @@ class RollupOut(QuarterRefOut):
     as_of: str | None = Field(description="The as_of moment answered for, or null for as known now")
 
 
-class YearOut(BaseModel):
+class YearQuarterOut(RollupOut):
+    """A quarter's rollup within its fiscal year."""
+
+    has_started: bool = Field(description="Whether the quarter had begun by the as_of moment (or now)")
+
+
+class YearOut(Document):
     fiscal_year: int
     period_start: date
     period_end: date
     as_of: str | None
-    quarters: list[RollupOut]
+    quarters: list[YearQuarterOut]
 
 
-class KpiOut(BaseModel):
+class KpiOut(Document):
     target: int
     value: float
     as_of: date
 
 
-class LeadOut(BaseModel):
+class LeadOut(Document):
     agency: str
     status: StatusName
     event_id: str | None = Field(description="The effective report's event id (null when the agency did not report)")
@@ -87,7 +108,7 @@ class LeadOut(BaseModel):
     reporter: str | None
 
 
-class ObservationOut(BaseModel):
+class ObservationOut(Document):
     value: float
     as_of: date
     agency: str
@@ -95,13 +116,9 @@ class ObservationOut(BaseModel):
     reported_at: str
 
 
-class TargetOut(BaseModel):
-    index: int
-    text: str
-    due_date: date | None
-    due_approximate: bool
-    value: float | None
-    unit: str | None
+class TargetOut(Target, Document):
+    """A target as the catalog states it (every field of `contracts.catalog.Target`), with what reporting knows."""
+
     overdue: bool
     rating: Literal["A", "B", "N"] = Field(
         description="A: progress (value / target value) ≥ elapsed share of the period since 2024-06-21; B: below; "
@@ -115,7 +132,7 @@ class TargetOut(BaseModel):
     observation: ObservationOut | None
 
 
-class MeasureItemOut(BaseModel):
+class MeasureItemOut(Document):
     measure_id: str
     section: int
     section_title: str
@@ -131,17 +148,19 @@ class MeasureItemOut(BaseModel):
     latest_quarter: str | None
     targets: list[TargetOut]
     overdue_targets: int
-    agency_status: StatusName | None = Field(default=None, description="The filtered agency's own status")
+    agency_status: StatusName | None = Field(
+        default=None, description="The filtered agency's own status (null when the list is not filtered by agency)"
+    )
 
 
-class MeasureListOut(BaseModel):
+class MeasureListOut(Document):
     items: list[MeasureItemOut]
     total: int
     limit: int
     offset: int
 
 
-class HistoryItemOut(BaseModel):
+class HistoryItemOut(Document):
     fiscal_year: int
     quarter: int
     label: str
@@ -155,7 +174,7 @@ class HistoryItemOut(BaseModel):
     movement: Literal["worse", "better", "same"] | None
 
 
-class MeasureOut(BaseModel):
+class MeasureOut(Document):
     id: str
     section: int
     section_title: str
@@ -165,7 +184,7 @@ class MeasureOut(BaseModel):
     targets: list[TargetOut]
 
 
-class HistoryOut(BaseModel):
+class HistoryOut(Document):
     measure_id: str
     section: int
     section_title: str

@@ -14,7 +14,7 @@ from reporting.dashboard import view
 from reporting.dashboard.i18n import TEXT
 from reporting.dashboard.models import HistoryEntry, MeasureInfo, MeasureRow, Rollup, TargetRow
 from reporting.dashboard.source import RollupSource, SourceError
-from reporting.dashboard.view import ViewState
+from reporting.dashboard.state import FIRST_FISCAL_YEAR, ViewState, fiscal_years
 
 #: How far back the overview looks for the latest quarter with data when the URL names none.
 _LOOKBACK_QUARTERS = 12
@@ -37,7 +37,7 @@ async def latest_quarter(source: RollupSource, now: datetime) -> FiscalQuarter:
                 return quarter
         except SourceError:
             break
-        if quarter.fiscal_year <= view.FIRST_FISCAL_YEAR and quarter.quarter == 1:
+        if quarter.fiscal_year <= FIRST_FISCAL_YEAR and quarter.quarter == 1:
             break
         quarter = quarter.previous()
     return current
@@ -93,12 +93,12 @@ async def overview_page(source: RollupSource, state: ViewState, now: datetime) -
             changes = view.movements(rows)
 
     coverage = view.rate(group.reported, group.measures_total)
-    on_time = view.rate(group.on_time, group.measures_total)
+    on_time = view.on_time_share(group)
     deltas: dict[str, view.Delta | None] = {"coverage": None, "on_time": None, "reported": None}
     if prev_group is not None:
         deltas = {
             "coverage": view.delta_points(coverage, view.rate(prev_group.reported, prev_group.measures_total)),
-            "on_time": view.delta_points(on_time, view.rate(prev_group.on_time, prev_group.measures_total)),
+            "on_time": view.delta_points(on_time, view.on_time_share(prev_group)),
             "reported": view.delta_count(group.reported, prev_group.reported),
         }
     published_pending = state.mode == "published" and state.as_of is None and quarter.on_time_deadline > now
@@ -130,7 +130,7 @@ async def overview_page(source: RollupSource, state: ViewState, now: datetime) -
         "version": fingerprint(last_admitted, rollup),
         "agency_rows": view.agency_table(rollup, state),
         "section_rows": view.section_table(rollup, state),
-        "years": view.fiscal_years(now),
+        "years": fiscal_years(now),
         "agencies": AGENCIES,
         "csv": _csv_links(quarter, state, as_of),
         "lang_toggle": _lang_toggle("/dashboard", shown),

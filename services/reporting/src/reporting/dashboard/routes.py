@@ -17,7 +17,7 @@ from reporting.dashboard import view
 from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
 from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
 from reporting.dashboard.source import ApiSource, RollupSource, SourceError
-from reporting.dashboard.view import BadState, ViewState
+from reporting.dashboard.state import BadState, ViewState
 
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"

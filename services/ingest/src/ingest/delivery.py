@@ -1,0 +1,77 @@
+"""One STATUS message on its way through a batch, what became of it, and why it may have to wait."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from nats.aio.msg import Msg
+
+from ingest.domain import Decision, Read
+from ingest.repository import StoredDecision
+from ingest.tracing import MessageSpan
+
+
+class FaultKind(StrEnum):
+    """What was unavailable (a metric label and a word in logs and dead letters)."""
+
+    database = "database"
+    nats = "nats"
+    catalog = "catalog"
+    #: Other replicas kept storing parts of the batch first.
+    conflict = "conflict"
+    #: An unexpected error while processing the message alone.
+    error = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """Something that is not the message's own doing kept it from being settled now: it is retried later."""
+
+    kind: FaultKind
+    detail: str
+
+
+#: What a message ends as: decided in this batch, or decided before (a redelivery answered from the store).
+Outcome = Decision | StoredDecision
+
+
+@dataclass(slots=True, eq=False)
+class Delivery:
+    """One STATUS message as delivered, with its reading, its outcome and its fault as the batch goes on."""
+
+    msg: Msg
+    seq: int
+    delivered: int
+    subject: str
+    #: The agency of the subject (the one NATS authenticated), or `unknown` for an alien subject.
+    agency: str
+    data: bytes
+    received_at: datetime
+    span: MessageSpan
+    read: Read | None = None
+    outcome: Outcome | None = None
+    fault: Fault | None = None
+
+    @property
+    def rejection_id(self) -> str:
+        return f"STATUS-{self.seq}"
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.span.trace_id
+
+    def fail(self, fault: Fault) -> None:
+        """Mark the message to be retried later (the first fault is the one it is retried for)."""
+        if self.fault is None:
+            self.fault = fault
+
+    def forget(self) -> None:
+        """Back to as delivered, to be processed again."""
+        self.read = self.outcome = self.fault = None
+
+
+def subject_agency(subject: str) -> str:
+    parts = subject.split(".", 2)
+    return parts[1] if len(parts) > 1 and parts[1] else "unknown"

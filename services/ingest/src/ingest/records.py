@@ -1,0 +1,153 @@
+"""What a message's outcome becomes: the row ingest stores for it, and the message it publishes.
+
+One place for both, whatever made the outcome: a decision of this batch, a stored decision republished for
+a redelivery, or the `undeliverable` rejection of a message that could not be processed. A rejection is
+built here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import datetime
+from typing import NamedTuple
+
+from contracts.events import AdmittedEvent, ReasonCode, Rejection, StatusEvent
+from contracts.streams import ACCEPTED_STREAM, REJECTED_STREAM, accepted_subject, rejected_subject
+from ingest.delivery import Delivery, Outcome
+from ingest.domain import Admit, Decision, Reject, admitted_json
+from ingest.repository import (
+    OUTCOME_ADMITTED,
+    OUTCOME_DUPLICATE,
+    OUTCOME_REJECTED,
+    DecisionRecord,
+    StoredDecision,
+)
+
+
+class Outgoing(NamedTuple):
+    """A message ingest publishes: on ACCEPTED (id: the event id) or REJECTED (id: the rejection id)."""
+
+    subject: str
+    payload: bytes
+    stream: str
+    #: Its `Nats-Msg-Id`: the broker drops a republished copy by it.
+    msg_id: str
+
+
+def decision_record(d: Delivery, decision: Decision, decided_at: datetime) -> DecisionRecord:
+    """The stored row of a decision made now (`decided_at`: an admission's `admitted_at`)."""
+    report = decision.report
+    event_id = measure_id = digest = None
+    if report is not None:
+        event_id, measure_id, digest = report.event_id, report.event.measure_id, report.content_hash
+    if isinstance(decision, Reject):
+        return DecisionRecord(
+            stream_seq=d.seq,
+            event_id=event_id or decision.event_id,
+            outcome=OUTCOME_REJECTED,
+            reason=decision.reason.value,
+            message=decision.message,
+            subject=d.subject,
+            agency=d.agency,
+            measure_id=measure_id,
+            received_at=d.received_at,
+            admitted_at=None,
+            trace_id=d.trace_id,
+            content_hash=digest,
+            rejection_id=d.rejection_id,
+            payload=d.data,
+        )
+    admitted = isinstance(decision, Admit)
+    return DecisionRecord(
+        stream_seq=d.seq,
+        event_id=event_id,
+        outcome=OUTCOME_ADMITTED if admitted else OUTCOME_DUPLICATE,
+        reason=None,
+        message=None,
+        subject=d.subject,
+        agency=d.agency,
+        measure_id=measure_id,
+        received_at=d.received_at,
+        admitted_at=decided_at if admitted else None,
+        trace_id=d.trace_id,
+        content_hash=digest,
+        rejection_id=None,
+        payload=None,
+    )
+
+
+def outgoing(d: Delivery, outcome: Outcome, decided_at: datetime) -> Outgoing | None:
+    """What the message publishes (None for a duplicate): built from its parts, validated already."""
+    if isinstance(outcome, StoredDecision):
+        return _republished(d, outcome)
+    if isinstance(outcome, Admit):
+        report = outcome.report
+        event = report.event
+        subject = accepted_subject(event.agency, event.measure_id)
+        return Outgoing(subject, admitted_json(report, decided_at, d.subject), ACCEPTED_STREAM.name, report.event_id)
+    if isinstance(outcome, Reject):
+        return rejected(d, outcome)
+    return None
+
+
+def rejected(d: Delivery, reject: Reject) -> Outgoing:
+    """The rejection of a message decided now."""
+    return _rejection(
+        d,
+        rejection_id=d.rejection_id,
+        event_id=reject.event_id,
+        agency=d.agency,
+        subject=d.subject,
+        reason=reject.reason,
+        message=reject.message,
+        received_at=d.received_at,
+    )
+
+
+def _republished(d: Delivery, stored: StoredDecision) -> Outgoing | None:
+    """A stored decision published again, exactly as it was the first time (the broker drops the copy)."""
+    if stored.outcome == OUTCOME_ADMITTED:
+        event = StatusEvent.model_validate_json(d.data, strict=True)
+        if stored.admitted_at is None:
+            raise ValueError(f"stored admission of STATUS-{stored.stream_seq} has no admitted_at")
+        body = AdmittedEvent(event=event, admitted_at=stored.admitted_at, subject=stored.subject)
+        subject = accepted_subject(event.agency, event.measure_id)
+        return Outgoing(subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, str(event.event_id))
+    if stored.outcome == OUTCOME_REJECTED:
+        return _rejection(
+            d,
+            rejection_id=stored.rejection_id or d.rejection_id,
+            event_id=stored.event_id,
+            agency=stored.agency,
+            subject=stored.subject,
+            reason=ReasonCode(stored.reason or ReasonCode.malformed),
+            message=stored.message or "",
+            received_at=stored.received_at,
+        )
+    return None
+
+
+def _rejection(
+    d: Delivery,
+    *,
+    rejection_id: str,
+    event_id: str | None,
+    agency: str,
+    subject: str,
+    reason: ReasonCode,
+    message: str,
+    received_at: datetime,
+) -> Outgoing:
+    rejection = Rejection(
+        rejection_id=rejection_id,
+        event_id=event_id,
+        agency=agency,
+        subject=subject,
+        reason=reason,
+        message=message,
+        payload_b64=base64.b64encode(d.data).decode(),
+        received_at=received_at,
+    )
+    return Outgoing(
+        rejected_subject(d.agency), rejection.model_dump_json().encode(), REJECTED_STREAM.name, rejection_id
+    )
