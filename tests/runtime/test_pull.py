@@ -33,7 +33,7 @@ def _durable() -> ConsumerConfig:
 
 async def test_a_durable_consumer_is_followed_in_batches_and_acknowledged(admin_nc: Client) -> None:
     await _stream(admin_nc, 25)
-    consumer = PullConsumer.durable(admin_nc, stream="PULL", config=_durable(), batch=10, heartbeat=0.5)
+    consumer = PullConsumer(admin_nc, stream="PULL", config=_durable(), batch=10, heartbeat=0.5)
     seen: list[Msg] = []
     sizes: list[int] = []
 
@@ -58,7 +58,7 @@ async def test_a_durable_consumer_is_followed_in_batches_and_acknowledged(admin_
 
 async def test_a_lone_message_is_handed_over_at_once(admin_nc: Client) -> None:
     await _stream(admin_nc, 0)
-    consumer = PullConsumer.durable(admin_nc, stream="PULL", config=_durable(), batch=1000, expires=10.0)
+    consumer = PullConsumer(admin_nc, stream="PULL", config=_durable(), batch=1000, expires=10.0)
     arrived = asyncio.Event()
     handed: list[float] = []
 

@@ -4,7 +4,7 @@
 replies to its own inbox) and collects what arrives on a subscription callback, counting what each request still
 owes. Two modes:
 
-* `PullConsumer.durable(...)` + `follow(handle)`: a durable consumer with explicit acks, followed until `stop()`.
+* `PullConsumer(...)` + `follow(handle)`: a durable consumer with explicit acks, followed until `stop()`.
   Lingering requests with idle heartbeats; whatever has arrived is handed over as one batch of `Msg`s, so
   batches grow by themselves while the handler is busy and a lone message is not held back waiting for
   company. When neither a message nor a heartbeat came for three heartbeats, the requests are taken as lost
@@ -57,12 +57,13 @@ class PullConsumer:
         *,
         stream: str,
         config: ConsumerConfig,
-        batch: int,
-        requests_in_flight: int,
-        expires: float | None,
-        heartbeat: float | None,
-        replay: bool,
+        batch: int = 1000,
+        requests_in_flight: int = 2,
+        expires: float = 10.0,
+        heartbeat: float = 2.0,
     ) -> None:
+        """A durable consumer with explicit acks (`config`, created when missing), followed with `follow`; pull
+        requests of `batch` messages that linger `expires` seconds with idle heartbeats every `heartbeat`."""
         name = config.durable_name or config.name
         assert name, "a pulled consumer has a name"
         self._nc = nc
@@ -74,7 +75,7 @@ class PullConsumer:
         self._in_flight = requests_in_flight
         self._expires = expires
         self._heartbeat = heartbeat
-        self._replay = replay
+        self._replay = False
         #: Durable: the `Msg`s received; replay: their (subject, payload).
         self._buffer: list[Any] = []
         #: Messages still owed by each pull request in flight, oldest first.
@@ -87,30 +88,6 @@ class PullConsumer:
         self._restore: Callable[[], None] | None = None
         self._stopping = False
         self.running = False
-
-    @classmethod
-    def durable(
-        cls,
-        nc: Client,
-        *,
-        stream: str,
-        config: ConsumerConfig,
-        batch: int = 1000,
-        expires: float = 10.0,
-        heartbeat: float = 2.0,
-        requests_in_flight: int = 2,
-    ) -> PullConsumer:
-        """A durable consumer with explicit acks (`config`, created when missing), followed with `follow`."""
-        return cls(
-            nc,
-            stream=stream,
-            config=config,
-            batch=batch,
-            requests_in_flight=requests_in_flight,
-            expires=expires,
-            heartbeat=heartbeat,
-            replay=False,
-        )
 
     @classmethod
     def replay(
@@ -136,16 +113,9 @@ class PullConsumer:
             mem_storage=True,
             description=description,
         )
-        return cls(
-            nc,
-            stream=stream,
-            config=config,
-            batch=batch,
-            requests_in_flight=requests_in_flight,
-            expires=None,
-            heartbeat=None,
-            replay=True,
-        )
+        reader = cls(nc, stream=stream, config=config, batch=batch, requests_in_flight=requests_in_flight)
+        reader._replay = True  # no-wait requests, read to the end
+        return reader
 
     # ------------------------------------------------------------------------------------------ receiving
 
@@ -183,8 +153,6 @@ class PullConsumer:
         if self._replay:
             body["no_wait"] = True
         else:
-            assert self._expires is not None
-            assert self._heartbeat is not None
             body["expires"] = int(self._expires * 1e9)
             body["idle_heartbeat"] = int(self._heartbeat * 1e9)
         self._owed.append(self._batch)
@@ -211,7 +179,6 @@ class PullConsumer:
         On the way out the messages received but not handed over are nak'ed.
         """
         assert not self._replay
-        assert self._heartbeat is not None
         heartbeat = self._heartbeat
         await self.ensure_consumer()
         await self._subscribe()

@@ -75,20 +75,9 @@ class AcceptedPuller:
         *,
         config: ConsumerConfig,
         batch: int = 1000,
-        expires: float = 10.0,
-        heartbeat: float = 2.0,
-        requests_in_flight: int = 2,
     ) -> None:
         self._handle = handle
-        self._consumer = PullConsumer.durable(
-            nc,
-            stream=ACCEPTED_STREAM.name,
-            config=config,
-            batch=batch,
-            expires=expires,
-            heartbeat=heartbeat,
-            requests_in_flight=requests_in_flight,
-        )
+        self._consumer = PullConsumer(nc, stream=ACCEPTED_STREAM.name, config=config, batch=batch)
 
     @property
     def running(self) -> bool:
