@@ -44,7 +44,7 @@ def _probe_span_attributes() -> None:
 
 
 def _probe_span_processors() -> None:
-    provider = TracerProvider()
+    provider = TracerProvider(shutdown_on_exit=False)
     try:
         tracer = provider.get_tracer("probe")
         multi = getattr(tracer, "span_processor", None)
