@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.js.api import DiscardPolicy
 
@@ -21,6 +22,7 @@ from contracts.events import AdmittedEvent
 from contracts.streams import ACCEPTED_STREAM
 from ingest.testing import encode, event_body, publish_events, stream_messages, wait_for_count, wait_for_event
 from shinchoku.client import AgencyPublisher
+from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsclient import ensure_streams, stream_config
 
 Publishers = Callable[[str], Awaitable[AgencyPublisher]]
@@ -188,3 +190,39 @@ async def test_a_dead_letter_is_published_by_the_outbox_when_rejected_refuses_it
     assert await wait_for_count(admin_nc, "REJECTED", 1, timeout=15) == 1
     (rejected,) = await stream_messages(admin_nc, "REJECTED")
     assert json.loads(rejected.data)["reason"] == "undeliverable"
+
+
+async def test_every_published_decision_gets_its_mark_under_load(
+    start_ingest: Any, catalog_kv: Any, publisher_for: Publishers, admin_nc: Client, ingest_db_url: str
+) -> None:
+    """Two replicas, batches in flight, resends and rejections: once the stream is drained, every decision the
+    replicas published is marked with where it landed (the marks rode in later batches or were flushed), so the
+    outbox is empty and the reconciler had nothing to publish again."""
+    replicas = [await start_ingest(batch_size=50), await start_ingest(batch_size=70)]
+    mof = await publisher_for("mof")
+    bodies = [event_body() for _ in range(400)]
+    await publish_events(mof, [*bodies, *bodies[:40]])
+    await publish_events(mof, [{**b, "status": "delayed"} for b in bodies[:25]])  # conflicts: on REJECTED
+    assert await wait_for_count(admin_nc, "ACCEPTED", 400, timeout=60) == 400
+    assert await wait_for_count(admin_nc, "REJECTED", 25, timeout=30) == 25
+    await settled(admin_nc, timeout=30)
+    deadline = asyncio.get_running_loop().time() + 10
+    while (outbox := (await replicas[0].http.get("/healthz")).json()["outbox"])["unpublished"]:
+        assert asyncio.get_running_loop().time() < deadline, outbox
+        await asyncio.sleep(0.2)
+    engine = sa.create_engine(normalise_url(ingest_db_url))
+    try:
+        with engine.connect() as conn:
+            marks = conn.execute(
+                sa.text("SELECT outcome, published_seq FROM decision WHERE outcome <> 'duplicate'")
+            ).all()
+    finally:
+        engine.dispose()
+    by_outcome: dict[str, list[int]] = {}
+    for outcome, seq in marks:
+        by_outcome.setdefault(outcome, []).append(seq)
+    assert sorted(by_outcome["admitted"]) == list(range(1, 401))  # exact: each atomic batch's own sequences
+    assert sorted(by_outcome["rejected"]) == list(range(1, 26))
+    for replica in replicas:
+        text = (await replica.http.get("/metrics")).text
+        assert not re.search(r"^shinchoku_ingest_republished_total\{", text, re.MULTILINE)  # nothing republished
