@@ -172,12 +172,26 @@ def _json_time(value: datetime) -> str:
     return _TIME_JSON.dump_json(value).decode()
 
 
-def admitted_json(report: Report, admitted_at: datetime, subject: str) -> bytes:
-    """`AdmittedEvent(event=…, admitted_at=…, subject=…).model_dump_json()`, around the event's JSON written once."""
+def admitted_json(
+    report: Report,
+    admitted_at: datetime,
+    subject: str,
+    *,
+    received_at: datetime | None = None,
+    backfilled: bool = False,
+) -> bytes:
+    """`AdmittedEvent(event=…, admitted_at=…, subject=…, received_at=…, backfilled=…).model_dump_json()`, around the
+    event's JSON written once."""
     if not report.event_json:
-        body = AdmittedEvent.model_construct(event=report.event, admitted_at=admitted_at, subject=subject)
+        body = AdmittedEvent.model_construct(
+            event=report.event, admitted_at=admitted_at, subject=subject, received_at=received_at, backfilled=backfilled
+        )
         return body.model_dump_json().encode()
-    return f'{{"event":{report.event_json},"admitted_at":{_json_time(admitted_at)},"subject":{_json_text(subject)}}}'.encode()
+    received = "null" if received_at is None else _TIME_JSON.dump_json(received_at).decode()
+    return (
+        f'{{"event":{report.event_json},"admitted_at":{_json_time(admitted_at)},"subject":{_json_text(subject)},'
+        f'"received_at":{received},"backfilled":{"true" if backfilled else "false"}}}'
+    ).encode()
 
 
 def _escaped(match: re.Match[str]) -> str:

@@ -120,6 +120,18 @@ class AdmittedEvent(BaseModel):
     event: StatusEvent
     admitted_at: AwareDatetime = Field(description="When ingest admitted the event (UTC)")
     subject: str = Field(description="The STATUS subject it arrived on", examples=["status.mof.1-25"])
+    received_at: AwareDatetime | None = Field(
+        default=None,
+        description=(
+            "When the platform received the report: the broker's timestamp of its STATUS message (UTC). Timeliness "
+            "is judged by it, never by the reporter's own `reported_at`. Absent on admissions published before it "
+            "was carried (readers fall back to `admitted_at`)"
+        ),
+    )
+    backfilled: bool = Field(
+        default=False,
+        description="A past report migrated by the secretariat (backfill.{agency}.{measure_id}): judged by `reported_at`",
+    )
 
 
 class Rejection(BaseModel):

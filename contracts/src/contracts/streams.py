@@ -40,6 +40,12 @@ def rejected_subject(agency: Agency | str) -> str:
     return f"{REJECTED_SUBJECT_PREFIX}.{agency}"
 
 
+def accepted_msg_id(agency: Agency | str, event_id: str) -> str:
+    """ACCEPTED's `Nats-Msg-Id` of an admission: agency-qualified, since an event_id is only unique per agency
+    (another agency's use of the same id must not make the broker drop this admission as a duplicate)."""
+    return f"{agency}:{event_id}"
+
+
 def agency_inbox_prefix(agency: Agency | str) -> str:
     """The inbox prefix an agency's client must use to receive JetStream acks."""
     return f"_INBOX_{agency}"
@@ -84,17 +90,29 @@ STATUS_STREAM = StreamSpec(
     duplicate_window_seconds=1.0,
     description="Status events as ministries publish them",
 )
+#: ACCEPTED's and REJECTED's duplicate window: longer than ingest's retry horizon with its default settings
+#: (~44 min: `ingest.config.retry_horizon`), so that the broker drops every copy ingest's own retries publish.
+#: Ingest refuses to start with settings, or a live stream, that break this.
+PUBLISHED_DUPLICATE_WINDOW = 60 * 60.0
+
 ACCEPTED_STREAM = StreamSpec(
     name="ACCEPTED",
     subjects=(f"{ACCEPTED_SUBJECT_PREFIX}.>",),
-    duplicate_window_seconds=15 * 60.0,
-    description="Admitted status events: the canonical log (Nats-Msg-Id = event_id)",
+    duplicate_window_seconds=PUBLISHED_DUPLICATE_WINDOW,
+    description=(
+        "Admitted status events: the canonical log. Nats-Msg-Id = {agency}:{event_id}. Every message carries its "
+        "(event.agency, event.event_id) and readers count by it: a copy republished after the duplicate window "
+        "(an outage healed by ingest's outbox) is the same admission, never a second one"
+    ),
 )
 REJECTED_STREAM = StreamSpec(
     name="REJECTED",
     subjects=(f"{REJECTED_SUBJECT_PREFIX}.>",),
-    duplicate_window_seconds=15 * 60.0,
-    description="Rejected messages with the original bytes and a reason code",
+    duplicate_window_seconds=PUBLISHED_DUPLICATE_WINDOW,
+    description=(
+        "Rejected messages with the original bytes and a reason code. Nats-Msg-Id = rejection_id (STATUS-{seq}): "
+        "readers count by rejection_id"
+    ),
 )
 
 STREAMS: tuple[StreamSpec, ...] = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)

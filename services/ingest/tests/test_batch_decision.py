@@ -58,7 +58,9 @@ def test_a_new_event_is_admitted_and_claims_its_id() -> None:
     (decision,) = batch.decisions
     assert isinstance(decision, Admit)
     assert batch.claims == {
-        body["event_id"]: NewClaim(body["event_id"], decision.report.content_hash, "mof", first_seq=7, admitted_seq=7)
+        ("mof", body["event_id"]): NewClaim(
+            body["event_id"], decision.report.content_hash, "mof", first_seq=7, admitted_seq=7
+        )
     }
     assert batch.late == []
     assert batch.unclaimed_event_ids() == []
@@ -75,8 +77,8 @@ def test_other_content_under_an_id_claimed_earlier_in_the_batch_conflicts() -> N
     body = event_body()
     batch = decide_batch([message(1, body), message(2, {**body, "status": "delayed"})], measures=MEASURES, priors={})
     assert reasons(batch.decisions) == ["admitted", "duplicate_conflict"]
-    assert list(batch.claims) == [body["event_id"]]
-    assert batch.claims[body["event_id"]].admitted_seq == 1
+    assert list(batch.claims) == [("mof", body["event_id"])]
+    assert batch.claims["mof", body["event_id"]].admitted_seq == 1
 
 
 def test_each_message_is_judged_at_its_own_receipt_time() -> None:
@@ -87,7 +89,7 @@ def test_each_message_is_judged_at_its_own_receipt_time() -> None:
     later = message(2, body, received_at=RECEIVED + timedelta(minutes=31))
     batch = decide_batch([early, later], measures=MEASURES, priors={})
     assert reasons(batch.decisions) == ["future_timestamp", "admitted"]
-    claim = batch.claims[body["event_id"]]
+    claim = batch.claims["mof", body["event_id"]]
     assert (claim.first_seq, claim.admitted_seq) == (1, 2)
     assert batch.late == []
 
@@ -97,10 +99,10 @@ def test_an_id_rejected_before_and_admitted_now_is_a_late_admission() -> None:
     first = decide_batch([message(1, body)], measures=MEASURES, priors={}).decisions[0]
     assert isinstance(first, Admit)
     prior = PriorRecord(first.report.content_hash, admitted=False, agency="mof")
-    batch = decide_batch([message(9, body)], measures=MEASURES, priors={body["event_id"]: prior})
+    batch = decide_batch([message(9, body)], measures=MEASURES, priors={("mof", body["event_id"]): prior})
     assert reasons(batch.decisions) == ["admitted"]
     assert batch.claims == {}
-    assert batch.late == [LateAdmission(body["event_id"], 9)]
+    assert batch.late == [LateAdmission("mof", body["event_id"], 9)]
 
 
 def test_an_admitted_id_resent_as_is_is_a_duplicate_and_claims_nothing() -> None:
@@ -108,13 +110,13 @@ def test_an_admitted_id_resent_as_is_is_a_duplicate_and_claims_nothing() -> None
     first = decide_batch([message(1, body)], measures=MEASURES, priors={}).decisions[0]
     assert isinstance(first, Admit)
     prior = PriorRecord(first.report.content_hash, admitted=True, agency="mof")
-    batch = decide_batch([message(5, body)], measures=MEASURES, priors={body["event_id"]: prior})
+    batch = decide_batch([message(5, body)], measures=MEASURES, priors={("mof", body["event_id"]): prior})
     assert reasons(batch.decisions) == ["duplicate"]
     assert (batch.claims, batch.late) == ({}, [])
 
 
 def test_the_priors_handed_in_are_not_changed() -> None:
-    priors: dict[str, PriorRecord] = {}
+    priors: dict[tuple[str, str], PriorRecord] = {}
     decide_batch([message(1, event_body())], measures=MEASURES, priors=priors)
     assert priors == {}
 
@@ -136,8 +138,26 @@ def test_who_claims_and_whose_ids_are_read_before_deciding() -> None:
         priors={},
     )
     assert reasons(batch.decisions) == ["malformed", "agency_mismatch", "unknown_measure", "not_lead"]
-    assert set(batch.claims) == {unknown["event_id"], not_lead["event_id"]}
-    assert batch.unclaimed_event_ids() == [forged["event_id"]]
+    assert set(batch.claims) == {("mof", unknown["event_id"]), ("mof", not_lead["event_id"])}
+    assert batch.unclaimed_event_ids() == [("mof", forged["event_id"])]
+
+
+def test_an_event_id_is_an_agencys_own() -> None:
+    """Issue #15, hole 3: another agency's report under the same event_id (in the batch, or claimed and admitted
+    before) is neither a duplicate nor a conflict: each agency claims the id for itself."""
+    squatted = event_body(agency="mof", measure_id="1-25")
+    victim = event_body(agency="mhlw", measure_id="2-3", event_id=squatted["event_id"], status="delayed")
+    in_one_batch = decide_batch(
+        [message(1, squatted), message(2, victim, subject="status.mhlw.2-3")], measures=MEASURES, priors={}
+    )
+    assert reasons(in_one_batch.decisions) == ["admitted", "admitted"]
+    assert set(in_one_batch.claims) == {("mof", squatted["event_id"]), ("mhlw", squatted["event_id"])}
+    first = in_one_batch.decisions[0]
+    assert isinstance(first, Admit)
+    prior = {("mof", squatted["event_id"]): PriorRecord(first.report.content_hash, admitted=True, agency="mof")}
+    later = decide_batch([message(5, victim, subject="status.mhlw.2-3")], measures=MEASURES, priors=prior)
+    assert reasons(later.decisions) == ["admitted"]
+    assert list(later.claims) == [("mhlw", squatted["event_id"])]
 
 
 def test_a_message_must_be_read_first() -> None:
@@ -175,5 +195,5 @@ def test_each_message_is_read_and_decided_by_its_kind(monkeypatch: pytest.Monkey
     # The probe's rejection claimed the id (it is a well-formed report rejected for a reason of its own), so the
     # report's identical copy after it is admitted late in the same claim.
     assert reasons(batch.decisions) == ["not_lead", "admitted"]
-    claim = batch.claims[body["event_id"]]
+    claim = batch.claims["mof", body["event_id"]]
     assert (claim.first_seq, claim.admitted_seq) == (1, 2)

@@ -13,7 +13,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from sqlalchemy.dialects import sqlite
 
-from ingest import repository
+from ingest import queries, repository
 from ingest.domain import LateAdmission, NewClaim
 from ingest.handlers import delivery_info
 from ingest.repository import DecisionRecord, StoredDecision, WriteConflict, sqlite_datetime
@@ -85,9 +85,10 @@ def test_the_sqlite_batch_write_reads_back_exactly(tmp_path: Path) -> None:
     repository.write_batch(engine, decisions=[DecisionRecord(**row)], claims=[claim], late_admissions=[])
     stored = repository.load_stored(engine, seqs=[7])[7]
     assert stored == StoredDecision(**{k: v for k, v in row.items() if k != "payload"})
-    (record,), total = repository.list_rejections(engine, agency="mof", reason=None, limit=10, offset=0)
+    (record,), total = queries.list_rejections(engine, agency="mof", reason=None, limit=10, offset=0)
     assert (record.payload, total) == (row["payload"], 1)
-    assert repository.load_priors(engine, event_ids=[row["event_id"]])[row["event_id"]].content_hash == "c" * 32
+    key = ("mof", row["event_id"])
+    assert repository.load_priors(engine, keys=[key])[key].content_hash == "c" * 32
     # The same message again, or the same event id claimed again: nothing is written, the batch is refused.
     with pytest.raises(WriteConflict):
         repository.write_batch(engine, decisions=[DecisionRecord(**row)], claims=[], late_admissions=[])
@@ -101,6 +102,6 @@ def test_the_sqlite_batch_write_reads_back_exactly(tmp_path: Path) -> None:
         engine,
         decisions=[DecisionRecord(**{**row, "stream_seq": 9, "outcome": "admitted", "admitted_at": received})],
         claims=[],
-        late_admissions=[LateAdmission(row["event_id"], 9)],
+        late_admissions=[LateAdmission("mof", row["event_id"], 9)],
     )
-    assert repository.load_priors(engine, event_ids=[row["event_id"]])[row["event_id"]].admitted
+    assert repository.load_priors(engine, keys=[key])[key].admitted

@@ -150,3 +150,16 @@ def test_the_event_written_once_hashes_and_publishes_as_the_reference_says(
     admitted_at = datetime(2024, 12, 20, 0, 0, 1, micro, tzinfo=UTC)
     expected = AdmittedEvent(event=event, admitted_at=admitted_at, subject="status.mof.1-25").model_dump_json()
     assert admitted_json(report, admitted_at, "status.mof.1-25") == expected.encode()
+    # With the broker's receipt time and the backfill mark (issue #15, hole 2), fast path and reference alike.
+    received_at = datetime(2024, 12, 19, 23, 59, 59, micro, tzinfo=UTC)
+    for backfilled in (False, True):
+        expected = AdmittedEvent(
+            event=event,
+            admitted_at=admitted_at,
+            subject="status.mof.1-25",
+            received_at=received_at,
+            backfilled=backfilled,
+        ).model_dump_json()
+        for written in (report, Report(report.subject, "mof", event, digest, report.event_id)):  # fast, reference
+            got = admitted_json(written, admitted_at, "status.mof.1-25", received_at=received_at, backfilled=backfilled)
+            assert got == expected.encode()

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Path, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from contracts.agencies import Agency
 from contracts.events import ReasonCode
-from ingest import repository
+from ingest import queries, repository
 from ingest.repository import StoredDecision
 from shinchoku_runtime.http import BadRequest, Limit, NotFound, Offset
 from shinchoku_runtime.service import health_response
@@ -22,6 +23,9 @@ router = APIRouter()
 
 _REASONS = ", ".join(r.value for r in ReasonCode)
 _AGENCIES = ", ".join(a.value for a in Agency)
+#: Original bytes carried by one page of /rejections at most (a page holds at least one rejection): a page is
+#: bounded in memory whatever `limit` says, since STATUS takes messages of up to 1 MiB.
+PAGE_PAYLOAD_BYTES = 4 * 1024 * 1024
 
 
 class Attempt(BaseModel):
@@ -70,6 +74,21 @@ class RejectionItem(BaseModel):
 class RejectionPage(BaseModel):
     items: list[RejectionItem]
     total: int
+    truncated: bool = Field(
+        default=False,
+        description=(
+            f"True when the page stopped short of `limit` because its payloads reached {PAGE_PAYLOAD_BYTES // 2**20} "
+            "MiB: ask again from `next_offset`"
+        ),
+    )
+    next_offset: int | None = Field(default=None, description="Where the next page starts, when `truncated`")
+
+
+class AmbiguousEvent(BaseModel):
+    """Several agencies used this event_id: say which one (`?agency=`)."""
+
+    detail: str
+    agencies: list[str]
 
 
 def _attempt(d: StoredDecision) -> Attempt:
@@ -84,19 +103,38 @@ def _attempt(d: StoredDecision) -> Attempt:
     )
 
 
-@router.get("/events/{event_id}", response_model=EventOutcome, tags=["events"])
+@router.get(
+    "/events/{event_id}",
+    response_model=EventOutcome,
+    responses={409: {"model": AmbiguousEvent, "description": "Several agencies used this event_id: give `agency`"}},
+    tags=["events"],
+)
 def get_event(
     request: Request,
     event_id: Annotated[UUID, Path(description="The report's event_id (a UUID)")],
-) -> EventOutcome:
+    agency: Annotated[
+        str | None, Query(description=f"The agency whose event it is (an event_id is an agency's own): {_AGENCIES}")
+    ] = None,
+) -> EventOutcome | JSONResponse:
     """What became of one report: admitted or rejected (with reason), and every later attempt with its id."""
+    if agency is not None and agency not in Agency.__members__:
+        raise BadRequest(f"unknown agency {agency!r}; use one of {_AGENCIES}")
     runtime = request.app.state.runtime
-    history = repository.event_history(runtime.engine, event_id=str(event_id))
-    if history is None:
+    histories = queries.event_histories(runtime.engine, event_id=str(event_id), agency=agency)
+    if not histories:
+        whose = f" from {agency}" if agency is not None else ""
         raise NotFound(
-            f"no decision for event {event_id}: ingest has not seen it yet (if it was just published, try again "
-            "in a moment) or it was never published on STATUS"
+            f"no decision for event {event_id}{whose}: ingest has not seen it yet (if it was just published, try "
+            "again in a moment) or it was never published on STATUS"
         )
+    if len(histories) > 1:
+        agencies = sorted(histories)
+        body = AmbiguousEvent(
+            detail=f"event {event_id} was used by {len(agencies)} agencies ({', '.join(agencies)}): add ?agency=",
+            agencies=agencies,
+        )
+        return JSONResponse(body.model_dump(), status_code=409)
+    (history,) = histories.values()
     main = history.main
     return EventOutcome(
         event_id=str(event_id),
@@ -122,43 +160,61 @@ def get_rejections(
     offset: Offset = 0,
     agency: Annotated[str | None, Query(description=f"Agency code: {_AGENCIES}")] = None,
     reason: Annotated[str | None, Query(description=f"Reason code: {_REASONS}")] = None,
-) -> RejectionPage:
-    """Rejected messages, newest first, filtered by agency and reason code, paged."""
+) -> Response:
+    """Rejected messages, newest first, filtered by agency and reason code, paged (a page of large payloads stops
+    early: `truncated`, `next_offset`)."""
     if agency is not None and agency not in Agency.__members__:
         raise BadRequest(f"unknown agency {agency!r}; use one of {_AGENCIES}")
     if reason is not None and reason not in ReasonCode.__members__:
         raise BadRequest(f"unknown reason {reason!r}; use one of {_REASONS}")
     runtime = request.app.state.runtime
-    records, total = repository.list_rejections(
-        runtime.engine, agency=agency, reason=reason, limit=limit, offset=offset
+    records, total = queries.list_rejections(
+        runtime.engine, agency=agency, reason=reason, limit=limit, offset=offset, payload_budget=PAGE_PAYLOAD_BYTES
     )
-    items = [
-        RejectionItem(
-            rejection_id=r.decision.rejection_id,
-            event_id=r.decision.event_id,
-            agency=r.decision.agency,
-            subject=r.decision.subject,
-            reason=ReasonCode(r.decision.reason or ReasonCode.malformed),
-            message=r.decision.message or "",
-            received_at=r.decision.received_at,
-            trace_id=r.decision.trace_id,
-            stream_seq=r.decision.stream_seq,
-            payload_b64=base64.b64encode(r.payload).decode() if r.payload is not None else None,
-        )
-        for r in records
-    ]
-    return RejectionPage(items=items, total=total)
+    truncated = len(records) < limit and offset + len(records) < total
+    page = RejectionPage(
+        items=[_rejection_item(r) for r in records],
+        total=total,
+        truncated=truncated,
+        next_offset=offset + len(records) if truncated else None,
+    )
+    del records  # the payloads are in the page now (base64): let the bytes go before the JSON is written
+    return Response(page.model_dump_json().encode(), media_type="application/json")
+
+
+def _rejection_item(r: queries.RejectionRecord) -> RejectionItem:
+    return RejectionItem(
+        rejection_id=r.decision.rejection_id,
+        event_id=r.decision.event_id,
+        agency=r.decision.agency,
+        subject=r.decision.subject,
+        reason=ReasonCode(r.decision.reason or ReasonCode.malformed),
+        message=r.decision.message or "",
+        received_at=r.decision.received_at,
+        trace_id=r.decision.trace_id,
+        stream_seq=r.decision.stream_seq,
+        payload_b64=base64.b64encode(r.payload).decode() if r.payload is not None else None,
+    )
 
 
 @router.get("/healthz", tags=["health"])
-def healthz(request: Request) -> JSONResponse:
+async def healthz(request: Request) -> JSONResponse:
     """Ready when NATS is connected with the consumer running, the store answers and JetStream takes what ingest
-    publishes (else 503; `publishing` names each stream that refuses or does not answer, and since when)."""
+    publishes (else 503; `publishing` names each stream that refuses or does not answer, and since when;
+    `outbox` counts the decisions not yet published, and `jetstream` fails while one stays unpublished past
+    the alarm or a stream holds less than ingest published there)."""
     runtime = request.app.state.runtime
     mirror = runtime.mirror
     problems = runtime.health.publishing_problems()
-    return health_response(
-        {"nats": runtime.nats_connected(), "database": runtime.database_ready(), "jetstream": not problems},
-        catalog_mirror=len(mirror) if mirror is not None else 0,
-        publishing=problems,
-    )
+    database = await asyncio.to_thread(runtime.database_ready)
+    outbox = await runtime.outbox_status() if database else None
+    extra: dict[str, Any] = {
+        "catalog_mirror": len(mirror) if mirror is not None else 0,
+        "publishing": problems,
+        "outbox": outbox.as_json() if outbox is not None else None,
+    }
+    if runtime.refused is not None:
+        extra["refused"] = runtime.refused
+    alarming = outbox is not None and outbox.alarming(runtime.settings.unpublished_alarm)
+    checks = {"nats": runtime.nats_connected(), "database": database, "jetstream": not problems and not alarming}
+    return health_response(checks, **extra)

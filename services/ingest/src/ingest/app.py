@@ -13,13 +13,15 @@ from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
 from contracts.streams import INGEST_DURABLE, INGEST_MAX_DELIVERIES_ADVISORY, STATUS_STREAM
-from ingest import repository
+from ingest import queries, repository
 from ingest.api import router
-from ingest.config import IngestSettings
+from ingest.config import DuplicateWindowTooShort, IngestSettings, check_duplicate_windows
 from ingest.handlers import BatchHandler, HandlerOptions
 from ingest.health import WorkHealth
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
+from ingest.publishing import PubAcks
+from ingest.reconciler import OutboxStatus, Reconciler, Republisher
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
@@ -63,12 +65,18 @@ class IngestRuntime:
         )
         #: Whether the batches can write to the store and publish: what /healthz reports of ingest's own work.
         self.health = WorkHealth(horizon=self.options.failure_horizon)
+        #: PubAcks not yet recorded in the store (the outbox's marks).
+        self.pub_acks = PubAcks(self.engine)
         self.mirror: MeasureMirror | None = None
         self.handler: BatchHandler | None = None
+        self.reconciler: Reconciler | None = None
+        #: Why ingest will not consume (a stream that breaks its promises), or None.
+        self.refused: str | None = None
         self.consuming = asyncio.Event()
         register(self.broker, settings, self._handler)
         self._task: asyncio.Task[None] | None = None
         self._lag: asyncio.Task[None] | None = None
+        self._reconciling: asyncio.Task[None] | None = None
         self._advisories: Any = None
 
     async def _on_max_deliveries(self, msg: Msg) -> None:
@@ -91,12 +99,16 @@ class IngestRuntime:
                 nc = await self.broker.connect()
                 js = nc.jetstream()
                 await ensure_streams(js, replicas=self.settings.stream_replicas)
+                await check_duplicate_windows(js, self.settings)
                 await ensure_consumer(js, self.settings)
                 if self.mirror is None:
                     self.mirror = MeasureMirror(nc, timeout=self.settings.catalog_timeout)
                     await self.mirror.start()
                 if self.handler is None:
                     self.handler = await self._make_handler(nc)
+                if self._reconciling is None:
+                    assert self.reconciler is not None
+                    self._reconciling = asyncio.create_task(self.reconciler.run(), name="ingest-reconciler")
                 if self._advisories is None:
                     self._advisories = await nc.subscribe(INGEST_MAX_DELIVERIES_ADVISORY, cb=self._on_max_deliveries)
                 await self.broker.start()
@@ -110,6 +122,10 @@ class IngestRuntime:
                 return
             except asyncio.CancelledError:
                 raise
+            except DuplicateWindowTooShort as e:
+                self.refused = str(e)
+                log.critical("ingest refuses to consume STATUS: %s", e)
+                return
             except Exception:
                 log.exception("ingest cannot start yet; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)
@@ -117,6 +133,21 @@ class IngestRuntime:
 
     async def _make_handler(self, nc: Any) -> BatchHandler:
         assert self.mirror is not None
+        republisher = Republisher(
+            nc=nc,
+            pub_acks=self.pub_acks,
+            health=self.health,
+            metrics=self.metrics,
+            timeout=self.settings.publish_timeout,
+        )
+        self.reconciler = Reconciler(
+            engine=self.engine,
+            nc=nc,
+            republisher=republisher,
+            pub_acks=self.pub_acks,
+            metrics=self.metrics,
+            interval=self.settings.reconcile_interval,
+        )
         handler = BatchHandler(
             engine=self.engine,
             nc=nc,
@@ -124,6 +155,8 @@ class IngestRuntime:
             metrics=self.metrics,
             options=self.options,
             health=self.health,
+            pub_acks=self.pub_acks,
+            republisher=republisher,
             tracer=self.tracer_provider.get_tracer("ingest"),
         )
         await handler.start()
@@ -133,9 +166,10 @@ class IngestRuntime:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        if self._lag is not None:
-            self._lag.cancel()
-            await asyncio.gather(self._lag, return_exceptions=True)
+        for task in (self._lag, self._reconciling):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         # Stop fetching, let the batches in flight get their PubAcks and acks, then close the connection.
         for subscriber in self.broker.subscribers:
             try:
@@ -144,6 +178,8 @@ class IngestRuntime:
                 log.exception("stopping the STATUS consumer")
         if self.handler is not None:
             await self.handler.drain()
+        else:
+            await self.pub_acks.stop()
         try:
             await self.broker.stop()
         except Exception as e:  # e.g. NATS away at shutdown: drain() refuses while reconnecting
@@ -162,14 +198,24 @@ class IngestRuntime:
         except Exception:
             return False
 
+    async def outbox_status(self) -> OutboxStatus | None:
+        """The outbox as /healthz shows it (None until ingest is connected)."""
+        if self.reconciler is None:
+            return None
+        try:
+            return await self.reconciler.status()
+        except Exception:  # the store is what /healthz's database check reports
+            log.warning("outbox status unavailable", exc_info=True)
+            return None
+
     def database_ready(self) -> bool:
         """The store answers, and the last batch could write to it (a locked SQLite file still answers reads)."""
         if self.health.store_failing:
             # The last batch could not write: ready again as soon as a write could start.
-            if not repository.writable(self.engine):
+            if not queries.writable(self.engine):
                 return False
             self.health.store_ok()
-        return repository.ping(self.engine)
+        return queries.ping(self.engine)
 
 
 def create_app(settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:

@@ -53,6 +53,8 @@ class Delivery:
     read: Read | None = None
     outcome: Outcome | None = None
     fault: Fault | None = None
+    #: Its decision is committed in the store: from then on it is the outbox's to publish, never dead-lettered.
+    stored: bool = False
 
     @property
     def rejection_id(self) -> str:
@@ -70,6 +72,7 @@ class Delivery:
     def forget(self) -> None:
         """Back to as delivered, to be processed again."""
         self.read = self.outcome = self.fault = None
+        self.stored = False
 
 
 def subject_agency(subject: str) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "REPORT",
     "Admit",
     "BatchDecision",
+    "ClaimKey",
     "Decision",
     "Duplicate",
     "LateAdmission",
@@ -78,7 +79,8 @@ Read = Report | Reject
 
 
 class NewClaim(NamedTuple):
-    """A new idempotency record: an event_id bound to the content it first carried (a row of `event_id_claim`)."""
+    """A new idempotency record: an agency's event_id bound to the content it first carried (a row of
+    `event_claim`)."""
 
     event_id: str
     content_hash: str
@@ -88,10 +90,16 @@ class NewClaim(NamedTuple):
 
 
 class LateAdmission(NamedTuple):
-    """An event_id claimed by an earlier rejected message, now admitted by an identical resend."""
+    """An agency's event_id claimed by an earlier rejected message, now admitted by an identical resend."""
 
+    agency: str
     event_id: str
     admitted_seq: int
+
+
+#: What idempotency is keyed by: (the agency of the subject, event_id). An event id is an agency's own, so
+#: no agency can claim, block or replace another's report by using its id first (DESIGN "Admission rules").
+ClaimKey = tuple[str, str]
 
 
 class Decider(Protocol):
@@ -149,32 +157,32 @@ class Pending(Protocol):
 class BatchDecision:
     #: One decision per message, in the order given.
     decisions: list[Decision] = field(default_factory=list)
-    #: The event ids this batch binds to their content, by event id.
-    claims: dict[str, NewClaim] = field(default_factory=dict)
+    #: The event ids this batch binds to their content, by (agency, event_id).
+    claims: dict[ClaimKey, NewClaim] = field(default_factory=dict)
     #: Event ids claimed before (by a rejected message) that this batch admits.
     late: list[LateAdmission] = field(default_factory=list)
 
-    def unclaimed_event_ids(self) -> list[str]:
-        """Event ids of well-formed reports whose decision claims nothing.
+    def unclaimed_event_ids(self) -> list[ClaimKey]:
+        """(agency, event_id) of well-formed reports whose decision claims nothing.
 
         Decided without stored records, only these could come out differently with them (e.g. an admitted
         event resent after the catalog dropped a target it reports on: a duplicate, not malformed); every
         other id is checked by the claim insert itself, which fails if the id was claimed before.
         """
         return [
-            d.report.event_id
+            (d.report.subject_agency, d.report.event_id)
             for d in self.decisions
             if isinstance(d, Reject) and d.report is not None and not claims_event_id(d, None)
         ]
 
 
 def decide_batch(
-    messages: Sequence[Pending], *, measures: Mapping[str, Measure | None], priors: Mapping[str, PriorRecord]
+    messages: Sequence[Pending], *, measures: Mapping[str, Measure | None], priors: Mapping[ClaimKey, PriorRecord]
 ) -> BatchDecision:
     """Decide every message in stream order, each decision seeing the claims of the ones before it.
 
     `measures` holds every measure the reports name (None: not in the catalog); `priors` the stored
-    idempotency records of their event ids (or none of them: see `BatchDecision.unclaimed_event_ids`).
+    idempotency records of their (agency, event_id) (or none of them: see `BatchDecision.unclaimed_event_ids`).
     Each message is judged at its own receipt time.
     """
     seen = dict(priors)
@@ -187,7 +195,7 @@ def decide_batch(
         if isinstance(read, Reject):
             decisions.append(read)
             continue
-        previous = seen.get(read.event_id)
+        previous = seen.get((read.subject_agency, read.event_id))
         decision = kind_of(m.subject).decide(read, now=m.received_at, measures=measures, previous=previous)
         decisions.append(decision)
         if not isinstance(decision, Duplicate):
@@ -199,7 +207,7 @@ def _record_claim(
     m: Pending,
     decision: Admit | Reject,
     previous: PriorRecord | None,
-    seen: dict[str, PriorRecord],
+    seen: dict[ClaimKey, PriorRecord],
     batch: BatchDecision,
 ) -> None:
     """Keep the batch's idempotency records, and let later messages in it see them."""
@@ -207,20 +215,21 @@ def _record_claim(
     if report is None:
         return
     event_id = report.event_id
+    key = (report.subject_agency, event_id)
     admitted = isinstance(decision, Admit)
     if claims_event_id(decision, previous):
-        batch.claims[event_id] = NewClaim(
+        batch.claims[key] = NewClaim(
             event_id=event_id,
             content_hash=report.content_hash,
             agency=report.subject_agency,
             first_seq=m.seq,
             admitted_seq=m.seq if admitted else None,
         )
-        seen[event_id] = PriorRecord(content_hash=report.content_hash, admitted=admitted, agency=m.agency)
+        seen[key] = PriorRecord(content_hash=report.content_hash, admitted=admitted, agency=m.agency)
     elif admitted and previous is not None and not previous.admitted:
-        pending = batch.claims.get(event_id)
+        pending = batch.claims.get(key)
         if pending is not None:
-            batch.claims[event_id] = pending._replace(admitted_seq=m.seq)
+            batch.claims[key] = pending._replace(admitted_seq=m.seq)
         else:
-            batch.late.append(LateAdmission(event_id=event_id, admitted_seq=m.seq))
-        seen[event_id] = PriorRecord(content_hash=previous.content_hash, admitted=True, agency=previous.agency)
+            batch.late.append(LateAdmission(agency=report.subject_agency, event_id=event_id, admitted_seq=m.seq))
+        seen[key] = PriorRecord(content_hash=previous.content_hash, admitted=True, agency=previous.agency)

@@ -4,9 +4,12 @@ The order is what makes ingest exactly-once:
 
 1. A message whose decision is already stored (a redelivery after a crash or a lost ack) is not decided
    again: its stored decision is published again, and the broker drops the copy by `Nats-Msg-Id`
-   (event_id on ACCEPTED, `STATUS-<seq>` on REJECTED) inside the streams' 15-minute duplicate window.
-2. Decisions and idempotency records are committed together before anything is published.
-3. A message is acked only after its commit and its PubAck.
+   (`{agency}:{event_id}` on ACCEPTED, `STATUS-<seq>` on REJECTED) inside the streams' duplicate window,
+   which covers the consumer's whole retry horizon (`config.retry_horizon`).
+2. Decisions and idempotency records are committed together before anything is published: the decision
+   table is the outbox, and each PubAck's sequences are recorded with the next batch (`PubAcks`).
+3. A message is acked only after its commit and its PubAck, or, on its last delivery, once its decision is
+   committed: a stored decision is never dead-lettered; publishing it is then the outbox's (`reconciler`).
 
 This module is the order itself. The decision is `domain.decide_batch` (pure), what a decision becomes
 `records`, publishing `publishing`, acks, retries and dead letters `settling`, and spans and metrics
@@ -29,14 +32,16 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
-from ingest import repository
+from ingest import outbox_repository, repository
+from ingest.config import PAUSE_MAX
 from ingest.delivery import Delivery, Fault, FaultKind
-from ingest.domain import PriorRecord, Report, clean, decide_batch, read_message
+from ingest.domain import ClaimKey, Duplicate, PriorRecord, Report, clean, decide_batch, read_message
 from ingest.health import WorkHealth
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
 from ingest.observer import BatchObserver
-from ingest.publishing import InFlight, Outbox, Publisher
+from ingest.publishing import InFlight, Outbox, PubAcks, Publisher
+from ingest.reconciler import Republisher
 from ingest.records import decision_record, outgoing
 from ingest.repository import StoredDecision, WriteConflict
 from ingest.settling import Settler
@@ -46,9 +51,6 @@ log = logging.getLogger(__name__)
 #: Attempts at storing a batch before its messages are retried later: the first assumes its event ids are new,
 #: the others decide with the stored records (a resend, or a race with another replica).
 WRITE_ATTEMPTS = 4
-
-#: The longest the consumer pauses between batches that all failed (`BatchHandler._pause_if_failing`).
-PAUSE_MAX = 10.0
 
 
 @dataclass(frozen=True)
@@ -95,17 +97,22 @@ class BatchHandler:
         metrics: IngestMetrics,
         options: HandlerOptions,
         health: WorkHealth,
+        pub_acks: PubAcks,
+        republisher: Republisher,
         tracer: Tracer | None = None,
     ) -> None:
         self._engine = engine
         self._mirror = mirror
         self.health = health
+        self._pub_acks = pub_acks
+        self._republisher = republisher
         self._observer = BatchObserver(tracer or trace.get_tracer(__name__), metrics, db_system=engine.dialect.name)
-        self._publisher = Publisher(nc, self.health, timeout=options.publish_timeout)
+        self._publisher = Publisher(nc, self.health, pub_acks, timeout=options.publish_timeout)
         self._settler = Settler(
             nc=nc,
             engine=engine,
             observer=self._observer,
+            pub_acks=pub_acks,
             max_deliver=options.max_deliver,
             retry_delay_max=options.retry_delay_max,
             publish_timeout=options.publish_timeout,
@@ -151,9 +158,10 @@ class BatchHandler:
         await self._pause_if_failing(deliveries)
 
     async def drain(self) -> None:
-        """Wait for the batches still finishing (before the connection closes)."""
+        """Wait for the batches still finishing (before the connection closes), and record their PubAcks."""
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
+        await self._pub_acks.stop()
 
     def _open(self, msg: Msg) -> Delivery:
         seq, delivered, received_at = delivery_info(msg)
@@ -162,6 +170,7 @@ class BatchHandler:
     async def _finish(self, deliveries: list[Delivery], in_flight: list[InFlight], started: float) -> None:
         try:
             await self._await_pub_acks(in_flight)
+            self._pub_acks.flush_soon()
             self._observer.settled(await self._settler.settle(deliveries))
             self._observer.log_faults(deliveries)
         except Exception:  # acks not sent: ack_wait brings the messages back, answered from the store
@@ -228,6 +237,7 @@ class BatchHandler:
             return _now()
         for d in deliveries:
             d.outcome = stored.get(d.seq)
+            d.stored = d.outcome is not None
         todo = [d for d in deliveries if d.outcome is None and d.fault is None]
 
         # 2. The catalog, for every well-formed report.
@@ -242,13 +252,17 @@ class BatchHandler:
                     d.fail(Fault(FaultKind.catalog, unavailable[report.event.measure_id]))
 
         # 3. What was recorded before for these event ids. Optimistically nothing, on the first attempt: a new
-        # event id is the common case, and the claim insert (unique on event_id) is the check that counts. A
-        # batch holding an id claimed before (a resend, a redelivery, another replica's work) fails that insert
-        # as a whole and is decided again with the stored records (`recheck`). Only a decision that claims
-        # nothing could come out differently without them: those ids are read at once.
+        # event id is the common case, and the claim insert (unique on event_id and agency) is the check that
+        # counts. A batch holding an id claimed before (a resend, a redelivery, another replica's work) fails
+        # that insert as a whole and is decided again with the stored records (`recheck`). Only a decision
+        # that claims nothing could come out differently without them: those ids are read at once.
         decidable = [d for d in todo if d.fault is None]
         read_started = time.perf_counter()
-        reported = [d.read.event_id for d in decidable if isinstance(d.read, Report)] if recheck else []
+        reported = (
+            [(d.read.subject_agency, d.read.event_id) for d in decidable if isinstance(d.read, Report)]
+            if recheck
+            else []
+        )
         try:
             priors = await self._load_priors(reported)
             batch = decide_batch(decidable, measures=found, priors=priors)
@@ -266,29 +280,54 @@ class BatchHandler:
             d.outcome = decision
             rows.append(decision_record(d, decision, decided_at))
 
-        # 4. One transaction for the whole batch.
+        # 4. One transaction for the whole batch (carrying the PubAcks of the batches before it).
         db_started = time.time_ns()
-        try:
-            await asyncio.to_thread(
-                repository.write_batch,
-                self._engine,
-                decisions=rows,
-                claims=list(batch.claims.values()),
-                late_admissions=batch.late,
-            )
-        except WriteConflict:
-            return None
-        except sa.exc.SQLAlchemyError as e:
-            self._store_failed(decidable, e)
-            return decided_at
+        async with self._pub_acks.write_lock:
+            published = self._pub_acks.take()
+            try:
+                await asyncio.to_thread(
+                    repository.write_batch,
+                    self._engine,
+                    decisions=rows,
+                    claims=list(batch.claims.values()),
+                    late_admissions=batch.late,
+                    published=published,
+                )
+            except WriteConflict:
+                self._pub_acks.put_back(published)
+                return None
+            except sa.exc.SQLAlchemyError as e:
+                self._pub_acks.put_back(published)
+                self._store_failed(decidable, e)
+                return decided_at
+        for d in decidable:
+            d.stored = True
         self._observer.stored(decidable, db_started, time.time_ns())
         self.health.store_ok()
+        resent = [(d.agency, d.outcome.report.event_id) for d in decidable if isinstance(d.outcome, Duplicate)]
+        if resent:
+            self._republish_if_unpublished(resent)
         return decided_at
 
-    async def _load_priors(self, event_ids: list[str]) -> dict[str, PriorRecord]:
-        if not event_ids:
+    async def _load_priors(self, keys: list[ClaimKey]) -> dict[ClaimKey, PriorRecord]:
+        if not keys:
             return {}
-        return await asyncio.to_thread(repository.load_priors, self._engine, event_ids=event_ids)
+        return await asyncio.to_thread(repository.load_priors, self._engine, keys=keys)
+
+    def _republish_if_unpublished(self, keys: list[ClaimKey]) -> None:
+        """An identical resend of an admitted event whose admission is not published (yet): publish it now."""
+
+        async def republish() -> None:
+            try:
+                rows = await asyncio.to_thread(outbox_repository.unpublished_admissions, self._engine, keys=keys)
+                if rows:
+                    await self._republisher.republish(rows)
+            except Exception:  # the reconciler publishes it later all the same
+                log.exception("could not publish again the admissions of %d resent event(s)", len(keys))
+
+        task = asyncio.create_task(republish(), name="ingest-republish-resent")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     def _store_failed(self, deliveries: list[Delivery], error: sa.exc.SQLAlchemyError) -> None:
         fault = Fault(FaultKind.database, clean(f"{type(error).__name__}: {error}".split("\n[SQL:")[0], 300))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 @dataclass(frozen=True)
@@ -16,6 +16,11 @@ class IngestMetrics:
     batch_seconds: Histogram
     batch_size: Histogram
     phase_seconds: Histogram
+    unpublished: Gauge
+    oldest_unpublished: Gauge
+    republished: Counter
+    stream_shortfalls: Counter
+    stream_shortfall: Gauge
 
     @classmethod
     def create(cls, registry: CollectorRegistry) -> IngestMetrics:
@@ -61,6 +66,34 @@ class IngestMetrics:
                 "shinchoku_ingest_batch_size",
                 "Messages per batch",
                 buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+                registry=registry,
+            ),
+            unpublished=Gauge(
+                "shinchoku_ingest_unpublished_decisions",
+                "Decisions stored and not (yet) acknowledged by ACCEPTED/REJECTED: the outbox",
+                registry=registry,
+            ),
+            oldest_unpublished=Gauge(
+                "shinchoku_ingest_oldest_unpublished_seconds",
+                "How long the oldest unpublished decision has been seen unpublished",
+                registry=registry,
+            ),
+            republished=Counter(
+                "shinchoku_ingest_republished",
+                "Stored decisions published again by the outbox (reconciler, or an identical resend)",
+                ["stream"],
+                registry=registry,
+            ),
+            stream_shortfalls=Counter(
+                "shinchoku_ingest_stream_shortfalls",
+                "Times a stream was found holding less than ingest published there (reset, restored, truncated)",
+                ["stream"],
+                registry=registry,
+            ),
+            stream_shortfall=Gauge(
+                "shinchoku_ingest_stream_shortfall",
+                "Sequences a stream lacks below the greatest ingest published there, at the last check (0: whole)",
+                ["stream"],
                 registry=registry,
             ),
         )

@@ -1,8 +1,9 @@
 """What a message's outcome becomes: the row ingest stores for it, and the message it publishes.
 
-One place for both, whatever made the outcome: a decision of this batch, a stored decision republished for
-a redelivery, or the `undeliverable` rejection of a message that could not be processed. A rejection is
-built here and nowhere else.
+One place for both, whatever made the outcome: a decision of this batch, a stored decision republished (for
+a redelivery, an identical resend, or by the outbox's reconciler), or the `undeliverable` rejection of a
+message that could not be processed. A rejection is built here and nowhere else, and so is an admission's
+`Nats-Msg-Id` (agency-qualified: an event id is an agency's own).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from contracts.events import AdmittedEvent, ReasonCode, Rejection, StatusEvent
-from contracts.streams import ACCEPTED_STREAM, REJECTED_STREAM, accepted_subject, rejected_subject
+from contracts.streams import ACCEPTED_STREAM, REJECTED_STREAM, accepted_msg_id, accepted_subject, rejected_subject
 from ingest.delivery import Delivery, Outcome
 from ingest.domain import Admit, Decision, Reject, admitted_json
 from ingest.repository import (
@@ -23,9 +24,12 @@ from ingest.repository import (
     StoredDecision,
 )
 
+#: The stream each kind of stored decision is published on (a duplicate publishes nothing).
+STREAM_OF = {OUTCOME_ADMITTED: ACCEPTED_STREAM.name, OUTCOME_REJECTED: REJECTED_STREAM.name}
+
 
 class Outgoing(NamedTuple):
-    """A message ingest publishes: on ACCEPTED (id: the event id) or REJECTED (id: the rejection id)."""
+    """A message ingest publishes: on ACCEPTED (id: `{agency}:{event_id}`) or REJECTED (id: the rejection id)."""
 
     subject: str
     payload: bytes
@@ -79,12 +83,13 @@ def decision_record(d: Delivery, decision: Decision, decided_at: datetime) -> De
 def outgoing(d: Delivery, outcome: Outcome, decided_at: datetime) -> Outgoing | None:
     """What the message publishes (None for a duplicate): built from its parts, validated already."""
     if isinstance(outcome, StoredDecision):
-        return _republished(d, outcome)
+        return republished(outcome, d.data)
     if isinstance(outcome, Admit):
         report = outcome.report
         event = report.event
+        body = admitted_json(report, decided_at, d.subject, received_at=d.received_at)
         subject = accepted_subject(event.agency, event.measure_id)
-        return Outgoing(subject, admitted_json(report, decided_at, d.subject), ACCEPTED_STREAM.name, report.event_id)
+        return Outgoing(subject, body, ACCEPTED_STREAM.name, accepted_msg_id(d.agency, report.event_id))
     if isinstance(outcome, Reject):
         return rejected(d, outcome)
     return None
@@ -93,7 +98,7 @@ def outgoing(d: Delivery, outcome: Outcome, decided_at: datetime) -> Outgoing | 
 def rejected(d: Delivery, reject: Reject) -> Outgoing:
     """The rejection of a message decided now."""
     return _rejection(
-        d,
+        d.data,
         rejection_id=d.rejection_id,
         event_id=reject.event_id,
         agency=d.agency,
@@ -104,19 +109,24 @@ def rejected(d: Delivery, reject: Reject) -> Outgoing:
     )
 
 
-def _republished(d: Delivery, stored: StoredDecision) -> Outgoing | None:
-    """A stored decision published again, exactly as it was the first time (the broker drops the copy)."""
+def republished(stored: StoredDecision, data: bytes) -> Outgoing | None:
+    """A stored decision published again, exactly as it was the first time (the broker drops the copy inside its
+    duplicate window; a reader counts a later copy once by its agency and event id). `data`: the STATUS message's
+    bytes (an admission), or the stored original bytes (a rejection)."""
     if stored.outcome == OUTCOME_ADMITTED:
-        event = StatusEvent.model_validate_json(d.data, strict=True)
+        event = StatusEvent.model_validate_json(data, strict=True)
         if stored.admitted_at is None:
             raise ValueError(f"stored admission of STATUS-{stored.stream_seq} has no admitted_at")
-        body = AdmittedEvent(event=event, admitted_at=stored.admitted_at, subject=stored.subject)
+        body = AdmittedEvent(
+            event=event, admitted_at=stored.admitted_at, subject=stored.subject, received_at=stored.received_at
+        )
         subject = accepted_subject(event.agency, event.measure_id)
-        return Outgoing(subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, str(event.event_id))
+        msg_id = accepted_msg_id(stored.agency, str(event.event_id))
+        return Outgoing(subject, body.model_dump_json().encode(), ACCEPTED_STREAM.name, msg_id)
     if stored.outcome == OUTCOME_REJECTED:
         return _rejection(
-            d,
-            rejection_id=stored.rejection_id or d.rejection_id,
+            data,
+            rejection_id=stored.rejection_id or f"STATUS-{stored.stream_seq}",
             event_id=stored.event_id,
             agency=stored.agency,
             subject=stored.subject,
@@ -128,7 +138,7 @@ def _republished(d: Delivery, stored: StoredDecision) -> Outgoing | None:
 
 
 def _rejection(
-    d: Delivery,
+    data: bytes,
     *,
     rejection_id: str,
     event_id: str | None,
@@ -145,9 +155,7 @@ def _rejection(
         subject=subject,
         reason=reason,
         message=message,
-        payload_b64=base64.b64encode(d.data).decode(),
+        payload_b64=base64.b64encode(data).decode(),
         received_at=received_at,
     )
-    return Outgoing(
-        rejected_subject(d.agency), rejection.model_dump_json().encode(), REJECTED_STREAM.name, rejection_id
-    )
+    return Outgoing(rejected_subject(agency), rejection.model_dump_json().encode(), REJECTED_STREAM.name, rejection_id)

@@ -1,11 +1,14 @@
-"""All SQL of ingest: one decision per STATUS message, and the idempotency record of each event_id.
+"""All SQL of ingest's batches: one decision per STATUS message, and the idempotency record of each event id.
 
 `decision` holds what ingest decided for every STATUS message (key: its stream sequence), so that a
-redelivered message is answered from the store instead of being decided again. `event_id_claim` binds an
-event_id to the content it first carried and says which message admitted it. Both are written in one
-transaction per batch with SQLAlchemy Core (`INSERT … ON CONFLICT DO NOTHING … RETURNING` on SQLite and
-PostgreSQL alike): a row that did not go in means another replica got there first, and the batch is
-decided again from the store.
+redelivered message is answered from the store instead of being decided again. It is also ingest's outbox:
+`published_seq` is where the decision landed on ACCEPTED or REJECTED, NULL until its PubAck (the outbox's own
+queries are in `outbox_repository`). `event_claim` binds an agency's event_id to the content it first carried
+and says which message admitted it: an event id is an agency's own, so claims are keyed by (event_id, agency).
+Both are written in one transaction per batch with SQLAlchemy Core (`INSERT … ON CONFLICT DO NOTHING` on
+SQLite and PostgreSQL alike): a row that did not go in means another replica got there first, and the batch
+is decided again from the store. The same transaction records the sequences of earlier batches' PubAcks.
+The reads for HTTP are in `queries`.
 """
 
 from __future__ import annotations
@@ -13,19 +16,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
 from sqlmodel import Column, Field, SQLModel
 
-from ingest.domain import LateAdmission, NewClaim, PriorRecord
+from ingest.domain import ClaimKey, LateAdmission, NewClaim, PriorRecord
 from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes, size_sqlite_cache
 
 OUTCOME_ADMITTED = "admitted"
 OUTCOME_REJECTED = "rejected"
 #: An identical resend of an admitted event: recorded as an attempt, nothing published.
 OUTCOME_DUPLICATE = "duplicate"
+#: `published_seq` of the decisions stored before ingest recorded sequences: published, where is not known.
+PUBLISHED_BEFORE_OUTBOX = 0
+#: What makes a decision the outbox's to publish (partial index and queries alike).
+UNPUBLISHED = "published_seq IS NULL AND outcome <> 'duplicate'"
 
 
 class DecisionRow(SQLModel, table=True):
@@ -41,6 +48,13 @@ class DecisionRow(SQLModel, table=True):
             "stream_seq",
             sqlite_where=sa.text("outcome = 'rejected'"),
             postgresql_where=sa.text("outcome = 'rejected'"),
+        ),
+        # The outbox: only the decisions waiting for their PubAck (a few batches, unless a stream is down).
+        sa.Index(
+            "ix_decision_unpublished",
+            "stream_seq",
+            sqlite_where=sa.text(UNPUBLISHED),
+            postgresql_where=sa.text(UNPUBLISHED),
         ),
     )
 
@@ -59,28 +73,58 @@ class DecisionRow(SQLModel, table=True):
     rejection_id: str | None = Field(default=None, max_length=40)
     #: The original bytes of a rejected message (admitted ones live on ACCEPTED).
     payload: bytes | None = Field(default=None, sa_column=Column(sa.LargeBinary))
+    #: The sequence the decision was stored at on ACCEPTED/REJECTED: NULL until its PubAck (the outbox). Exact
+    #: for an atomic batch; for a batch the broker refused whole and took message by message (part of it was
+    #: stored before), the batch's last sequence, an upper bound.
+    published_seq: int | None = Field(default=None, sa_column=Column(sa.BigInteger))
 
 
-class EventIdClaimRow(SQLModel, table=True):
-    """The idempotency record of an event_id: the content it is bound to and the message that admitted it."""
+class EventClaimRow(SQLModel, table=True):
+    """The idempotency record of an agency's event_id: the content it is bound to and the message that admitted
+    it. Keyed by (event_id, agency): another agency's use of the same id is another claim."""
 
-    __tablename__ = "event_id_claim"
+    __tablename__ = "event_claim"
 
     event_id: str = Field(primary_key=True, max_length=36)
     content_hash: str = Field(max_length=32)
-    agency: str = Field(max_length=64)
+    agency: str = Field(primary_key=True, max_length=64)
     first_seq: int = Field(sa_column=Column(sa.BigInteger, nullable=False))
     admitted_seq: int | None = Field(default=None, sa_column=Column(sa.BigInteger))
 
 
-_decision: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
-_claim: sa.Table = EventIdClaimRow.__table__  # type: ignore[attr-defined]
+decision_table: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
+claim_table: sa.Table = EventClaimRow.__table__  # type: ignore[attr-defined]
 
 
 def create_schema(engine: Engine) -> None:
     with engine.begin() as conn:
         serialize_schema_changes(conn, "ingest")
-        SQLModel.metadata.create_all(conn, tables=[_decision, _claim])
+        _upgrade_before(conn)
+        SQLModel.metadata.create_all(conn, tables=[decision_table, claim_table])
+        _upgrade_after(conn)
+
+
+def _upgrade_before(conn: sa.Connection) -> None:
+    """A store from before the outbox: its decisions get `published_seq` (PUBLISHED_BEFORE_OUTBOX: they were
+    published then, or dead-lettered on the last delivery; the outbox starts with the upgrade)."""
+    inspector = sa.inspect(conn)
+    if "decision" not in inspector.get_table_names():
+        return
+    if "published_seq" not in {c["name"] for c in inspector.get_columns("decision")}:
+        conn.execute(sa.text("ALTER TABLE decision ADD COLUMN published_seq BIGINT"))
+        conn.execute(
+            sa.text("UPDATE decision SET published_seq = :seq WHERE outcome <> 'duplicate'"),
+            {"seq": PUBLISHED_BEFORE_OUTBOX},
+        )
+
+
+def _upgrade_after(conn: sa.Connection) -> None:
+    """A store from before claims were per agency: its claims (keyed by event_id alone) move to `event_claim`."""
+    if "event_id_claim" not in sa.inspect(conn).get_table_names():
+        return
+    columns = ", ".join(c.name for c in claim_table.columns)
+    conn.execute(sa.text(f"INSERT INTO event_claim ({columns}) SELECT {columns} FROM event_id_claim"))
+    conn.execute(sa.text("DROP TABLE event_id_claim"))
 
 
 #: Ingest's SQLite page cache and memory map: the decision and claim indexes are keyed by random event ids.
@@ -130,9 +174,10 @@ class StoredDecision:
     trace_id: str | None
     content_hash: str | None
     rejection_id: str | None
+    published_seq: int | None = None
 
 
-_STORED_COLUMNS = [_decision.c[name] for name in StoredDecision.__slots__]
+STORED_COLUMNS = [decision_table.c[name] for name in StoredDecision.__slots__]
 
 
 class DecisionRecord(NamedTuple):
@@ -153,9 +198,18 @@ class DecisionRecord(NamedTuple):
     rejection_id: str | None
     #: The original bytes of a rejected message (None for admissions: they live on ACCEPTED).
     payload: bytes | None
+    #: Always None when written: set by the PubAck (`Mark`).
+    published_seq: int | None = None
 
 
-def _stored(row: Any) -> StoredDecision:
+class Mark(NamedTuple):
+    """A decision's PubAck: the decision (its STATUS sequence) landed at `published_seq` on its stream."""
+
+    stream_seq: int
+    published_seq: int
+
+
+def stored_decision(row: Any) -> StoredDecision:
     mapping = row._mapping
     values = {name: mapping[name] for name in StoredDecision.__slots__}
     values["received_at"] = _aware(values["received_at"])
@@ -169,24 +223,28 @@ def load_stored(engine: Engine, *, seqs: Sequence[int]) -> dict[int, StoredDecis
         return {}
     wanted = set(seqs)
     # Batches are runs of nearly consecutive sequences: one range scan instead of a long IN list.
-    query = sa.select(*_STORED_COLUMNS).where(_decision.c.stream_seq.between(min(seqs), max(seqs)))
+    query = sa.select(*STORED_COLUMNS).where(decision_table.c.stream_seq.between(min(seqs), max(seqs)))
     with engine.connect() as conn:
-        return {s.stream_seq: s for s in map(_stored, conn.execute(query)) if s.stream_seq in wanted}
+        return {s.stream_seq: s for s in map(stored_decision, conn.execute(query)) if s.stream_seq in wanted}
 
 
-def load_priors(engine: Engine, *, event_ids: Iterable[str]) -> dict[str, PriorRecord]:
-    """The idempotency records of these event ids."""
-    ids = list(set(event_ids))
+def load_priors(engine: Engine, *, keys: Iterable[ClaimKey]) -> dict[ClaimKey, PriorRecord]:
+    """The idempotency records of these (agency, event_id) pairs."""
+    wanted = set(keys)
+    ids = list({event_id for _, event_id in wanted})
     if not ids:
         return {}
-    out: dict[str, PriorRecord] = {}
+    out: dict[ClaimKey, PriorRecord] = {}
     with engine.connect() as conn:
         for start in range(0, len(ids), 900):  # below SQLite's bound-parameter limit
-            query = sa.select(_claim.c.event_id, _claim.c.content_hash, _claim.c.admitted_seq, _claim.c.agency).where(
-                _claim.c.event_id.in_(ids[start : start + 900])
-            )
+            query = sa.select(
+                claim_table.c.event_id, claim_table.c.content_hash, claim_table.c.admitted_seq, claim_table.c.agency
+            ).where(claim_table.c.event_id.in_(ids[start : start + 900]))
             for event_id, digest, admitted_seq, agency in conn.execute(query):
-                out[event_id] = PriorRecord(content_hash=digest, admitted=admitted_seq is not None, agency=agency)
+                if (agency, event_id) in wanted:
+                    out[agency, event_id] = PriorRecord(
+                        content_hash=digest, admitted=admitted_seq is not None, agency=agency
+                    )
     return out
 
 
@@ -200,12 +258,20 @@ def write_batch(
     decisions: Sequence[DecisionRecord],
     claims: Sequence[NewClaim],
     late_admissions: Sequence[LateAdmission],
+    published: Sequence[Mark] = (),
 ) -> None:
-    """Store a batch's decisions and idempotency records in one transaction, or nothing (WriteConflict)."""
+    """Store a batch's decisions and idempotency records in one transaction, or nothing (WriteConflict).
+
+    `published`: PubAcks of earlier batches, recorded in the same transaction (no commit of their own).
+    """
     if not decisions:
+        if published:
+            mark_published(engine, published)
         return
     if engine.dialect.name == "sqlite":
-        _write_batch_sqlite(engine, decisions=decisions, claims=claims, late_admissions=late_admissions)
+        _write_batch_sqlite(
+            engine, decisions=decisions, claims=claims, late_admissions=late_admissions, published=published
+        )
         return
     with engine.begin() as conn:
         inserted = _PG_DECISION_INSERT.insert(conn, decisions)
@@ -216,24 +282,55 @@ def write_batch(
             if claimed != len(claims):
                 raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)
+        _mark(conn, published)
 
 
-_DECISION_COLUMNS = tuple(c.name for c in _decision.columns)
-_CLAIM_COLUMNS = tuple(c.name for c in _claim.columns)
+def mark_published(engine: Engine, marks: Sequence[Mark]) -> None:
+    """Record PubAcks in a transaction of their own (when no batch write is coming to carry them)."""
+    if marks:
+        with engine.begin() as conn:
+            _mark(conn, marks)
+
+
+#: One statement per batch: a decision already marked keeps its first sequence (a republished copy the broker
+#: dropped as a duplicate acknowledges the original's).
+_SQLITE_MARK = "UPDATE decision SET published_seq = ? WHERE stream_seq = ? AND published_seq IS NULL"
+_PG_MARK = (
+    "UPDATE decision SET published_seq = marks.published_seq "
+    "FROM unnest(%b::BIGINT[], %b::BIGINT[]) AS marks(stream_seq, published_seq) "
+    "WHERE decision.stream_seq = marks.stream_seq AND decision.published_seq IS NULL"
+)
+
+
+def _mark(conn: sa.Connection, marks: Sequence[Mark]) -> None:
+    if not marks:
+        return
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(_SQLITE_MARK, [(m.published_seq, m.stream_seq) for m in marks])
+        return
+    cursor: Any = cast(Any, conn.connection.dbapi_connection).cursor()
+    try:
+        cursor.execute(_PG_MARK, [[m.stream_seq for m in marks], [m.published_seq for m in marks]])
+    finally:
+        cursor.close()
+
+
+_DECISION_COLUMNS = tuple(c.name for c in decision_table.columns)
+_CLAIM_COLUMNS = tuple(c.name for c in claim_table.columns)
 # Rows are written as the tuples they are: their fields must be the tables' columns, in order.
 if DecisionRecord._fields != _DECISION_COLUMNS or NewClaim._fields != _CLAIM_COLUMNS:
     raise RuntimeError(f"row types out of step with the tables: {_DECISION_COLUMNS}, {_CLAIM_COLUMNS}")
 #: PostgreSQL: each batch's rows in one statement, as column arrays (see `ColumnArrays` for the figures).
-_PG_DECISION_INSERT = ColumnArrays(_decision, _DECISION_COLUMNS)
-_PG_CLAIM_INSERT = ColumnArrays(_claim, _CLAIM_COLUMNS)
-if [c.name for c in _decision.columns if isinstance(c.type, sa.DateTime)] != ["received_at", "admitted_at"]:
+_PG_DECISION_INSERT = ColumnArrays(decision_table, _DECISION_COLUMNS)
+_PG_CLAIM_INSERT = ColumnArrays(claim_table, _CLAIM_COLUMNS)
+if [c.name for c in decision_table.columns if isinstance(c.type, sa.DateTime)] != ["received_at", "admitted_at"]:
     raise RuntimeError("`_sqlite_row` writes the decision's times at positions 8 and 9")
 _SQLITE_DECISION_INSERT = (
     f"INSERT INTO decision ({', '.join(_DECISION_COLUMNS)}) VALUES ({', '.join('?' * len(_DECISION_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
 _SQLITE_CLAIM_INSERT = (
-    f"INSERT INTO event_id_claim ({', '.join(_CLAIM_COLUMNS)}) VALUES ({', '.join('?' * len(_CLAIM_COLUMNS))}) "
+    f"INSERT INTO event_claim ({', '.join(_CLAIM_COLUMNS)}) VALUES ({', '.join('?' * len(_CLAIM_COLUMNS))}) "
     "ON CONFLICT DO NOTHING"
 )
 
@@ -254,6 +351,7 @@ def _write_batch_sqlite(
     decisions: Sequence[DecisionRecord],
     claims: Sequence[NewClaim],
     late_admissions: Sequence[LateAdmission],
+    published: Sequence[Mark],
 ) -> None:
     """`write_batch` on SQLite: plain `executemany` of prepared tuples, the same rows SQLAlchemy Core would write.
 
@@ -270,107 +368,19 @@ def _write_batch_sqlite(
             if claimed != len(claims):
                 raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)
+        _mark(conn, published)
 
 
 def _admit_late(conn: sa.Connection, late_admissions: Sequence[LateAdmission]) -> None:
     for late in late_admissions:
         result = conn.execute(
-            sa.update(_claim)
-            .where(_claim.c.event_id == late.event_id, _claim.c.admitted_seq.is_(None))
+            sa.update(claim_table)
+            .where(
+                claim_table.c.event_id == late.event_id,
+                claim_table.c.agency == late.agency,
+                claim_table.c.admitted_seq.is_(None),
+            )
             .values(admitted_seq=late.admitted_seq)
         )
         if result.rowcount != 1:
-            raise WriteConflict(f"event id {late.event_id} was admitted by another replica")
-
-
-# --- reading for HTTP ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class EventHistory:
-    """Every decision made for one event_id, and which of them is the event's outcome."""
-
-    main: StoredDecision
-    attempts: list[StoredDecision]
-
-
-def event_history(engine: Engine, *, event_id: str) -> EventHistory | None:
-    with engine.connect() as conn:
-        rows = [
-            _stored(r)
-            for r in conn.execute(
-                sa.select(*_STORED_COLUMNS).where(_decision.c.event_id == event_id).order_by(_decision.c.stream_seq)
-            )
-        ]
-        if not rows:
-            return None
-        claim = conn.execute(
-            sa.select(_claim.c.first_seq, _claim.c.admitted_seq).where(_claim.c.event_id == event_id)
-        ).first()
-    main_seq = rows[0].stream_seq
-    if claim is not None:
-        main_seq = claim.admitted_seq if claim.admitted_seq is not None else claim.first_seq
-    main = next((r for r in rows if r.stream_seq == main_seq), rows[0])
-    return EventHistory(main=main, attempts=[r for r in rows if r is not main])
-
-
-@dataclass(frozen=True, slots=True)
-class RejectionRecord:
-    decision: StoredDecision
-    payload: bytes | None
-
-
-def list_rejections(
-    engine: Engine, *, agency: str | None, reason: str | None, limit: int, offset: int
-) -> tuple[list[RejectionRecord], int]:
-    """Rejections, newest first, with their total under the same filters."""
-    conditions = [_decision.c.outcome == OUTCOME_REJECTED]
-    if agency is not None:
-        conditions.append(_decision.c.agency == agency)
-    if reason is not None:
-        conditions.append(_decision.c.reason == reason)
-    with engine.connect() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(_decision).where(*conditions)).scalar_one()
-        rows = conn.execute(
-            sa.select(*_STORED_COLUMNS, _decision.c.payload)
-            .where(*conditions)
-            .order_by(_decision.c.stream_seq.desc())
-            .limit(limit)
-            .offset(offset)
-        ).all()
-    items = [RejectionRecord(decision=_stored(r), payload=r.payload) for r in rows]
-    return items, int(total)
-
-
-def count_outcomes(engine: Engine) -> dict[str, int]:
-    with engine.connect() as conn:
-        rows = conn.execute(sa.select(_decision.c.outcome, sa.func.count()).group_by(_decision.c.outcome)).all()
-    return {outcome: int(n) for outcome, n in rows}
-
-
-def writable(engine: Engine) -> bool:
-    """Whether a write could start now (SQLite: the write lock is free within 200 ms; PostgreSQL: it answers)."""
-    if engine.dialect.name != "sqlite":
-        return ping(engine)
-    try:
-        with engine.connect() as conn:
-            busy = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
-            conn.exec_driver_sql("PRAGMA busy_timeout = 200")
-            try:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
-                conn.exec_driver_sql("ROLLBACK")
-            finally:
-                conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(busy or 0)}")
-    except sa.exc.SQLAlchemyError:
-        return False
-    return True
-
-
-def ping(engine: Engine) -> bool:
-    """Whether the store answers a query now."""
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("select 1"))
-    except sa.exc.SQLAlchemyError:
-        return False
-    return True
+            raise WriteConflict(f"event id {late.event_id} of {late.agency} was admitted by another replica")

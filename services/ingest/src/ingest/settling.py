@@ -5,6 +5,11 @@ the delay growing with each delivery; the last permitted delivery dead-letters i
 `undeliverable` instead of letting the broker drop it. A message the broker gave up on without any
 replica settling it (each one that held it stopped or hung) is dead-lettered when the broker's
 max-deliveries advisory says so.
+
+Never a message whose decision is stored: ingest decided it (an admission, say) and only publishing it
+failed. Telling the ministry "NOT admitted" would contradict the store and `/events/{id}`, and its resend
+would be an identical duplicate. On its last delivery such a message is acked, and the outbox publishes its
+decision when the stream takes writes again (`reconciler`).
 """
 
 from __future__ import annotations
@@ -21,11 +26,13 @@ from nats.aio.msg import Msg
 from contracts.events import ReasonCode
 from contracts.streams import MSG_ID_HEADER, STATUS_STREAM
 from ingest import repository
+from ingest.config import retry_delay
 from ingest.delivery import Delivery, Fault
 from ingest.domain import Reject, clean, readable_event_id
 from ingest.observer import BatchObserver
+from ingest.publishing import PubAcks
 from ingest.records import decision_record, rejected
-from ingest.repository import WriteConflict
+from ingest.repository import Mark, WriteConflict
 from shinchoku_runtime.batchpublish import ack_all
 from shinchoku_runtime.propagation import inject_span_context
 
@@ -34,10 +41,7 @@ log = logging.getLogger(__name__)
 #: Tries at recording a message the broker gave up on (waiting 2, 4 … 32 s in between: about a minute).
 ADVISORY_ATTEMPTS = 6
 
-
-def retry_delay(delivered: int, cap: float) -> float:
-    """1 s, 2 s, 4 s … up to the cap: a long outage costs few deliveries."""
-    return float(min(cap, 2 ** max(0, delivered - 1)))
+__all__ = ["ADVISORY_ATTEMPTS", "Settler", "retry_delay"]
 
 
 class Settler:
@@ -47,6 +51,7 @@ class Settler:
         nc: Client,
         engine: sa.Engine,
         observer: BatchObserver,
+        pub_acks: PubAcks,
         max_deliver: int,
         retry_delay_max: float,
         publish_timeout: float,
@@ -55,6 +60,7 @@ class Settler:
         self._js = nc.jetstream()
         self._engine = engine
         self._observer = observer
+        self._pub_acks = pub_acks
         self._max_deliver = max_deliver
         self._retry_delay_max = retry_delay_max
         self._publish_timeout = publish_timeout
@@ -63,10 +69,19 @@ class Settler:
         """Put back what must wait, then acknowledge all the rest at once; the acknowledged ones."""
         done: list[Delivery] = []
         for d in deliveries:
-            if d.fault is not None:
-                await self._retry_later(d, d.fault)
-            else:
+            if d.fault is None:
                 done.append(d)
+            elif d.stored and d.delivered >= self._max_deliver:
+                log.warning(
+                    "STATUS-%d: its decision is stored but could not be published in %d deliveries (%s): acked, "
+                    "the outbox publishes it",
+                    d.seq,
+                    d.delivered,
+                    clean(d.fault.detail, 200),
+                )
+                done.append(d)
+            else:
+                await self._retry_later(d, d.fault)
         if not done:
             return done
         try:
@@ -133,34 +148,54 @@ class Settler:
 
     async def dead_letter(self, d: Delivery, why: str) -> None:
         """Publish an `undeliverable` rejection (saying `why`) so that the report is not silently lost: on its
-        last delivery, or after the broker gave up on it."""
+        last delivery, or after the broker gave up on it. Stored first, so the outbox publishes it if REJECTED
+        does not take it now; never for a message whose decision is stored already."""
         message = (
             f"処理不能 (undeliverable): ingest could not process this message in {d.delivered} deliveries "
             f"({why}). It was NOT admitted: send the same report again (the same event_id is fine)"
         )
         reject = Reject(reason=ReasonCode.undeliverable, message=message, event_id=readable_event_id(d.data))
         row = decision_record(d, reject, datetime.now(UTC))
-        try:  # best effort: the database may be what is unavailable
-            await asyncio.to_thread(
-                repository.write_batch, self._engine, decisions=[row], claims=[], late_admissions=[]
-            )
-        except (sa.exc.SQLAlchemyError, WriteConflict) as e:
+        recorded = False
+        try:
+            async with self._pub_acks.write_lock:
+                await asyncio.to_thread(
+                    repository.write_batch, self._engine, decisions=[row], claims=[], late_admissions=[]
+                )
+            recorded = True
+        except WriteConflict:
+            # Decided after all (its commit's answer was lost, or another replica): never say "NOT admitted".
+            log.warning("STATUS-%d has a stored decision: not dead-lettered, the outbox publishes it", d.seq)
+            await self._ack(d)
+            return
+        except sa.exc.SQLAlchemyError as e:
+            # The store is what is unavailable: the message could not be decided. Should a commit have gone
+            # through unseen, the ministry's resend republishes that admission (an identical duplicate).
             log.warning("undeliverable STATUS-%d not recorded in the store: %s", d.seq, e)
         out = rejected(d, reject)
         headers = {MSG_ID_HEADER: out.msg_id}
         inject_span_context(headers, d.span.context)
         try:
-            await self._js.publish(
+            ack = await self._js.publish(
                 out.subject, out.payload, stream=out.stream, headers=headers, timeout=self._publish_timeout
             )
         except Exception as e:
-            # It stays in the STATUS stream (limits retention) for an operator to replay.
-            log.error("STATUS-%d dead-lettering failed, message left in STATUS: %s", d.seq, e)
-            return
+            if not recorded:
+                # It stays in the STATUS stream (limits retention) for an operator to replay.
+                log.error("STATUS-%d dead-lettering failed, message left in STATUS: %s", d.seq, e)
+                return
+            log.warning("STATUS-%d dead letter stored, not yet published (the outbox publishes it): %s", d.seq, e)
+        else:
+            if recorded:
+                self._pub_acks.add(out.stream, [Mark(d.seq, ack.seq)])
+                self._pub_acks.flush_soon()
         self._observer.dead_lettered(d)
+        await self._ack(d)
+
+    async def _ack(self, d: Delivery) -> None:
         if not d.msg.reply:  # read back from the stream after the broker gave up on it: nothing to ack
             return
         try:
             await d.msg.ack()
         except Exception as e:  # max_deliver is reached: the broker will not deliver it again anyway
-            log.warning("could not ack dead-lettered STATUS-%d: %s", d.seq, e)
+            log.warning("could not ack STATUS-%d: %s", d.seq, e)

@@ -73,11 +73,14 @@ async def put_measures(nc: Client, measures: list[Measure]) -> None:
         await kv.put(m.id, m.model_dump_json().encode())
 
 
-async def wait_for_event(http: httpx.AsyncClient, event_id: str, timeout: float = 10.0) -> dict[str, Any]:
-    """GET /events/{id} until ingest has decided it."""
+async def wait_for_event(
+    http: httpx.AsyncClient, event_id: str, timeout: float = 10.0, *, agency: str | None = None
+) -> dict[str, Any]:
+    """GET /events/{id} (of `agency`, when several agencies used the id) until ingest has decided it."""
     deadline = asyncio.get_running_loop().time() + timeout
+    params = {"agency": agency} if agency is not None else {}
     while True:
-        response = await http.get(f"/events/{event_id}")
+        response = await http.get(f"/events/{event_id}", params=params)
         if response.status_code == 200:
             body: dict[str, Any] = response.json()
             return body
