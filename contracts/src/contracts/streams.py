@@ -57,6 +57,12 @@ def accepted_msg_id(agency: Agency | str, event_id: str) -> str:
     return f"{agency}:{event_id}"
 
 
+def command_msg_id(kind: str, command_id: str) -> str:
+    """ACCEPTED's `Nats-Msg-Id` of an admitted command: `review:{review_id}` or `close:{close_id}` (the command's
+    kind, then its id: the secretariat's ids never collide with an agency's `{agency}:{event_id}`)."""
+    return f"{kind}:{command_id}"
+
+
 def review_subject(agency: Agency | str, measure_id: str) -> str:
     """Where the secretariat publishes a review of a report (the report's agency and measure)."""
     return f"{REVIEW_SUBJECT_PREFIX}.{agency}.{measure_id}"
@@ -181,7 +187,8 @@ ACCEPTED_STREAM = StreamSpec(
     duplicate_window_seconds=PUBLISHED_DUPLICATE_WINDOW,
     description=(
         "Admitted status events, reviews and closes: the canonical log, in one order. Nats-Msg-Id = "
-        "{agency}:{event_id} for reports (the command's id for reviews and closes). Every message carries its "
+        "{agency}:{event_id} for reports, review:{review_id} and close:{close_id} for the secretariat's commands. "
+        "Every message carries its "
         "id and readers count by it: a copy republished after the duplicate window (an outage healed by "
         "ingest's outbox) is the same admission, never a second one"
     ),
