@@ -278,6 +278,19 @@ def _first(command: Command, failures: list[_Failure]) -> Reject:
     return Reject(first.reason, first.message, command.event_id, command, first.field)
 
 
+def _sender_first(
+    command: Command, sender: Sender, previous: PriorRecord | None, what: str
+) -> list[_Failure] | Duplicate:
+    """Who sent it comes first; from the secretariat, an admitted command resent as is is a duplicate whatever
+    the world says now."""
+    refused = _not_permitted(sender, what)
+    if refused is not None:
+        return [_Failure(ReasonCode.not_permitted, None, refused)]
+    if previous is not None and previous.admitted and previous.content_hash == command.content_hash:
+        return Duplicate(report=command)
+    return []
+
+
 def _conflict(command: Command, previous: PriorRecord | None) -> list[_Failure]:
     if previous is None or previous.content_hash == command.content_hash:
         return []
@@ -299,12 +312,9 @@ def decide_review(
     measure of its subject (`reviewed`: the admitted report of that agency with the review's event_id, if any)."""
     review = command.body
     assert isinstance(review, ReviewEvent)
-    failures: list[_Failure] = []
-    refused = _not_permitted(sender, "a review")
-    if refused is not None:
-        failures.append(_Failure(ReasonCode.not_permitted, None, refused))
-    elif previous is not None and previous.admitted and previous.content_hash == command.content_hash:
-        return Duplicate(report=command)
+    failures = _sender_first(command, sender, previous, "a review")
+    if isinstance(failures, Duplicate):
+        return failures
     if reviewed is None or (reviewed.agency.value, reviewed.measure_id) != (command.agency, command.measure_id):
         failures.append(_Failure(ReasonCode.unknown_event, "event_id", _unknown_event(command, review, reviewed)))
     failures += _conflict(command, previous)
@@ -339,12 +349,9 @@ def decide_close(
     receipt time decides) and the quarter is not closed yet (`closed_by`: the close_id that closed it, if any)."""
     close = command.body
     assert isinstance(close, CloseEvent)
-    failures: list[_Failure] = []
-    refused = _not_permitted(sender, "a close")
-    if refused is not None:
-        failures.append(_Failure(ReasonCode.not_permitted, None, refused))
-    elif previous is not None and previous.admitted and previous.content_hash == command.content_hash:
-        return Duplicate(report=command)
+    failures = _sender_first(command, sender, previous, "a close")
+    if isinstance(failures, Duplicate):
+        return failures
     quarter = FiscalQuarter(close.fiscal_year, close.quarter)
     deadline = quarter.on_time_deadline
     if received_at <= deadline:
