@@ -148,8 +148,10 @@ class Known:
 
     #: Every measure the batch's reports name (None: not in the catalog).
     measures: Mapping[str, Measure | None]
-    #: Admitted reports by (agency, event_id): those the batch's reviews name, and those it admits.
-    reports: dict[ClaimKey, ReviewedReport] = field(default_factory=dict)
+    #: Admitted reports by (agency, event_id) that the batch's reviews name, from the store.
+    reports: Mapping[ClaimKey, ReviewedReport] = field(default_factory=dict)
+    #: Reports the batch admitted so far (a review after its report in the same batch names one of them).
+    admitted: dict[ClaimKey, Report] = field(default_factory=dict)
     #: Closed quarters, and the close_id that closed each.
     closed: dict[QuarterKey, str] = field(default_factory=dict)
     #: Who sent each command, by stream sequence (verified from its bearer token; none: `NO_TOKEN`).
@@ -157,6 +159,11 @@ class Known:
 
     def sender(self, seq: int) -> Sender:
         return self.senders.get(seq, NO_TOKEN)
+
+    def report(self, key: ClaimKey) -> ReviewedReport | None:
+        """The admitted report (agency, event_id), stored before or admitted earlier in the batch."""
+        admitted = self.admitted.get(key)
+        return reviewed_report(admitted) if admitted is not None else self.reports.get(key)
 
 
 class Decider(Protocol):
@@ -188,14 +195,16 @@ def _command(read: Report | Command, kind: str) -> Command:
 
 def _decide_report(read: Report | Command, *, message: Pending, known: Known, previous: PriorRecord | None) -> Decision:
     report = _report(read)
-    return decide(report, now=message.received_at, measure=known.measures.get(report.measure_id), previous=previous)
+    return decide(
+        report, now=message.received_at, measure=known.measures.get(report.event.measure_id), previous=previous
+    )
 
 
 def _decide_review(read: Report | Command, *, message: Pending, known: Known, previous: PriorRecord | None) -> Decision:
     command = _command(read, REVIEW)
     review = command.body
     assert isinstance(review, ReviewEvent)
-    reviewed = known.reports.get((command.agency or "", str(review.event_id)))
+    reviewed = known.report((command.agency or "", str(review.event_id)))
     return decide_review(command, sender=known.sender(message.seq), reviewed=reviewed, previous=previous)
 
 
@@ -319,9 +328,10 @@ def decide_batch(
     `senders` who sent each command (by stream sequence). Each message is judged at its own receipt time.
     """
     seen = dict(priors)
-    known = Known(measures, dict(reports or {}), dict(closed or {}), senders or {})
+    known = Known(measures, reports=reports or {}, closed=dict(closed or {}), senders=senders or {})
     batch = BatchDecision()
     decisions = batch.decisions
+    admitted = known.admitted
     for m in messages:
         read = m.read
         if read is None:
@@ -334,19 +344,15 @@ def decide_batch(
         decisions.append(decision)
         if not isinstance(decision, Duplicate):
             _record_claim(m, decision, previous, seen, batch)
-        if isinstance(decision, Admit):
-            _record_admission(m, decision.report, known, batch)
+        # What the messages after an admission see of it: the report a review may name, the quarter now closed.
+        if isinstance(read, Report):
+            if isinstance(decision, Admit):
+                admitted[read.subject_agency, read.event_id] = read
+        elif isinstance(decision, Admit) and isinstance(read.body, CloseEvent):
+            quarter = (read.body.fiscal_year, read.body.quarter)
+            known.closed[quarter] = read.event_id
+            batch.closes.append(NewClose(*quarter, close_id=read.event_id, stream_seq=m.seq))
     return batch
-
-
-def _record_admission(m: Pending, admitted: Report | Command, known: Known, batch: BatchDecision) -> None:
-    """What the messages after an admission see of it: the report a review may name, the quarter now closed."""
-    if isinstance(admitted, Report):
-        known.reports[admitted.subject_agency, admitted.event_id] = reviewed_report(admitted)
-    elif isinstance(admitted.body, CloseEvent):
-        quarter = (admitted.body.fiscal_year, admitted.body.quarter)
-        known.closed[quarter] = admitted.event_id
-        batch.closes.append(NewClose(*quarter, close_id=admitted.event_id, stream_seq=m.seq))
 
 
 def _record_claim(
