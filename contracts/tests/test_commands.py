@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from contracts.admission import Admit, Duplicate, PriorRecord, Reject, Report, claims_event_id
+from contracts.admission import Admit, Duplicate, PriorRecord, Reject, Report, claims_event_id, readable_event_id
 from contracts.agencies import Agency
 from contracts.catalog import Measure, Target
 from contracts.commands import (
@@ -25,6 +25,7 @@ from contracts.commands import (
     decide_backfill,
     decide_close,
     decide_review,
+    id_field,
     read_backfill,
     read_close,
     read_review,
@@ -401,3 +402,11 @@ def test_command_reasons_are_new_and_never_a_reports() -> None:
         ReasonCode.already_closed,
     }
     assert not COMMAND_REASONS & set(REASON_PRECEDENCE)
+
+
+def test_an_unreadable_commands_id_is_read_from_its_own_field() -> None:
+    body = review_body(decision="maybe")
+    assert readable_event_id(raw(body), id_field("review.mof.1-25")) == body["review_id"]
+    closing = close_body(quarter=9)
+    assert readable_event_id(raw(closing), id_field("close.2024.3")) == closing["close_id"]
+    assert id_field("backfill.mof.1-25") == id_field("status.mof.1-25") == "event_id"

@@ -455,6 +455,12 @@ def reviewed_report(report: Report) -> ReviewedReport:
     )
 
 
+def id_field(subject: str) -> str:
+    """The field that holds the id of a message on `subject`: `review_id`, `close_id`, else `event_id`."""
+    kind = subject.partition(".")[0]
+    return "review_id" if kind == REVIEW else "close_id" if kind == CLOSE else "event_id"
+
+
 def claim_owner(subject: str) -> str:
     """Whose idempotency claims a message on `subject` makes: the secretariat's for its reviews and closes,
     the subject's agency for reports and backfilled reports (`unknown` for a subject of another shape)."""

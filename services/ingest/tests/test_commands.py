@@ -447,6 +447,19 @@ async def test_unreachable_keys_are_retried_not_rejected(
     assert body["outcome"] == "admitted"
 
 
+async def test_a_command_never_verified_is_dead_lettered_under_its_own_id(
+    start_ingest: Any, catalog_kv: Any, secretariat: SecretariatPublisher, issuer: EmbeddedIssuer, tmp_path: Path
+) -> None:
+    running = await start_ingest(
+        auth=auth_of(issuer, jwks_url=(tmp_path / "never" / "jwks.json").as_uri()), max_deliver=3, retry_delay_max=0.2
+    )
+    close = close_body()
+    await send(secretariat, "close.2024.3", close, token_of(issuer))
+    body = await wait_for_event(running.http, close["close_id"], timeout=30)
+    assert_rejected(body, "undeliverable", "It was NOT admitted")
+    assert body["agency"] == "secretariat"
+
+
 # --- the outbox and the consumer -----------------------------------------------------------------------------
 
 
