@@ -18,6 +18,9 @@ Idempotency: a review's and a close's id (`review_id`, `close_id`) are the secre
 are the secretariat's (`SECRETARIAT`), apart from every agency's event ids; a backfilled report's event_id is
 its agency's, the same id the agency would use for it. The same id with the same content is a duplicate;
 with other content, `duplicate_conflict`.
+
+One module of ~470 lines on purpose, as `contracts.admission`: reading a command, the words of each rejection,
+the rules in their order and what an admission publishes are one story, and a client imports it whole.
 """
 
 from __future__ import annotations
