@@ -51,6 +51,13 @@ def reviewed_report(sender: Any, event_id: uuid.UUID, agency: Agency | None) -> 
     return str(body["agency"]), str(body["measure_id"])
 
 
+def _uuid(text: str, what: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise fail(f"[red]{what} is not a UUID:[/] {escape(text)}", 2) from None
+
+
 def review(
     event_id: Annotated[str, typer.Argument(help="The reviewed report's event_id", show_default=False)],
     accept: Annotated[bool, typer.Option("--accept", help="Accept the report")] = False,
@@ -72,13 +79,8 @@ def review(
         raise fail("[red]say what the review decides:[/] --accept or --return (one of them)", 2)
     if send_back and not (comment and comment.strip()):
         raise fail("[red]--comment is required with --return:[/] it tells the agency what to correct", 2)
-    try:
-        reviewed = uuid.UUID(event_id)
-        key = uuid.UUID(review_id) if review_id else uuid.uuid4()
-    except ValueError:
-        raise fail(
-            f"[red]not a UUID:[/] {escape(review_id if review_id and event_id != review_id else event_id)}", 2
-        ) from None
+    reviewed = _uuid(event_id, "EVENT_ID")
+    key = _uuid(review_id, "--review-id") if review_id else uuid.uuid4()
     whose = require_agency(agency) if agency is not None else None
     try:
         event = ReviewEvent(
