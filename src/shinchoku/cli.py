@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from shinchoku.commands import creds, demo, importcsv, natsconfig, rebuild, report, rollup, token, trace, up
+from shinchoku.commands import (
+    close,
+    creds,
+    demo,
+    importcsv,
+    natsconfig,
+    rebuild,
+    report,
+    review,
+    rollup,
+    token,
+    trace,
+    up,
+)
 
 app = typer.Typer(
     name="shinchoku",
@@ -19,7 +32,7 @@ def _root() -> None:
     """Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society."""
 
 
-for module in (natsconfig, up, creds, token, demo, rollup, trace, report, importcsv, rebuild):
+for module in (natsconfig, up, creds, token, demo, rollup, trace, report, importcsv, review, close, rebuild):
     module.register(app)
 
 

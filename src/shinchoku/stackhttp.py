@@ -29,12 +29,19 @@ def _not_running(stack: Stack, service: str, url: str, error: Exception) -> Stac
 
 
 def get(
-    stack: Stack, service: str, path: str, *, params: dict[str, Any] | None = None, timeout: float = 10.0
+    stack: Stack,
+    service: str,
+    path: str,
+    *,
+    params: dict[str, Any] | None = None,
+    timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
 ) -> httpx.Response:
     """GET a service's path; raises StackUnavailable when nothing answers, returns the response otherwise."""
     url = stack.http[service].rstrip("/") + path
+    query = {k: v for k, v in (params or {}).items() if v is not None}
     try:
-        return httpx.get(url, params={k: v for k, v in (params or {}).items() if v is not None}, timeout=timeout)
+        return httpx.get(url, params=query, timeout=timeout, headers=headers)
     except httpx.TransportError as e:
         raise _not_running(stack, service, url, e) from None
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 from uuid import UUID
 
 from pydantic import AwareDatetime, TypeAdapter, ValidationError
@@ -28,7 +28,11 @@ from contracts.agencies import Agency
 from contracts.catalog import Measure
 from contracts.events import REASON_PRECEDENCE, AdmittedEvent, ReasonCode, Status, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter
-from contracts.streams import parse_status_subject, status_subject
+from contracts.streams import STATUS_SUBJECT_PREFIX, parse_status_subject, status_subject
+
+if TYPE_CHECKING:  # contracts.commands builds on this module
+    from contracts.commands import Command
+    from contracts.cycle import ReviewedReport
 
 #: A valid v1 event is a few KiB at most (note ≤ 4000 characters, ≤ 100 KPIs); anything far larger is refused unread.
 MAX_PAYLOAD_BYTES = 64 * 1024
@@ -79,6 +83,10 @@ class Report:
     #: The event as pydantic writes it (`event.model_dump_json()`), written once for the hash and for ACCEPTED.
     event_json: str = ""
 
+    @property
+    def measure_id(self) -> str:
+        return self.event.measure_id
+
 
 @dataclass(frozen=True, slots=True)
 class PriorRecord:
@@ -91,14 +99,19 @@ class PriorRecord:
 
 @dataclass(frozen=True, slots=True)
 class Admit:
-    report: Report
+    #: The report, or the secretariat's command (`contracts.commands`), admitted.
+    report: Report | Command
+    #: A command's verified sender (the `sub` of its bearer token); None for a ministry's report.
+    principal: str | None = None
+    #: A review's reviewed report, as admitted.
+    reviewed: ReviewedReport | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class Duplicate:
     """The same event_id with the same content as an admitted event: counted once, nothing published."""
 
-    report: Report
+    report: Report | Command
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +120,8 @@ class Reject:
     message: str
     #: The event_id, when the payload carried a readable one.
     event_id: str | None = None
-    #: Present when the message was a well-formed event (every reason but `malformed`).
-    report: Report | None = None
+    #: Present when the message was a well-formed event or command (every reason but `malformed`).
+    report: Report | Command | None = None
     #: The event field the reason is about (`kpis.0.target`, `reported_at` …), when it is one field.
     field: str | None = None
 
@@ -120,18 +133,18 @@ def claims_event_id(decision: Decision, previous: PriorRecord | None) -> bool:
     """Whether this decision binds its event_id to its content from now on.
 
     An id is "seen" (DESIGN: duplicate_conflict) once a well-formed event came with it on its own agency's
-    subject, admitted or not. Malformed messages and forged agencies do not claim ids, so nobody can
-    reserve another agency's event_id by sending garbage or impersonating it.
+    subject, admitted or not. Malformed messages, forged agencies and commands from someone who may not send
+    them do not claim ids, so nobody can reserve another agency's event_id (or the secretariat's command id)
+    by sending garbage or impersonating it.
     """
     if previous is not None:
         return False
     if isinstance(decision, Admit):
         return True
-    return (
-        isinstance(decision, Reject)
-        and decision.report is not None
-        and decision.reason not in (ReasonCode.malformed, ReasonCode.agency_mismatch)
-    )
+    return isinstance(decision, Reject) and decision.report is not None and decision.reason not in _CLAIMLESS
+
+
+_CLAIMLESS = (ReasonCode.malformed, ReasonCode.agency_mismatch, ReasonCode.not_permitted)
 
 
 # --- reading a message ---------------------------------------------------------------------------------------
@@ -214,8 +227,15 @@ def _quote(value: Any) -> str:
     return clean(shown, 80)
 
 
-def describe_validation_errors(errors: Sequence[Any]) -> str:
-    """Say which fields are wrong, what they held, and what is allowed, in words a clerk can act on."""
+def describe_validation_errors(
+    errors: Sequence[Any],
+    *,
+    fields: Sequence[str] = _ALLOWED_FIELDS,
+    hints: Mapping[str, str] = _FIELD_HINTS,
+    contract: str = "contract v1",
+) -> str:
+    """Say which fields are wrong, what they held, and what is allowed, in words a clerk can act on (`fields`,
+    `hints` and `contract`: what the message should have been; a v1 status event unless said)."""
     parts: list[str] = []
     for error in errors[:MAX_ERRORS_QUOTED]:
         loc = [str(x) for x in error.get("loc", ())]
@@ -226,17 +246,21 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
             parts.append(f"not valid JSON: {clean(str(error.get('msg', '')), 160)}")
             continue
         if kind == "extra_forbidden":
-            parts.append(f"unknown field {clean(field, 60)!r}: contract v1 allows only {', '.join(_ALLOWED_FIELDS)}")
+            parts.append(f"unknown field {clean(field, 60)!r}: {contract} allows only {', '.join(fields)}")
             continue
         if kind == "missing":
-            hint = _FIELD_HINTS.get(top, "")
+            hint = hints.get(top, "")
             parts.append(f"missing field {clean(field, 60)!r}" + (f" (expected {hint})" if hint else ""))
             continue
         if kind == "model_type" and not loc:
-            parts.append("the message must be a JSON object {…} with the v1 fields")
+            fields_of = "the v1 fields" if contract == "contract v1" else f"the fields of {contract}"
+            parts.append(f"the message must be a JSON object {{…}} with {fields_of}")
+            continue
+        if kind == "value_error" and not loc:  # a rule over several fields (a model validator) says it all
+            parts.append(clean(str(error.get("msg", "")).removeprefix("Value error, "), 200))
             continue
         got = f", got {_quote(error.get('input'))}" if "input" in error else ""
-        wanted = _FIELD_HINTS.get(top)
+        wanted = hints.get(top)
         expected = f"; expected {wanted}" if wanted else ""
         parts.append(f"field {clean(field, 60)!r}: {clean(str(error.get('msg', '')), 120)}{got}{expected}")
     more = len(errors) - MAX_ERRORS_QUOTED
@@ -259,23 +283,25 @@ def _first_field(errors: Sequence[Any]) -> str | None:
     return ".".join(str(x) for x in loc) or None
 
 
-def readable_event_id(data: bytes) -> str | None:
-    """The event_id of a payload that failed validation, when it still carries a valid UUID there."""
+def readable_event_id(data: bytes, key: str = "event_id") -> str | None:
+    """The event_id (or the id under `key`: a command's `review_id`, `close_id`) of a payload that failed
+    validation, when it still carries a valid UUID there."""
     if len(data) > MAX_PAYLOAD_BYTES:
         return None
     try:
         body = json.loads(data)
-        value = body.get("event_id") if isinstance(body, dict) else None
+        value = body.get(key) if isinstance(body, dict) else None
         return str(UUID(value)) if isinstance(value, str) and len(value) <= 64 else None
     except (ValueError, TypeError, RecursionError, AttributeError):
         return None
 
 
-def read_report(subject: str, data: bytes) -> Report | Reject:
-    """Decode and validate one STATUS message against contract v1 and its subject."""
-    parts = parse_status_subject(subject)
+def read_report(subject: str, data: bytes, *, prefix: str = STATUS_SUBJECT_PREFIX) -> Report | Reject:
+    """Decode and validate one STATUS message against contract v1 and its subject (`{prefix}.{agency}.{measure}`:
+    `status`, or `backfill` for a past report the secretariat migrates)."""
+    parts = parse_status_subject(subject, prefix=prefix)
     if parts is None:
-        return _malformed(f"subject {clean(subject, 120)!r} is not status.{{agency}}.{{measure_id}}", data)
+        return _malformed(f"subject {clean(subject, 120)!r} is not {prefix}.{{agency}}.{{measure_id}}", data)
     if len(data) > MAX_PAYLOAD_BYTES:
         return _malformed(f"the message is {len(data)} bytes; a v1 status event is at most {MAX_PAYLOAD_BYTES} bytes")
     try:
@@ -299,7 +325,7 @@ def read_report(subject: str, data: bytes) -> Report | Reject:
             reason=ReasonCode.malformed,
             message=(
                 f"形式不正 (malformed): measure_id {event.measure_id!r} in the payload differs from the subject's "
-                f"measure {clean(parts.measure_id, 40)!r}; publish on status.{{agency}}.{event.measure_id}"
+                f"measure {clean(parts.measure_id, 40)!r}; publish on {prefix}.{{agency}}.{event.measure_id}"
             ),
             event_id=event_id,
             field="measure_id",
@@ -416,8 +442,14 @@ def decide(report: Report, *, now: datetime, measure: Measure | None, previous: 
                 ReasonCode.agency_mismatch,
                 "agency",
                 f"省庁不一致 (agency_mismatch): the payload says agency {event.agency.value!r} but it was "
-                f"published on {clean(report.subject, 80)!r} by {clean(report.subject_agency, 40)!r}; an agency "
-                "reports only as itself, on status.{its own code}.{measure_id}",
+                + (
+                    f"published on {clean(report.subject, 80)!r} by {clean(report.subject_agency, 40)!r}; an "
+                    "agency reports only as itself, on status.{its own code}.{measure_id}"
+                    if report.subject.startswith(f"{STATUS_SUBJECT_PREFIX}.")
+                    else f"published on {clean(report.subject, 80)!r}, {clean(report.subject_agency, 40)!r}'s "
+                    f"subject; publish {event.agency.value}'s report on "
+                    f"{report.subject.partition('.')[0]}.{event.agency.value}.{event.measure_id}"
+                ),
             )
         )
     elif previous is not None and previous.content_hash == report.content_hash and previous.admitted:

@@ -47,6 +47,15 @@ class ReasonCode(StrEnum):
     duplicate_conflict = "duplicate_conflict"
     #: Additive: a message that could not be processed after the consumer's last delivery attempt.
     undeliverable = "undeliverable"
+    # Additive, the secretariat's commands (contracts.commands):
+    #: A review naming no admitted report of that agency and measure.
+    unknown_event = "unknown_event"
+    #: A close before the quarter's on-time deadline (judged on the broker's receipt time).
+    period_open = "period_open"
+    #: A second close of a quarter: a closed quarter stays closed.
+    already_closed = "already_closed"
+    #: A principal sending a command it may not send (only the secretariat sends commands, with its bearer token).
+    not_permitted = "not_permitted"
 
 
 REASON_PRECEDENCE: tuple[ReasonCode, ...] = (

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from contracts.catalog import Measure
+from contracts.cycle import AdmittedClose, AdmittedReview, CloseEvent, Published, Restated, ReviewEvent
 from contracts.events import AdmittedEvent, CatalogChanged, Rejection, StatusEvent
 
 PUBLIC_MODELS: dict[str, type[BaseModel]] = {
@@ -17,6 +18,12 @@ PUBLIC_MODELS: dict[str, type[BaseModel]] = {
     "rejection.v1": Rejection,
     "measure.v1": Measure,
     "catalog_changed.v1": CatalogChanged,
+    "review_event.v1": ReviewEvent,
+    "close_event.v1": CloseEvent,
+    "admitted_review.v1": AdmittedReview,
+    "admitted_close.v1": AdmittedClose,
+    "published.v1": Published,
+    "restated.v1": Restated,
 }
 
 

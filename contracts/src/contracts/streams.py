@@ -14,6 +14,17 @@ STATUS_SUBJECT_PREFIX = "status"
 ACCEPTED_SUBJECT_PREFIX = "accepted"
 REJECTED_SUBJECT_PREFIX = "rejected"
 
+# The reporting cycle (contracts.cycle). The secretariat's commands, on STATUS with the reports (one order):
+REVIEW_SUBJECT_PREFIX = "review"
+CLOSE_SUBJECT_PREFIX = "close"
+BACKFILL_SUBJECT_PREFIX = "backfill"
+# What ingest admitted of them, on ACCEPTED with the admitted reports (admitted backfills are on `accepted.`):
+REVIEWED_SUBJECT_PREFIX = "reviewed"
+CLOSED_SUBJECT_PREFIX = "closed"
+# What reporting publishes, on PUBLICATIONS:
+PUBLISHED_SUBJECT_PREFIX = "published"
+RESTATED_SUBJECT_PREFIX = "restated"
+
 #: Request-reply subject the catalog answers with one measure (payload: the measure id).
 CATALOG_MEASURE_GET = "catalog.measure.get"
 #: The catalog publishes a CatalogChanged event here whenever the registry changes.
@@ -46,6 +57,56 @@ def accepted_msg_id(agency: Agency | str, event_id: str) -> str:
     return f"{agency}:{event_id}"
 
 
+def command_msg_id(kind: str, command_id: str) -> str:
+    """ACCEPTED's `Nats-Msg-Id` of an admitted command: `review:{review_id}` or `close:{close_id}` (the command's
+    kind, then its id: the secretariat's ids never collide with an agency's `{agency}:{event_id}`)."""
+    return f"{kind}:{command_id}"
+
+
+def review_subject(agency: Agency | str, measure_id: str) -> str:
+    """Where the secretariat publishes a review of a report (the report's agency and measure)."""
+    return f"{REVIEW_SUBJECT_PREFIX}.{agency}.{measure_id}"
+
+
+def close_subject(fiscal_year: int, quarter: int) -> str:
+    return f"{CLOSE_SUBJECT_PREFIX}.{fiscal_year}.{quarter}"
+
+
+def backfill_subject(agency: Agency | str, measure_id: str) -> str:
+    return f"{BACKFILL_SUBJECT_PREFIX}.{agency}.{measure_id}"
+
+
+def reviewed_subject(agency: Agency | str, measure_id: str) -> str:
+    """Where ingest publishes an admitted review (AdmittedReview) on ACCEPTED."""
+    return f"{REVIEWED_SUBJECT_PREFIX}.{agency}.{measure_id}"
+
+
+def closed_subject(fiscal_year: int, quarter: int) -> str:
+    """Where ingest publishes an admitted close (AdmittedClose) on ACCEPTED."""
+    return f"{CLOSED_SUBJECT_PREFIX}.{fiscal_year}.{quarter}"
+
+
+def published_subject(fiscal_year: int, quarter: int) -> str:
+    return f"{PUBLISHED_SUBJECT_PREFIX}.{fiscal_year}.{quarter}"
+
+
+def restated_subject(fiscal_year: int, quarter: int) -> str:
+    return f"{RESTATED_SUBJECT_PREFIX}.{fiscal_year}.{quarter}"
+
+
+def publication_subject(fiscal_year: int, quarter: int, revision: int) -> str:
+    """Revision 1 of a quarter is its publication; every later revision a restatement."""
+    if revision < 1:
+        raise ValueError(f"revisions start at 1, not {revision}")
+    return published_subject(fiscal_year, quarter) if revision == 1 else restated_subject(fiscal_year, quarter)
+
+
+def publication_msg_id(fiscal_year: int, quarter: int, revision: int) -> str:
+    """The Nats-Msg-Id of a quarter's revision on PUBLICATIONS (`published.2024.3.1`, `restated.2024.3.2`): every
+    replica and every restart publishing the same revision sends the same id."""
+    return f"{publication_subject(fiscal_year, quarter, revision)}.{revision}"
+
+
 def agency_inbox_prefix(agency: Agency | str) -> str:
     """The inbox prefix an agency's client must use to receive JetStream acks."""
     return f"_INBOX_{agency}"
@@ -57,15 +118,34 @@ class SubjectParts:
     measure_id: str
 
 
-def parse_status_subject(subject: str) -> SubjectParts | None:
-    """Split `status.{agency}.{measure_id}`; None when the subject has another shape.
+def parse_status_subject(subject: str, *, prefix: str = STATUS_SUBJECT_PREFIX) -> SubjectParts | None:
+    """Split `status.{agency}.{measure_id}` (or `{prefix}.{agency}.{measure_id}`: `review`, `backfill`, `accepted`,
+    `reviewed`); None when the subject has another shape.
 
     The agency part is returned as written (the broker's permissions decide who may publish it).
     """
     parts = subject.split(".")
-    if len(parts) != 3 or parts[0] != STATUS_SUBJECT_PREFIX or not parts[1] or not parts[2]:
+    if len(parts) != 3 or parts[0] != prefix or not parts[1] or not parts[2]:
         return None
     return SubjectParts(agency=parts[1], measure_id=parts[2])
+
+
+@dataclass(frozen=True, slots=True)
+class QuarterParts:
+    fiscal_year: int
+    quarter: int
+
+
+def parse_quarter_subject(subject: str, *, prefix: str = CLOSE_SUBJECT_PREFIX) -> QuarterParts | None:
+    """Split `close.{fy}.{q}` (or `{prefix}.{fy}.{q}`: `closed`, `published`, `restated`); None when the subject has
+    another shape (the year is not four digits, the quarter not 1–4)."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != prefix:
+        return None
+    year, quarter = parts[1], parts[2]
+    if len(year) != 4 or not year.isdigit() or quarter not in ("1", "2", "3", "4"):
+        return None
+    return QuarterParts(fiscal_year=int(year), quarter=int(quarter))
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,11 +164,17 @@ class StreamSpec:
 
 #: STATUS keeps the broker's minimum duplicate window: de-duplication there is ingest's job, by
 #: event_id, for ever, so that a conflicting resend is always seen and rejected.
+#: Subjects are added at the end only: `subjects[0]` is what consumers of the first contract filter on.
 STATUS_STREAM = StreamSpec(
     name="STATUS",
-    subjects=(f"{STATUS_SUBJECT_PREFIX}.>",),
+    subjects=(
+        f"{STATUS_SUBJECT_PREFIX}.>",
+        f"{REVIEW_SUBJECT_PREFIX}.>",
+        f"{CLOSE_SUBJECT_PREFIX}.>",
+        f"{BACKFILL_SUBJECT_PREFIX}.>",
+    ),
     duplicate_window_seconds=1.0,
-    description="Status events as ministries publish them",
+    description="Status events as ministries publish them, and the secretariat's commands, in one order",
 )
 #: ACCEPTED's and REJECTED's duplicate window: longer than ingest's retry horizon with its default settings
 #: (~44 min: `ingest.config.retry_horizon`), so that the broker drops every copy ingest's own retries publish.
@@ -97,12 +183,14 @@ PUBLISHED_DUPLICATE_WINDOW = 60 * 60.0
 
 ACCEPTED_STREAM = StreamSpec(
     name="ACCEPTED",
-    subjects=(f"{ACCEPTED_SUBJECT_PREFIX}.>",),
+    subjects=(f"{ACCEPTED_SUBJECT_PREFIX}.>", f"{REVIEWED_SUBJECT_PREFIX}.>", f"{CLOSED_SUBJECT_PREFIX}.>"),
     duplicate_window_seconds=PUBLISHED_DUPLICATE_WINDOW,
     description=(
-        "Admitted status events: the canonical log. Nats-Msg-Id = {agency}:{event_id}. Every message carries its "
-        "(event.agency, event.event_id) and readers count by it: a copy republished after the duplicate window "
-        "(an outage healed by ingest's outbox) is the same admission, never a second one"
+        "Admitted status events, reviews and closes: the canonical log, in one order. Nats-Msg-Id = "
+        "{agency}:{event_id} for reports, review:{review_id} and close:{close_id} for the secretariat's commands. "
+        "Every message carries its "
+        "id and readers count by it: a copy republished after the duplicate window (an outage healed by "
+        "ingest's outbox) is the same admission, never a second one"
     ),
 )
 REJECTED_STREAM = StreamSpec(
@@ -115,7 +203,17 @@ REJECTED_STREAM = StreamSpec(
     ),
 )
 
-STREAMS: tuple[StreamSpec, ...] = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)
+#: Written by reporting only; agencies and the public read it. A long duplicate window: publications are few, and a
+#: replica or a restart publishing a revision again within it is dropped by the broker (reporting also checks
+#: the stream's last publication of the quarter before it publishes).
+PUBLICATIONS_STREAM = StreamSpec(
+    name="PUBLICATIONS",
+    subjects=(f"{PUBLISHED_SUBJECT_PREFIX}.>", f"{RESTATED_SUBJECT_PREFIX}.>"),
+    duplicate_window_seconds=24 * 3600.0,
+    description="Closed quarters' rollups as published and restated (Nats-Msg-Id = published|restated.fy.q.revision)",
+)
+
+STREAMS: tuple[StreamSpec, ...] = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM, PUBLICATIONS_STREAM)
 
 #: The broker's word that it gave up on a STATUS message: `max_deliver` deliveries to ingest and no ack (each
 #: replica holding it stopped or hung). Ingest records it as an `undeliverable` rejection.

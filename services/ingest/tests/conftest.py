@@ -24,6 +24,7 @@ from ingest.app import IngestRuntime, create_app
 from ingest.config import IngestSettings
 from ingest.testing import SAMPLE_MEASURES, put_measures
 from shinchoku.client import AgencyPublisher
+from shinchoku_runtime.auth import AuthSettings
 from shinchoku_runtime.natsserver import NatsServer
 
 
@@ -93,11 +94,11 @@ async def start_ingest(
     """Start ingest (as `python -m ingest` would, in-process) with settings overrides; stopped at the end."""
     running: list[tuple[Any, httpx.AsyncClient]] = []
 
-    async def start(**overrides: Any) -> RunningIngest:
+    async def start(*, auth: AuthSettings | None = None, **overrides: Any) -> RunningIngest:
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(spans))
         settings = ingest_settings(nats_server, ingest_db_url, tmp_path, **overrides)
-        app = create_app(settings, tracer_provider=provider)
+        app = create_app(settings, tracer_provider=provider, auth=auth)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         runtime: IngestRuntime = app.state.runtime

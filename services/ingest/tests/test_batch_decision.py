@@ -13,7 +13,9 @@ from ingest.domain import (
     KINDS,
     REPORT,
     Admit,
+    Command,
     Decision,
+    Known,
     LateAdmission,
     MessageKind,
     NewClaim,
@@ -170,8 +172,8 @@ def test_a_message_must_be_read_first() -> None:
 
 def test_reports_are_the_kind_of_status_subjects_and_anything_unknown_is_read_as_one() -> None:
     assert kind_of("status.mof.1-25") is REPORT
-    assert kind_of("review.mof.1-25") is REPORT  # no such kind yet: read as a report, and so malformed
-    read = read_message("review.mof.1-25", encode(event_body()))
+    assert kind_of("audit.mof.1-25") is REPORT  # no such kind: read as a report, and so malformed
+    read = read_message("audit.mof.1-25", encode(event_body()))
     assert isinstance(read, Reject)
     assert read.reason is ReasonCode.malformed
 
@@ -184,8 +186,8 @@ def test_each_message_is_read_and_decided_by_its_kind(monkeypatch: pytest.Monkey
     def read(subject: str, data: bytes) -> Read:
         return REPORT.read("status" + subject.removeprefix("probe"), data)
 
-    def decide(read: Report, *, now: datetime, measures: Any, previous: PriorRecord | None) -> Decision:
-        seen.append((read.event_id, now))
+    def decide(read: Report | Command, *, message: Any, known: Known, previous: PriorRecord | None) -> Decision:
+        seen.append((read.event_id, message.received_at))
         return Reject(ReasonCode.not_lead, "probes are never admitted", read.event_id, read)
 
     monkeypatch.setitem(KINDS, "probe", MessageKind("probe", read, decide))

@@ -43,7 +43,7 @@ def rejected(decision: Any, reason: ReasonCode) -> Reject:
 def test_a_valid_report_is_admitted() -> None:
     decision = run(event_body())
     assert isinstance(decision, Admit)
-    assert decision.report.event.measure_id == "1-25"
+    assert decision.report.measure_id == "1-25"
 
 
 def test_a_co_lead_may_report() -> None:

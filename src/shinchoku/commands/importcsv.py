@@ -1,4 +1,4 @@
-"""`shinchoku import FILE.csv --agency A [--dry-run]`: bulk status reports from a spreadsheet export.
+"""`shinchoku import FILE.csv --agency A [--dry-run] [--backfill]`: bulk status reports from a spreadsheet export.
 
 Accepted as ministries export them: UTF-8 (with or without BOM) or Shift_JIS/CP932; Japanese or English
 column headers (施策番号/measure_id, 年度/fiscal_year, 四半期/quarter, 状況/status, 進捗率/progress,
@@ -9,6 +9,10 @@ from its content (uuid5), so importing the same file again sends the same ids an
 Every row is checked against contract v1 before anything is sent; `--dry-run` also judges each row with
 ingest's own admission rules (`contracts.admission`) against the catalog (read via its HTTP API), so that
 a row fails exactly when ingest would reject it, and sends nothing. The exit code is 1 when any row failed.
+
+`--backfill` migrates an agency's history: the same rows are sent by the secretariat (its NATS user and its
+bearer token) on `backfill.{agency}.{measure_id}`; ingest admits them under the same rules, marked
+`backfilled` wherever they appear.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import unicodedata
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -46,6 +50,8 @@ err = Console(stderr=True, highlight=False)
 IMPORT_NAMESPACE = uuid.UUID("6f1c2b4e-8a53-5d0e-9b57-5f3e0c6a9d21")
 #: Reports in flight at once while importing.
 WINDOW = 64
+#: A backfill's locally minted token lasts the whole import (ingest judges it when each row arrives).
+BACKFILL_TOKEN_TTL = timedelta(hours=1)
 
 # Column headers, matched after NFKC, case folding and removing spaces, brackets and underscores.
 _HEADERS: dict[str, tuple[str, ...]] = {
@@ -405,10 +411,17 @@ def print_errors(outcome: Outcome, file: Path) -> None:
 
 
 async def publish_all(
-    url: str, agency: Agency, password: str | None, events: list[tuple[int, StatusEvent]], outcome: Outcome
+    url: str,
+    agency: Agency,
+    password: str | None,
+    events: list[tuple[int, StatusEvent]],
+    outcome: Outcome,
+    *,
+    backfill_token: str | None = None,
 ) -> int:
-    """Publish every report (a window at a time) with a progress bar; failures become row errors."""
-    from shinchoku.client import AgencyPublisher, PublishError
+    """Publish every report (a window at a time) with a progress bar; failures become row errors. With
+    `backfill_token`, as the secretariat's backfill of the agency's history (`password`: the secretariat's)."""
+    from shinchoku.client import AgencyPublisher, PublishError, SecretariatPublisher
 
     window = asyncio.Semaphore(WINDOW)
     published = 0
@@ -421,13 +434,22 @@ async def publish_all(
         transient=False,
     ) as progress:
         task = progress.add_task("publish", total=len(events))
-        async with AgencyPublisher(url, agency=agency, password=password) as publisher:
+        publisher = (
+            SecretariatPublisher(url, password=password)
+            if backfill_token is not None
+            else AgencyPublisher(url, agency=agency, password=password)
+        )
+        async with publisher:
 
             async def one(line: int, event: StatusEvent) -> None:
                 nonlocal published
                 async with window:
                     try:
-                        await publisher.publish(event)
+                        if isinstance(publisher, SecretariatPublisher):
+                            assert backfill_token is not None
+                            await publisher.publish_backfill(event, token=backfill_token)
+                        else:
+                            await publisher.publish(event)
                         published += 1
                     except PublishError as e:
                         outcome.errors.append(RowError(line, "(publish)", str(e)))
@@ -450,8 +472,16 @@ def import_csv(
     nats_url: Annotated[
         str | None, typer.Option(help="NATS URL (nats://AGENCY:PASSWORD@host:port) instead of the stack's")
     ] = None,
+    backfill: Annotated[
+        bool,
+        typer.Option("--backfill", help="Migrate AGENCY's history: sent by the secretariat, marked backfilled"),
+    ] = False,
+    token: Annotated[
+        str | None, typer.Option(help="--backfill: the secretariat's bearer token (default: minted locally)")
+    ] = None,
 ) -> None:
-    """Send one status report per CSV row as AGENCY (Japanese headers and labels accepted); errors per row."""
+    """Send one status report per CSV row as AGENCY (Japanese headers and labels accepted); errors per row.
+    With --backfill, the secretariat sends them as AGENCY's past reports."""
     from shinchoku.stackhttp import StackUnavailable
 
     code = require_agency(agency)
@@ -493,19 +523,30 @@ def import_csv(
 
     password: str | None = None
     url = nats_url
-    if url is None:
+    backfill_token: str | None = None
+    if backfill:
+        from shinchoku.commands.secretariat import secretariat
+
+        sender = secretariat(data_dir, nats_url, token, ttl=BACKFILL_TOKEN_TTL)
+        url, password, backfill_token = sender.url, sender.password, sender.token
+    elif url is None:
         try:
             stack = Stack.load(data_dir)
             url, password = stack.nats_plain_url, stack.password(code.value)
         except StackNotFound as e:
             err.print(f"[red]{escape(str(e))}[/]")
             raise typer.Exit(1) from None
-    published = asyncio.run(publish_all(url, code, password, outcome.events, outcome)) if outcome.events else 0
+    published = (
+        asyncio.run(publish_all(url, code, password, outcome.events, outcome, backfill_token=backfill_token))
+        if outcome.events
+        else 0
+    )
     if outcome.errors:
         print_errors(outcome, file)
     failed_rows = len({e.line for e in outcome.errors})
+    sent_as = f"backfilled report(s) of {code.value} as the secretariat" if backfill else f"report(s) as {code.value}"
     console.print(
-        f"published {published} report(s) as {code.value}; {failed_rows} row(s) failed. Ingest decides each one: "
+        f"published {published} {sent_as}; {failed_rows} row(s) failed. Ingest decides each one: "
         f"rejections are listed at GET /rejections?agency={code.value} on the ingest service"
     )
     raise typer.Exit(1 if outcome.errors else 0)

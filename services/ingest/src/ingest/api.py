@@ -1,4 +1,8 @@
-"""HTTP on :8002: what became of an event, the rejections, and readiness."""
+"""HTTP on :8002: what became of an event (a report, or a command of the secretariat), the rejections, and readiness.
+
+An id is its owner's: an agency's for its reports (and their backfills), the secretariat's (`secretariat`) for
+its reviews and closes; `?agency=` names the owner when several used one id.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +17,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from contracts.agencies import Agency
+from contracts.commands import SECRETARIAT
 from contracts.events import ReasonCode
-from ingest import queries, repository
+from contracts.streams import BACKFILL_SUBJECT_PREFIX, CLOSE_SUBJECT_PREFIX, REVIEW_SUBJECT_PREFIX
+from ingest import queries
 from ingest.repository import StoredDecision
+from ingest.tables import OUTCOME_ADMITTED
 from shinchoku_runtime.http import BadRequest, Limit, NotFound, Offset
 from shinchoku_runtime.service import health_response
 
@@ -23,6 +30,15 @@ router = APIRouter()
 
 _REASONS = ", ".join(r.value for r in ReasonCode)
 _AGENCIES = ", ".join(a.value for a in Agency)
+#: Who may own an id: the agencies, and the secretariat (its reviews and closes).
+OWNERS = frozenset({*Agency.__members__, SECRETARIAT})
+_OWNERS = f"{_AGENCIES}, or {SECRETARIAT} (its reviews and closes)"
+#: What arrived, by its subject's first token.
+KINDS: dict[str, Literal["review", "close", "backfill"]] = {
+    REVIEW_SUBJECT_PREFIX: "review",
+    CLOSE_SUBJECT_PREFIX: "close",
+    BACKFILL_SUBJECT_PREFIX: "backfill",
+}
 #: Original bytes carried by one page of /rejections at most (a page holds at least one rejection): a page is
 #: bounded in memory whatever `limit` says, since STATUS takes messages of up to 1 MiB.
 PAGE_PAYLOAD_BYTES = 4 * 1024 * 1024
@@ -41,9 +57,12 @@ class Attempt(BaseModel):
 
 
 class EventOutcome(BaseModel):
-    """What ingest decided for an event_id."""
+    """What ingest decided for an event_id (or a review_id, a close_id)."""
 
     event_id: str = Field(examples=["0b6f8a52-3d0e-4a8e-9d55-8f0c0b0b7a11"])
+    kind: Literal["report", "review", "close", "backfill"] = Field(
+        default="report", description="A ministry's report, or the secretariat's review, close or backfilled report"
+    )
     outcome: Literal["admitted", "rejected"]
     reason: ReasonCode | None = Field(default=None, description="The reason code when rejected")
     message: str | None = Field(default=None, description="Why it was rejected, in words a clerk can act on")
@@ -56,6 +75,9 @@ class EventOutcome(BaseModel):
     stream_seq: int = Field(description="Sequence of the message in the STATUS stream")
     rejection_id: str | None = None
     attempts: list[Attempt] = Field(description="Every later delivery of the same event_id")
+    principal: str | None = Field(
+        default=None, description="A command's verified sender (the `sub` of its bearer token)"
+    )
 
 
 class RejectionItem(BaseModel):
@@ -111,14 +133,14 @@ def _attempt(d: StoredDecision) -> Attempt:
 )
 def get_event(
     request: Request,
-    event_id: Annotated[UUID, Path(description="The report's event_id (a UUID)")],
+    event_id: Annotated[UUID, Path(description="The report's event_id (a UUID), or a review_id or close_id")],
     agency: Annotated[
-        str | None, Query(description=f"The agency whose event it is (an event_id is an agency's own): {_AGENCIES}")
+        str | None, Query(description=f"Whose id it is (an event_id is an agency's own): {_OWNERS}")
     ] = None,
 ) -> EventOutcome | JSONResponse:
-    """What became of one report: admitted or rejected (with reason), and every later attempt with its id."""
-    if agency is not None and agency not in Agency.__members__:
-        raise BadRequest(f"unknown agency {agency!r}; use one of {_AGENCIES}")
+    """What became of one report or command: admitted or rejected (with reason), and every later attempt."""
+    if agency is not None and agency not in OWNERS:
+        raise BadRequest(f"unknown agency {agency!r}; use one of {_OWNERS}")
     runtime = request.app.state.runtime
     histories = queries.event_histories(runtime.engine, event_id=str(event_id), agency=agency)
     if not histories:
@@ -138,7 +160,9 @@ def get_event(
     main = history.main
     return EventOutcome(
         event_id=str(event_id),
-        outcome="admitted" if main.outcome == repository.OUTCOME_ADMITTED else "rejected",
+        kind=KINDS.get(main.subject.partition(".")[0], "report"),
+        principal=main.principal,
+        outcome="admitted" if main.outcome == OUTCOME_ADMITTED else "rejected",
         reason=ReasonCode(main.reason) if main.reason else None,
         message=main.message,
         subject=main.subject,
@@ -158,13 +182,13 @@ def get_rejections(
     request: Request,
     limit: Limit = 100,
     offset: Offset = 0,
-    agency: Annotated[str | None, Query(description=f"Agency code: {_AGENCIES}")] = None,
+    agency: Annotated[str | None, Query(description=f"Whose rejections: {_OWNERS}")] = None,
     reason: Annotated[str | None, Query(description=f"Reason code: {_REASONS}")] = None,
 ) -> Response:
-    """Rejected messages, newest first, filtered by agency and reason code, paged (a page of large payloads stops
-    early: `truncated`, `next_offset`)."""
-    if agency is not None and agency not in Agency.__members__:
-        raise BadRequest(f"unknown agency {agency!r}; use one of {_AGENCIES}")
+    """Rejected messages, newest first, filtered by agency (or the secretariat) and reason code, paged (a page of
+    large payloads stops early: `truncated`, `next_offset`)."""
+    if agency is not None and agency not in OWNERS:
+        raise BadRequest(f"unknown agency {agency!r}; use one of {_OWNERS}")
     if reason is not None and reason not in ReasonCode.__members__:
         raise BadRequest(f"unknown reason {reason!r}; use one of {_REASONS}")
     runtime = request.app.state.runtime

@@ -23,6 +23,7 @@ from ingest.metrics import IngestMetrics
 from ingest.publishing import PubAcks
 from ingest.reconciler import OutboxStatus, Reconciler, Republisher
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
@@ -38,8 +39,16 @@ MAX_RETRY_DELAY = 30.0
 class IngestRuntime:
     """The running ingest: what the lifespan starts and stops, and what routes and health checks read."""
 
-    def __init__(self, settings: IngestSettings, *, tracer_provider: TracerProvider | None = None) -> None:
+    def __init__(
+        self,
+        settings: IngestSettings,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        auth: AuthSettings | None = None,
+    ) -> None:
         self.settings = settings
+        #: Verifies the bearer tokens of the secretariat's commands (`SHINCHOKU_AUTH_*`, as for HTTP).
+        self.verifier = TokenVerifier.from_settings(auth or AuthSettings(), data_dir=settings.data_dir)
         self.engine = repository.tune(make_engine(settings.resolved_database_url()))
         repository.set_sqlite_busy_timeout(self.engine, milliseconds=settings.sqlite_busy_timeout_ms)
         self.registry = CollectorRegistry()
@@ -158,6 +167,7 @@ class IngestRuntime:
             pub_acks=self.pub_acks,
             republisher=republisher,
             tracer=self.tracer_provider.get_tracer("ingest"),
+            verifier=self.verifier,
         )
         await handler.start()
         return handler
@@ -218,8 +228,13 @@ class IngestRuntime:
         return queries.ping(self.engine)
 
 
-def create_app(settings: IngestSettings | None = None, *, tracer_provider: TracerProvider | None = None) -> FastAPI:
-    runtime = IngestRuntime(settings or IngestSettings(), tracer_provider=tracer_provider)
+def create_app(
+    settings: IngestSettings | None = None,
+    *,
+    tracer_provider: TracerProvider | None = None,
+    auth: AuthSettings | None = None,
+) -> FastAPI:
+    runtime = IngestRuntime(settings or IngestSettings(), tracer_provider=tracer_provider, auth=auth)
 
     app = FastAPI(
         title="Shinchoku ingest",

@@ -8,6 +8,7 @@ from enum import StrEnum
 
 from nats.aio.msg import Msg
 
+from contracts.commands import Sender, claim_owner
 from ingest.domain import Decision, Read
 from ingest.repository import StoredDecision
 from ingest.tracing import MessageSpan
@@ -19,6 +20,8 @@ class FaultKind(StrEnum):
     database = "database"
     nats = "nats"
     catalog = "catalog"
+    #: The token issuer's keys (a command's sender cannot be verified now).
+    auth = "auth"
     #: Other replicas kept storing parts of the batch first.
     conflict = "conflict"
     #: An unexpected error while processing the message alone.
@@ -45,7 +48,9 @@ class Delivery:
     seq: int
     delivered: int
     subject: str
-    #: The agency of the subject (the one NATS authenticated), or `unknown` for an alien subject.
+    #: Whose idempotency claims the message makes: the agency of the subject of a report or a backfilled report
+    #: (the one NATS authenticated, for a report), `secretariat` for a review or a close, `unknown` for an alien
+    #: subject.
     agency: str
     data: bytes
     received_at: datetime
@@ -55,6 +60,8 @@ class Delivery:
     fault: Fault | None = None
     #: Its decision is committed in the store: from then on it is the outbox's to publish, never dead-lettered.
     stored: bool = False
+    #: A command's sender, once its bearer token was verified (never the token itself).
+    sender: Sender | None = None
 
     @property
     def rejection_id(self) -> str:
@@ -71,10 +78,9 @@ class Delivery:
 
     def forget(self) -> None:
         """Back to as delivered, to be processed again."""
-        self.read = self.outcome = self.fault = None
+        self.read = self.outcome = self.fault = self.sender = None
         self.stored = False
 
 
-def subject_agency(subject: str) -> str:
-    parts = subject.split(".", 2)
-    return parts[1] if len(parts) > 1 and parts[1] else "unknown"
+#: The owner of a message's claims, by its subject (`Delivery.agency`).
+subject_agency = claim_owner

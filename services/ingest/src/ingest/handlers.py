@@ -11,9 +11,9 @@ The order is what makes ingest exactly-once:
 3. A message is acked only after its commit and its PubAck, or, on its last delivery, once its decision is
    committed: a stored decision is never dead-lettered; publishing it is then the outbox's (`reconciler`).
 
-This module is the order itself. The decision is `domain.decide_batch` (pure), what a decision becomes
-`records`, publishing `publishing`, acks, retries and dead letters `settling`, and spans and metrics
-`observer`. A fault that is not the message's (database, NATS, catalog unavailable) puts the message back
+This module is the order itself. The decision is `domain.decide_batch` (pure), what the secretariat's
+commands need from the world `commands`, what a decision becomes `records`, publishing `publishing`, acks,
+retries and dead letters `settling`, and spans and metrics `observer`. A fault that is not the message's (database, NATS, catalog unavailable) puts the message back
 for later; bad input is never retried: it is rejected.
 """
 
@@ -32,10 +32,22 @@ from nats.aio.msg import Msg
 from opentelemetry import trace
 from opentelemetry.trace import Tracer
 
+from contracts.catalog import Measure
 from ingest import outbox_repository, repository
+from ingest.commands import CommandFacts, CommandWorld
 from ingest.config import PAUSE_MAX
 from ingest.delivery import Delivery, Fault, FaultKind
-from ingest.domain import ClaimKey, Duplicate, PriorRecord, Report, clean, decide_batch, read_message
+from ingest.domain import (
+    BatchDecision,
+    ClaimKey,
+    Command,
+    Duplicate,
+    PriorRecord,
+    Report,
+    clean,
+    decide_batch,
+    read_message,
+)
 from ingest.health import WorkHealth
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
@@ -45,6 +57,7 @@ from ingest.reconciler import Republisher
 from ingest.records import decision_record, outgoing
 from ingest.repository import StoredDecision, WriteConflict
 from ingest.settling import Settler
+from shinchoku_runtime.auth import TokenVerifier
 
 log = logging.getLogger(__name__)
 
@@ -100,9 +113,11 @@ class BatchHandler:
         pub_acks: PubAcks,
         republisher: Republisher,
         tracer: Tracer | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self._engine = engine
         self._mirror = mirror
+        self._commands = CommandWorld(engine=engine, js=nc.jetstream(), verifier=verifier)
         self.health = health
         self._pub_acks = pub_acks
         self._republisher = republisher
@@ -255,23 +270,25 @@ class BatchHandler:
         # event id is the common case, and the claim insert (unique on event_id and agency) is the check that
         # counts. A batch holding an id claimed before (a resend, a redelivery, another replica's work) fails
         # that insert as a whole and is decided again with the stored records (`recheck`). Only a decision
-        # that claims nothing could come out differently without them: those ids are read at once.
-        decidable = [d for d in todo if d.fault is None]
+        # that claims nothing could come out differently without them: those ids are read at once. The
+        # secretariat's commands also need who sent them, the reports they review and the closed quarters.
         read_started = time.perf_counter()
-        reported = (
-            [(d.read.subject_agency, d.read.event_id) for d in decidable if isinstance(d.read, Report)]
-            if recheck
-            else []
-        )
         try:
+            facts = await self._commands.gather(todo)
+            decidable = [d for d in todo if d.fault is None]
+            reported = (
+                [(d.read.subject_agency, d.read.event_id) for d in decidable if isinstance(d.read, Report | Command)]
+                if recheck
+                else []
+            )
             priors = await self._load_priors(reported)
-            batch = decide_batch(decidable, measures=found, priors=priors)
+            batch = self._decide(decidable, found, priors, facts)
             if not recheck:
                 unclaimed = batch.unclaimed_event_ids()
                 if unclaimed and (priors := await self._load_priors(unclaimed)):
-                    batch = decide_batch(decidable, measures=found, priors=priors)
+                    batch = self._decide(decidable, found, priors, facts)
         except sa.exc.SQLAlchemyError as e:
-            self._store_failed(decidable, e)
+            self._store_failed([d for d in todo if d.fault is None], e)
             return _now()
         decided_at = _now()
         self._observer.read_records(time.perf_counter() - read_started)
@@ -292,6 +309,7 @@ class BatchHandler:
                     claims=list(batch.claims.values()),
                     late_admissions=batch.late,
                     published=published,
+                    closes=batch.closes,
                 )
             except WriteConflict:
                 self._pub_acks.put_back(published)
@@ -308,6 +326,22 @@ class BatchHandler:
         if resent:
             self._republish_if_unpublished(resent)
         return decided_at
+
+    @staticmethod
+    def _decide(
+        decidable: list[Delivery],
+        measures: dict[str, Measure | None],
+        priors: dict[ClaimKey, PriorRecord],
+        facts: CommandFacts,
+    ) -> BatchDecision:
+        return decide_batch(
+            decidable,
+            measures=measures,
+            priors=priors,
+            reports=facts.reports,
+            closed=facts.closed,
+            senders=facts.senders,
+        )
 
     async def _load_priors(self, keys: list[ClaimKey]) -> dict[ClaimKey, PriorRecord]:
         if not keys:

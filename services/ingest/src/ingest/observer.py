@@ -27,7 +27,8 @@ from ingest.delivery import Delivery, Fault, FaultKind, subject_agency
 from ingest.domain import Admit, Duplicate, Reject, Report, clean
 from ingest.metrics import IngestMetrics
 from ingest.publishing import Published
-from ingest.repository import OUTCOME_ADMITTED, OUTCOME_DUPLICATE, OUTCOME_REJECTED, StoredDecision
+from ingest.repository import StoredDecision
+from ingest.tables import OUTCOME_ADMITTED, OUTCOME_DUPLICATE, OUTCOME_REJECTED
 from ingest.tracing import BatchTracer
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ class BatchObserver:
             report = outcome.report
             if report is not None:
                 attributes["shinchoku.event_id"] = report.event_id
-                attributes["shinchoku.measure_id"] = report.event.measure_id
+                if report.measure_id is not None:
+                    attributes["shinchoku.measure_id"] = report.measure_id
             elif isinstance(outcome, Reject) and outcome.event_id:
                 attributes["shinchoku.event_id"] = outcome.event_id
             attributes["shinchoku.agency"] = d.agency

@@ -17,14 +17,8 @@ import sqlalchemy as sa
 from sqlalchemy import Engine
 
 from ingest.domain import ClaimKey
-from ingest.repository import (
-    OUTCOME_DUPLICATE,
-    STORED_COLUMNS,
-    StoredDecision,
-    claim_table,
-    decision_table,
-    stored_decision,
-)
+from ingest.repository import STORED_COLUMNS, StoredDecision, stored_decision
+from ingest.tables import OUTCOME_DUPLICATE, claim_table, decision_table
 
 _d = decision_table
 _unpublished = sa.and_(_d.c.published_seq.is_(None), _d.c.outcome != OUTCOME_DUPLICATE)

@@ -8,14 +8,8 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
-from ingest.repository import (
-    OUTCOME_REJECTED,
-    STORED_COLUMNS,
-    StoredDecision,
-    claim_table,
-    decision_table,
-    stored_decision,
-)
+from ingest.repository import STORED_COLUMNS, StoredDecision, stored_decision
+from ingest.tables import OUTCOME_REJECTED, claim_table, decision_table
 
 
 @dataclass(frozen=True, slots=True)

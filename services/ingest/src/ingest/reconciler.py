@@ -37,7 +37,7 @@ from ingest.metrics import IngestMetrics
 from ingest.outbox_repository import PassLock, Unpublished
 from ingest.publishing import PubAcks, marks_of
 from ingest.records import STREAM_OF, Outgoing, republished
-from ingest.repository import OUTCOME_ADMITTED, OUTCOME_REJECTED
+from ingest.tables import OUTCOME_ADMITTED, OUTCOME_REJECTED
 from shinchoku_runtime.batchpublish import MAX_BATCH, OutMessage, publish_atomic
 
 log = logging.getLogger(__name__)
@@ -100,8 +100,8 @@ class Republisher:
         """What the decision publishes, with the report's trace context; None if it cannot be built now."""
         decision = row.decision
         data, headers = row.payload, {}
-        if decision.outcome == OUTCOME_ADMITTED or data is None:
-            try:  # an admission's bytes live in STATUS (limits retention keeps every message)
+        if decision.admitted_body is None and (decision.outcome == OUTCOME_ADMITTED or data is None):
+            try:  # a report's admission's bytes live in STATUS (limits retention keeps every message)
                 raw = await self._js.get_msg(STATUS_STREAM.name, decision.stream_seq)
             except Exception as e:
                 log.error("STATUS-%d cannot be read back to publish its decision again: %s", decision.stream_seq, e)
@@ -109,7 +109,7 @@ class Republisher:
             data = raw.data or b""
             headers = {k: v for k, v in (raw.headers or {}).items() if k in _TRACE_HEADERS}
         try:
-            out = republished(decision, data)
+            out = republished(decision, data or b"")
         except ValueError as e:  # not what was stored for this sequence (STATUS was reset under ingest)
             log.error("STATUS-%d no longer holds the message decided: %s", decision.stream_seq, clean(str(e), 200))
             return None

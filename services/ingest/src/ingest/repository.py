@@ -4,10 +4,11 @@
 redelivered message is answered from the store instead of being decided again. It is also ingest's outbox:
 `published_seq` is where the decision landed on ACCEPTED or REJECTED, NULL until its PubAck (the outbox's own
 queries are in `outbox_repository`). `event_claim` binds an agency's event_id to the content it first carried
-and says which message admitted it: an event id is an agency's own, so claims are keyed by (event_id, agency).
-Both are written in one transaction per batch with SQLAlchemy Core (`INSERT … ON CONFLICT DO NOTHING` on
-SQLite and PostgreSQL alike): a row that did not go in means another replica got there first, and the batch
-is decided again from the store. The same transaction records the sequences of earlier batches' PubAcks.
+and says which message admitted it: an event id is an agency's own, so claims are keyed by (event_id, agency)
+(the secretariat's review and close ids are claimed as `secretariat`'s). `closed_quarter` holds each quarter
+the secretariat closed: one close per quarter, ever. All are written in one transaction per batch with
+SQLAlchemy Core (`INSERT … ON CONFLICT DO NOTHING` on SQLite and PostgreSQL alike): a row that did not go in
+means another replica got there first, and the batch is decided again from the store. The same transaction records the sequences of earlier batches' PubAcks.
 The reads for HTTP are in `queries`.
 """
 
@@ -20,87 +21,24 @@ from typing import Any, NamedTuple, cast
 
 import sqlalchemy as sa
 from sqlalchemy import Engine, event
-from sqlmodel import Column, Field, SQLModel
+from sqlmodel import SQLModel
 
-from ingest.domain import ClaimKey, LateAdmission, NewClaim, PriorRecord
+from ingest.domain import ClaimKey, LateAdmission, NewClaim, NewClose, PriorRecord, QuarterKey
+
+# Re-exported: what a decision's outcome is called (the tables and the rest of their words are in `tables`).
+from ingest.tables import OUTCOME_ADMITTED as OUTCOME_ADMITTED
+from ingest.tables import OUTCOME_DUPLICATE as OUTCOME_DUPLICATE
+from ingest.tables import OUTCOME_REJECTED as OUTCOME_REJECTED
+from ingest.tables import PUBLISHED_BEFORE_OUTBOX as PUBLISHED_BEFORE_OUTBOX
+from ingest.tables import claim_table, closed_table, decision_table
 from shinchoku_runtime.db import ColumnArrays, serialize_schema_changes, size_sqlite_cache
-
-OUTCOME_ADMITTED = "admitted"
-OUTCOME_REJECTED = "rejected"
-#: An identical resend of an admitted event: recorded as an attempt, nothing published.
-OUTCOME_DUPLICATE = "duplicate"
-#: `published_seq` of the decisions stored before ingest recorded sequences: published, where is not known.
-PUBLISHED_BEFORE_OUTBOX = 0
-#: What makes a decision the outbox's to publish (partial index and queries alike).
-UNPUBLISHED = "published_seq IS NULL AND outcome <> 'duplicate'"
-
-
-class DecisionRow(SQLModel, table=True):
-    """What ingest decided for one STATUS message."""
-
-    __tablename__ = "decision"
-    __table_args__ = (
-        # Rejections are few: a partial index keeps the hot insert path free of it for admissions.
-        sa.Index(
-            "ix_decision_rejections",
-            "agency",
-            "reason",
-            "stream_seq",
-            sqlite_where=sa.text("outcome = 'rejected'"),
-            postgresql_where=sa.text("outcome = 'rejected'"),
-        ),
-        # The outbox: only the decisions waiting for their PubAck (a few batches, unless a stream is down).
-        sa.Index(
-            "ix_decision_unpublished",
-            "stream_seq",
-            sqlite_where=sa.text(UNPUBLISHED),
-            postgresql_where=sa.text(UNPUBLISHED),
-        ),
-    )
-
-    stream_seq: int = Field(sa_column=Column(sa.BigInteger, primary_key=True, autoincrement=False))
-    event_id: str | None = Field(default=None, max_length=36, index=True)
-    outcome: str = Field(max_length=10)
-    reason: str | None = Field(default=None, max_length=32)
-    message: str | None = Field(default=None, sa_column=Column(sa.Text))
-    subject: str = Field(sa_column=Column(sa.Text, nullable=False))
-    agency: str = Field(max_length=64)
-    measure_id: str | None = Field(default=None, max_length=16)
-    received_at: datetime = Field(sa_column=Column(sa.DateTime(timezone=True), nullable=False))
-    admitted_at: datetime | None = Field(default=None, sa_column=Column(sa.DateTime(timezone=True)))
-    trace_id: str | None = Field(default=None, max_length=32)
-    content_hash: str | None = Field(default=None, max_length=32)
-    rejection_id: str | None = Field(default=None, max_length=40)
-    #: The original bytes of a rejected message (admitted ones live on ACCEPTED).
-    payload: bytes | None = Field(default=None, sa_column=Column(sa.LargeBinary))
-    #: The sequence the decision was stored at on ACCEPTED/REJECTED: NULL until its PubAck (the outbox). Exact
-    #: for an atomic batch; for a batch the broker refused whole and took message by message (part of it was
-    #: stored before), the batch's last sequence, an upper bound.
-    published_seq: int | None = Field(default=None, sa_column=Column(sa.BigInteger))
-
-
-class EventClaimRow(SQLModel, table=True):
-    """The idempotency record of an agency's event_id: the content it is bound to and the message that admitted
-    it. Keyed by (event_id, agency): another agency's use of the same id is another claim."""
-
-    __tablename__ = "event_claim"
-
-    event_id: str = Field(primary_key=True, max_length=36)
-    content_hash: str = Field(max_length=32)
-    agency: str = Field(primary_key=True, max_length=64)
-    first_seq: int = Field(sa_column=Column(sa.BigInteger, nullable=False))
-    admitted_seq: int | None = Field(default=None, sa_column=Column(sa.BigInteger))
-
-
-decision_table: sa.Table = DecisionRow.__table__  # type: ignore[attr-defined]
-claim_table: sa.Table = EventClaimRow.__table__  # type: ignore[attr-defined]
 
 
 def create_schema(engine: Engine) -> None:
     with engine.begin() as conn:
         serialize_schema_changes(conn, "ingest")
         _upgrade_before(conn)
-        SQLModel.metadata.create_all(conn, tables=[decision_table, claim_table])
+        SQLModel.metadata.create_all(conn, tables=[decision_table, claim_table, closed_table])
         _upgrade_after(conn)
 
 
@@ -110,12 +48,18 @@ def _upgrade_before(conn: sa.Connection) -> None:
     inspector = sa.inspect(conn)
     if "decision" not in inspector.get_table_names():
         return
-    if "published_seq" not in {c["name"] for c in inspector.get_columns("decision")}:
+    columns = {c["name"] for c in inspector.get_columns("decision")}
+    if "published_seq" not in columns:
         conn.execute(sa.text("ALTER TABLE decision ADD COLUMN published_seq BIGINT"))
         conn.execute(
             sa.text("UPDATE decision SET published_seq = :seq WHERE outcome <> 'duplicate'"),
             {"seq": PUBLISHED_BEFORE_OUTBOX},
         )
+    # A store from before the secretariat's commands: the columns they fill (NULL for every report).
+    if "principal" not in columns:
+        conn.execute(sa.text("ALTER TABLE decision ADD COLUMN principal VARCHAR(200)"))
+    if "admitted_body" not in columns:
+        conn.execute(sa.text("ALTER TABLE decision ADD COLUMN admitted_body TEXT"))
 
 
 def _upgrade_after(conn: sa.Connection) -> None:
@@ -175,6 +119,8 @@ class StoredDecision:
     content_hash: str | None
     rejection_id: str | None
     published_seq: int | None = None
+    principal: str | None = None
+    admitted_body: str | None = None
 
 
 STORED_COLUMNS = [decision_table.c[name] for name in StoredDecision.__slots__]
@@ -200,6 +146,10 @@ class DecisionRecord(NamedTuple):
     payload: bytes | None
     #: Always None when written: set by the PubAck (`Mark`).
     published_seq: int | None = None
+    #: A command's verified sender.
+    principal: str | None = None
+    #: An admitted review's or close's message on ACCEPTED.
+    admitted_body: str | None = None
 
 
 class Mark(NamedTuple):
@@ -248,6 +198,39 @@ def load_priors(engine: Engine, *, keys: Iterable[ClaimKey]) -> dict[ClaimKey, P
     return out
 
 
+class ReportAdmission(NamedTuple):
+    """Where an agency's admitted report is: its STATUS message (to read its quarter from) and its measure."""
+
+    admitted_seq: int
+    measure_id: str | None
+
+
+def load_admitted_reports(engine: Engine, *, keys: Iterable[ClaimKey]) -> dict[ClaimKey, ReportAdmission]:
+    """The admitted reports of these (agency, event_id) pairs (what reviews name), where they are."""
+    wanted = set(keys)
+    if not wanted:
+        return {}
+    c, d = claim_table, decision_table
+    query = (
+        sa.select(c.c.agency, c.c.event_id, c.c.admitted_seq, d.c.measure_id)
+        .select_from(c.join(d, d.c.stream_seq == c.c.admitted_seq))
+        .where(c.c.event_id.in_(sorted({event_id for _, event_id in wanted})), c.c.admitted_seq.is_not(None))
+    )
+    with engine.connect() as conn:
+        return {
+            (agency, event_id): ReportAdmission(admitted_seq, measure_id)
+            for agency, event_id, admitted_seq, measure_id in conn.execute(query)
+            if (agency, event_id) in wanted
+        }
+
+
+def load_closed(engine: Engine) -> dict[QuarterKey, str]:
+    """Every closed quarter, and the close_id that closed it (a few rows a year)."""
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(closed_table.c.fiscal_year, closed_table.c.quarter, closed_table.c.close_id))
+        return {(fiscal_year, quarter): close_id for fiscal_year, quarter, close_id in rows}
+
+
 class WriteConflict(Exception):
     """Another replica stored part of this batch first: decide the batch again from the store."""
 
@@ -259,10 +242,12 @@ def write_batch(
     claims: Sequence[NewClaim],
     late_admissions: Sequence[LateAdmission],
     published: Sequence[Mark] = (),
+    closes: Sequence[NewClose] = (),
 ) -> None:
     """Store a batch's decisions and idempotency records in one transaction, or nothing (WriteConflict).
 
     `published`: PubAcks of earlier batches, recorded in the same transaction (no commit of their own).
+    `closes`: the quarters the batch closes (a quarter closed by another replica first is a WriteConflict).
     """
     if not decisions:
         if published:
@@ -270,7 +255,12 @@ def write_batch(
         return
     if engine.dialect.name == "sqlite":
         _write_batch_sqlite(
-            engine, decisions=decisions, claims=claims, late_admissions=late_admissions, published=published
+            engine,
+            decisions=decisions,
+            claims=claims,
+            late_admissions=late_admissions,
+            published=published,
+            closes=closes,
         )
         return
     with engine.begin() as conn:
@@ -282,6 +272,7 @@ def write_batch(
             if claimed != len(claims):
                 raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)
+        _close(conn, closes)
         _mark(conn, published)
 
 
@@ -352,6 +343,7 @@ def _write_batch_sqlite(
     claims: Sequence[NewClaim],
     late_admissions: Sequence[LateAdmission],
     published: Sequence[Mark],
+    closes: Sequence[NewClose],
 ) -> None:
     """`write_batch` on SQLite: plain `executemany` of prepared tuples, the same rows SQLAlchemy Core would write.
 
@@ -368,7 +360,20 @@ def _write_batch_sqlite(
             if claimed != len(claims):
                 raise WriteConflict(f"{len(claims) - claimed} event id(s) were claimed by another replica")
         _admit_late(conn, late_admissions)
+        _close(conn, closes)
         _mark(conn, published)
+
+
+_CLOSE_INSERT = sa.text(
+    "INSERT INTO closed_quarter (fiscal_year, quarter, close_id, stream_seq) "
+    "VALUES (:fiscal_year, :quarter, :close_id, :stream_seq) ON CONFLICT DO NOTHING"
+)
+
+
+def _close(conn: sa.Connection, closes: Sequence[NewClose]) -> None:
+    for close in closes:  # a handful a year: one statement each, its row count exact on either database
+        if conn.execute(_CLOSE_INSERT, close._asdict()).rowcount != 1:
+            raise WriteConflict(f"FY{close.fiscal_year}Q{close.quarter} was closed by another replica")
 
 
 def _admit_late(conn: sa.Connection, late_admissions: Sequence[LateAdmission]) -> None:

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from contracts.commands import id_field
 from contracts.events import ReasonCode
 from contracts.streams import MSG_ID_HEADER, STATUS_STREAM
 from ingest import repository
@@ -154,7 +155,8 @@ class Settler:
             f"処理不能 (undeliverable): ingest could not process this message in {d.delivered} deliveries "
             f"({why}). It was NOT admitted: send the same report again (the same event_id is fine)"
         )
-        reject = Reject(reason=ReasonCode.undeliverable, message=message, event_id=readable_event_id(d.data))
+        read_id = readable_event_id(d.data, id_field(d.subject))
+        reject = Reject(reason=ReasonCode.undeliverable, message=message, event_id=read_id)
         row = decision_record(d, reject, datetime.now(UTC))
         recorded = False
         try:

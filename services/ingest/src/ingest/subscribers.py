@@ -43,7 +43,8 @@ def consumer_config(settings: IngestSettings) -> ConsumerConfig:
         ack_wait=settings.ack_wait,
         max_deliver=settings.max_deliver,
         max_ack_pending=settings.max_ack_pending,
-        filter_subject=STATUS_STREAM.subjects[0],
+        # Every subject of STATUS: the ministries' reports and the secretariat's commands, in one order.
+        filter_subjects=list(STATUS_STREAM.subjects),
     )
 
 
