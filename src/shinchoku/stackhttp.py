@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from shinchoku.stack import DEFAULT_DATA_DIR, Stack, StackNotFound
+
+if TYPE_CHECKING:
+    from shinchoku_client.api import AgencyApi
 
 
 class StackUnavailable(Exception):
@@ -55,3 +58,20 @@ def detail(response: httpx.Response) -> str:
     if isinstance(body, dict) and "detail" in body:
         return str(body["detail"])
     return response.text.strip()
+
+
+def agency_api(data_dir: Path | None, agency: str, token: str | None = None) -> AgencyApi:
+    """The ministry client's HTTP API as `agency` on the running stack, with `token` (else $SHINCHOKU_TOKEN, else
+    one minted from the data directory); StackUnavailable when no stack was started there."""
+    from shinchoku.issuer import bearer_headers
+    from shinchoku_client.api import AgencyApi
+
+    stack = load_stack(data_dir)
+    bearer = bearer_headers(stack.data_dir, token, agency).get("Authorization", "").removeprefix("Bearer ")
+    return AgencyApi(
+        agency=agency,
+        token=bearer or None,
+        catalog_url=stack.http["catalog"],
+        ingest_url=stack.http["ingest"],
+        reporting_url=stack.http["reporting"],
+    )
