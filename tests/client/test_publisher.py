@@ -7,6 +7,7 @@ import dataclasses
 import time
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from nats.aio.client import Client
@@ -32,11 +33,11 @@ def report(agency: str, measure: str, status: str = "on_track") -> StatusEvent:
     )
 
 
-async def stored(admin_nc: Client) -> list[dict[str, object]]:
+async def stored(admin_nc: Client) -> list[dict[str, Any]]:
     """Every STATUS message (sequence, subject, payload), in order."""
     js = admin_nc.jetstream()
     info = await js.stream_info("STATUS")
-    out: list[dict[str, object]] = []
+    out: list[dict[str, Any]] = []
     if not info.state.messages:
         return out
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
