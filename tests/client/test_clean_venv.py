@@ -112,12 +112,11 @@ def test_a_ministry_reports_through_the_stack_from_the_clean_venv(
                     event_id=uuid.uuid4(), measure_id=measure, agency="mof", fiscal_year=2025, quarter=1,
                     status="on_track", progress=70, note="クリーン環境から", reported_at=datetime.now(timezone.utc),
                 )
-                async with AgencyPublisher(nats_url, agency="mof") as publisher:
-                    sent = await publisher.publish_batch([event])
                 async with AgencyApi(agency="mof", token=token, ingest_url=ingest, reporting_url=reporting) as api:
-                    decision = await api.wait_for_decision(event.event_id)
+                    async with AgencyPublisher(nats_url, agency="mof", api=api) as publisher:
+                        sent = await publisher.publish_batch([event], wait=True)  # and wait for the decision
                 print(json.dumps({"sent": [s.ok for s in sent], "atomic": sent[0].atomic,
-                                  "event_id": str(event.event_id), "decision": decision.model_dump()}))
+                                  "event_id": str(event.event_id), "decision": sent[0].decision.model_dump()}))
 
             asyncio.run(main())
             """

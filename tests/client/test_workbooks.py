@@ -5,6 +5,7 @@ error, imported, and seen in the rollup; CSV as Excel and Japanese Windows save 
 from __future__ import annotations
 
 import asyncio
+import io
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,6 +69,14 @@ def test_template_filled_by_a_clerk_is_checked_cell_by_cell_then_imported(stack:
     book = tmp_path / "reports.xlsx"
     made = cli(stack, "template", "--agency", "mof", "--fy", "2024", "--quarter", "3", "-o", str(book))
     assert made.exit_code == 0, made.output
+
+    # `> reports.xlsx` writes the same workbook to standard output.
+    piped = cli(stack, "template", "--agency", "mof", "--fy", "2024", "--quarter", "3")
+    assert piped.exit_code == 0, piped.output
+    as_piped = load_workbook(io.BytesIO(piped.stdout_bytes))
+    assert [[c.value for c in r] for r in as_piped[REPORT_SHEET].iter_rows()] == [
+        [c.value for c in r] for r in load_workbook(book)[REPORT_SHEET].iter_rows()
+    ]
 
     # --- the template as written ---
     wb = load_workbook(book)

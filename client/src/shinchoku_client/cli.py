@@ -36,7 +36,7 @@ from shinchoku_client.api import (
 from shinchoku_client.cells import CellError, parse_reported_at
 from shinchoku_client.csvfile import ImportFileError
 from shinchoku_client.importing import Loaded, judge, load_reports, send, template_data, validate
-from shinchoku_client.publisher import AgencyPublisher, PublishError
+from shinchoku_client.publisher import AgencyPublisher, PublishError, Sent
 from shinchoku_client.rows import Outcome
 from shinchoku_client.workbook import write_template
 
@@ -143,18 +143,18 @@ async def _import(args: argparse.Namespace) -> int:
         if not args.nats_url:
             _say(f"error: no NATS URL: pass --nats-url nats://{args.agency.value}:PASSWORD@host:port (shinchoku creds)")
             return 2
-        to_decide = [e for _, e in outcome.events]
-        async with AgencyPublisher(args.nats_url, agency=args.agency) as publisher:
-            published = await send(loaded, outcome, publisher)
+        async with AgencyPublisher(args.nats_url, agency=args.agency, api=api) as publisher:
+            decided: list[Sent] = []
+            published = await send(loaded, outcome, publisher, on_sent=None, wait=args.wait, settled=decided)
         print_errors(outcome)
         print(f"published {published} report(s) as {args.agency.value}; {outcome.failed_rows} row(s) failed")  # noqa: T201
         if not args.wait:
             return 1 if outcome.errors else 0
-        decisions = await api.wait_for_decisions([e.event_id for e in to_decide])
-        rejected = [d for d in decisions.values() if not d.admitted]
+        rejected = [s.decision for s in decided if s.decision is not None and not s.decision.admitted]
         for d in rejected:
             _say(f"  rejected {d.event_id}: {d.reason}: {d.message}")
-        print(f"ingest admitted {len(decisions) - len(rejected)}, rejected {len(rejected)}")  # noqa: T201
+        admitted = sum(1 for s in decided if s.decision is not None and s.decision.admitted)
+        print(f"ingest admitted {admitted}, rejected {len(rejected)}")  # noqa: T201
         return 1 if outcome.errors or rejected else 0
 
 

@@ -63,9 +63,12 @@ async def send(
     *,
     token: str | None = None,
     on_sent: Callable[[Sent], None] | None = None,
+    wait: bool = False,
+    settled: list[Sent] | None = None,
 ) -> int:
     """Publish the valid rows' reports (a SecretariatPublisher sends them as backfills with `token`); a report
-    that could not be published becomes an error of its row. Returns how many were published."""
+    that could not be published becomes an error of its row. With `wait`, an AgencyPublisher also waits for
+    ingest's decisions. `settled` receives every report's `Sent`. Returns how many were published."""
     events = [e for _, e in outcome.events]
     lines = [line for line, _ in outcome.events]
     if not events:
@@ -75,7 +78,9 @@ async def send(
             raise ValueError("a backfill is sent with the secretariat's bearer token")
         sent = await publisher.publish_backfills(events, token=token, on_sent=on_sent)
     else:
-        sent = await publisher.publish_batch(events, on_sent=on_sent)
+        sent = await publisher.publish_batch(events, on_sent=on_sent, wait=wait)
+    if settled is not None:
+        settled.extend(sent)
     for s in sent:
         if not s.ok:
             outcome.errors.append(RowError(lines[s.index], "(publish)", s.error or "", sheet=loaded.sheet.name))

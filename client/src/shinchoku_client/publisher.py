@@ -13,19 +13,21 @@ a retry can never become a second report: ingest de-duplicates by event_id. A pu
 With OpenTelemetry installed, each publish is the root (or a child of the caller's span) of the report's
 trace: the `traceparent` header carries it to ingest and on to reporting.
 
-To wait for ingest's decision on what was published, see `shinchoku_client.api.AgencyApi`.
+Ingest decides each report after it is stored: `publish_batch(events, wait=True)` (with an `AgencyApi` given
+to the publisher) also waits for each decision (`Sent.decision`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import nats
 from nats.aio.client import Client
@@ -56,6 +58,9 @@ from shinchoku_client.batch import (
     supports_atomic,
 )
 from shinchoku_client.telemetry import Tracing
+
+if TYPE_CHECKING:
+    from shinchoku_client.api import AgencyApi, Decision
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +94,8 @@ class Sent:
     error: str | None = None
     #: Stored as part of an atomic batch (one write for the whole batch).
     atomic: bool = False
+    #: Ingest's decision, when the publisher was asked to wait for it.
+    decision: Decision | None = None
 
     @property
     def ok(self) -> bool:
@@ -395,7 +402,9 @@ class AgencyPublisher(_Publisher):
         backoff: float = 0.5,
         tracer_provider: Any = None,
         connect_options: dict[str, Any] | None = None,
+        api: AgencyApi | None = None,
     ) -> None:
+        """`api` (the agency's HTTP API, with its token) lets `publish_batch(..., wait=True)` wait for decisions."""
         super().__init__(
             url,
             password=password,
@@ -406,6 +415,7 @@ class AgencyPublisher(_Publisher):
             connect_options=connect_options,
         )
         self.agency = Agency(agency)
+        self.api = api
         self._user = self.agency.value
         self._may_publish = f"status.{self.agency.value}.>"
 
@@ -440,14 +450,24 @@ class AgencyPublisher(_Publisher):
         *,
         atomic: bool | None = None,
         on_sent: Callable[[Sent], None] | None = None,
+        wait: bool = False,
+        wait_timeout: float = 60.0,
     ) -> list[Sent]:
-        """Publish many reports: in atomic batches (up to 1000 each, stored all or nothing as one write) where
-        the server supports them (nats-server 2.12+ and a stream that allows it), else one by one. Returns one
-        `Sent` per report, in order; a report that was not stored says why (resending it is safe). `on_sent`
-        hears each as it is settled (for a progress bar). `atomic=True` insists on batches, `False` refuses."""
+        """Publish many reports (or one): in atomic batches (up to 1000 each, stored all or nothing as one
+        write) where the server supports them (nats-server 2.12+ and a stream that allows it), else one by one.
+        Returns one `Sent` per report, in order; a report that was not stored says why (resending it is safe).
+        `on_sent` hears each as it is settled (for a progress bar). `atomic=True` insists on batches, `False`
+        refuses them. `wait=True` then waits for ingest's decision on each stored report (`Sent.decision`;
+        `ApiError` when one has none after `wait_timeout` seconds)."""
+        if wait and self.api is None:
+            raise ValueError("waiting for decisions needs the agency's API: AgencyPublisher(..., api=AgencyApi(...))")
         pairs = [self._message(e) for e in events]
         sent = await self._publish_many([m for m, _ in pairs], [a for _, a in pairs], atomic=atomic, on_sent=on_sent)
-        return sent
+        if not wait or self.api is None:
+            return sent
+        stored = [str(events[s.index].event_id) for s in sent if s.ok]
+        decided = await self.api.wait_for_decisions(stored, timeout=wait_timeout)
+        return [dataclasses.replace(s, decision=decided[str(events[s.index].event_id)]) if s.ok else s for s in sent]
 
 
 class SecretariatPublisher(_Publisher):
