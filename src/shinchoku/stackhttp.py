@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from shinchoku.stack import DEFAULT_DATA_DIR, Stack, StackNotFound
+from shinchoku_client.api import detail
+
+__all__ = ["StackUnavailable", "agency_api", "detail", "get", "load_stack"]
 
 if TYPE_CHECKING:
     from shinchoku_client.api import AgencyApi
@@ -47,17 +50,6 @@ def get(
         return httpx.get(url, params=query, timeout=timeout, headers=headers)
     except httpx.TransportError as e:
         raise _not_running(stack, service, url, e) from None
-
-
-def detail(response: httpx.Response) -> str:
-    """The `{"detail": …}` of an error answer, or its text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return response.text.strip()
 
 
 def agency_api(data_dir: Path | None, agency: str, token: str | None = None) -> AgencyApi:

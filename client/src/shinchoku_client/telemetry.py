@@ -37,6 +37,20 @@ class _NoSpan:
         pass
 
 
+def _producer(subject: str, attributes: dict[str, str]) -> dict[str, Any]:
+    """A publish span's name, kind and attributes (OpenTelemetry's messaging conventions)."""
+    return {
+        "name": f"{subject} publish",
+        "kind": otel_trace.SpanKind.PRODUCER,
+        "attributes": {
+            "messaging.system": "nats",
+            "messaging.operation": "publish",
+            "messaging.destination.name": subject,
+            **attributes,
+        },
+    }
+
+
 class Tracing:
     """Producer spans and `traceparent` headers through OpenTelemetry's API, or nothing when it is absent."""
 
@@ -54,14 +68,7 @@ class Tracing:
             yield _NoSpan()
             return
         with self._tracer.start_as_current_span(
-            f"{subject} publish",
-            kind=otel_trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation": "publish",
-                "messaging.destination.name": subject,
-                **attributes,
-            },
+            **_producer(subject, attributes),
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
@@ -77,16 +84,7 @@ class Tracing:
         (A batch's messages are in flight together, so their spans cannot nest as context managers.)"""
         if self._tracer is None:
             return None
-        span = self._tracer.start_span(
-            f"{subject} publish",
-            kind=otel_trace.SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": "nats",
-                "messaging.operation": "publish",
-                "messaging.destination.name": subject,
-                **attributes,
-            },
-        )
+        span = self._tracer.start_span(**_producer(subject, attributes))
         otel_inject(headers, context=otel_trace.set_span_in_context(span, otel_context.get_current()))
         return span
 
