@@ -103,8 +103,16 @@ def _api(args: argparse.Namespace) -> AgencyApi:
 
 
 async def _template(args: argparse.Namespace) -> int:
+    try:
+        quarter = FiscalQuarter(args.fy, args.quarter)
+    except ValueError as e:
+        _say(f"error: --fy {args.fy} --quarter {args.quarter}: {e}")
+        return 2
+    if args.output is None and sys.stdout.isatty():
+        _say("error: a workbook is binary: redirect it (> reports.xlsx) or pass -o reports.xlsx")
+        return 2
     async with _api(args) as api:
-        data = await template_data(api, FiscalQuarter(args.fy, args.quarter))
+        data = await template_data(api, quarter)
     content = write_template(data)
     if args.output is None:
         sys.stdout.buffer.write(content)

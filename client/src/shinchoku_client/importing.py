@@ -35,6 +35,8 @@ class Loaded:
 def load_reports(path: Path) -> Loaded:
     """Read a CSV export (UTF-8 with or without BOM, or Shift_JIS) or an .xlsx workbook; ImportFileError when the
     file as a whole cannot be read."""
+    if not path.is_file():
+        raise ImportFileError(f"no such file: {path}")
     if path.suffix.lower() in WORKBOOK_SUFFIXES:
         sheet, saved_at = read_workbook(path)
         return Loaded(path, sheet, f"Excel workbook, sheet {sheet.name}", saved_at)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
+from zipfile import BadZipFile
 
 from openpyxl import Workbook, load_workbook
 from openpyxl.styles import Alignment, Font, PatternFill, Protection
@@ -281,7 +282,7 @@ def read_workbook(source: Path | bytes) -> tuple[Sheet, datetime | None]:
     and when the file was last saved (UTC; None when it does not say)."""
     try:
         wb = load_workbook(io.BytesIO(source) if isinstance(source, bytes) else source, data_only=True)
-    except (InvalidFileException, KeyError, OSError, ValueError) as e:
+    except (InvalidFileException, BadZipFile, KeyError, OSError, TypeError, ValueError) as e:
         raise ImportFileError(
             f"not a readable .xlsx workbook ({type(e).__name__}: {e}); save it from Excel as .xlsx"
         ) from None

@@ -43,7 +43,11 @@ def template(
     from shinchoku_client.workbook import write_template
 
     code = require_agency(agency)
-    period = FiscalQuarter(fy, quarter)
+    try:
+        period = FiscalQuarter(fy, quarter)
+    except ValueError as e:
+        err.print(f"[red]--fy {fy} --quarter {quarter}: {escape(str(e))}[/]")
+        raise typer.Exit(2) from None
     if output is None and sys.stdout.isatty():
         err.print("[red]A workbook is binary:[/] redirect it (`> reports.xlsx`) or pass -o reports.xlsx")
         raise typer.Exit(2)
