@@ -8,12 +8,13 @@ from shinchoku.commands import (
     close,
     creds,
     demo,
-    importcsv,
+    importfile,
     natsconfig,
     rebuild,
     report,
     review,
     rollup,
+    template,
     token,
     trace,
     up,
@@ -32,7 +33,7 @@ def _root() -> None:
     """Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society."""
 
 
-for module in (natsconfig, up, creds, token, demo, rollup, trace, report, importcsv, review, close, rebuild):
+for module in (natsconfig, up, creds, token, demo, rollup, trace, report, importfile, template, review, close, rebuild):
     module.register(app)
 
 

@@ -25,12 +25,12 @@ from contracts.catalog import Measure
 from contracts.events import StatusEvent
 from contracts.periods import last_completed_quarter
 from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
-from shinchoku.client import AgencyPublisher, PublishError
 from shinchoku.commands.rollup import fetch_rollup
 from shinchoku.demo_plan import ADMITTED, DUPLICATE, DemoMessage, expected_outcomes, plan_demo
 from shinchoku.rollup_view import render_rollup
 from shinchoku.stack import Stack, StackNotFound
 from shinchoku.stackhttp import StackUnavailable, detail, get, load_stack
+from shinchoku_client.publisher import AgencyPublisher, PublishError
 from shinchoku_runtime.natsclient import connect
 from shinchoku_runtime.telemetry import init_tracing
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from shinchoku.stack import DEFAULT_DATA_DIR, Stack, StackNotFound
+from shinchoku_client.api import detail
+
+__all__ = ["StackUnavailable", "agency_api", "detail", "get", "load_stack"]
+
+if TYPE_CHECKING:
+    from shinchoku_client.api import AgencyApi
 
 
 class StackUnavailable(Exception):
@@ -46,12 +52,18 @@ def get(
         raise _not_running(stack, service, url, e) from None
 
 
-def detail(response: httpx.Response) -> str:
-    """The `{"detail": …}` of an error answer, or its text."""
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text.strip() or response.reason_phrase
-    if isinstance(body, dict) and "detail" in body:
-        return str(body["detail"])
-    return response.text.strip()
+def agency_api(data_dir: Path | None, agency: str, token: str | None = None) -> AgencyApi:
+    """The ministry client's HTTP API as `agency` on the running stack, with `token` (else $SHINCHOKU_TOKEN, else
+    one minted from the data directory); StackUnavailable when no stack was started there."""
+    from shinchoku.issuer import bearer_headers
+    from shinchoku_client.api import AgencyApi
+
+    stack = load_stack(data_dir)
+    bearer = bearer_headers(stack.data_dir, token, agency).get("Authorization", "").removeprefix("Bearer ")
+    return AgencyApi(
+        agency=agency,
+        token=bearer or None,
+        catalog_url=stack.http["catalog"],
+        ingest_url=stack.http["ingest"],
+        reporting_url=stack.http["reporting"],
+    )

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from contracts.events import SEVERITY_ORDER, Status, StatusEvent
 from contracts.periods import FiscalQuarter, last_completed_quarter
-from shinchoku.client import AgencyPublisher
+from shinchoku_client.publisher import AgencyPublisher
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.harness import NatsCluster, ProcessGroup, ServiceProcess, service_env
 from shinchoku_runtime.natsclient import connect, ensure_streams

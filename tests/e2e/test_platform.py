@@ -26,9 +26,9 @@ from contracts.catalog import Measure
 from contracts.events import SEVERITY_ORDER, UNREPORTED, Status, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter, last_completed_quarter
 from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
-from shinchoku.client import AgencyPublisher
 from shinchoku.demo_plan import ADMITTED, expected_outcomes, plan_demo
 from shinchoku.stack import Stack
+from shinchoku_client.publisher import AgencyPublisher
 from shinchoku_runtime.natsclient import connect
 
 from .conftest import SHINCHOKU, Up, pid_alive, wait_for

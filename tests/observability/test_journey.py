@@ -28,9 +28,9 @@ from typer.testing import CliRunner
 
 from contracts.events import Status, StatusEvent
 from contracts.periods import last_completed_quarter
-from shinchoku.client import AgencyPublisher
 from shinchoku.commands import trace as trace_command
 from shinchoku.stack import Stack
+from shinchoku_client.publisher import AgencyPublisher
 from shinchoku_runtime.harness import OtlpReceiver, ProcessGroup, ServiceProcess, service_env
 from shinchoku_runtime.natsserver import NatsServer, free_port
 from shinchoku_runtime.telemetry import JsonlSpanExporter, span_to_dict

@@ -77,7 +77,14 @@ def touches_outside_the_adapters(root: Path) -> list[str]:
     by_name = re.compile(r"[\"'](?:" + names + r")[\"']")
     adapters = root / "runtime" / "src" / "shinchoku_runtime" / "adapters"
     found = []
-    for top in ("runtime/src", "services/catalog/src", "services/ingest/src", "services/reporting/src", "src"):
+    for top in (
+        "runtime/src",
+        "services/catalog/src",
+        "services/ingest/src",
+        "services/reporting/src",
+        "src",
+        "client/src",
+    ):
         for path in sorted((root / top).rglob("*.py")):
             if adapters in path.parents:
                 continue

@@ -1,11 +1,12 @@
-"""HTTP helpers shared by the services: the error hierarchy, paging, CSV for Excel."""
+"""HTTP helpers shared by the services: the error hierarchy, paging, tables for Excel (CSV and .xlsx)."""
 
 from __future__ import annotations
 
 import csv
 import io
 from collections.abc import Iterable, Sequence
-from typing import Annotated, Any
+from datetime import date, datetime
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -64,15 +65,50 @@ def jsonable_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return [{"loc": list(e.get("loc", ())), "msg": str(e.get("msg")), "type": e.get("type")} for e in errors]
 
 
+#: A text cell starting with one of these is read as a formula by spreadsheet programs ("CSV injection"):
+#: `=HYPERLINK(...)` in a note would become a live link, `-2+3` a sum.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+TableFormat = Literal["csv", "xlsx"]
+
+
+def formula_safe(text: str) -> str:
+    """Text as a spreadsheet cell shows it and never evaluates it: one that would start a formula gets a leading
+    apostrophe (OWASP's advice; Excel shows the rest as typed). The one rule for every table the services write,
+    CSV and .xlsx alike."""
+    return "'" + text if text.startswith(FORMULA_TRIGGERS) else text
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return formula_safe(value)
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    return value
+
+
 def csv_response(header: Sequence[str], rows: Iterable[Sequence[Any]], *, filename: str) -> Response:
-    """CSV as UTF-8 with a BOM, so that Excel opens Japanese text correctly."""
+    """CSV as UTF-8 with a BOM, so that Excel opens Japanese text correctly; text cells formula-safe."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\r\n")
-    writer.writerow(header)
+    writer.writerow([formula_safe(h) for h in header])
     for row in rows:
-        writer.writerow(["" if v is None else v for v in row])
+        writer.writerow([_csv_cell(v) for v in row])
     return Response(
         content="\ufeff" + buf.getvalue(),
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+def table_response(
+    format_: TableFormat, header: Sequence[str], rows: Iterable[Sequence[Any]], *, name: str
+) -> Response:
+    """A table as `name.csv` or `name.xlsx` (one sheet; numbers as numbers, dates as dates), formula-safe."""
+    if format_ == "xlsx":
+        from shinchoku_runtime.xlsx import xlsx_response  # openpyxl loads only for a workbook
+
+        return xlsx_response(header, rows, filename=f"{name}.xlsx")
+    return csv_response(header, rows, filename=f"{name}.csv")

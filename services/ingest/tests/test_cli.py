@@ -21,18 +21,10 @@ from typer.testing import CliRunner, Result
 
 from ingest.testing import SAMPLE_MEASURES, wait_for_count, wait_for_event
 from shinchoku.cli import app
-from shinchoku.commands.importcsv import (
-    Sheet,
-    build_event,
-    decode,
-    derived_event_id,
-    parse_fiscal_year,
-    parse_measure_id,
-    parse_quarter,
-    parse_status,
-    read_sheet,
-)
 from shinchoku.stack import Stack
+from shinchoku_client.cells import parse_fiscal_year, parse_measure_id, parse_quarter, parse_status
+from shinchoku_client.csvfile import decode, read_sheet
+from shinchoku_client.rows import Sheet, build_event, derived_event_id
 from shinchoku_runtime.natsserver import NatsServer
 
 JAPANESE_CSV = (

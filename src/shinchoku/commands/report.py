@@ -25,7 +25,7 @@ from rich.markup import escape
 from contracts.agencies import Agency
 from contracts.events import StatusEvent
 from shinchoku.commands.agencyarg import require_agency
-from shinchoku.commands.importcsv import (
+from shinchoku_client.cells import (
     CellError,
     parse_kpi,
     parse_measure_id,
@@ -86,7 +86,7 @@ def _cli_tracing(data_dir: Path | None) -> Any:
 
 
 async def _publish(url: str, agency: Agency, password: str | None, event: StatusEvent, provider: Any) -> Any:
-    from shinchoku.client import AgencyPublisher
+    from shinchoku_client.publisher import AgencyPublisher
 
     async with AgencyPublisher(url, agency=agency, password=password, tracer_provider=provider) as publisher:
         return await publisher.publish(event)
@@ -143,8 +143,8 @@ def report(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for ingest's decision and print it")] = False,
 ) -> None:
     """Publish one status report as AGENCY and print its event id and JetStream acknowledgement."""
-    from shinchoku.client import PublishError
     from shinchoku.stack import Stack, StackNotFound
+    from shinchoku_client.publisher import PublishError
 
     code = require_agency(agency)
     try:

@@ -32,7 +32,7 @@ from shinchoku_runtime.natsconf import SECRETARIAT_USER
 if TYPE_CHECKING:  # the NATS client is imported when a command is sent (the CLI starts faster without it)
     from nats.js.api import PubAck
 
-    from shinchoku.client import SecretariatPublisher
+    from shinchoku_client.publisher import SecretariatPublisher
 
 console = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
@@ -105,7 +105,7 @@ def secretariat(
 
 def publish(sender: Secretariat, send: Callable[[SecretariatPublisher], Awaitable[PubAck]]) -> PubAck:
     """Run one publish as the secretariat; exits 1 with the reason when it is not published."""
-    from shinchoku.client import PublishError, SecretariatPublisher
+    from shinchoku_client.publisher import PublishError, SecretariatPublisher
 
     async def run() -> PubAck:
         async with SecretariatPublisher(sender.url, password=sender.password) as publisher:

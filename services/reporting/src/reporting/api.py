@@ -1,4 +1,5 @@
-"""HTTP routes of the reporting service (:8003). JSON by default, `?format=csv` (UTF-8 with BOM) for tables.
+"""HTTP routes of the reporting service (:8003). JSON by default, `?format=csv` (UTF-8 with BOM) or `?format=xlsx`
+for tables.
 
 The routes validate what the request says (400 with a reason) and answer the documents `RollupQueries` builds
 as the response models declare (`reporting.documents`), serialised once: the rollup's bytes come from a cache.
@@ -20,7 +21,7 @@ from reporting.documents import document_json
 from reporting.domain import ROLLUP_STATUSES, SECTIONS
 from reporting.queries import RollupQueries
 from reporting.schemas import STATUS_NAMES, HistoryOut, LeadOut, MeasureListOut, RollupOut, TallyOut, YearOut
-from shinchoku_runtime.http import BadRequest, csv_response
+from shinchoku_runtime.http import BadRequest, table_response
 
 router = APIRouter()
 
@@ -35,7 +36,10 @@ def get_queries(request: Request) -> RollupQueries:
 
 
 Queries = Annotated[RollupQueries, Depends(get_queries)]
-Format = Annotated[Literal["json", "csv"], Query(alias="format", description="json (default) or csv (UTF-8 with BOM)")]
+Format = Annotated[
+    Literal["json", "csv", "xlsx"],
+    Query(alias="format", description="json (default), csv (UTF-8 with BOM) or xlsx (an Excel workbook)"),
+]
 AsOf = Annotated[
     str | None,
     Query(
@@ -121,18 +125,28 @@ def _tally_row(tally: TallyOut) -> list[Any]:
 
 def _rollup_rows(doc: RollupOut) -> Iterable[list[Any]]:
     """One row per scope: government-wide, each section, each agency."""
-    yield [doc.label, "government", "all", "全体", *_tally_row(doc)]
+    period = [doc.period_start, doc.period_end]
+    yield [doc.label, "government", "all", "全体", *_tally_row(doc), *period]
     for number, section in doc.by_section.items():
-        yield [doc.label, "section", number, section.title, *_tally_row(section)]
+        yield [doc.label, "section", number, section.title, *_tally_row(section), *period]
     for code, tally in doc.by_agency.items():
-        yield [doc.label, "agency", code, AGENCY_INFO[Agency(code)].name_ja, *_tally_row(tally)]
+        yield [doc.label, "agency", code, AGENCY_INFO[Agency(code)].name_ja, *_tally_row(tally), *period]
 
 
-_ROLLUP_HEADER = ["quarter", "scope", "key", "name", *_TALLY_HEADER]
+_ROLLUP_HEADER = ["quarter", "scope", "key", "name", *_TALLY_HEADER, "period_start", "period_end"]
 
 
 def _leads_text(leads: Sequence[LeadOut]) -> str:
     return " ".join(f"{lead.agency}:{lead.status}" for lead in leads)
+
+
+def _own_report(leads: Sequence[LeadOut], agency: str | None) -> list[Any]:
+    """The filtered agency's own effective report (status, progress, when, note), empty cells without a filter."""
+    lead = next((lead for lead in leads if lead.agency == agency), None)
+    if lead is None:
+        return [None, None, None, None]
+    at = datetime.fromisoformat(lead.reported_at) if lead.reported_at else None
+    return [lead.status, lead.progress, at, lead.note]
 
 
 @router.get("/rollups/{fiscal_year}/{quarter}", response_model=RollupOut, tags=["rollups"])
@@ -142,9 +156,9 @@ def get_rollup(
     """A quarter's rollup: government-wide, per agency and per section, with the previous quarter's trend."""
     q = fiscal_quarter(fiscal_year, quarter)
     moment = parse_as_of(as_of)
-    if format_ == "csv":
+    if format_ != "json":
         doc = queries.rollup(q, as_of=moment)
-        return csv_response(_ROLLUP_HEADER, _rollup_rows(doc), filename=f"rollup-{q.label}.csv")
+        return table_response(format_, _ROLLUP_HEADER, _rollup_rows(doc), name=f"rollup-{q.label}")
     return _json(queries.rollup_json(q, as_of=moment))
 
 
@@ -174,10 +188,11 @@ def get_rollup_measures(
         as_of=parse_as_of(as_of),
     )
     total = len(items)
-    if format_ == "csv":
+    if format_ != "json":
         page = items[offset : offset + limit] if limit is not None else items[offset:]
         header = ["measure_id", "section", "title", "status", "reported", "on_time", "previous_status", "movement"]
         header += ["leads", "event_ids", "latest_status", "overdue_targets"]
+        header += ["agency_status", "agency_progress", "agency_reported_at", "agency_note"]
         rows = [
             [
                 i.measure_id,
@@ -192,10 +207,11 @@ def get_rollup_measures(
                 " ".join(i.event_ids),
                 i.latest_status,
                 i.overdue_targets,
+                *_own_report(i.leads, agency),
             ]
             for i in page
         ]
-        return csv_response(header, rows, filename=f"measures-{q.label}.csv")
+        return table_response(format_, header, rows, name=f"measures-{q.label}")
     size = limit if limit is not None else 100
     page_out = MeasureListOut(items=items[offset : offset + size], total=total, limit=size, offset=offset)
     return _json(document_json(page_out))
@@ -205,9 +221,9 @@ def get_rollup_measures(
 def get_year(fiscal_year: int, queries: Queries, as_of: AsOf = None, format_: Format = "json") -> Response:
     """A fiscal year at a glance: the rollups of its four quarters."""
     doc = queries.year(check_fiscal_year(fiscal_year), as_of=parse_as_of(as_of))
-    if format_ == "csv":
+    if format_ != "json":
         rows = [row for quarter in doc.quarters for row in _rollup_rows(quarter)]
-        return csv_response(_ROLLUP_HEADER, rows, filename=f"rollups-FY{fiscal_year}.csv")
+        return table_response(format_, _ROLLUP_HEADER, rows, name=f"rollups-FY{fiscal_year}")
     return _json(document_json(doc))
 
 
@@ -215,8 +231,9 @@ def get_year(fiscal_year: int, queries: Queries, as_of: AsOf = None, format_: Fo
 def get_history(measure_id: str, queries: Queries, format_: Format = "json") -> Response:
     """A measure quarter by quarter: every quarter any lead reported on, oldest first."""
     doc = queries.history(measure_id)
-    if format_ == "csv":
+    if format_ != "json":
         header = ["quarter", "fiscal_year", "q", "status", "reported", "on_time", "movement", "leads", "event_ids"]
+        header += ["period_start", "period_end"]
         rows = [
             [
                 i.label,
@@ -228,8 +245,10 @@ def get_history(measure_id: str, queries: Queries, format_: Format = "json") -> 
                 i.movement,
                 _leads_text(i.leads),
                 " ".join(i.event_ids),
+                i.period_start,
+                i.period_end,
             ]
             for i in doc.items
         ]
-        return csv_response(header, rows, filename=f"history-{measure_id}.csv")
+        return table_response(format_, header, rows, name=f"history-{measure_id}")
     return _json(document_json(doc))
