@@ -14,7 +14,9 @@ written to the connection as one block of protocol commands: nats-py's `publish`
 (subject and header checks, a coroutine, a command each), a third of it the header encoding. The block goes
 into the client's own outgoing buffer, in order with everything else, and only while it is connected with
 nothing unusual in the messages (a subject or header value with whitespace, a payload above the server's
-limit); otherwise each message takes the public path.
+limit); otherwise each message takes the public path. The block goes through nats-py internals fenced in
+`shinchoku_runtime.adapters.nats_py` (hooks `nats-py.command-block`, `flush-now`, `ack-state`): nats-py 2.16 has
+no public batch publish or batch ack (measured against the public path in `bench/hooks.py`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,17 @@ from dataclasses import dataclass, field
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.errors import NotJSMessageError
 from nats.js.errors import APIError
+
+from shinchoku_runtime.adapters.nats_py import (
+    acks_in_blocks,
+    connection_of,
+    flush_soon,
+    mark_acked,
+    send_block,
+    takes_blocks,
+)
 
 #: nats-server's default ceiling on messages in one atomic batch (jetstream.limits.batch.max_msgs).
 MAX_BATCH = 1000
@@ -98,7 +110,7 @@ async def _publish_chunk(nc: Client, stream: str, chunk: Sequence[OutMessage], *
             _hpub(m.subject, {**m.headers, BATCH_ID: batch_id, BATCH_SEQUENCE: str(i)}, m.payload)
             for i, m in enumerate(chunk[:-1], start=1)
         )
-        await _send_block(nc, block, final - 1, sum(len(m.payload) for m in chunk[:-1]))
+        await send_block(nc, block, final - 1, sum(len(m.payload) for m in chunk[:-1]))
         start = final
     else:
         start = 1
@@ -119,14 +131,9 @@ async def _publish_chunk(nc: Client, stream: str, chunk: Sequence[OutMessage], *
     raise AssertionError("unreachable: a non-empty chunk ends in a commit")
 
 
-def _takes_blocks(nc: Client) -> bool:
-    """Whether the client is connected and has the outgoing buffer a block of commands goes into."""
-    return nc.is_connected and getattr(nc, "_pending", None) is not None and hasattr(nc, "_send_command")
-
-
 def _raw_ok(nc: Client, messages: Sequence[OutMessage]) -> bool:
     """Whether these messages can be written as one block (else nats-py checks and sends each)."""
-    if not _takes_blocks(nc):
+    if not takes_blocks(nc):
         return False
     limit = nc.max_payload
     for m in messages:
@@ -167,35 +174,27 @@ def _hpub(subject: str, headers: dict[str, str], payload: bytes) -> bytes:
     return b"HPUB %s %d %d\r\n%s%s\r\n" % (subject.encode(), len(head), len(head) + len(payload), head, payload)
 
 
-async def _send_block(nc: Client, block: bytes, count: int, payload_bytes: int) -> None:
-    """Queue a block of commands on the connection, as `publish` queues one (the caller's next request flushes)."""
-    nc.stats["out_msgs"] += count
-    nc.stats["out_bytes"] += payload_bytes
-    await nc._send_command(block)
-
-
 async def ack_all(nc: Client | None, msgs: Sequence[Msg]) -> None:
     """Acknowledge JetStream messages: one block of `PUB <reply> 0` commands, flushed, instead of a publish each.
 
     `nc` is the connection they arrived on (None: the messages' own). Falls back to `msg.ack()` for each when
     the connection is not in a state to take a block.
     """
-    pending = [m for m in msgs if not m._ackd]
+    pending = [m for m in msgs if not m.is_acked]
     if not pending:
         return
     if nc is None:
-        nc = pending[0]._client
-    if not _takes_blocks(nc):
+        nc = connection_of(pending[0])
+    if nc is None or not acks_in_blocks(nc):
         for m in pending:
             await m.ack()
         return
     for m in pending:
-        m._check_reply()
-    await _send_block(nc, b"".join([b"PUB %s 0\r\n\r\n" % m.reply.encode() for m in pending]), len(pending), 0)
-    if nc._flush_queue is not None and nc._flush_queue.empty():
-        await nc._flush_pending()
-    for m in pending:
-        m._ackd = True
+        if not m.reply:
+            raise NotJSMessageError  # what `ack()` raises for it
+    await send_block(nc, b"".join([b"PUB %s 0\r\n\r\n" % m.reply.encode() for m in pending]), len(pending), 0)
+    await flush_soon(nc)
+    mark_acked(pending)
 
 
 async def _publish_each(nc: Client, stream: str, chunk: Sequence[OutMessage], *, timeout: float) -> BatchAck:

@@ -14,6 +14,7 @@ from nats.js import JetStreamContext
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Gauge
 
+from shinchoku_runtime.natsclient import connection_options
 from shinchoku_runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -28,33 +29,27 @@ def make_broker(
     telemetry: bool = True,
     **kwargs: Any,
 ) -> NatsBroker:
-    """The service's broker: its own NATS user, reconnecting for ever, no per-message access log.
+    """The service's broker: its own NATS connection (`natsclient.connection_options`), no per-message access log.
 
     FastStream's access log halves consumer throughput, so it is off; decisions are logged by the handlers.
     `telemetry=False` leaves out FastStream's span middleware, for a service that records its messages'
     spans itself (on a batch subscriber it would add a batch span linking every message, extracting each
     message's trace context once more).
     """
-    security = None
-    if settings.nats_user:
-        security = SASLPlaintext(username=settings.nats_user, password=settings.nats_password or "")
-
-    async def error_cb(e: Exception) -> None:
-        log.warning("nats error: %s", e)
-
+    options = connection_options(settings, name=f"shinchoku-{service}", **kwargs)
+    servers = options.pop("servers")
+    user = options.pop("user", None)
+    password = options.pop("password", None)
+    security = SASLPlaintext(username=user, password=password or "") if user else None
     return NatsBroker(
-        settings.nats_servers,
-        name=f"shinchoku-{service}",
+        servers,
         security=security,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=1,
-        error_cb=error_cb,
+        **options,
         middlewares=[
             *([NatsTelemetryMiddleware(tracer_provider=tracer_provider)] if telemetry else []),
             NatsPrometheusMiddleware(registry=registry, app_name=service, metrics_prefix="shinchoku"),
         ],
         logger=None,
-        **kwargs,
     )
 
 

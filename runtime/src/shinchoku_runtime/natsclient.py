@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -12,6 +13,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from contracts.streams import REJECTED_STREAM, STREAMS, StreamSpec
+from shinchoku_runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,36 @@ async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
             await js.update_stream(wanted)
 
 
+def _log_errors(name: str) -> Callable[[Exception], Awaitable[None]]:
+    async def error_cb(e: Exception) -> None:
+        log.warning("nats error (%s): %s", name, e)
+
+    return error_cb
+
+
+def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any) -> dict[str, Any]:
+    """What nats-py's `connect` takes for a service's connection: its servers and credentials, a name, reconnecting
+    for ever, errors logged instead of swallowed. The one place a service's connection is described (the FastStream
+    broker is built from it too, `broker.make_broker`); `overrides` win."""
+    options: dict[str, Any] = {
+        "servers": settings.nats_servers,
+        "name": name,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 1,
+        "error_cb": _log_errors(name),
+    }
+    if settings.nats_user:
+        options["user"] = settings.nats_user
+        options["password"] = settings.nats_password or ""
+    options.update(overrides)
+    return options
+
+
+async def connect_service(settings: ServiceSettings, *, name: str, **overrides: Any) -> Client:
+    """A service's own NATS connection, from its settings (see `connection_options`)."""
+    return await nats.connect(**connection_options(settings, name=name, **overrides))
+
+
 async def connect(
     url: str | list[str],
     *,
@@ -72,16 +104,13 @@ async def connect(
     """A nats-py connection that reconnects for ever and logs its errors instead of swallowing them.
 
     `url` may name several servers of a cluster, comma-separated (the services' `nats_url` form) or as a list.
+    For a service's own connection use `connect_service`, which reads all of this from its settings.
     """
-
-    async def error_cb(e: Exception) -> None:
-        log.warning("nats error (%s): %s", name, e)
-
     options: dict[str, Any] = {
         "name": name,
         "max_reconnect_attempts": -1,
         "reconnect_time_wait": 0.5,
-        "error_cb": error_cb,
+        "error_cb": _log_errors(name),
         **kwargs,
     }
     if user is not None:

@@ -6,7 +6,8 @@ getter and setter per field, a baggage pass, a regex search, context objects). W
 propagators are the SDK's defaults (W3C trace context + W3C baggage) and a message carries no `tracestate`
 or `baggage`, the result is fully determined by the `traceparent` alone; these functions then do exactly what
 the propagators would, directly. With any other propagator (`OTEL_PROPAGATORS=b3`, a custom one) or those
-headers present, they call `opentelemetry.propagate` itself.
+headers present, they call `opentelemetry.propagate` itself. (Which propagators are configured is read through
+the `otel-sdk.composite-propagators` hook, `shinchoku_runtime.adapters.otel_sdk`.)
 """
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ from collections.abc import Mapping, MutableMapping
 from opentelemetry import propagate, trace
 from opentelemetry.baggage.propagation import W3CBaggagePropagator
 from opentelemetry.context import Context
-from opentelemetry.propagators.composite import CompositePropagator
 from opentelemetry.propagators.textmap import TextMapPropagator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from shinchoku_runtime.adapters.otel_sdk import propagators_of
 
 TRACEPARENT = "traceparent"
 _SLOW_HEADERS = ("tracestate", "baggage")
@@ -40,7 +42,7 @@ def _defaults_in_use() -> bool:
     seen, answer = _checked
     if seen is current:
         return answer
-    inner = getattr(current, "_propagators", None) if isinstance(current, CompositePropagator) else None
+    inner = propagators_of(current)
     answer = (
         inner is not None
         and len(inner) == 2

@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from shinchoku_runtime.adapters import check_hooks
+
 log = logging.getLogger(__name__)
 
 
@@ -72,10 +74,15 @@ class Startable(Protocol):
 
 
 def lifespan_of(runtime: Startable) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
-    """A FastAPI lifespan that starts the service's runtime (broker, consumers) and stops it on shutdown."""
+    """A FastAPI lifespan that starts the service's runtime (broker, consumers) and stops it on shutdown.
+
+    First it probes the library hooks the hot paths rely on (`adapters.check_hooks`): a broken one is named in
+    a warning, with the slower public path taken instead.
+    """
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        check_hooks()
         await runtime.start()
         try:
             yield

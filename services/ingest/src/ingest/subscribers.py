@@ -24,13 +24,14 @@ from typing import Any
 from faststream.middlewares import AckPolicy as FastStreamAckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.streams import INGEST_DURABLE, STATUS_STREAM
 from ingest.config import IngestSettings
 from ingest.handlers import BatchHandler
+from shinchoku_runtime.adapters.faststream_nats import guard_fetch_timeouts, pull_subscriptions
+from shinchoku_runtime.adapters.nats_py import fast_next_msg
 
 
 def consumer_config(settings: IngestSettings) -> ConsumerConfig:
@@ -77,64 +78,12 @@ def register(broker: NatsBroker, settings: IngestSettings, handler: Callable[[],
 
 
 def tune_pull_fetch(broker: NatsBroker) -> None:
-    """Make FastStream's batch pulls keep their batches and receive fast (call after `broker.start()`)."""
-    for subscriber in broker.subscribers:
-        pull = getattr(subscriber, "subscription", None)
-        if pull is not None:
-            _guard_fetch_timeouts(pull)
-            _fast_next_msg(pull)
+    """Make FastStream's batch pulls keep their batches and receive fast (call after `broker.start()`).
 
-
-def _fast_next_msg(pull: Any) -> None:
-    """Hand over a message that has already arrived without a task and a timer per message.
-
-    nats-py's `fetch` gathers a batch by awaiting `next_msg(timeout)` once per message, and each call
-    creates a task, a uuid and an `asyncio.wait_for`: about 35 µs per message, a third of ingest's budget
-    (measured: 54 µs per fetched and acked message, 19 µs with this). When the subscription's queue
-    already holds a message, `next_msg` would return it at once anyway; this returns it without the
-    machinery, with the same bookkeeping (pending size, `task_done`). An empty queue or a closed
-    connection goes to nats-py's own `next_msg`, timeouts and errors included.
+    Two library hooks, fenced in the runtime: `faststream.batch-pull-subscription` (a pull request expiring
+    mid-batch no longer loses the batch until `ack_wait`) and `nats-py.fast-next-msg` (messages that have
+    arrived are handed over without a task and a timer each); see `shinchoku_runtime.adapters`.
     """
-    sub = getattr(pull, "_sub", None)
-    if sub is None or getattr(sub, "_fast_next_msg", False):
-        return
-    original = sub.next_msg
-    queue = sub._pending_queue
-    conn = sub._conn
-
-    async def next_msg(timeout: float | None = 1.0) -> Msg:
-        if queue.empty() or conn.is_closed:
-            msg: Msg = await original(timeout)
-            return msg
-        msg = queue.get_nowait()
-        sub._pending_size -= len(msg.data)
-        queue.task_done()
-        return msg
-
-    sub.next_msg = next_msg
-    sub._fast_next_msg = True
-
-
-def _guard_fetch_timeouts(pull: Any) -> None:
-    """Keep a fetched batch when a pull request expires.
-
-    FastStream 0.7.8 catches `nats.errors.TimeoutError` around `fetch`, but nats-py 2.16 also raises a bare
-    `asyncio.TimeoutError` when a lingering pull request runs out of time. That escapes FastStream's loop:
-    its consume task dies and restarts, and the messages it had already fetched sit unacknowledged until
-    `ack_wait` redelivers them (30 s late). Translating the exception lets the loop hand over the batch.
-    """
-    if getattr(pull, "_timeouts_guarded", False):
-        return
-    original = pull.fetch
-
-    async def fetch(batch: int = 1, timeout: float | None = 5, heartbeat: float | None = None) -> list[Msg]:
-        try:
-            messages: list[Msg] = await original(batch, timeout, heartbeat)
-        except NatsTimeoutError:
-            raise
-        except TimeoutError as e:
-            raise NatsTimeoutError from e
-        return messages
-
-    pull.fetch = fetch
-    pull._timeouts_guarded = True
+    for pull in pull_subscriptions(broker):
+        guard_fetch_timeouts(pull)
+        fast_next_msg(pull)

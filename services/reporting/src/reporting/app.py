@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
-import nats
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -31,7 +29,7 @@ from reporting.workers import make_applier
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.natsclient import ensure_streams
+from shinchoku_runtime.natsclient import connect_service, ensure_streams
 from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
@@ -115,19 +113,7 @@ class ReportingService:
             self.tracer_provider.force_flush(2000)
 
     async def _connect(self) -> Client:
-        async def error_cb(e: Exception) -> None:
-            log.warning("nats error: %s", e)
-
-        options: dict[str, Any] = {
-            "name": "shinchoku-reporting",
-            "max_reconnect_attempts": -1,
-            "reconnect_time_wait": 1,
-            "error_cb": error_cb,
-        }
-        if self.settings.nats_user:
-            options["user"] = self.settings.nats_user
-            options["password"] = self.settings.nats_password or ""
-        return await nats.connect(self.settings.nats_servers, **options)
+        return await connect_service(self.settings, name="shinchoku-reporting")
 
     async def _run(self) -> None:
         """Connect (retrying until NATS answers), then follow the catalog and consume ACCEPTED."""

@@ -8,9 +8,10 @@ event the live consumer had committed before the lock is in the stream before th
 end, so it is in the new store; everything after the lock is written by the consumer into the new
 tables. Its durable consumer is not touched. Readers keep reading during the swap.
 
-The replay reads with an ephemeral pull consumer (no acknowledgements) and its own fetch loop on an
-inbox, the fastest path nats-py offers. This process only receives; writer processes (`WRITERS`, each taking
-the next batch when it is free) decode, bulk-insert the events and keep the winning report per (quarter,
+The replay reads with an ephemeral pull consumer (no acknowledgements) through the runtime's `PullConsumer`
+(its own fetch loop on an inbox, data messages taken from the protocol parser: the fastest path nats-py
+offers). This process only receives; writer processes (the runtime's `ChildPool`, `WRITERS` of them, each
+taking the next batch when it is free) decode, bulk-insert the events and keep the winning report per (quarter,
 measure, agency) of their share in memory, by the same ordering the incremental upsert applies (greatest
 `reported_at`, then greatest `event_id`); the shares' winners are merged by that ordering, so the result
 equals the incrementally built store row for row. The catch-up under the lock uses the incremental path itself.
@@ -18,25 +19,15 @@ equals the incrementally built store row for row. The catch-up under the lock us
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import contextlib
-import json
 import logging
-import multiprocessing
-import os
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import nats
 import sqlalchemy as sa
 from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
@@ -45,15 +36,12 @@ from reporting import repository
 from reporting.config import ReportingSettings
 from reporting.handlers import Admitted, apply_admitted, decode_admitted
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
+from shinchoku_runtime.children import ChildDied, ChildPool
 from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.natsclient import connect_service
+from shinchoku_runtime.pull import Payload, PullConsumer
 
 log = logging.getLogger(__name__)
-
-#: The first line of a header block without a status (a data message's).
-_PLAIN_HEADER = b"NATS/1.0\r\n"
-
-#: A message as the replay reads it: (subject, payload).
-Payload = tuple[bytes, bytes]
 
 REQUEST_BATCH = 5000
 REQUESTS_IN_FLIGHT = 2
@@ -62,129 +50,6 @@ SEND_QUEUE = 4
 #: Writer processes decoding and inserting (each takes the next batch when it is free). On SQLite they take
 #: turns at the write lock; decoding, the larger part, runs side by side.
 WRITERS = 2
-
-
-class StreamReader:
-    """Reads ACCEPTED from a sequence through an ephemeral pull consumer and a callback inbox.
-
-    `batches()` yields lists of (subject, payload) until the stream has nothing more to deliver.
-    """
-
-    def __init__(self, nc: Client, *, start_seq: int, batch: int | None = None) -> None:
-        self._nc = nc
-        self._start_seq = max(1, start_seq)
-        self._batch = batch or REQUEST_BATCH
-        self._name = f"reporting-rebuild-{secrets.token_hex(6)}"
-        self._buffer: list[Payload] = []
-        self._pending: collections.deque[int] = collections.deque()
-        self._exhausted = False
-        self._wakeup = asyncio.Event()
-        self._sub: Any = None
-
-    async def open(self) -> None:
-        js = self._nc.jetstream()
-        await js.add_consumer(
-            ACCEPTED_STREAM.name,
-            ConsumerConfig(
-                name=self._name,
-                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                opt_start_seq=self._start_seq,
-                ack_policy=AckPolicy.NONE,
-                filter_subject=ACCEPTED_STREAM.subjects[0],
-                inactive_threshold=120.0,
-                mem_storage=True,
-                description="reporting rebuild (ephemeral)",
-            ),
-        )
-        self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
-        self._skip_data_headers()
-
-    def _skip_data_headers(self) -> None:
-        """Take this subscription's data messages straight from the protocol parser.
-
-        The replay reads only subjects and payloads; nats-py would parse every message's header block into a
-        dict (the msg id, the trace context and the batch headers ingest writes), build a `Msg`, queue it and
-        run the subscription's callback for it: most of this process's CPU. A data message (no header block,
-        or one without a status line) is taken here as (subject, payload); a status message (`NATS/1.0 404 …`,
-        `408`, `100` heartbeats) goes nats-py's way to `_on_msg`. Other subscriptions on the connection are
-        not touched, and `close()` puts nats-py's own handling back.
-        """
-        nc = self._nc
-        original = nc._process_msg
-        sid = self._sub._id
-        buffer_append = self._buffer.append
-        pending = self._pending
-        wakeup = self._wakeup
-
-        async def process_msg(sid_: int, subject: bytes, reply: bytes, data: bytes, headers: bytes) -> None:
-            if sid_ != sid or (headers and not headers.startswith(_PLAIN_HEADER)):
-                await original(sid_, subject, reply, data, headers)
-                return
-            buffer_append((subject, data))
-            if pending:
-                pending[0] -= 1
-                if pending[0] > 0:
-                    return
-                pending.popleft()
-            wakeup.set()  # a request is complete: `batches` hands its messages over and asks for more
-
-        nc._process_msg = process_msg  # type: ignore[method-assign,assignment]
-        self._restore: Callable[[], None] | None = lambda: setattr(nc, "_process_msg", original)
-
-    async def close(self) -> None:
-        restore = getattr(self, "_restore", None)
-        if restore is not None:
-            restore()
-            self._restore = None
-        if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
-        try:
-            await self._nc.jetstream().delete_consumer(ACCEPTED_STREAM.name, self._name)
-        except Exception as e:  # it expires by itself after inactive_threshold
-            log.debug("could not delete the rebuild consumer: %s", e)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        headers = msg.headers
-        status = headers.get("Status") if headers else None
-        if status is None:  # not taken by the parser hook (see `_skip_data_headers`): a data message
-            self._buffer.append((msg.subject.encode(), msg.data))
-            if self._pending:
-                self._pending[0] -= 1
-                if self._pending[0] <= 0:
-                    self._pending.popleft()
-        elif status != "100":  # 404 no messages, 408 request expired, 409 …: that request is over
-            if self._pending:
-                self._pending.popleft()
-            self._exhausted = True
-        self._wakeup.set()
-
-    async def _request(self) -> None:
-        body = json.dumps({"batch": self._batch, "no_wait": True}).encode()
-        self._pending.append(self._batch)
-        subject = f"$JS.API.CONSUMER.MSG.NEXT.{ACCEPTED_STREAM.name}.{self._name}"
-        await self._nc.publish(subject, body, reply=self._inbox)
-
-    async def batches(self) -> AsyncIterator[list[Payload]]:
-        """Everything from where the last call stopped up to the stream's current end, a request's worth at a time."""
-        self._exhausted = False
-        while True:
-            while len(self._pending) < REQUESTS_IN_FLIGHT and not self._exhausted:
-                await self._request()
-            if not self._buffer or (len(self._buffer) < self._batch and self._pending):
-                if self._exhausted and not self._pending:
-                    return
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=10)
-                except TimeoutError:
-                    # A lost request or reply: forget the requests in flight and ask again.
-                    self._pending.clear()
-                continue
-            out = self._buffer.copy()  # the same list object stays the parser hook's target
-            self._buffer.clear()
-            yield out
 
 
 class ProgressBar:
@@ -271,150 +136,78 @@ class BulkResult:
     rows: list[tuple[Any, ...]]
 
 
-def _bulk_writer(url: str, suffix: str, tag: str, pipe: Any, parent: int) -> None:
-    """Child process of the bulk phase: decode batches of (subject, payload), insert their events, keep winners."""
-    from reporting.workers import exit_with_parent
-    from shinchoku_runtime.service import settle_heap
-    from shinchoku_runtime.telemetry import init_logging
+class BulkWriter:
+    """In a writer process of the bulk phase: decodes batches of (subject, payload), inserts their events and keeps
+    the winners of its share, which `finish` hands back."""
 
-    exit_with_parent(parent)
-    init_logging("reporting")
-    settle_heap()
-    engine = repository.tune(make_engine(url))
-    if engine.dialect.name == "sqlite":
-        # Only the shadow tables are written here; a crash mid-rebuild discards them anyway, and the swap is
-        # committed by the parent with full durability. So no fsync per bulk transaction.
-        sa.event.listen(engine, "connect", _sqlite_normal_sync)
-    store = repository.store_tables(suffix=suffix, tag=tag)
-    winners = EffectiveReports()
-    # Decoding and inserting in turn: an insert thread next to the decoding lost more to the GIL (sqlite
-    # releases and takes it back for every row) than it won.
-    waited = decoding = inserting = 0.0  # where this process's time went, logged at the end
-    try:
-        while True:
-            mark = time.perf_counter()
-            payloads = pipe.recv()
-            if payloads is None:
-                break
-            started = time.perf_counter()
-            batch = _decode_payloads(payloads)
-            winners.add(batch)
-            decoded = time.perf_counter()
-            _insert_batch(engine, store, batch)
-            waited += started - mark
-            decoding += decoded - started
-            inserting += time.perf_counter() - decoded
-        log.info("writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs", waited, decoding, inserting)
-        pipe.send(("done", winners.ranked()))
-    except BaseException as e:
-        with contextlib.suppress(Exception):
-            pipe.send(("error", f"{type(e).__name__}: {e}"))
-        raise
-    finally:
-        engine.dispose()
+    def __init__(self, url: str, suffix: str, tag: str) -> None:
+        from shinchoku_runtime.telemetry import init_logging
 
+        init_logging("reporting")
+        self._engine = repository.tune(make_engine(url))
+        if self._engine.dialect.name == "sqlite":
+            # Only the shadow tables are written here; a crash mid-rebuild discards them anyway, and the swap is
+            # committed by the parent with full durability. So no fsync per bulk transaction.
+            sa.event.listen(self._engine, "connect", _sqlite_normal_sync)
+        self._store = repository.store_tables(suffix=suffix, tag=tag)
+        self._winners = EffectiveReports()
+        # Decoding and inserting in turn: an insert thread next to the decoding lost more to the GIL (sqlite
+        # releases and takes it back for every row) than it won.
+        self._decoding = self._inserting = 0.0  # where this process's time went, logged at the end
+        self._idle_since = time.perf_counter()
+        self._waited = 0.0
 
-async def _bulk_phase(engine: Engine, reader: StreamReader, shadow: Store, bar: ProgressBar | None) -> BulkResult:
-    context = multiprocessing.get_context("spawn")
-    url = engine.url.render_as_string(hide_password=False)
-    writers = []
-    for _ in range(WRITERS):
-        parent, child = context.Pipe()
-        worker = context.Process(
-            target=_bulk_writer, args=(url, shadow.suffix, shadow.tag, child, os.getpid()), daemon=True
+    def __call__(self, payloads: list[Payload]) -> None:
+        started = time.perf_counter()
+        self._waited += started - self._idle_since
+        batch = _decode_payloads(payloads)
+        self._winners.add(batch)
+        decoded = time.perf_counter()
+        _insert_batch(self._engine, self._store, batch)
+        self._idle_since = time.perf_counter()
+        self._decoding += decoded - started
+        self._inserting += self._idle_since - decoded
+
+    def finish(self) -> list[tuple[tuple[int, str], tuple[Any, ...]]]:
+        log.info(
+            "writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs",
+            self._waited,
+            self._decoding,
+            self._inserting,
         )
-        worker.start()
-        # The parent keeps only its own end: a writer that dies then closes the connection for good, and a
-        # send or receive on it fails (EPIPE, EOF) instead of blocking a thread for ever.
-        child.close()
-        writers.append((worker, parent))
+        self._engine.dispose()
+        return self._winners.ranked()
+
+
+async def _bulk_phase(engine: Engine, reader: PullConsumer, shadow: Store, bar: ProgressBar | None) -> BulkResult:
+    url = engine.url.render_as_string(hide_password=False)
+    # Batches wait in the pool's queue for the first writer free to take them: receiving goes on (the broker
+    # keeps streaming) while the writers decode and insert.
+    writers = ChildPool(
+        BulkWriter,
+        (url, shadow.suffix, shadow.tag),
+        name="rebuild writer process",
+        processes=WRITERS,
+        replace=False,
+        queue=SEND_QUEUE,
+    )
+    writers.start()
     read = 0
-    # Batches wait here for the first writer free to take them: receiving goes on (the broker keeps streaming)
-    # while the writers decode and insert.
-    waiting: asyncio.Queue[list[Payload]] = asyncio.Queue(maxsize=SEND_QUEUE)
-
-    async def send_all(pipe: Any) -> None:  # ends only by failing (the writer died) or being cancelled
-        while True:
-            batch = await waiting.get()
-            try:
-                await asyncio.to_thread(pipe.send, batch)
-            finally:
-                waiting.task_done()
-
-    senders = [asyncio.create_task(send_all(pipe)) for _, pipe in writers]
-
-    async def unless_a_sender_fails(step: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(step)
-        await asyncio.wait({task, *senders}, return_when=asyncio.FIRST_COMPLETED)
-        if not task.done():
-            task.cancel()
-            for sender in senders:
-                if sender.done():
-                    sender.result()  # raises what stopped it
-            raise EOFError("a writer stopped taking batches")
-
-    winners = EffectiveReports()
-    failures = []
-    finished = False
-    stopped: BaseException | None = None
     try:
-        try:
-            async for messages in reader.batches():
-                read += len(messages)
-                await unless_a_sender_fails(waiting.put(messages))
-                if bar:
-                    bar.update(len(messages))
-            await unless_a_sender_fails(waiting.join())
-        finally:
-            for sender in senders:
-                sender.cancel()
-        for _, pipe in writers:
-            await asyncio.to_thread(pipe.send, None)
-        for _, pipe in writers:
-            kind, value = await asyncio.to_thread(pipe.recv)
-            if kind == "done":
-                winners.merge(value)
-            else:
-                failures.append(str(value))
-        finished = not failures
-    except (EOFError, BrokenPipeError, ConnectionResetError) as e:
-        stopped = e
+        async for messages in reader.batches():
+            read += len(messages)
+            await writers.put(messages)
+            if bar:
+                bar.update(len(messages))
+        shares = await writers.finish()
+    except ChildDied as e:  # the rebuild has failed: what the others wrote goes with the shadow tables
+        raise RuntimeError(f"a writer process of the rebuild stopped: {e}") from e
     finally:
-        if not finished:  # the rebuild has failed: what the others wrote goes with the shadow tables
-            for worker, _ in writers:
-                worker.kill()
-        await asyncio.to_thread(_join_all, writers, 30)
-        said = _last_words(writers)
-        for _, pipe in writers:
-            pipe.close()
-    if stopped is not None:
-        codes = ", ".join(str(worker.exitcode) for worker, _ in writers)
-        why = f": {'; '.join(said)}" if said else ""
-        raise RuntimeError(f"a writer process of the rebuild stopped (exit codes {codes}){why}") from stopped
-    if failures:
-        raise RuntimeError(f"the rebuild's writer process failed: {'; '.join(failures)}")
+        await writers.close(graceful=False)
+    winners = EffectiveReports()
+    for ranked in shares:
+        winners.merge(ranked)
     return BulkResult(read, winners.rows())
-
-
-def _last_words(writers: list[tuple[Any, Any]]) -> list[str]:
-    """The error a writer that stopped sent before it went, if it said anything (never waits)."""
-    out = []
-    for _, pipe in writers:
-        with contextlib.suppress(EOFError, OSError):
-            while pipe.poll(0):
-                kind, value = pipe.recv()
-                if kind == "error":
-                    out.append(str(value))
-    return out
-
-
-def _join_all(writers: list[tuple[Any, Any]], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for worker, _ in writers:
-        worker.join(max(0.0, deadline - time.monotonic()))
-        if worker.is_alive():
-            worker.kill()
-            worker.join(5)
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
@@ -443,11 +236,7 @@ def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
 
 
 async def connect_reporting(settings: ReportingSettings) -> Client:
-    options: dict[str, Any] = {"name": "shinchoku-reporting-rebuild", "max_reconnect_attempts": 5}
-    if settings.nats_user:
-        options["user"] = settings.nats_user
-        options["password"] = settings.nats_password or ""
-    return await nats.connect(settings.nats_servers, **options)
+    return await connect_service(settings, name="shinchoku-reporting-rebuild", max_reconnect_attempts=5)
 
 
 async def rebuild_store(
@@ -465,7 +254,16 @@ async def rebuild_store(
     js = nc.jetstream()
     info = await js.stream_info(ACCEPTED_STREAM.name)
     total = info.state.messages
-    reader = StreamReader(nc, start_seq=info.state.first_seq)
+    reader = PullConsumer.replay(
+        nc,
+        stream=ACCEPTED_STREAM.name,
+        name=f"reporting-rebuild-{secrets.token_hex(6)}",
+        filter_subject=ACCEPTED_STREAM.subjects[0],
+        start_seq=info.state.first_seq,
+        batch=REQUEST_BATCH,
+        requests_in_flight=REQUESTS_IN_FLIGHT,
+        description="reporting rebuild (ephemeral)",
+    )
     await reader.open()
     bar = ProgressBar(total, stream=stream) if progress else None
     read = 0

@@ -1,38 +1,29 @@
 """The durable pull consumer `reporting` on ACCEPTED: batches in, one transaction each, acks after commit.
 
-`AcceptedPuller` keeps pull requests outstanding on the durable consumer and receives the messages on an
-inbox callback; whatever has arrived is handed over as one batch, so batches grow by themselves when the
-writer is busy and a lone event is not held back waiting for company. `AcceptedWriter` has queued batches
-decoded and applied by an `Applier` (a child process by default, see `reporting.workers`; one transaction,
-possibly several batches merged) and acknowledges every message after the commit, so pulling the next
-batch overlaps with writing this one; then it records each message's span. A database fault (or a writer
+`AcceptedPuller` follows the durable consumer with the runtime's `PullConsumer` (pull requests kept
+outstanding, messages received on an inbox callback; see `shinchoku_runtime.pull`, which also says why not
+FastStream's batch pull): whatever has arrived is handed over as one batch, so batches grow by themselves
+when the writer is busy and a lone event is not held back waiting for company. `AcceptedWriter` has queued
+batches decoded and applied by an `Applier` (a child process by default, see `reporting.workers`; one
+transaction, possibly several batches merged) and acknowledges every message after the commit, so pulling
+the next batch overlaps with writing this one; then it records each message's span. A database fault (or a writer
 process that died) naks the messages with a delay: they come back, nothing is terminated for a fault of
 ours. A message that is not AdmittedEvent JSON is terminated and logged.
-
-Why not FastStream's `PullSub(batch=True)` here: with FastStream 0.7.8 and nats-py 2.16, when the batch
-deadline is nearly spent nats-py's `fetch` raises the builtin `TimeoutError` rather than
-`nats.errors.TimeoutError`; FastStream's batch loop does not catch it and drops the messages it had
-gathered for that batch, which then come back only after `ack_wait`. Its per-message `next_msg` path also
-caps near 12,000 messages/s before any work is done; this loop receives several times faster.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
@@ -42,6 +33,7 @@ from reporting.repository import to_micros
 from reporting.tracing import BatchSpans, MessageSpan
 from reporting.workers import Applier
 from shinchoku_runtime.batchpublish import ack_all
+from shinchoku_runtime.pull import PullConsumer
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +65,8 @@ def consumer_config(*, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
 
 
 class AcceptedPuller:
-    """Pulls batches from the durable consumer and awaits `handle` for each (which may make it wait)."""
+    """Pulls batches from the durable consumer `reporting` (the runtime's `PullConsumer`) and awaits `handle`
+    for each, as `Delivery`s (which may make it wait)."""
 
     def __init__(
         self,
@@ -82,105 +75,24 @@ class AcceptedPuller:
         *,
         config: ConsumerConfig,
         batch: int = 1000,
-        expires: float = 10.0,
-        heartbeat: float = 2.0,
-        requests_in_flight: int = 2,
     ) -> None:
-        self._nc = nc
         self._handle = handle
-        self._config = config
-        self._batch = batch
-        self._expires = expires
-        self._heartbeat = heartbeat
-        self._in_flight = requests_in_flight
-        self._buffer: list[Msg] = []
-        #: Messages still owed by each pull request in flight, oldest first.
-        self._owed: collections.deque[int] = collections.deque()
-        self._wakeup = asyncio.Event()
-        self._last_heard = time.monotonic()
-        self._sub: Any = None
-        self._inbox = ""
-        self._stopping = False
-        self.running = False
+        self._consumer = PullConsumer(nc, stream=ACCEPTED_STREAM.name, config=config, batch=batch)
+
+    @property
+    def running(self) -> bool:
+        return self._consumer.running
 
     def stop(self) -> None:
         """Ask `run` to return (cancellation alone can be lost inside `asyncio.wait_for` on Python 3.11)."""
-        self._stopping = True
-        self._wakeup.set()
+        self._consumer.stop()
 
-    async def ensure_consumer(self) -> None:
-        js = self._nc.jetstream()
-        try:
-            await js.consumer_info(ACCEPTED_STREAM.name, REPORTING_DURABLE)
-        except NotFoundError:
-            await js.add_consumer(ACCEPTED_STREAM.name, self._config)
-            log.info("created durable consumer %s on %s", REPORTING_DURABLE, ACCEPTED_STREAM.name)
-
-    async def _on_msg(self, msg: Msg) -> None:
-        self._last_heard = time.monotonic()
-        headers = msg.headers
-        status = headers.get("Status") if headers else None
-        if status is None:
-            self._buffer.append(msg)
-            if self._owed:
-                self._owed[0] -= 1
-                if self._owed[0] <= 0:
-                    self._owed.popleft()
-        elif status == "100":
-            return  # idle heartbeat: the requests are alive
-        else:
-            # 408 request expired, 409 (max waiting, leadership change, consumer deleted…): that request is over.
-            if self._owed:
-                self._owed.popleft()
-            if status == "409":
-                log.info("pull request ended: %s %s", status, headers.get("Description") if headers else "")
-        self._wakeup.set()
-
-    async def _request(self) -> None:
-        body = {
-            "batch": self._batch,
-            "expires": int(self._expires * 1e9),
-            "idle_heartbeat": int(self._heartbeat * 1e9),
-        }
-        self._owed.append(self._batch)
-        await self._nc.publish(
-            f"$JS.API.CONSUMER.MSG.NEXT.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}",
-            json.dumps(body).encode(),
-            reply=self._inbox,
-        )
+    async def _hand(self, messages: list[Msg]) -> None:
+        await self._handle(deliveries(messages))
 
     async def run(self) -> None:
-        """Pull until cancelled; on cancellation the messages received but not handed over are nak'ed."""
-        await self.ensure_consumer()
-        self._inbox = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(self._inbox, cb=self._on_msg, pending_msgs_limit=0, pending_bytes_limit=0)
-        self.running = True
-        try:
-            while not self._stopping:
-                while len(self._owed) < self._in_flight and len(self._buffer) < self._batch:
-                    await self._request()
-                if self._buffer:
-                    messages, self._buffer = self._buffer, []
-                    await self._handle(deliveries(messages))
-                    continue
-                self._wakeup.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wakeup.wait(), timeout=self._heartbeat)
-                if time.monotonic() - self._last_heard > 3 * self._heartbeat:
-                    # No message and no heartbeat: the requests were lost (a reconnect, a restarted
-                    # server). Ask again, and recreate the consumer if it is gone.
-                    self._owed.clear()
-                    self._last_heard = time.monotonic()
-                    with contextlib.suppress(Exception):
-                        await self.ensure_consumer()
-        finally:
-            self.running = False
-            with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            for msg in self._buffer:
-                with contextlib.suppress(Exception):
-                    await msg.nak()
-            self._buffer = []
+        """Pull until stopped or cancelled; on the way out the messages received but not handed over are nak'ed."""
+        await self._consumer.follow(self._hand)
 
 
 class AcceptedWriter:
@@ -232,7 +144,7 @@ class AcceptedWriter:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        self._applier.close()
+        await self._applier.close()
 
     async def _run(self) -> None:
         # Acknowledging and tracing a written batch (this process) overlaps with writing the next one (the
