@@ -503,3 +503,41 @@ async def test_a_consumer_from_before_the_commands_is_widened_to_them(
     close = close_body()
     await send(secretariat, "close.2024.3", close, token_of(issuer))
     assert (await wait_for_event(running.http, close["close_id"], timeout=15))["outcome"] == "admitted"
+
+
+async def test_a_review_waits_for_its_report_held_by_another_replica(
+    start_ingest: Any,
+    catalog_kv: Any,
+    issuer: EmbeddedIssuer,
+    publisher_for: Publishers,
+    secretariat: SecretariatPublisher,
+    admin_nc: Client,
+) -> None:
+    """Two ingest replicas share one durable consumer: the report a review names may still be in another replica's
+    hands (fetched, not yet decided) when this replica gets the review. The review is retried until every earlier
+    STATUS message is settled, never rejected as `unknown_event` for a report that was sent before it."""
+    from ingest.config import IngestSettings
+    from ingest.subscribers import consumer_config
+
+    settings = IngestSettings(ack_wait=5)
+    js = admin_nc.jetstream()
+    await js.add_consumer("STATUS", consumer_config(settings))
+    mof = await publisher_for("mof")
+    report = event_body()
+    await mof.publish_raw("status.mof.1-25", encode(report))
+    review = review_body(report["event_id"])
+    await send(secretariat, "review.mof.1-25", review, token_of(issuer))
+
+    # "Another replica" takes the report and hangs on to it (it will come back after ack_wait).
+    other = await js.pull_subscribe_bind(INGEST_DURABLE, "STATUS")
+    (held,) = await other.fetch(1, timeout=5)
+    assert held.subject == "status.mof.1-25"
+
+    running = await start_ingest(auth=auth_of(issuer), ack_wait=5)
+    await asyncio.wait_for(running.runtime.mirror.loaded.wait(), 10)
+    body = await decided(running, review["review_id"])
+    if body["outcome"] == "rejected":
+        pytest.fail(f"the review was rejected while its report was still undecided: {body['message']}")
+    assert body["outcome"] == "admitted"
+    assert body["attempts"] == []
+    assert (await decided(running, report["event_id"]))["outcome"] == "admitted"

@@ -11,6 +11,11 @@
   message admitted it, and that message says its quarter (reports admitted earlier in the same batch are the
   batch decision's own business).
 - **The closed quarters**, when the batch holds a close.
+- **Whether a review may be judged yet.** Replicas share one durable consumer: the report a review names may be
+  in another replica's hands (fetched, not yet decided) when this one gets the review. A review naming a report
+  ingest has no record of is judged only once every STATUS message before the batch is settled (the consumer's
+  ack floor has reached it); until then it waits like any message whose facts cannot be had now, so that a
+  report sent before its review is never missed (`unknown_event` is then the truth).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from nats.js import JetStreamContext
 
 from contracts.commands import COMMAND_PREFIXES, NO_TOKEN, Sender, reviewed_report
 from contracts.cycle import ReviewedReport
-from contracts.streams import STATUS_STREAM
+from contracts.streams import INGEST_DURABLE, STATUS_STREAM
 from ingest import repository
 from ingest.delivery import Delivery, Fault, FaultKind
 from ingest.domain import ClaimKey, QuarterKey, Reject, Report, clean, closes_named, read_message, reports_named
@@ -101,6 +106,7 @@ class CommandWorld:
         keys = reports_named(d.read for d in reviews)
         if keys:
             facts.reports = await self._admitted_reports(keys, reviews)
+            await self._wait_for_earlier(deliveries, reviews, facts.reports)
         if closes_named(d.read for d in commands):
             facts.closed = await asyncio.to_thread(repository.load_closed, self._engine)
         return facts
@@ -127,6 +133,33 @@ class CommandWorld:
         else:
             agency = principal.agency.value if principal.agency is not None else None
             d.sender = Sender(role=principal.role.value, subject=principal.subject, agency=agency)
+
+    async def _wait_for_earlier(
+        self, deliveries: Sequence[Delivery], reviews: list[Delivery], found: dict[ClaimKey, ReviewedReport]
+    ) -> None:
+        """Put back the reviews naming a report nobody has admitted while a message before the batch is unsettled."""
+        in_batch = set(reports_named(d.read for d in deliveries if isinstance(d.read, Report)))
+        unknown = [
+            d for d in reviews if d.fault is None and not set(reports_named([d.read])) <= (found.keys() | in_batch)
+        ]
+        if not unknown:
+            return
+        first = min(d.seq for d in deliveries)
+        try:
+            floor = (await self._js.consumer_info(STATUS_STREAM.name, INGEST_DURABLE)).ack_floor
+            settled = floor.stream_seq if floor is not None and floor.stream_seq is not None else 0
+        except Exception as e:  # cannot tell: wait rather than judge on half the facts
+            detail = f"could not read the consumer's progress to judge a review: {e}"
+            settled = -1
+        else:
+            detail = (
+                f"STATUS-{settled + 1}…STATUS-{first - 1} are not settled yet: one of them may be the report the "
+                "review names (another replica holds it)"
+            )
+        if settled >= first - 1:
+            return
+        for d in unknown:
+            d.fail(Fault(FaultKind.earlier_report, clean(detail, 300)))
 
     async def _admitted_reports(self, keys: list[ClaimKey], reviews: list[Delivery]) -> dict[ClaimKey, ReviewedReport]:
         """The admitted reports these (agency, event_id) name, with their quarter read from their STATUS message."""

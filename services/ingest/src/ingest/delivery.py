@@ -24,6 +24,8 @@ class FaultKind(StrEnum):
     auth = "auth"
     #: Other replicas kept storing parts of the batch first.
     conflict = "conflict"
+    #: The report a review names may be an earlier STATUS message not settled yet (held by another replica).
+    earlier_report = "report"
     #: An unexpected error while processing the message alone.
     error = "error"
 
