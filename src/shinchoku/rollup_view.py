@@ -1,6 +1,6 @@
 """A rollup (GET /rollups/{fy}/{q}) as rich tables: status by colour AND by name, coverage and on-time rates.
 
-The on-time rate is the one the API publishes and the dashboard shows (`reporting.domain.on_time_rate`): the
+The on-time rate is the one the API publishes and the dashboard shows (`contracts.cycle.on_time_rate`): the
 measures reported on time over all the measures of the scope.
 """
 
@@ -15,8 +15,8 @@ from rich.text import Text
 
 from contracts.agencies import AGENCY_INFO, Agency
 from contracts.catalog import SECTION_TITLES
+from contracts.cycle import on_time_rate
 from contracts.events import SEVERITY_ORDER, UNREPORTED
-from reporting.domain import on_time_rate
 
 #: Every status with its colour, most severe first, then `unreported`. Colour is never the only signal:
 #: the status name is always printed beside it.

@@ -36,6 +36,13 @@ Quarter = Annotated[int, Field(ge=1, le=4, description="Quarter of the fiscal ye
 _FROZEN = ConfigDict(frozen=True, extra="forbid")
 
 
+def on_time_rate(on_time: int, measures_total: int) -> float:
+    """Timeliness as the API publishes it (a rollup's `on_time_rate`): the measures reported on time over all the
+    measures expected in the scope, reported or not (0 when none is expected). Reporting's documents, its
+    dashboard and the CLI's tables all use this one rule."""
+    return on_time / measures_total if measures_total else 0.0
+
+
 class ReviewDecision(StrEnum):
     """What the secretariat decided about a report."""
 

@@ -125,18 +125,30 @@ class MirrorResult:
 
 
 async def read_bucket(kv: KeyValue, *, timeout: float = 10.0) -> dict[str, bytes]:
-    """The live value of every key of the bucket (deleted keys are absent)."""
+    """The live value of every key of the bucket (deleted keys are absent).
+
+    nats-py's watcher can say "no more initial values" (None) before it has handed them all over
+    (nats-io/nats.py#842, #995), so the read also goes on until it has seen the stream's last sequence as it
+    stood before the watch began: the watcher delivers in stream order and always delivers the stream's last
+    message (the last value of its key), so seeing it means every earlier key was seen too.
+    """
+    last_seq = (await kv.status()).stream_info.state.last_seq
     watcher = await kv.watchall()
     live: dict[str, bytes] = {}
+    marker_seen = False
+    seen_seq = 0
     try:
-        while True:
+        while not (marker_seen and seen_seq >= last_seq):
             entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
-            if entry is None:  # the watcher has delivered every key's last value
-                return live
+            if entry is None:  # the watcher's end of the initial values (perhaps early: see above)
+                marker_seen = True
+                continue
+            seen_seq = max(seen_seq, entry.revision or 0)
             if entry.operation is None and entry.value is not None:
                 live[entry.key] = entry.value
             else:
                 live.pop(entry.key, None)
+        return live
     finally:
         await watcher.stop()  # type: ignore[no-untyped-call]
 

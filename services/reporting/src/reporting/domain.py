@@ -10,7 +10,7 @@ rollups mean across quarters (latest status, KPI ratings, overdue targets) is in
 - A report is *on time* when `reported_at` ≤ the quarter's end + 30 days.
 - Government-wide and per-section tallies count each measure once by its combined status;
   per-agency tallies count the measures the agency leads by the agency's own effective report.
-- The *on-time rate* of a scope is its measures reported on time over all its measures (`on_time_rate`).
+- The *on-time rate* of a scope is its measures reported on time over all its measures (`contracts.cycle.on_time_rate`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Final, Literal, NamedTuple
 
 from contracts.agencies import Agency
 from contracts.catalog import Measure
+from contracts.cycle import on_time_rate
 from contracts.events import SEVERITY_ORDER, UNREPORTED
 from contracts.periods import FiscalQuarter
 
@@ -214,12 +215,6 @@ class Tally:
     @property
     def on_time_rate(self) -> float:
         return on_time_rate(self.on_time, self.measures_total)
-
-
-def on_time_rate(on_time: int, measures_total: int) -> float:
-    """Timeliness as the API publishes it (`on_time_rate`): the measures reported on time over all the measures
-    expected in the scope, reported or not (0 when none is expected). The CLI and the dashboard show this too."""
-    return on_time / measures_total if measures_total else 0.0
 
 
 @dataclass(frozen=True, slots=True)

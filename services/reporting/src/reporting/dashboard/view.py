@@ -10,6 +10,7 @@ from typing import Literal
 
 from contracts.agencies import AGENCIES
 from contracts.catalog import measure_sort_key
+from contracts.cycle import on_time_rate
 from contracts.events import SEVERITY_ORDER, UNREPORTED
 from contracts.periods import TOKYO, FiscalQuarter
 from reporting.dashboard.i18n import (
@@ -23,7 +24,6 @@ from reporting.dashboard.i18n import (
 )
 from reporting.dashboard.models import Group, MeasureRow, Rollup
 from reporting.dashboard.state import ViewState
-from reporting.domain import on_time_rate
 
 #: Higher is worse; `unreported` has no rank (silence is neither better nor worse).
 _WORSENESS: dict[str, int] = {s.value: len(SEVERITY_ORDER) - i for i, s in enumerate(SEVERITY_ORDER)}
@@ -34,7 +34,7 @@ def rate(part: int, whole: int) -> float | None:
 
 
 def on_time_share(group: Group) -> float | None:
-    """The group's on-time rate as the API publishes it (`domain.on_time_rate`); None (shown as —) when the group
+    """The group's on-time rate as the API publishes it (`contracts.cycle.on_time_rate`); None (shown as —) when the group
     has no measure."""
     return on_time_rate(group.on_time, group.measures_total) if group.measures_total else None
 
