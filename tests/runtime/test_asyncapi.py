@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from faststream.specification import AsyncAPI
+from jsonschema import Draft7Validator
 
 from catalog.app import CatalogRuntime
 from catalog.config import CatalogSettings
@@ -174,3 +175,10 @@ def test_the_document_is_json_a_generator_can_read() -> None:
     data = json.loads(SNAPSHOT.read_text("utf-8"))
     assert data["info"]["title"] == "Shinchoku message API"
     assert data["servers"]["development"]["protocol"] == "nats"
+
+
+def test_it_is_valid_asyncapi_3(document: dict[str, Any]) -> None:
+    """Against the specification's own JSON Schema, so that AsyncAPI tools (generators, parsers) accept it."""
+    schema = json.loads((Path(__file__).parent / "data" / "asyncapi-3.0.0.schema.json").read_text("utf-8"))
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in Draft7Validator(schema).iter_errors(document)]
+    assert errors == []
