@@ -70,7 +70,7 @@ def consumer_config(*, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
         ack_wait=ack_wait,
         max_ack_pending=max_ack_pending,
         # Every subject of ACCEPTED: admitted reports, reviews and closes, applied in the log's one order.
-        filter_subject=None,
+        filter_subjects=list(ACCEPTED_STREAM.subjects),
     )
 
 
@@ -82,7 +82,7 @@ async def update_consumer(nc: Client, config: ConsumerConfig) -> None:
         info = await js.consumer_info(ACCEPTED_STREAM.name, REPORTING_DURABLE)
     except NotFoundError:
         return
-    if info.config.filter_subject != config.filter_subject or info.config.filter_subjects:
+    if info.config.filter_subject or list(info.config.filter_subjects or ()) != config.filter_subjects:
         await js.add_consumer(ACCEPTED_STREAM.name, config)
         log.info("durable consumer %s now follows every subject of %s", REPORTING_DURABLE, ACCEPTED_STREAM.name)
 
