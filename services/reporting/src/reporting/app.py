@@ -20,6 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting import api, dashboard, repository
+from reporting.alerts import api as alerts_api
 from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
@@ -203,6 +204,7 @@ def create_app(settings: ReportingSettings | None = None, *, clock: Clock = syst
     add_metrics_route(app, service.registry)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
+    app.include_router(alerts_api.router)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"])
