@@ -98,6 +98,8 @@ class Outcome:
     """What the publishers got: acknowledged reports, and for the others whether the platform said no clearly."""
 
     acked: dict[str, Report] = field(default_factory=dict)
+    #: When each report was first acknowledged (time.monotonic()).
+    acked_at: dict[str, float] = field(default_factory=dict)
     sent: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     duplicates_sent: int = 0
@@ -225,6 +227,7 @@ class Publishers:
                 if report.event_id in pending:
                     pending.discard(report.event_id)
                     out.acked[report.event_id] = report
+                    out.acked_at.setdefault(report.event_id, clock.monotonic())
                     if on_progress is not None:
                         await on_progress(len(out.acked))
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +135,17 @@ class ClusterDeployment:
 
     def kill(self, name: str) -> None:
         self.processes[name].kill()
+
+    def pause(self, name: str) -> int:
+        """SIGSTOP (a hung process: its connections stay open, it answers nothing); returns the pid."""
+        process = self.processes[name].process
+        assert process is not None, f"{name} is not running"
+        os.kill(process.pid, signal.SIGSTOP)
+        return process.pid
+
+    def resume(self, pid: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
     def restart(self, name: str, *, wrapper: tuple[str, ...] | None = None, timeout: float = 180.0) -> None:
         """Stop (SIGTERM) and start again, optionally under another wrapper."""

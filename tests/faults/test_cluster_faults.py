@@ -41,7 +41,7 @@ from .load import Outcome, Publishers, plan_reports
 from .observe import Stores, admin_connection, catalog_measures, last_seq, read_stream
 from .scenario import Harness, Result, check
 from .service_launcher import ClusterDeployment, deploy
-from .test_full_disk import fill
+from .test_full_disk import fill, told_disk_full
 
 pytestmark = [
     pytest.mark.slow,
@@ -67,6 +67,7 @@ HORIZON = 34.0
 SOAK_WINDOW = 40.0
 SOAK_SECONDS = {"": 45.0, "1": 600.0}.get(os.environ.get("SOAK", ""), None) or float(os.environ.get("SOAK", "45"))
 STORE_MB = 96
+PARTITION = 6.0
 REPLICAS = ("reporting-1", "reporting-2")
 
 
@@ -169,7 +170,7 @@ def recovered(topology: Topology) -> Callable[[], None]:
 
 async def test_partition_isolating_the_status_leader(topology: Topology, fault_report: Callable[[str], None]) -> None:
     harness, cluster = topology.harness, topology.cluster
-    reports = plan_reports(harness.measures, fiscal_year=2021, count=900, seed=21)
+    reports = plan_reports(harness.measures, fiscal_year=2021, count=600, seed=21)
     seen: list[str] = []
 
     async def fault() -> None:
@@ -178,7 +179,7 @@ async def test_partition_isolating_the_status_leader(topology: Topology, fault_r
             leader = await cluster.leader(admin, "STATUS")
             cluster.isolate(leader)
             seen.append(leader.name)
-            await asyncio.sleep(10)
+            await asyncio.sleep(PARTITION)
             others = await cluster.leader(admin, "STATUS")
             seen.append(others.name)
         finally:
@@ -186,7 +187,9 @@ async def test_partition_isolating_the_status_leader(topology: Topology, fault_r
             await admin.close()
         await asyncio.to_thread(recovered(topology))
 
-    result = await harness.run("partition: STATUS leader cut 10s", reports, rate=60, fault=fault, settle=120)
+    result = await harness.run(
+        f"partition: STATUS leader cut {PARTITION:.0f}s", reports, rate=60, fault=fault, settle=120
+    )
     result.notes.append(f"isolated {seen[0]}, STATUS led by {seen[-1]} meanwhile")
     check(result, fault_report)
     assert seen[0] != seen[-1], "the majority side elected no new STATUS leader"
@@ -196,7 +199,7 @@ async def test_sigkill_a_node_that_restarts_and_rejoins(
     topology: Topology, fault_report: Callable[[str], None]
 ) -> None:
     harness, cluster = topology.harness, topology.cluster
-    reports = plan_reports(harness.measures, fiscal_year=2022, count=900, seed=22)
+    reports = plan_reports(harness.measures, fiscal_year=2022, count=600, seed=22)
     victim: list[str] = []
 
     async def fault() -> None:
@@ -235,10 +238,11 @@ async def test_accepted_refusing_writes_beyond_the_redelivery_horizon(
     admitted is dead-lettered as `undeliverable`."""
     harness, cluster, deployment = topology.harness, topology.cluster, topology.deployment
     reports = plan_reports(harness.measures, fiscal_year=2023, count=400, seed=23)
-    outage = HORIZON + 8
+    outage = HORIZON + 5
     health: list[dict[str, int]] = []
 
     async def fault() -> None:
+        health.append(await health_of(deployment, ("ingest-1", "ingest-2")))
         admin = await cluster.admin()
         js = admin.jetstream()
         try:
@@ -260,11 +264,18 @@ async def test_accepted_refusing_writes_beyond_the_redelivery_horizon(
         f"ACCEPTED refuses writes {outage:.0f}s", reports, rate=40, fault=fault, at=0.5, settle=150
     )
     undeliverable = [b for b in await rejected_since(topology, rejected_from) if b.get("reason") == "undeliverable"]
-    unhealthy = sum(1 for h in health if any(code == 503 for code in h.values()))
-    result.notes.append(f"horizon {HORIZON:.0f}s; ingest /healthz 503 in {unhealthy} of {len(health)} polls")
+    before, during = health[0], health[1:]
+    after = await health_of(deployment, ("ingest-1", "ingest-2"))
+    unhealthy = sum(1 for h in during if any(code == 503 for code in h.values()))
+    result.notes.append(
+        f"horizon {HORIZON:.0f}s; ingest /healthz before {sorted(before.values())}, 503 in {unhealthy} of "
+        f"{len(during)} polls during, {sorted(after.values())} after"
+    )
     result.notes.append(f"{len(undeliverable)} dead-lettered undeliverable")
     check(result, fault_report)
+    assert set(before.values()) == {200}, before
     assert unhealthy, "ingest never said it had admissions it could not publish"
+    assert set(after.values()) == {200}, after
     assert not undeliverable, undeliverable[:3]
 
 
@@ -307,23 +318,26 @@ async def test_full_disk_on_one_node(topology: Topology, fault_report: Callable[
         result = await harness.run(f"full disk on {node.name} 8s", reports, rate=60, fault=fault, settle=120)
     finally:
         filler.unlink(missing_ok=True)
+    said = node.server.log_file is not None and told_disk_full(node.server.log_file)
+    notes.append(f"{node.name}'s log names the full disk: {'yes' if said else 'no'}")
     result.notes = notes + result.notes
     check(result, fault_report)
+    assert said, "the node never hit the full disk: the fault was not there"
 
 
 async def test_soak_past_the_duplicate_window_and_the_redelivery_horizon(
     topology: Topology, fault_report: Callable[[str], None]
 ) -> None:
     """Load for SOAK_SECONDS with a fault every few seconds (a node killed and restarted, a node cut off), ACCEPTED's
-    duplicate window shortened to SOAK_WINDOW, and then every acknowledged report older than the window sent again
-    (same bytes): resent after both windows and the horizon, each must still be counted once."""
+    duplicate window shortened to SOAK_WINDOW; all along, each acknowledged report is sent again (same bytes) once
+    it is older than that window, so past both windows and ingest's redelivery horizon: each must be counted once."""
     harness, cluster = topology.harness, topology.cluster
     rate = 20.0
-    count = int(SOAK_SECONDS * rate)
-    reports = plan_reports(harness.measures, fiscal_year=2025, count=count, seed=25)
+    reports = plan_reports(harness.measures, fiscal_year=2025, count=int(SOAK_SECONDS * rate), seed=25)
     rng = random.Random(25)
     faults: list[str] = []
     done = asyncio.Event()
+    outcome, resent = Outcome(), Outcome()
 
     async def rolling_faults() -> None:
         while not done.is_set():
@@ -342,52 +356,70 @@ async def test_soak_past_the_duplicate_window_and_the_redelivery_horizon(
                 faults.append(f"cut {node.name}")
             await asyncio.to_thread(cluster.wait_healthy, 120)
 
+    async def resend_old(pubs: Publishers) -> None:
+        """Every acknowledged report older than the window, once."""
+        due = [
+            outcome.acked[e]
+            for e, at in list(outcome.acked_at.items())
+            if e not in resent.acked_at and time.monotonic() - at > SOAK_WINDOW + 1
+        ]
+        if due:
+            await pubs.publish_all(due, rate=200, deadline=60, outcome=resent)
+
+    async def resender(pubs: Publishers) -> None:
+        while not done.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 2)
+            await resend_old(pubs)
+
     admin = await cluster.admin()
     js = admin.jetstream()
     short = stream_config(ACCEPTED_STREAM, replicas=cluster.replicas)
     short.duplicate_window = SOAK_WINDOW
     await js.update_stream(short)
-    outcome = Outcome()
     started = time.monotonic()
     try:
-        status_from = await last_seq(admin, "STATUS") + 1
-        accepted_from = await last_seq(admin, "ACCEPTED") + 1
-        rejected_from = await last_seq(admin, "REJECTED") + 1
-        injector = asyncio.create_task(rolling_faults())
+        starts = (
+            await last_seq(admin, "STATUS") + 1,
+            await last_seq(admin, "ACCEPTED") + 1,
+            await last_seq(admin, "REJECTED") + 1,
+        )
         async with Publishers(cluster.url, harness.agency_passwords, timeout=3.0) as pubs:
+            helpers = [asyncio.create_task(rolling_faults()), asyncio.create_task(resender(pubs))]
             try:
                 await pubs.publish_all(reports, rate=rate, deadline=SOAK_SECONDS + 60, outcome=outcome)
             finally:
                 done.set()
-                await injector
+                await asyncio.gather(*helpers)
             await asyncio.to_thread(recovered(topology))
-            # Outlast ACCEPTED's window and the horizon since the last first send, then resend everything acknowledged.
-            wait = max(0.0, max(SOAK_WINDOW, HORIZON) + 2 - (time.monotonic() - started - SOAK_SECONDS))
-            await asyncio.sleep(wait)
-            resent = Outcome()
-            await pubs.publish_all(list(outcome.acked.values()), rate=200, deadline=60, outcome=resent)
+            await resend_old(pubs)
         result = await harness.account(
-            f"soak {SOAK_SECONDS:.0f}s + resend after {SOAK_WINDOW:.0f}s window",
+            f"soak {SOAK_SECONDS:.0f}s, resends past {SOAK_WINDOW:.0f}s window",
             outcome,
             set(),
             admin,
             settle=180,
-            starts=(status_from, accepted_from, rejected_from),
+            starts=starts,
         )
     finally:
         await js.update_stream(stream_config(ACCEPTED_STREAM, replicas=cluster.replicas))
         await admin.close()
     result.seconds = time.monotonic() - started
+    if outcome.failures:
+        result.notes.append(
+            "publish failures retried: " + ", ".join(f"{k}×{v}" for k, v in outcome.failures.most_common())
+        )
     result.notes.append(f"{len(faults)} faults: {', '.join(faults)}")
-    result.notes.append(f"resent {len(resent.acked)} of {len(outcome.acked)} after the windows")
+    result.notes.append(f"{len(resent.acked)} of {len(outcome.acked)} resent and acknowledged again after the window")
     check(result, fault_report)
+    assert resent.acked, "nothing was resent after the window: the soak did not outlast it"
 
 
 async def test_clock_skew_on_one_ingest_replica(topology: Topology, fault_report: Callable[[str], None]) -> None:
     """ingest-2 runs 6 hours behind (Debian's faketime): reports on the quarter under way, claimed minutes ago, are
     ahead of its clock by hours. Admission is judged by the broker's receipt time, so both replicas admit them;
-    judged on its own clock, ingest-2 would reject its share as `future_timestamp`. Last scenario: ingest-2 stays
-    skewed."""
+    judged on its own clock, ingest-2 would reject them as `future_timestamp`. ingest-1 is stopped throughout, so
+    the skewed replica decides every report. Last scenario: ingest-2 stays skewed."""
     if shutil.which("faketime") is None:
         pytest.skip("Debian's faketime is not installed (apt-get install faketime)")
     harness, deployment = topology.harness, topology.deployment
@@ -397,7 +429,15 @@ async def test_clock_skew_on_one_ingest_replica(topology: Topology, fault_report
     quarter = {4: 1, 5: 1, 6: 1, 7: 2, 8: 2, 9: 2, 10: 3, 11: 3, 12: 3}.get(now.month, 4)
     reports = plan_reports(harness.measures, fiscal_year=fiscal_year, count=600, seed=26, quarter=quarter, now=now)
     rejected_from = await rejected_seq(topology)
-    result: Result = await harness.run("clock skew: ingest-2 at -6h", reports, rate=60, settle=120)
+    # ingest-1 stopped (SIGSTOP) for the whole load: the skewed replica decides every report.
+    paused = deployment.pause("ingest-1")
+    try:
+        result: Result = await harness.run(
+            "clock skew: ingest-2 at -6h", reports, rate=60, settle=120, paused=("ingest-1",)
+        )
+    finally:
+        deployment.resume(paused)
+    result.notes.append("ingest-1 paused: ingest-2 decided every report")
     future = [b for b in await rejected_since(topology, rejected_from) if b.get("reason") == "future_timestamp"]
     result.notes.append(f"{len(future)} rejected as future_timestamp")
     check(result, fault_report)
