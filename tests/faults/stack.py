@@ -81,6 +81,10 @@ class RunningStack:
         return str(self.stack.http[service])
 
     @property
+    def process_names(self) -> tuple[str, ...]:
+        return (NATS, *SERVICES)
+
+    @property
     def nats_url(self) -> str:
         return str(self.stack.nats_plain_url)
 
