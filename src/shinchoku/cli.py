@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from shinchoku.commands import (
+    asyncapi,
     close,
     creds,
     demo,
@@ -33,7 +34,22 @@ def _root() -> None:
     """Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society."""
 
 
-for module in (natsconfig, up, creds, token, demo, rollup, trace, report, importfile, template, review, close, rebuild):
+for module in (
+    natsconfig,
+    up,
+    creds,
+    token,
+    demo,
+    rollup,
+    trace,
+    report,
+    importfile,
+    template,
+    review,
+    close,
+    rebuild,
+    asyncapi,
+):
     module.register(app)
 
 
