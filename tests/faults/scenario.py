@@ -146,7 +146,7 @@ class Harness:
         countable_ids = {r.event_id for r in countable}
         diffs: list[str] = []
         deadline = time.monotonic() + settle
-        async with httpx.AsyncClient(base_url=self.stack.url("reporting"), timeout=10) as http:
+        async with httpx.AsyncClient(base_url=self.stack.url("reporting"), timeout=10, auth=self.stack.auth) as http:
             while True:
                 diffs = []
                 try:
