@@ -21,7 +21,7 @@ import os
 import re
 import secrets
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -236,7 +236,7 @@ class StackAuth(httpx.Auth):
             self._tokens[principal] = (time.time() + self.ttl.total_seconds(), token)
         return token
 
-    def auth_flow(self, request: httpx.Request) -> Iterator[httpx.Request]:
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if "authorization" not in request.headers:
             who = Role.operator.value if request.url.path.rstrip("/").endswith("/metrics") else self.principal
             request.headers["Authorization"] = f"Bearer {self.token(who)}"

@@ -102,7 +102,7 @@ def _tokens(data_dir: Path) -> dict[str, str | None]:
 
 def _sole_lead(stack: RunningStack, agency: str) -> str:
     items = httpx.get(f"{stack.url('catalog')}/measures", params={"agency": agency, "limit": 1000}, timeout=10)
-    return next(m["id"] for m in items.json()["items"] if m["lead_agencies"] == [agency])
+    return str(next(m["id"] for m in items.json()["items"] if m["lead_agencies"] == [agency]))
 
 
 async def _publish(stack: RunningStack, agency: str, messages: list[dict[str, object]]) -> None:
