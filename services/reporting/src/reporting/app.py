@@ -24,7 +24,7 @@ from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
-from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config
+from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config, update_consumer
 from reporting.workers import make_applier
 from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag
@@ -145,12 +145,17 @@ class ReportingService:
                 name="reporting-lag",
             )
         )
-        self.puller = AcceptedPuller(
-            self._nc,
-            self.writer.submit,
-            config=consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending),
-            batch=self.settings.batch_size,
-        )
+        config = consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending)
+        while True:
+            try:
+                await update_consumer(self._nc, config)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("could not update the durable consumer (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(2)
+        self.puller = AcceptedPuller(self._nc, self.writer.submit, config=config, batch=self.settings.batch_size)
         log.info("consuming %s with durable consumer %s", ACCEPTED_STREAM.name, REPORTING_DURABLE)
         while not self._stopping:
             try:

@@ -107,6 +107,10 @@ def rollup_document(view: QuarterView) -> RollupOut:
             reference_date=view.today,
         ),
         as_of=_moment(view.as_of),
+        closed=view.publication.closed,
+        revision=view.publication.revision,
+        published_at=view.publication.published_at,
+        restated_at=view.publication.restated_at,
     )
 
 

@@ -74,6 +74,10 @@ class RollupOut(QuarterRefOut):
     overdue_targets: int
     targets: TargetSummaryOut
     as_of: str | None = Field(description="The as_of moment answered for, or null for as known now")
+    closed: bool = Field(description="Whether the secretariat has closed the quarter")
+    revision: int | None = Field(description="The latest published revision (null while the quarter is open)")
+    published_at: str | None = Field(description="When the quarter was closed and first published (RFC 3339)")
+    restated_at: str | None = Field(description="When the latest revision restated the one before (RFC 3339)")
 
 
 class YearQuarterOut(RollupOut):
