@@ -10,7 +10,8 @@ agency reads where DESIGN.md says "its own only"; notes and reporter names never
 operator.
 
 The data: each agency publishes one admitted report (with a note and a reporter name that appear nowhere else)
-and one rejected report (an unknown measure, its payload marked) in the current quarter.
+and one rejected report (an unknown measure, its payload marked) in the current quarter (open), and one report
+in FY2024Q1, which the secretariat closes (`shinchoku close`): the public reads that quarter, without names.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ import nats
 import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
+from typer.testing import CliRunner
 
 from contracts.periods import FiscalQuarter
+from shinchoku.cli import app
 from shinchoku.issuer import EmbeddedIssuer, principal_named
 from shinchoku_runtime.auth import access_table
 from tests.faults.stack import RunningStack, wait_until
@@ -59,12 +62,17 @@ class Published:
         return (self.admitted, self.rejected, self.note, self.reporter, self.payload_mark)
 
 
+CLOSED = FiscalQuarter(2024, 1)
+
+
 @dataclass
 class World:
     stack: RunningStack
     tokens: dict[str, str | None]
     data: dict[str, Published]
     quarter: FiscalQuarter
+    #: Per agency, the note and reporter of its report in the closed quarter.
+    closed_names: dict[str, tuple[str, str]]
     log: list[str] = field(default_factory=list)
 
     def headers(self, caller: str) -> dict[str, str]:
@@ -124,6 +132,7 @@ def world(security_stack: RunningStack) -> World:
     quarter = FiscalQuarter.of_moment(now)
     tokens = _tokens(stack.data_dir)
     data: dict[str, Published] = {}
+    closed_names: dict[str, tuple[str, str]] = {}
     for agency in AGENCIES:
         tag = uuid.uuid4().hex[:10]
         published = Published(
@@ -147,9 +156,19 @@ def world(security_stack: RunningStack) -> World:
             "reported_at": now.isoformat(),
         }
         refused = {**report, "event_id": published.rejected, "measure_id": "9-999", "note": published.payload_mark}
-        asyncio.run(_publish(stack, agency, [report, refused]))
+        names = (f"closed-note-{agency}-{tag}", f"Closed Reporter {agency.upper()} {tag}")
+        old = {
+            **report,
+            "event_id": str(uuid.uuid4()),
+            "fiscal_year": CLOSED.fiscal_year,
+            "quarter": CLOSED.quarter,
+            "note": names[0],
+            "reporter": names[1],
+        }
+        asyncio.run(_publish(stack, agency, [report, refused, old]))
         data[agency] = published
-    w = World(stack=stack, tokens=tokens, data=data, quarter=quarter)
+        closed_names[agency] = names
+    w = World(stack=stack, tokens=tokens, data=data, quarter=quarter, closed_names=closed_names)
 
     def decided() -> bool:
         return all(
@@ -166,6 +185,19 @@ def world(security_stack: RunningStack) -> World:
         return all(p.admitted in body for p in data.values())
 
     wait_until(in_rollup, 60, "reporting's rollup with both reports", interval=0.3)
+
+    def in_closed() -> bool:
+        path = f"/rollups/{CLOSED.fiscal_year}/{CLOSED.quarter}/measures?limit=1000"
+        body = w.get("reporting", path, "secretariat").text
+        return all(note in body for note, _ in closed_names.values())
+
+    wait_until(in_closed, 60, "reporting's FY2024Q1 with both reports", interval=0.3)
+    closing = CliRunner().invoke(
+        app, ["close", str(CLOSED.fiscal_year), str(CLOSED.quarter), "--wait", "--data-dir", str(stack.data_dir)]
+    )
+    assert closing.exit_code == 0 or "already_closed" in closing.output, closing.output
+    path = f"/rollups/{CLOSED.fiscal_year}/{CLOSED.quarter}"
+    wait_until(lambda: w.get("reporting", path, "public").status_code == 200, 60, "FY2024Q1 closed for the public")
     return w
 
 
@@ -201,6 +233,7 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
     """The DESIGN.md table for one route of one service (None: the test does not know this route)."""
     mof, digital = w.data["mof"], w.data["digital"]
     fy, q = w.quarter.fiscal_year, w.quarter.quarter
+    cfy, cq = CLOSED.fiscal_year, CLOSED.quarter
     if route == "/metrics":
         return [Case("/metrics", OPERATOR_ONLY)]
     if route in DOCS:
@@ -228,16 +261,24 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
         names = ("public", "operator")
         table = {
             "/rollups/{fiscal_year}/{quarter}": [
+                Case(f"/rollups/{cfy}/{cq}", EVERYONE),
+                Case(f"/rollups/{cfy}/{cq}?format=csv", EVERYONE),
+                Case(f"/rollups/{cfy}/{cq}?as_of=2024-08-01T00:00:00%2B09:00", LIVE),
                 Case(f"/rollups/{fy}/{q}", LIVE),
                 Case(f"/rollups/{fy}/{q}?format=csv", LIVE),
                 Case(f"/rollups/{fy}/{q}?as_of=2025-01-01T00:00:00%2B09:00", LIVE),
             ],
             "/rollups/{fiscal_year}/{quarter}/measures": [
+                Case(f"/rollups/{cfy}/{cq}/measures?limit=1000", EVERYONE, no_names=names),
+                Case(f"/rollups/{cfy}/{cq}/measures?agency=mof&format=csv", EVERYONE, no_names=names),
                 Case(f"/rollups/{fy}/{q}/measures?limit=1000", LIVE),
                 Case(f"/rollups/{fy}/{q}/measures?agency=mof&format=csv", LIVE),
             ],
             # The public and the operator get the closed quarters only: none of the current quarter's names.
-            "/rollups/{fiscal_year}": [Case(f"/rollups/{fy}", EVERYONE, no_names=names)],
+            "/rollups/{fiscal_year}": [
+                Case(f"/rollups/{fy}", EVERYONE, no_names=names),
+                Case(f"/rollups/{cfy}", EVERYONE, no_names=names),
+            ],
             "/measures/{measure_id}/history": [
                 Case(f"/measures/{mof.measure_id}/history", EVERYONE, no_names=names),
                 Case(f"/measures/{digital.measure_id}/history?format=csv", EVERYONE, no_names=names),
@@ -328,8 +369,9 @@ def test_each_caller_gets_what_the_table_says(world: World, service: str, route:
                 if leaked:
                     wrong.append(f"{caller}: {case.path} shows another agency's {leaked}")
             if caller in case.no_names:
-                for published in world.data.values():
-                    leaked = [s for s in (published.note, published.reporter) if s in body]
+                for agency, published in world.data.items():
+                    personal = (published.note, published.reporter, *world.closed_names[agency])
+                    leaked = [s for s in personal if s in body]
                     if leaked:
                         wrong.append(f"{caller}: {case.path} shows notes or names {leaked}")
             if caller in case.no_payload:
@@ -360,3 +402,14 @@ def test_agencies_read_their_own_and_the_secretariat_everything(world: World) ->
     rows = world.get("reporting", f"/rollups/{fy}/{q}/measures?limit=1000", "digital").text
     assert mof.note in rows, "agencies read the open quarter's notes"
     assert mof.reporter in rows, "agencies read the open quarter's reporter names"
+    closed = f"/rollups/{CLOSED.fiscal_year}/{CLOSED.quarter}/measures?limit=1000"
+    note, reporter = world.closed_names["mof"]
+    as_secretariat = world.get("reporting", closed, "secretariat").text
+    assert note in as_secretariat
+    assert reporter in as_secretariat
+    public = world.get("reporting", closed, "public").json()
+    reported = [lead for item in public["items"] for lead in item["leads"] if lead["event_id"]]
+    assert len(reported) >= 2, "the public reads the closed quarter's reports"
+    assert all(lead["note"] is None and lead["reporter"] is None for lead in reported)
+    history = world.get("reporting", f"/measures/{mof.measure_id}/history", "public").json()
+    assert [i["label"] for i in history["items"]] == [CLOSED.label], "the public's history: closed quarters only"
