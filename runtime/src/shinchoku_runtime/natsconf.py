@@ -16,6 +16,8 @@ from typing import Any
 from contracts.agencies import Agency
 from contracts.streams import (
     ACCEPTED_STREAM,
+    ALERT_SUBJECT_PREFIX,
+    ALERTS_DURABLE,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
     CATALOG_CHANGED,
@@ -58,8 +60,11 @@ class Permissions:
 
 
 def agency_permissions(agency: Agency | str) -> Permissions:
-    """An agency publishes only its own status subjects and hears only its own inbox."""
-    return Permissions(publish=[f"status.{agency}.>"], subscribe=[f"{agency_inbox_prefix(agency)}.>"])
+    """An agency publishes only its own status subjects and hears only its own inbox and its own alerts, live."""
+    return Permissions(
+        publish=[f"status.{agency}.>"],
+        subscribe=[f"{agency_inbox_prefix(agency)}.>", f"{ALERT_SUBJECT_PREFIX}.{agency}.>"],
+    )
 
 
 def secretariat_permissions() -> Permissions:
@@ -67,7 +72,7 @@ def secretariat_permissions() -> Permissions:
     its own inbox (JetStream acks) and the alerts (DESIGN.md "Principals and access")."""
     return Permissions(
         publish=[f"{prefix}.>" for prefix in (REVIEW_SUBJECT_PREFIX, CLOSE_SUBJECT_PREFIX, BACKFILL_SUBJECT_PREFIX)],
-        subscribe=[f"{agency_inbox_prefix(SECRETARIAT_USER)}.>", "alert.>"],
+        subscribe=[f"{agency_inbox_prefix(SECRETARIAT_USER)}.>", f"{ALERT_SUBJECT_PREFIX}.>"],
     )
 
 
@@ -108,6 +113,9 @@ def service_permissions(user: str) -> Permissions:
             publish=[
                 "$JS.API.>",
                 f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>",
+                # The alerts it raises and resolves, and the acks of its consumer of the secretariat's reviews.
+                f"{ALERT_SUBJECT_PREFIX}.>",
+                f"$JS.ACK.{ACCEPTED_STREAM.name}.{ALERTS_DURABLE}.>",
                 # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
                 f"$JS.FC.KV_{CATALOG_BUCKET}.>",
             ],

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting import access, api, dashboard, repository
+from reporting.alerts import api as alerts_api
+from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
@@ -45,7 +47,7 @@ WARM_MIN_INTERVAL = 0.2
 class ReportingService:
     """The running parts of the service, started and stopped by the app's lifespan."""
 
-    def __init__(self, settings: ReportingSettings) -> None:
+    def __init__(self, settings: ReportingSettings, *, clock: Clock = system_clock) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = ReportingMetrics(self.registry)
@@ -56,6 +58,7 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
@@ -63,15 +66,20 @@ class ReportingService:
             retry_delay=settings.retry_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
-            on_committed=self._changed.set,
+            on_committed=self._committed,
         )
         self.puller: AcceptedPuller | None = None
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
+    def _committed(self) -> None:
+        self._changed.set()
+        self.alerts.notify()
+
     async def start(self) -> None:
         repository.create_store(self.engine)
+        self.alerts.create_tables()
         self.writer.start()
         self._tasks.append(asyncio.create_task(self._run(), name="reporting-nats"))
         self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
@@ -104,6 +112,7 @@ class ReportingService:
             for task in stuck:
                 log.warning("task %s did not stop in time", task.get_name())
         await self.writer.stop()
+        await self.alerts.stop()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)  # the last acknowledgements
@@ -139,6 +148,7 @@ class ReportingService:
                 log.warning("could not declare the streams (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
+        self.alerts.start(self._nc)
         self._tasks.append(
             asyncio.create_task(
                 self.consumer_lag.watch(js, stream=ACCEPTED_STREAM.name, durable=REPORTING_DURABLE),
@@ -182,9 +192,12 @@ class ReportingService:
         }
 
 
-def create_app(settings: ReportingSettings | None = None, *, auth: AuthSettings | None = None) -> FastAPI:
+def create_app(
+    settings: ReportingSettings | None = None, *, clock: Clock = system_clock, auth: AuthSettings | None = None
+) -> FastAPI:
+    """The reporting app; `clock` tells the alerts the time (tests move it), `auth` how tokens are verified."""
     settings = settings or ReportingSettings()
-    service = ReportingService(settings)
+    service = ReportingService(settings, clock=clock)
 
     app = FastAPI(
         title="Shinchoku reporting",
@@ -201,6 +214,7 @@ def create_app(settings: ReportingSettings | None = None, *, auth: AuthSettings 
     add_liveness_route(app)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
+    app.include_router(alerts_api.router)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
