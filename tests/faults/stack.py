@@ -87,6 +87,10 @@ class RunningStack:
         return StackAuth.of(self.data_dir)
 
     @property
+    def process_names(self) -> tuple[str, ...]:
+        return (NATS, *SERVICES)
+
+    @property
     def nats_url(self) -> str:
         return str(self.stack.nats_plain_url)
 
