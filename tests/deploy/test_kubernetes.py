@@ -79,7 +79,7 @@ def test_deployment(
     (port,) = container["ports"]
     assert port["containerPort"] == spec.default_port
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/metrics", "a NATS outage must not restart pods"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez", "a NATS outage must not restart pods"
     assert (
         deployment["spec"]["selector"]["matchLabels"].items()
         <= deployment["spec"]["template"]["metadata"]["labels"].items()

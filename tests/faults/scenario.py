@@ -44,6 +44,11 @@ class Target(Protocol):
 
     def url(self, service: str) -> str: ...
 
+    @property
+    def auth(self) -> httpx.Auth:
+        """How the harness reads the services (a token of the issuer they trust)."""
+        ...
+
     def healthy(self, name: str) -> bool: ...
 
 
@@ -196,7 +201,10 @@ class Harness(Generic[T]):
         countable_ids = set(acked) - poison
         diffs: list[str] = []
         deadline = time.monotonic() + settle
-        https = [httpx.AsyncClient(base_url=self.stack.url(n), timeout=10) for n in self.reporting_names]
+        https = [
+            httpx.AsyncClient(base_url=self.stack.url(n), timeout=10, auth=self.stack.auth)
+            for n in self.reporting_names
+        ]
         try:
             while True:
                 diffs = []

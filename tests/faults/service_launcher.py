@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.harness import ServiceProcess, service_env
 from shinchoku_runtime.natsserver import free_port
 
@@ -77,6 +78,15 @@ class ClusterDeployment:
     def process_names(self) -> tuple[str, ...]:
         return tuple(n.name for n in self.cluster.nodes) + tuple(self.processes)
 
+    @property
+    def issuer(self) -> EmbeddedIssuer:
+        """The issuer every replica trusts (as a deployment's identity provider would be)."""
+        return EmbeddedIssuer.prepare(self.directory / "issuer")
+
+    @property
+    def auth(self) -> StackAuth:
+        return StackAuth(self.issuer)
+
     def healthy(self, name: str) -> bool:
         if name in self.processes:
             try:
@@ -101,6 +111,7 @@ class ClusterDeployment:
             **self.settings.get(service, {}),
         )
         env["OTEL_SDK_DISABLED"] = "true"
+        env["SHINCHOKU_AUTH_JWKS_URL"] = self.issuer.jwks_path.as_uri()
         if wrapper:
             # The wall clock is skewed, not the monotonic one (asyncio's timers would be).
             env["DONT_FAKE_MONOTONIC"] = "1"

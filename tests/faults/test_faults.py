@@ -251,7 +251,7 @@ async def test_redelivery_storm_dead_letters_at_max_deliver(
     check(result, fault_report)
     assert result.dead_lettered == len(poison)
     # Ingest says why, per report: reason undeliverable with a message a clerk can act on.
-    async with httpx.AsyncClient(base_url=stack.url("ingest"), timeout=10) as http:
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), timeout=10, auth=stack.auth) as http:
         body = (await http.get("/rejections", params={"reason": "undeliverable", "limit": 1000})).json()
     listed = {item["event_id"]: item for item in body["items"]}
     assert {r.event_id for r in poison} <= set(listed)

@@ -41,6 +41,13 @@ def _node_options_of_generate() -> object:
     return module.node_options
 
 
+#: Routes that answer an agency's data to a token: an error there must not quote a key either.
+READ_PATHS = {
+    "ingest": ("/rejections", "/events/00000000-0000-0000-0000-000000000001"),
+    "reporting": ("/rollups/2024",),
+}
+
+
 def _mode(path: os.PathLike[str] | str) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
@@ -79,8 +86,9 @@ def test_no_secret_leaks_into_files_or_answers(security_stack: RunningStack) -> 
     for log in (security_stack.data_dir / "logs").glob("*.log"):
         texts[f"logs/{log.name}"] = log.read_text("utf-8", errors="replace")
     for service in SERVICES:
-        for path in ("/healthz", "/openapi.json", "/metrics"):
-            texts[f"{service}{path}"] = httpx.get(security_stack.url(service) + path, timeout=10).text
+        for path in ("/healthz", "/openapi.json", "/metrics", *READ_PATHS.get(service, ())):
+            answer = httpx.get(security_stack.url(service) + path, timeout=10, auth=security_stack.auth)
+            texts[f"{service}{path}"] = answer.text
     leaks = [(where, user) for where, text in texts.items() for user, secret in secrets.items() if secret in text]
     assert leaks == [], f"secrets found in: {leaks}"
 
@@ -97,12 +105,14 @@ def test_signing_key_is_private_and_stays_in_the_data_directory(security_stack: 
 
     issuer = EmbeddedIssuer.load(security_stack.data_dir)
     token = issuer.mint(principal_named("secretariat", "secrets-test"))
+    operator = issuer.mint(principal_named("operator", "secrets-test"))
     texts: dict[str, str] = {"stack.json": (security_stack.data_dir / "stack.json").read_text()}
     for service in SERVICES:
-        for path in ("/healthz", "/openapi.json", "/metrics"):
-            for headers in ({}, {"Authorization": f"Bearer {token}"}):
+        for path in ("/healthz", "/livez", "/openapi.json", "/metrics", *READ_PATHS.get(service, ())):
+            for who, sent in (("public", None), ("secretariat", token), ("operator", operator)):
+                headers = {"Authorization": f"Bearer {sent}"} if sent else {}
                 answer = httpx.get(security_stack.url(service) + path, headers=headers, timeout=10)
-                texts[f"{service}{path} {sorted(headers)}"] = answer.text + json.dumps(dict(answer.headers))
+                texts[f"{service}{path} as {who}"] = answer.text + json.dumps(dict(answer.headers))
         pid = security_stack.pid(service)
         assert pid is not None
         environ = _environ(pid)
@@ -113,7 +123,7 @@ def test_signing_key_is_private_and_stays_in_the_data_directory(security_stack: 
     leaks = [
         (where, what)
         for where, text in texts.items()
-        for what, secret in (("signing key", private), ("token", token))
+        for what, secret in (("signing key", private), ("token", token), ("operator's token", operator))
         if secret in text
     ]
     assert leaks == [], f"found in: {leaks}"
