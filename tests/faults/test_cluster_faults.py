@@ -46,6 +46,8 @@ from .test_full_disk import fill, told_disk_full
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.postgres,
+    # A safety net under a loaded machine: every wait inside has its own, shorter deadline.
+    pytest.mark.timeout(600),
     pytest.mark.skipif(
         any(importlib.util.find_spec(f"{s}.__main__") is None for s in ("catalog", "ingest", "reporting")),
         reason="needs `python -m catalog`, `python -m ingest` and `python -m reporting`",
@@ -325,6 +327,7 @@ async def test_full_disk_on_one_node(topology: Topology, fault_report: Callable[
     assert said, "the node never hit the full disk: the fault was not there"
 
 
+@pytest.mark.timeout(SOAK_SECONDS + 600)
 async def test_soak_past_the_duplicate_window_and_the_redelivery_horizon(
     topology: Topology, fault_report: Callable[[str], None]
 ) -> None:
