@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import nats
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from contracts.streams import (
     ACCEPTED_STREAM,
@@ -54,7 +55,9 @@ def attacks_of(user: str) -> list[Attack]:
     other_inbox = agency_inbox_prefix("digital" if user != "digital" else "mof")
     return [
         Attack("stream update", f"{API}.STREAM.UPDATE.{ACCEPTED_STREAM.name}", json.dumps(shortened).encode()),
-        Attack("stream create", f"{API}.STREAM.CREATE.EVIL", json.dumps({"name": "EVIL", "subjects": ["evil.>"]}).encode()),
+        Attack(
+            "stream create", f"{API}.STREAM.CREATE.EVIL", json.dumps({"name": "EVIL", "subjects": ["evil.>"]}).encode()
+        ),
         Attack("message delete", f"{API}.STREAM.MSG.DELETE.{ACCEPTED_STREAM.name}", json.dumps({"seq": 1}).encode()),
         Attack("purge", f"{API}.STREAM.PURGE.{ACCEPTED_STREAM.name}", b""),
         Attack(
@@ -85,7 +88,7 @@ async def _attack(server: NatsServer, user: str) -> list[str]:
     reply = f"{agency_inbox_prefix(user)}.matrix"
     answers: list[bytes] = []
 
-    async def on_answer(msg: nats.aio.msg.Msg) -> None:
+    async def on_answer(msg: Msg) -> None:
         answers.append(msg.data)
 
     await nc.subscribe(reply, cb=on_answer)
@@ -113,8 +116,9 @@ async def _state(admin: Client) -> dict[str, object]:
     out: dict[str, object] = {}
     names = []
     for info in await js.streams_info():
-        names.append(info.config.name)
-        out[info.config.name] = (info.state.messages, info.config.max_msgs, info.config.max_age, info.state.consumer_count)
+        name = str(info.config.name)
+        names.append(name)
+        out[name] = (info.state.messages, info.config.max_msgs, info.config.max_age, info.state.consumer_count)
     out["streams"] = sorted(names)
     return out
 

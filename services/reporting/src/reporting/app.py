@@ -29,8 +29,9 @@ from reporting.workers import make_applier
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.natsclient import connect_service, ensure_streams
+from shinchoku_runtime.natsclient import connect_service
 from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
+from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ class ReportingService:
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Why reporting will not consume (a stream unlike the shared definition): /healthz says it.
+        self.refused: str | None = None
 
     async def start(self) -> None:
         repository.create_store(self.engine)
@@ -130,12 +133,16 @@ class ReportingService:
         js = self._nc.jetstream()
         while True:
             try:
-                await ensure_streams(js, replicas=self.settings.stream_replicas)
+                await check_streams(js, (ACCEPTED_STREAM,), replicas=self.settings.stream_replicas)
                 break
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
-                log.warning("could not declare the streams (%s: %s); retrying", type(e).__name__, e)
+            except StreamDiffers as e:
+                self.refused = str(e)
+                log.critical("reporting refuses to consume %s: %s", ACCEPTED_STREAM.name, e)
+                return
+            except Exception as e:  # missing (not applied yet) or NATS away: keep trying
+                log.warning("cannot check the streams yet (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
         self._tasks.append(
@@ -207,6 +214,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
             measures=len(service.catalog.snapshot.measures),
             last_admitted_at=last,
             rollup_freshness_seconds=service.metrics.freshness(),
+            **({"refused": service.refused} if service.refused else {}),
         )
 
     return app
