@@ -63,6 +63,7 @@ def _catalog_bucket_reads() -> list[str]:
     return [
         *_stream_reads(kv_stream),
         f"{API}.DIRECT.GET.{kv_stream}",
+        f"{API}.CONSUMER.CREATE.{kv_stream}",
         f"{API}.CONSUMER.CREATE.{kv_stream}.>",
         f"{API}.CONSUMER.INFO.{kv_stream}.>",
         f"{API}.CONSUMER.DELETE.{kv_stream}.>",
