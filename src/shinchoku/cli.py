@@ -14,6 +14,7 @@ from shinchoku.commands import (
     report,
     review,
     rollup,
+    streams,
     template,
     token,
     trace,
@@ -33,7 +34,22 @@ def _root() -> None:
     """Shinchoku (進捗): status reporting on the Priority Policy Program for Realizing a Digital Society."""
 
 
-for module in (natsconfig, up, creds, token, demo, rollup, trace, report, importfile, template, review, close, rebuild):
+for module in (
+    natsconfig,
+    up,
+    creds,
+    token,
+    demo,
+    rollup,
+    trace,
+    report,
+    importfile,
+    template,
+    review,
+    close,
+    rebuild,
+    streams,
+):
     module.register(app)
 
 

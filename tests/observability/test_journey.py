@@ -51,7 +51,7 @@ class Running:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data_dir = tmp_path_factory.mktemp("stack")
-    nats = NatsServer.create(data_dir / "nats").start()
+    nats = NatsServer.create(data_dir / "nats").start().apply_streams()  # as `up` does, before the services
     receiver = OtlpReceiver().start()
     group = ProcessGroup()
     try:

@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 
 import nats
+import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
@@ -133,3 +134,25 @@ async def test_every_user_against_the_jetstream_api(nats_server: NatsServer, adm
     allowed = {user: through for user, through in matrix.items() if through}
     assert not allowed, f"the broker let through: {allowed}"
     assert await _state(admin_nc) == before
+
+
+async def test_the_logs_are_append_only_even_for_the_administrator(admin_nc: Client) -> None:
+    """`deny_delete`/`deny_purge` on every log: the stream itself refuses, whoever asks, and cannot be told
+    otherwise by an update."""
+    import dataclasses
+
+    from nats.js.errors import APIError
+
+    from contracts.streams import STREAMS
+
+    js = admin_nc.jetstream()
+    for spec in STREAMS:
+        await js.publish(spec.subjects[0].replace(">", "mof.1-25"), b"{}", stream=spec.name)
+        with pytest.raises(APIError, match="message delete not permitted"):
+            await js.delete_msg(spec.name, 1)
+        with pytest.raises(APIError, match="stream purge not permitted"):
+            await js.purge_stream(spec.name)
+        live = (await js.stream_info(spec.name)).config
+        with pytest.raises(APIError, match="can not cancel deny message deletes"):
+            await js.update_stream(dataclasses.replace(live, deny_delete=False))
+        assert (await js.stream_info(spec.name)).state.messages == 1
