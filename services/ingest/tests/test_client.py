@@ -32,7 +32,9 @@ async def test_a_publish_is_retried_with_the_same_bytes_until_jetstream_answers(
         sending = asyncio.create_task(mof.publish(event))
         await asyncio.sleep(0.8)
         assert not sending.done()
-        admin = await connect(bare_nats_server.plain_url, name="t", user="admin", password=bare_nats_server.passwords["admin"])
+        admin = await connect(
+            bare_nats_server.plain_url, name="t", user="admin", password=bare_nats_server.passwords["admin"]
+        )
         await ensure_streams(admin.jetstream())
         ack = await sending
     js = admin.jetstream()
