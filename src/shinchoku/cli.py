@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from shinchoku.commands import (
+    asyncapi,
     close,
     creds,
     demo,
@@ -49,6 +50,7 @@ for module in (
     close,
     rebuild,
     streams,
+    asyncapi,
 ):
     module.register(app)
 

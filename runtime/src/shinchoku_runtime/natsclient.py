@@ -11,6 +11,7 @@ from nats.aio.client import Client
 from nats.js import JetStreamContext
 
 from contracts.streams import agency_inbox_prefix
+from shinchoku_runtime.natstransport import tls_options
 from shinchoku_runtime.settings import ServiceSettings
 from shinchoku_runtime.streamdefs import apply_streams, stream_config
 
@@ -34,7 +35,8 @@ def _log_errors(name: str) -> Callable[[Exception], Awaitable[None]]:
 def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any) -> dict[str, Any]:
     """What nats-py's `connect` takes for a service's connection: its servers and credentials, a name, reconnecting
     for ever, errors logged instead of swallowed. The one place a service's connection is described (the FastStream
-    broker is built from it too, `broker.make_broker`); `overrides` win."""
+    broker is built from it too, `broker.make_broker`); TLS when the settings name a CA (`natstransport`);
+    `overrides` win."""
     options: dict[str, Any] = {
         "servers": settings.nats_servers,
         "name": name,
@@ -47,6 +49,11 @@ def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any
         options["password"] = settings.nats_password or ""
         # Each user hears its own inbox only (`_INBOX_{user}`): no service reads another's replies.
         options["inbox_prefix"] = agency_inbox_prefix(settings.nats_user)
+    options |= tls_options(
+        settings.nats_tls_ca_file,
+        cert_file=settings.nats_tls_cert_file,
+        key_file=settings.nats_tls_key_file,
+    )
     options.update(overrides)
     return options
 

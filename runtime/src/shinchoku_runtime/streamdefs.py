@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
@@ -148,11 +149,19 @@ async def check_streams(js: JetStreamContext, specs: Iterable[StreamSpec], *, re
             raise StreamDiffers(spec.name, changed)
 
 
-async def apply_as(url: str, user: str, password: str, replicas: int) -> list[str]:
-    """Connect as `user` (the administrator) and apply the shared definitions."""
+async def apply_as(url: str, user: str, password: str, replicas: int, *, ca_file: Path | None = None) -> list[str]:
+    """Connect as `user` (the administrator; TLS verified by `ca_file` when given) and apply the definitions."""
     from shinchoku_runtime.natsclient import connect
+    from shinchoku_runtime.natstransport import tls_options
 
-    nc = await connect(url, name="shinchoku-streams-apply", user=user, password=password, max_reconnect_attempts=0)
+    nc = await connect(
+        url,
+        name="shinchoku-streams-apply",
+        user=user,
+        password=password,
+        max_reconnect_attempts=0,
+        **tls_options(ca_file),
+    )
     try:
         return await apply_streams(nc.jetstream(), replicas=replicas)
     finally:
@@ -166,13 +175,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=os.environ.get("SHINCHOKU_NATS_URL", "nats://127.0.0.1:4222"))
     parser.add_argument("--user", default=os.environ.get("SHINCHOKU_NATS_ADMIN_USER", "admin"))
     parser.add_argument(
+        "--tls-ca-file",
+        type=Path,
+        default=os.environ.get("SHINCHOKU_NATS_TLS_CA_FILE") or None,
+        help="CA that verifies the NATS servers (TLS)",
+    )
+    parser.add_argument(
         "--replicas", type=int, default=int(os.environ.get("SHINCHOKU_STREAM_REPLICAS", "1")), choices=range(1, 6)
     )
     args = parser.parse_args(argv)
     password = os.environ.get("SHINCHOKU_NATS_ADMIN_PASSWORD")
     if not password:
         parser.error("set SHINCHOKU_NATS_ADMIN_PASSWORD to the admin user's NATS password")
-    changes = asyncio.run(apply_as(args.url, args.user, password, args.replicas))
+    changes = asyncio.run(apply_as(args.url, args.user, password, args.replicas, ca_file=args.tls_ca_file))
     print("\n".join(changes) if changes else "every stream is as defined")  # noqa: T201 - the command's output
     return 0
 

@@ -7,6 +7,7 @@ import csv
 import io
 import time
 from collections import Counter
+from pathlib import Path
 
 import httpx
 import pytest
@@ -223,3 +224,12 @@ async def test_operations_endpoints(api: httpx.AsyncClient) -> None:
     assert "404" in paths["/measures/{measure_id}"]["get"]["responses"]
     metrics = (await api.get("/metrics")).text
     assert "shinchoku_catalog_measures 320.0" in metrics
+
+
+async def test_the_asyncapi_document_is_served_as_generated(api: httpx.AsyncClient) -> None:
+    """Public, and byte for byte the snapshot in docs/asyncapi.json (tests/runtime/test_asyncapi.py checks it)."""
+    response = await api.get("/asyncapi.json")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.text == (Path(__file__).resolve().parents[3] / "docs" / "asyncapi.json").read_text("utf-8")
+    assert response.json()["channels"]["ingest:status"]["address"] == "status.{agency}.{measure_id}"

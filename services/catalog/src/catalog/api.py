@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -13,8 +14,10 @@ from starlette.concurrency import run_in_threadpool
 
 from catalog import repository
 from catalog.domain import check_section, normalise_measure_id, parse_agency, query_terms
+from catalog.subscribers import asyncapi_document
 from contracts.agencies import AGENCIES, AGENCY_INFO, Agency
 from contracts.catalog import SECTION_TITLES, Measure, Section
+from shinchoku_runtime.asyncapi import render
 from shinchoku_runtime.http import BadRequest, NotFound, Offset, csv_response
 from shinchoku_runtime.service import health_response
 
@@ -165,3 +168,18 @@ async def healthz(request: Request) -> JSONResponse:
         revision=registry.revision if registry is not None else None,
         measures_total=registry.measures_total if registry is not None else None,
     )
+
+
+@cache
+def _asyncapi_body() -> bytes:
+    return render(asyncapi_document()).encode()
+
+
+@router.get(
+    "/asyncapi.json",
+    tags=["registry"],
+    responses={200: {"content": {"application/json": {}}, "description": "An AsyncAPI 3.0 document"}},
+)
+def asyncapi() -> Response:
+    """The platform's message API (NATS subjects and payloads) as an AsyncAPI 3.0 document; public."""
+    return Response(_asyncapi_body(), media_type="application/json")

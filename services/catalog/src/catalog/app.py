@@ -17,7 +17,7 @@ from catalog import handlers, repository
 from catalog.api import router
 from catalog.config import CatalogSettings
 from catalog.handlers import bundled_plan
-from catalog.subscribers import register_subscribers
+from catalog.subscribers import register
 from contracts.catalog import Measure
 from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED
 from shinchoku_runtime.broker import make_broker
@@ -52,7 +52,7 @@ class CatalogRuntime:
         )
         #: The stored registry as Measure JSON by id: what the KV bucket mirrors and request-reply answers.
         self.documents: dict[str, bytes] = {}
-        register_subscribers(self.broker, documents=lambda: self.documents)
+        self.changed = register(self.broker, documents=lambda: self.documents)
         self.measures_gauge = Gauge(
             "shinchoku_catalog_measures", "Measures in the stored registry", registry=self.metrics
         )
@@ -144,7 +144,7 @@ class CatalogRuntime:
         announcement = await asyncio.to_thread(handlers.pending_announcement, self.engine)
         if announcement is None:
             return
-        await self.broker.publish(announcement, CATALOG_CHANGED)
+        await self.changed.publish(announcement)
         await self.broker.connection.flush()
         await asyncio.to_thread(handlers.record_announcement, self.engine, revision=announcement.revision)
         log.info(

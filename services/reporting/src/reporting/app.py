@@ -20,11 +20,13 @@ from prometheus_client import CollectorRegistry
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting import api, dashboard, repository
+from reporting.alerts import api as alerts_api
+from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
-from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config
+from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config, update_consumer
 from reporting.workers import make_applier
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
@@ -45,7 +47,7 @@ WARM_MIN_INTERVAL = 0.2
 class ReportingService:
     """The running parts of the service, started and stopped by the app's lifespan."""
 
-    def __init__(self, settings: ReportingSettings) -> None:
+    def __init__(self, settings: ReportingSettings, *, clock: Clock = system_clock) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = ReportingMetrics(self.registry)
@@ -56,6 +58,7 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
@@ -63,7 +66,7 @@ class ReportingService:
             retry_delay=settings.retry_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
-            on_committed=self._changed.set,
+            on_committed=self._committed,
         )
         self.puller: AcceptedPuller | None = None
         self._nc: Client | None = None
@@ -72,8 +75,13 @@ class ReportingService:
         #: Why reporting will not consume (a stream unlike the shared definition): /healthz says it.
         self.refused: str | None = None
 
+    def _committed(self) -> None:
+        self._changed.set()
+        self.alerts.notify()
+
     async def start(self) -> None:
         repository.create_store(self.engine)
+        self.alerts.create_tables()
         self.writer.start()
         self._tasks.append(asyncio.create_task(self._run(), name="reporting-nats"))
         self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
@@ -106,6 +114,7 @@ class ReportingService:
             for task in stuck:
                 log.warning("task %s did not stop in time", task.get_name())
         await self.writer.stop()
+        await self.alerts.stop()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)  # the last acknowledgements
@@ -145,18 +154,24 @@ class ReportingService:
                 log.warning("cannot check the streams yet (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
+        self.alerts.start(self._nc)
         self._tasks.append(
             asyncio.create_task(
                 self.consumer_lag.watch(js, stream=ACCEPTED_STREAM.name, durable=REPORTING_DURABLE),
                 name="reporting-lag",
             )
         )
-        self.puller = AcceptedPuller(
-            self._nc,
-            self.writer.submit,
-            config=consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending),
-            batch=self.settings.batch_size,
-        )
+        config = consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending)
+        while True:
+            try:
+                await update_consumer(self._nc, config)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("could not update the durable consumer (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(2)
+        self.puller = AcceptedPuller(self._nc, self.writer.submit, config=config, batch=self.settings.batch_size)
         log.info("consuming %s with durable consumer %s", ACCEPTED_STREAM.name, REPORTING_DURABLE)
         while not self._stopping:
             try:
@@ -183,9 +198,10 @@ class ReportingService:
         }
 
 
-def create_app(settings: ReportingSettings | None = None) -> FastAPI:
+def create_app(settings: ReportingSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+    """The reporting app; `clock` tells the alerts the time (tests move it)."""
     settings = settings or ReportingSettings()
-    service = ReportingService(settings)
+    service = ReportingService(settings, clock=clock)
 
     app = FastAPI(
         title="Shinchoku reporting",
@@ -200,6 +216,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     add_metrics_route(app, service.registry)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
+    app.include_router(alerts_api.router)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"])
