@@ -161,6 +161,7 @@ def service_permissions(user: str) -> Permissions:
                 # consumers of its own names (deleted after): any consumer on ACCEPTED, which it reads whole.
                 f"$JS.ACK.{accepted}.{ALERTS_DURABLE}.>",
                 f"{API}.CONSUMER.CREATE.{accepted}.>",
+                f"{API}.CONSUMER.DURABLE.CREATE.{accepted}.>",
                 f"{API}.CONSUMER.INFO.{accepted}.>",
                 f"{API}.CONSUMER.MSG.NEXT.{accepted}.>",
                 f"{API}.CONSUMER.DELETE.{accepted}.>",
