@@ -19,8 +19,9 @@ The requests are not sealed with an xkey (optional in nats-server): they travel 
 connection and only its user may subscribe to the subject.
 
 Run it as `python -m shinchoku_runtime.authcallout` with `SHINCHOKU_AUTHCALLOUT_*` (the NATS connection, as
-any service: `NATS_URL`, `NATS_USER` = `auth`, `NATS_PASSWORD`, `NATS_TLS_CA_FILE`; `ISSUER_SEED_FILE`: the
-account nkey seed whose public key is the callout's `issuer`) and `SHINCHOKU_AUTH_*` (the token verifier).
+any service: `NATS_URL`, `NATS_USER` = `auth`, `NATS_PASSWORD`, `NATS_TLS_CA_FILE`; `ISSUER_SEED` or
+`ISSUER_SEED_FILE`: the account nkey seed whose public key is the callout's `issuer`; `READY_FILE`) and
+`SHINCHOKU_AUTH_*` (the token verifier).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from shinchoku_runtime import natsjwt
@@ -61,10 +62,19 @@ class AuthCalloutSettings(ServiceSettings):
     )
 
     nats_user: str | None = AUTH_CALLOUT_USER
-    issuer_seed_file: Path | None = Field(
-        default=None, description="File (0600) holding the account nkey seed that signs the answers"
-    )
+    issuer_seed: SecretStr | None = Field(default=None, description="The account nkey seed that signs the answers")
+    issuer_seed_file: Path | None = Field(default=None, description="Or a file (0600) holding that seed")
     account: str = Field(default=GLOBAL_ACCOUNT, description="Account the users are placed in")
+    ready_file: Path | None = Field(
+        default=None, description="Written once subscribed, removed while disconnected (a container healthcheck)"
+    )
+
+    def issuer(self) -> natsjwt.KeyPair:
+        if self.issuer_seed is not None:
+            return natsjwt.KeyPair.from_seed(self.issuer_seed.get_secret_value())
+        if self.issuer_seed_file is not None:
+            return natsjwt.KeyPair.from_seed(self.issuer_seed_file.read_text("utf-8"))
+        raise SystemExit("SHINCHOKU_AUTHCALLOUT_ISSUER_SEED or …_ISSUER_SEED_FILE is required (the account nkey seed)")
 
 
 def nats_permissions(principal: Principal) -> Permissions | None:
@@ -173,7 +183,8 @@ class AuthCalloutResponder:
         self._sub: Subscription | None = None
 
     async def start(self, nc: Client) -> AuthCalloutResponder:
-        self._sub = await nc.subscribe(AUTH_CALLOUT_SUBJECT, cb=self._on_request)
+        # A queue group: several responders (replicas) share the requests, each answered once.
+        self._sub = await nc.subscribe(AUTH_CALLOUT_SUBJECT, queue="shinchoku-authcallout", cb=self._on_request)
         await nc.flush()
         return self
 
@@ -190,26 +201,37 @@ class AuthCalloutResponder:
         await msg.respond(reply)
 
 
-def load_issuer(path: Path) -> natsjwt.KeyPair:
-    return natsjwt.KeyPair.from_seed(path.read_text("utf-8"))
+def _ready_marker(path: Path | None) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    async def ready() -> None:
+        if path is not None:
+            path.write_text("ready\n", "utf-8")
+
+    async def gone() -> None:
+        if path is not None:
+            path.unlink(missing_ok=True)
+
+    return ready, gone
 
 
 async def serve(settings: AuthCalloutSettings, auth: AuthSettings) -> None:
     """Run the responder until SIGTERM or SIGINT."""
-    if settings.issuer_seed_file is None:
-        raise SystemExit("SHINCHOKU_AUTHCALLOUT_ISSUER_SEED_FILE is required (the account nkey seed)")
-    issuer = load_issuer(settings.issuer_seed_file)
+    issuer = settings.issuer()
     verifier = TokenVerifier.from_settings(auth, data_dir=settings.data_dir)
-    nc = await connect_service(settings, name="shinchoku-authcallout")
+    ready, gone = _ready_marker(settings.ready_file)
+    nc = await connect_service(
+        settings, name="shinchoku-authcallout", disconnected_cb=gone, reconnected_cb=ready
+    )
     responder = await AuthCalloutResponder(
         verify=token_verification(verifier), issuer=issuer, account=settings.account
     ).start(nc)
+    await ready()
     log.info("auth callout responder ready (issuer %s)", issuer.public)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopped.set)
     await stopped.wait()
+    await gone()
     await responder.stop()
     await nc.drain()
 
