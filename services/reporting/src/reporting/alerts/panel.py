@@ -12,6 +12,8 @@ from sqlalchemy import Engine
 
 from contracts.agencies import AGENCIES
 from contracts.alerts import AlertEvent, AlertKind
+from reporting import access
+from reporting.access import AlertReader
 from reporting.alerts.api import alert_list
 from reporting.dashboard.i18n import LANGS, TEXT, Lang, is_agency
 from reporting.dashboard.routes import _error, _html, templates
@@ -116,8 +118,9 @@ def panel_context(engine: Engine, *, agency: str | None, lang: Lang) -> dict[str
 
 
 @router.get("/dashboard/alerts", response_class=Response)
-def alerts_panel(request: Request) -> Response:
-    """Per agency, the alerts still raised (what to do, by when) and those resolved lately (HTML)."""
+def alerts_panel(request: Request, principal: AlertReader) -> Response:
+    """Per agency, the alerts still raised (what to do, by when) and those resolved lately (HTML): an agency's
+    own, the secretariat's of every agency (the rules of `GET /alerts`)."""
     lang_text = request.query_params.get("lang", "ja")
     lang: Lang = "en" if lang_text == "en" else "ja"
     if lang_text not in LANGS:
@@ -125,6 +128,7 @@ def alerts_panel(request: Request) -> Response:
     agency = request.query_params.get("agency", "").strip() or None
     if agency is not None and not is_agency(agency):
         return _error(request, None, 400, f"unknown agency code: {agency!r}")
+    agency = access.alerts_owner(principal, agency)
     engine: Engine = request.app.state.service.engine
     context = panel_context(engine, agency=agency, lang=lang)
     return _html(request, templates.get_template("alerts.html").render(**context, state=None))
