@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from shinchoku.commands import (
+    alerts,
     asyncapi,
     close,
     creds,
@@ -49,6 +50,7 @@ for module in (
     close,
     rebuild,
     asyncapi,
+    alerts,
 ):
     module.register(app)
 

@@ -21,7 +21,8 @@ from prometheus_client import CollectorRegistry
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
-from reporting.alerts.service import AlertsService, Clock, system_clock
+from reporting.alerts import panel as alerts_panel
+from reporting.alerts.service import AlertsService, Clock, fixed_clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
@@ -58,6 +59,8 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        if settings.alert_clock is not None and clock is system_clock:
+            clock = fixed_clock(settings.alert_clock)
         self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
@@ -215,6 +218,7 @@ def create_app(
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
     app.include_router(alerts_api.router)
+    app.include_router(alerts_panel.router)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
