@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from shinchoku.commands import (
+    alerts,
     asyncapi,
     close,
     creds,
@@ -51,6 +52,7 @@ for module in (
     rebuild,
     streams,
     asyncapi,
+    alerts,
 ):
     module.register(app)
 

@@ -29,12 +29,17 @@ from ingest.metrics import IngestMetrics
 from ingest.publishing import PubAcks
 from ingest.reconciler import OutboxStatus, Reconciler, Republisher
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
-from shinchoku_runtime.auth import AuthSettings, TokenVerifier
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
+<<<<<<< HEAD
 from shinchoku_runtime.service import add_metrics_route, lifespan_of
 from shinchoku_runtime.streamdefs import StreamDiffers, StreamMissing, check_streams
+=======
+from shinchoku_runtime.natsclient import ensure_streams
+from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
+>>>>>>> main
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 #: The streams ingest reads or writes: checked against the shared definition at start-up (never changed).
@@ -257,7 +262,9 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_auth(app, runtime.verifier)
     add_metrics_route(app, runtime.registry)
+    add_liveness_route(app)
     app.include_router(router)
     instrument_app(app, runtime.tracer_provider)
     return app

@@ -13,27 +13,34 @@ import contextlib
 import logging
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting import api, dashboard, repository
+from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
-from reporting.alerts.service import AlertsService, Clock, system_clock
+from reporting.alerts import panel as alerts_panel
+from reporting.alerts.service import AlertsService, Clock, fixed_clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
 from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config, update_consumer
 from reporting.workers import make_applier
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
+<<<<<<< HEAD
 from shinchoku_runtime.natsclient import connect_service
 from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
 from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
+=======
+from shinchoku_runtime.natsclient import connect_service, ensure_streams
+from shinchoku_runtime.service import add_liveness_route, add_metrics_route, health_response, lifespan_of
+>>>>>>> main
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        if settings.alert_clock is not None and clock is system_clock:
+            clock = fixed_clock(settings.alert_clock)
         self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
@@ -198,8 +207,10 @@ class ReportingService:
         }
 
 
-def create_app(settings: ReportingSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
-    """The reporting app; `clock` tells the alerts the time (tests move it)."""
+def create_app(
+    settings: ReportingSettings | None = None, *, clock: Clock = system_clock, auth: AuthSettings | None = None
+) -> FastAPI:
+    """The reporting app; `clock` tells the alerts the time (tests move it), `auth` how tokens are verified."""
     settings = settings or ReportingSettings()
     service = ReportingService(settings, clock=clock)
 
@@ -213,13 +224,16 @@ def create_app(settings: ReportingSettings | None = None, *, clock: Clock = syst
     app.state.settings = settings
     app.state.queries = service.queries
     install_error_handlers(app)
+    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=settings.data_dir))
     add_metrics_route(app, service.registry)
+    add_liveness_route(app)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
     app.include_router(alerts_api.router)
+    app.include_router(alerts_panel.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
     def healthz() -> JSONResponse:
         """200 when the database, NATS, the catalog and the consumer are all up; 503 otherwise."""
         last = None
