@@ -26,7 +26,7 @@ def _live_events(url: str) -> int:
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
-            return repository.count_rows(conn, repository.LIVE.events)
+            return int(repository.count_rows(conn, repository.LIVE.events))
     finally:
         engine.dispose()
 

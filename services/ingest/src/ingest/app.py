@@ -33,13 +33,8 @@ from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-<<<<<<< HEAD
-from shinchoku_runtime.service import add_metrics_route, lifespan_of
-from shinchoku_runtime.streamdefs import StreamDiffers, StreamMissing, check_streams
-=======
-from shinchoku_runtime.natsclient import ensure_streams
 from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
->>>>>>> main
+from shinchoku_runtime.streamdefs import StreamDiffers, StreamMissing, check_streams
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 #: The streams ingest reads or writes: checked against the shared definition at start-up (never changed).

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
-from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
+from contracts.streams import ACCEPTED_STREAM, ALERTS_STREAM, REPORTING_DURABLE
 from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
 from reporting.alerts import panel as alerts_panel
@@ -33,14 +33,9 @@ from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-<<<<<<< HEAD
 from shinchoku_runtime.natsclient import connect_service
-from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
-from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
-=======
-from shinchoku_runtime.natsclient import connect_service, ensure_streams
 from shinchoku_runtime.service import add_liveness_route, add_metrics_route, health_response, lifespan_of
->>>>>>> main
+from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -151,7 +146,7 @@ class ReportingService:
         js = self._nc.jetstream()
         while True:
             try:
-                await check_streams(js, (ACCEPTED_STREAM,), replicas=self.settings.stream_replicas)
+                await check_streams(js, (ACCEPTED_STREAM, ALERTS_STREAM), replicas=self.settings.stream_replicas)
                 break
             except asyncio.CancelledError:
                 raise
