@@ -33,7 +33,7 @@ import pytest
 from nats.js.api import DiscardPolicy
 
 from contracts.streams import ACCEPTED_STREAM
-from shinchoku_runtime.natsclient import stream_config
+from shinchoku_runtime.streamdefs import stream_config
 from shinchoku_runtime.testing import fresh_postgres_database, postgres_reachable
 
 from .cluster import ProxiedCluster
