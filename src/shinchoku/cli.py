@@ -16,6 +16,7 @@ from shinchoku.commands import (
     report,
     review,
     rollup,
+    streams,
     template,
     token,
     trace,
@@ -49,6 +50,7 @@ for module in (
     review,
     close,
     rebuild,
+    streams,
     asyncapi,
     alerts,
 ):
