@@ -23,6 +23,7 @@ from contracts.streams import (
     CLOSE_SUBJECT_PREFIX,
     INGEST_DURABLE,
     INGEST_MAX_DELIVERIES_ADVISORY,
+    PUBLICATIONS_STREAM,
     REPORTING_DURABLE,
     REVIEW_SUBJECT_PREFIX,
     STATUS_STREAM,
@@ -59,7 +60,11 @@ class Permissions:
 
 def agency_permissions(agency: Agency | str) -> Permissions:
     """An agency publishes only its own status subjects and hears only its own inbox."""
-    return Permissions(publish=[f"status.{agency}.>"], subscribe=[f"{agency_inbox_prefix(agency)}.>"])
+    return Permissions(
+        publish=[f"status.{agency}.>"],
+        # Its inbox, and the closed quarters' publications and restatements (DESIGN.md "Principals and access").
+        subscribe=[f"{agency_inbox_prefix(agency)}.>", *PUBLICATIONS_STREAM.subjects],
+    )
 
 
 def secretariat_permissions() -> Permissions:
@@ -108,6 +113,8 @@ def service_permissions(user: str) -> Permissions:
             publish=[
                 "$JS.API.>",
                 f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>",
+                # Closed quarters' publications and restatements (the reporting cycle): reporting only.
+                *PUBLICATIONS_STREAM.subjects,
                 # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
                 f"$JS.FC.KV_{CATALOG_BUCKET}.>",
             ],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -18,9 +19,12 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
+from contracts.catalog import Measure
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting import api, dashboard, repository
 from reporting.config import ReportingSettings
+from reporting.cycle.cursor import init_cursor
+from reporting.cycle.outbox import PublicationOutbox
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
@@ -55,6 +59,7 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        self.outbox = PublicationOutbox(self.engine, self._measures)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
@@ -62,12 +67,20 @@ class ReportingService:
             retry_delay=settings.retry_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
-            on_committed=self._changed.set,
+            on_committed=self._committed,
         )
         self.puller: AcceptedPuller | None = None
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+
+    def _measures(self) -> Sequence[Measure] | None:
+        snapshot = self.catalog.snapshot
+        return snapshot.measures if snapshot.loaded else None
+
+    def _committed(self) -> None:
+        self._changed.set()
+        self.outbox.wake.set()
 
     async def start(self) -> None:
         repository.create_store(self.engine)
@@ -138,6 +151,7 @@ class ReportingService:
                 log.warning("could not declare the streams (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
+        self._tasks.append(asyncio.create_task(self.outbox.run(self._nc), name="reporting-publications"))
         self._tasks.append(
             asyncio.create_task(
                 self.consumer_lag.watch(js, stream=ACCEPTED_STREAM.name, durable=REPORTING_DURABLE),
@@ -147,7 +161,9 @@ class ReportingService:
         config = consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending)
         while True:
             try:
-                await update_consumer(self._nc, config)
+                floor = await update_consumer(self._nc, config)
+                cursor = await asyncio.to_thread(init_cursor, self.engine, repository.LIVE, floor)
+                log.info("applying admitted facts in the log's order from stream sequence %d", cursor + 1)
                 break
             except asyncio.CancelledError:
                 raise
