@@ -194,3 +194,73 @@ async def test_reviews_close_publication_restatement_and_rebuild(
         assert (await get(http, "/rollups/2024/3/measures"))["items"] == before_items
         await asyncio.sleep(1.5)
         assert len(await publications(admin_nc, count=2)) == 2
+
+
+async def test_two_replicas_apply_facts_in_the_logs_order(
+    nats_server: NatsServer, admin_nc: Client, reporting_nc: Client, database_url: str, tmp_path: Path
+) -> None:
+    """Two replicas share the durable consumer in small batches: what they make of reports, reviews, a close and
+    late reports (review states, revisions and their changes) is what the log's order makes of them (a rebuild,
+    which replays it in one order)."""
+    import random
+
+    rnd = random.Random(5)
+    measures = synthetic_measures(30)
+    await put_catalog(admin_nc, measures)
+    statuses = ["on_track", "delayed", "at_risk", "completed"]
+    sent: list[dict[str, Any]] = []
+
+    async def reports(count: int, start: float) -> None:
+        batch = []
+        for i in range(count):
+            m = rnd.choice(measures)
+            r = status_event(
+                measure_id=m.id,
+                agency=str(rnd.choice(m.lead_agencies)),
+                quarter=Q,
+                status=rnd.choice(statuses),
+                reported_at=at(start + i).astimezone(TOKYO),
+            )
+            batch.append(Admission(r, at(start + i)))
+            sent.append(r)
+        await publish_admissions(admin_nc, batch)
+
+    async def reviews(count: int, start: float) -> None:
+        for i in range(count):
+            r = rnd.choice(sent)
+            decision = rnd.choice(["accepted", "returned"])
+            comment = "再提出してください" if decision == "returned" else None
+            await publish_review(
+                admin_nc,
+                admitted_review(
+                    event_id=r["event_id"], agency=r["agency"], measure_id=r["measure_id"], fiscal_year=2024,
+                    quarter=3, decision=decision, comment=comment, admitted_at=at(start + i),
+                ),
+            )  # fmt: skip
+
+    base = {"batch_size": 7, "writer_processes": 0}
+    one = reporting_settings(
+        nats_server.plain_url, nats_server.passwords["reporting"], database_url, tmp_path / "one", **base
+    )
+    two = reporting_settings(
+        nats_server.plain_url, nats_server.passwords["reporting"], database_url, tmp_path / "two", **base
+    )
+    async with running_reporting(one) as first, running_reporting(two):
+        await reports(60, 0)
+        await reviews(15, 100)
+        await publish_close(admin_nc, admitted_close(fiscal_year=2024, quarter=3, admitted_at=at(200)))
+        await reports(40, 300)
+        await reviews(15, 400)
+        await reports(20, 500)
+        await wait_caught_up(admin_nc, timeout=120)
+        http = first.http
+        replicas_revisions = (await get(http, "/rollups/2024/3/revisions"))["items"]
+        replicas_items = (await get(http, "/rollups/2024/3/measures"))["items"]
+        assert len(replicas_revisions) > 5  # late reports and reviews restated the quarter
+        engine = make_engine(database_url)
+        try:
+            await rebuild_store(engine, reporting_nc, progress=False)
+        finally:
+            engine.dispose()
+        assert (await get(http, "/rollups/2024/3/revisions"))["items"] == replicas_revisions
+        assert (await get(http, "/rollups/2024/3/measures"))["items"] == replicas_items

@@ -226,68 +226,54 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
 #: do not follow the cursor are nak'ed; and the nak's delay.
 ORDER_WAIT_SECONDS = 1.0
 ORDER_POLL_SECONDS = 0.01
-DEFERRED_DELAY_SECONDS = 0.1
+DEFERRED_DELAY_SECONDS = 0.0
 
 
 def decode_and_apply(
     engine: Engine, messages: Sequence[Delivered], *, store: Store, order_wait: float = ORDER_WAIT_SECONDS
 ) -> BatchOutcome:
-    """Decode a batch of ACCEPTED messages and apply the admitted facts in one transaction, in the log's order.
+    """Decode a batch of ACCEPTED messages and apply the admitted facts in the log's order.
 
-    With stream sequences (the consumer's messages), only the messages that follow the order cursor without a
-    gap are applied (and those at or below it answered as applied already); the others are `deferred` (nak'ed,
-    they come back) once `order_wait` seconds have not closed the gap. Without (0), in the order given.
+    With stream sequences (the consumer's messages), each transaction applies the batch's messages that follow the
+    order cursor without a gap (those at or below it were applied already); the rest wait for the facts before
+    them (another replica holds them) and are `deferred` (nak'ed: they come back) when `order_wait` seconds pass
+    without progress. Without sequences (0), in the order given, in one transaction.
     """
     events: list[AppliedEvent | str] = []
-    decoded: list[tuple[int, Fact | None]] = []
-    for subject, seq, data in messages:
+    pending: list[tuple[int, int, Fact | None]] = []  # (index in the batch, stream sequence, fact or None)
+    for index, (subject, seq, data) in enumerate(messages):
         try:
             fact = decode_fact(subject, seq, data)
         except (ValidationError, ValueError) as e:
             events.append(str(e))
-            decoded.append((seq, None))
+            pending.append((index, seq, None))
             continue
-        decoded.append((seq, fact))
+        pending.append((index, seq, fact))
         events.append(applied(fact))
-    ordered = bool(decoded) and all(seq > 0 for seq, _ in decoded)
+    ordered = bool(pending) and all(seq > 0 for _, seq, _ in pending)
     deadline = time.monotonic() + order_wait
     try:
         while True:
-            try:
-                return _apply_in_order(
-                    engine, store, decoded, events, ordered=ordered, wait=time.monotonic() < deadline
-                )
-            except _NotYet:
-                time.sleep(ORDER_POLL_SECONDS)
+            with engine.begin() as conn:
+                last = lock_cursor(conn, store) if ordered else None
+                if last is None:
+                    take = {seq for _, seq, _ in pending}
+                else:
+                    take = contiguous(last, [seq for _, seq, _ in pending])
+                facts = sorted(((seq, f) for _, seq, f in pending if f is not None and seq in take), key=lambda x: x[0])
+                apply_facts(conn, store=store, facts=[f for _, f in facts])
+                if ordered and take:
+                    set_cursor(conn, store, max(take))
+            if last is None:
+                return BatchOutcome(events)
+            pending = [(i, seq, f) for i, seq, f in pending if seq > last and seq not in take]
+            if not pending:
+                return BatchOutcome(events)
+            now = time.monotonic()
+            if take:
+                deadline = now + order_wait
+            elif now >= deadline:
+                return BatchOutcome(events, deferred=[i for i, _, _ in pending])
+            time.sleep(ORDER_POLL_SECONDS)
     except SQLAlchemyError as e:
         return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}")
-
-
-class _NotYet(Exception):
-    """Facts before the batch's in the log are not applied yet (the transaction is rolled back, to try again)."""
-
-
-def _apply_in_order(
-    engine: Engine,
-    store: Store,
-    decoded: list[tuple[int, Fact | None]],
-    events: list[AppliedEvent | str],
-    *,
-    ordered: bool,
-    wait: bool,
-) -> BatchOutcome:
-    with engine.begin() as conn:
-        last = lock_cursor(conn, store) if ordered else None
-        if last is None:
-            take = {seq for seq, _ in decoded}
-        else:
-            take = contiguous(last, [seq for seq, _ in decoded])
-            waiting = [seq for seq, _ in decoded if seq > last and seq not in take]
-            if waiting and wait:
-                raise _NotYet
-        facts = sorted(((seq, f) for seq, f in decoded if f is not None and seq in take), key=lambda x: x[0])
-        apply_facts(conn, store=store, facts=[f for _, f in facts])
-        if ordered and take:
-            set_cursor(conn, store, max(take))
-        deferred = [i for i, (seq, _) in enumerate(decoded) if last is not None and seq > last and seq not in take]
-        return BatchOutcome(events, deferred=deferred)
