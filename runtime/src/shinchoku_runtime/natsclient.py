@@ -89,7 +89,6 @@ def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any
         settings.nats_tls_ca_file,
         cert_file=settings.nats_tls_cert_file,
         key_file=settings.nats_tls_key_file,
-        hostname=settings.nats_tls_hostname,
     )
     options.update(overrides)
     return options

@@ -16,6 +16,8 @@ from typing import Any
 from contracts.agencies import Agency
 from contracts.streams import (
     ACCEPTED_STREAM,
+    ALERT_SUBJECT_PREFIX,
+    ALERTS_DURABLE,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
     CATALOG_CHANGED,
@@ -59,11 +61,15 @@ class Permissions:
 
 
 def agency_permissions(agency: Agency | str) -> Permissions:
-    """An agency publishes only its own status subjects and hears only its own inbox."""
+    """An agency publishes only its own status subjects and hears only its own inbox, its own alerts, live, and the
+    closed quarters' publications and restatements (DESIGN.md "Principals and access")."""
     return Permissions(
         publish=[f"status.{agency}.>"],
-        # Its inbox, and the closed quarters' publications and restatements (DESIGN.md "Principals and access").
-        subscribe=[f"{agency_inbox_prefix(agency)}.>", *PUBLICATIONS_STREAM.subjects],
+        subscribe=[
+            f"{agency_inbox_prefix(agency)}.>",
+            f"{ALERT_SUBJECT_PREFIX}.{agency}.>",
+            *PUBLICATIONS_STREAM.subjects,
+        ],
     )
 
 
@@ -72,7 +78,7 @@ def secretariat_permissions() -> Permissions:
     its own inbox (JetStream acks) and the alerts (DESIGN.md "Principals and access")."""
     return Permissions(
         publish=[f"{prefix}.>" for prefix in (REVIEW_SUBJECT_PREFIX, CLOSE_SUBJECT_PREFIX, BACKFILL_SUBJECT_PREFIX)],
-        subscribe=[f"{agency_inbox_prefix(SECRETARIAT_USER)}.>", "alert.>"],
+        subscribe=[f"{agency_inbox_prefix(SECRETARIAT_USER)}.>", f"{ALERT_SUBJECT_PREFIX}.>"],
     )
 
 
@@ -115,6 +121,9 @@ def service_permissions(user: str) -> Permissions:
                 f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>",
                 # Closed quarters' publications and restatements (the reporting cycle): reporting only.
                 *PUBLICATIONS_STREAM.subjects,
+                # The alerts it raises and resolves, and the acks of its consumer of the secretariat's reviews.
+                f"{ALERT_SUBJECT_PREFIX}.>",
+                f"$JS.ACK.{ACCEPTED_STREAM.name}.{ALERTS_DURABLE}.>",
                 # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
                 f"$JS.FC.KV_{CATALOG_BUCKET}.>",
             ],

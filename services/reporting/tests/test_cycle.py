@@ -92,13 +92,14 @@ async def test_reviews_close_publication_restatement_and_rebuild(
     a, b, c = solo[0], solo[1], solo[2]
 
     def report(m: Any, status: str, hours: float) -> dict[str, Any]:
-        return status_event(
+        event: dict[str, Any] = status_event(
             measure_id=m.id,
             agency=str(m.lead_agencies[0]),
             quarter=Q,
             status=status,
             reported_at=at(hours).astimezone(TOKYO),
         )
+        return event
 
     ra, rb, rc = report(a, "on_track", 0), report(b, "delayed", 1), report(c, "at_risk", 2)
     await publish_admissions(admin_nc, [Admission(r, at(i)) for i, r in enumerate((ra, rb, rc))])

@@ -28,7 +28,7 @@ import pytest
 from nats.aio.client import Client
 
 from contracts.catalog import Measure, Target
-from contracts.periods import FiscalQuarter
+from contracts.periods import TOKYO, FiscalQuarter
 from reporting import rebuild, repository
 from reporting.rebuild import rebuild_store
 from reporting.testing import (
@@ -180,14 +180,18 @@ class Expected:
                 if measure_id != m.id or r.agency not in m.lead_agencies:
                     continue
                 for k in r.kpis:
-                    seen = (date.fromisoformat(k["as_of"]), r.reported_at, r.event_id, k["value"])
+                    # An as_of after its report counts as of the report's day (Asia/Tokyo).
+                    as_of = min(date.fromisoformat(k["as_of"]), r.reported_at.astimezone(TOKYO).date())
+                    seen = (as_of, r.reported_at, r.event_id, k["value"])
                     if k["target"] < len(m.targets) and (
                         k["target"] not in observations or seen > observations[k["target"]]
                     ):
                         observations[k["target"]] = seen
         out = []
         for i, t in enumerate(m.targets):
-            overdue = t.due_date is not None and t.due_date < today and latest != "completed"
+            # Overdue per target: past due, and neither met by the latest observed value nor completed.
+            met = i in observations and t.value is not None and observations[i][3] >= t.value
+            overdue = t.due_date is not None and t.due_date < today and latest != "completed" and not met
             if i not in observations or not t.value or t.due_date is None:
                 rating = "N"
             else:

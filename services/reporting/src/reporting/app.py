@@ -22,6 +22,8 @@ from prometheus_client import CollectorRegistry
 from contracts.catalog import Measure
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting import api, dashboard, repository
+from reporting.alerts import api as alerts_api
+from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.cycle.cursor import init_cursor
 from reporting.cycle.outbox import PublicationOutbox
@@ -48,7 +50,7 @@ WARM_MIN_INTERVAL = 0.2
 class ReportingService:
     """The running parts of the service, started and stopped by the app's lifespan."""
 
-    def __init__(self, settings: ReportingSettings) -> None:
+    def __init__(self, settings: ReportingSettings, *, clock: Clock = system_clock) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = ReportingMetrics(self.registry)
@@ -60,6 +62,7 @@ class ReportingService:
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
         self.outbox = PublicationOutbox(self.engine, self._measures)
+        self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
@@ -81,9 +84,11 @@ class ReportingService:
     def _committed(self) -> None:
         self._changed.set()
         self.outbox.wake.set()
+        self.alerts.notify()
 
     async def start(self) -> None:
         repository.create_store(self.engine)
+        self.alerts.create_tables()
         self.writer.start()
         self._tasks.append(asyncio.create_task(self._run(), name="reporting-nats"))
         self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
@@ -116,6 +121,7 @@ class ReportingService:
             for task in stuck:
                 log.warning("task %s did not stop in time", task.get_name())
         await self.writer.stop()
+        await self.alerts.stop()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)  # the last acknowledgements
@@ -152,6 +158,7 @@ class ReportingService:
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
         self._tasks.append(asyncio.create_task(self.outbox.run(self._nc), name="reporting-publications"))
+        self.alerts.start(self._nc)
         self._tasks.append(
             asyncio.create_task(
                 self.consumer_lag.watch(js, stream=ACCEPTED_STREAM.name, durable=REPORTING_DURABLE),
@@ -197,9 +204,10 @@ class ReportingService:
         }
 
 
-def create_app(settings: ReportingSettings | None = None) -> FastAPI:
+def create_app(settings: ReportingSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
+    """The reporting app; `clock` tells the alerts the time (tests move it)."""
     settings = settings or ReportingSettings()
-    service = ReportingService(settings)
+    service = ReportingService(settings, clock=clock)
 
     app = FastAPI(
         title="Shinchoku reporting",
@@ -214,6 +222,7 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     add_metrics_route(app, service.registry)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
+    app.include_router(alerts_api.router)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"])
