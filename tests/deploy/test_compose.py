@@ -226,6 +226,11 @@ def test_transport_is_encrypted_everywhere_outside_the_containers(
         assert f"http://{service}:{port}" in nginx
     assert not re.search(r"listen \d+;", nginx), "no plain-HTTP listener"
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx
+    # The services see the scheme the browser used (Secure cookies, same-origin checks behind the proxy).
+    assert "proxy_set_header X-Forwarded-Proto https;" in nginx
+    assert "proxy_set_header Host $http_host;" in nginx
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == "*", name
     # PostgreSQL: TLS with its own certificate, plain TCP connections refused by pg_hba.
     postgres = services["postgres"]
     command = " ".join(postgres["command"])

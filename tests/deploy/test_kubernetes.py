@@ -79,7 +79,7 @@ def test_deployment(
     (port,) = container["ports"]
     assert port["containerPort"] == spec.default_port
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/metrics", "a NATS outage must not restart pods"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez", "a NATS outage must not restart pods"
     assert (
         deployment["spec"]["selector"]["matchLabels"].items()
         <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -103,6 +103,7 @@ def test_deployment(
     assert env[f"{prefix}PORT"] == str(spec.default_port)
     assert env[f"{prefix}DATABASE_URL"].split("?")[0].endswith(f"/{service}")
     assert env["OTEL_SERVICE_NAME"] == service
+    assert env["FORWARDED_ALLOW_IPS"] == "*", "the service sees the ingress's https (X-Forwarded-Proto)"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
     spec.settings.model_validate({k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)})
 

@@ -23,9 +23,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from contracts.streams import agency_inbox_prefix, status_subject
 from shinchoku.issuer import EmbeddedIssuer, principal_named
+from shinchoku_client.cli import nats_connect_options
+from shinchoku_client.publisher import AgencyPublisher, PublishError
 from shinchoku_runtime import natsjwt
 from shinchoku_runtime.auth.settings import embedded_jwks_path
 from shinchoku_runtime.harness import NatsCluster, ServiceProcess
+from shinchoku_runtime.natsclient import ensure_streams
 from shinchoku_runtime.natsconf import AUTH_CALLOUT_USER, AuthCallout, ensure_secret, write_private
 from shinchoku_runtime.natsserver import free_port
 
@@ -206,3 +209,17 @@ def test_the_responder_logs_no_token(callout: Callout) -> None:
     assert "admitted" in text
     assert "eyJ" not in text, "a JWT (token or user JWT) was written to the log"
     assert os.stat(callout.responder.env["SHINCHOKU_AUTHCALLOUT_ISSUER_SEED_FILE"]).st_mode & 0o777 == 0o600
+
+
+async def test_a_ministrys_client_publishes_with_its_token_over_tls(callout: Callout, admin: Client) -> None:
+    """`shinchoku-client import --nats-url nats://host:port --nats-ca ca.pem --token …`: no NATS password at all."""
+    await ensure_streams(admin.jetstream())
+    url = callout.cluster.urls()
+    token = callout.issuer.mint(principal_named("mof", "tanaka"))
+    options = nats_connect_options(url, token=token, ca_file=callout.cluster.ca_file)
+    assert set(options) == {"tls", "token"}
+    async with AgencyPublisher(url, agency="mof", connect_options=options) as publisher:
+        ack = await publisher.publish_raw(status_subject("mof", "1-1"), b"{}")
+        assert ack.stream == "STATUS"
+        with pytest.raises(PublishError, match=r"(?i)permission"):
+            await publisher.publish_raw(status_subject("digital", "1-1"), b"{}")

@@ -130,12 +130,11 @@ async def test_a_client_that_does_not_trust_the_ca_is_refused(cluster: NatsClust
         await nats.connect(cluster.urls("admin").split(",")[0], max_reconnect_attempts=0, allow_reconnect=False)
 
 
-def _rogue_node(cluster: NatsCluster, directory: Path, *, with_password: bool) -> NatsServer:
+def rogue_node(cluster: NatsCluster, directory: Path, *, route_password: str | None) -> NatsServer:
     """A fourth node with a certificate from the cluster's own CA (so TLS passes) that dials every route."""
     assert cluster.ca_file is not None
     ca = CertificateAuthority.from_files(cluster.ca_file, cluster.ca_file.parent / "ca-key.pem")
     tls = ca.issue(directory / "tls", "rogue", dns=["localhost"], ips=["127.0.0.1"], client=True)
-    route_password = cluster.passwords[ROUTE_USER] if with_password else None
     routes = tuple(f"nats-route://127.0.0.1:{n.options.cluster_port}" for n in cluster.nodes)
     return NatsServer.create(
         directory,
@@ -150,7 +149,7 @@ def _rogue_node(cluster: NatsCluster, directory: Path, *, with_password: bool) -
     )
 
 
-def _wait(predicate: Any, timeout: float) -> bool:
+def wait_until(predicate: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
@@ -162,22 +161,22 @@ def _wait(predicate: Any, timeout: float) -> bool:
 def test_a_route_without_credentials_is_refused(cluster: NatsCluster, tmp_path: Path) -> None:
     logs = [n.log_file for n in cluster.nodes if n.log_file is not None]
     before = [log.stat().st_size for log in logs]
-    rogue = _rogue_node(cluster, tmp_path / "rogue", with_password=False).start()
+    rogue = rogue_node(cluster, tmp_path / "rogue", route_password=None).start()
     try:
 
         def refused_by_all() -> bool:
             seen = [log.read_bytes()[start:] for log, start in zip(logs, before, strict=True)]
             return all(b"Router connection closed: Authentication Failure" in text for text in seen)
 
-        assert _wait(refused_by_all, 20), "every node refuses the route: authentication failure"
+        assert wait_until(refused_by_all, 20), "every node refuses the route: authentication failure"
         assert _monitor(rogue, "routez").get("routes") in (None, []), "no route came up"
         assert all("rogue" not in _remote_names(n) for n in cluster.nodes)
     finally:
         rogue.stop()
 
     # The control: the same node with the route password joins, so the refusal was the credentials'.
-    admitted = _rogue_node(cluster, tmp_path / "admitted", with_password=True).start()
+    admitted = rogue_node(cluster, tmp_path / "admitted", route_password=cluster.passwords[ROUTE_USER]).start()
     try:
-        assert _wait(lambda: all("rogue" in _remote_names(n) for n in cluster.nodes), 20)
+        assert wait_until(lambda: all("rogue" in _remote_names(n) for n in cluster.nodes), 20)
     finally:
         admitted.stop()

@@ -211,6 +211,11 @@ class ServerOptions:
     cluster_name: str | None = None
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
+    #: The route address this node gives its peers (gossip), when it differs from host:cluster_port (behind a
+    #: proxy or NAT). Peers dial it for an implicit route, so it must reach this node the way the routes do.
+    cluster_advertise: str | None = None
+    #: Do not tell clients the other nodes' addresses: clients use only the URLs they were given.
+    no_advertise: bool = False
     max_payload: int = 4 * 1024 * 1024
     #: TLS on the client port (required of every client); `client_verify` also asks each client a certificate.
     tls: TlsFiles | None = None
@@ -279,6 +284,10 @@ def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
             "host": options.host,
             "port": options.cluster_port,
         }
+        if options.cluster_advertise:
+            cluster["advertise"] = options.cluster_advertise
+        if options.no_advertise:
+            cluster["no_advertise"] = True
         if options.route_password is not None:
             routes = [_with_credentials(r, options.route_password) for r in routes]
             cluster["authorization"] = {"user": ROUTE_USER, "password": options.route_password, "timeout": TLS_TIMEOUT}

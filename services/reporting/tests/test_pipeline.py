@@ -41,6 +41,7 @@ from reporting.testing import (
     synthetic_measures,
     wait_caught_up,
 )
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.natsserver import NatsServer, free_port
 
@@ -580,6 +581,7 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
     admissions = random_admissions(measures, quarters, 4000, seed=5)
     port = free_port()
     env = _service_env(nats_server, database_url, tmp_path / "reporting", port)
+    auth = StackAuth(EmbeddedIssuer.prepare(tmp_path / "reporting"))
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "reporting.log").open("ab")
     js = admin_nc.jetstream()
@@ -599,7 +601,7 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
         await _wait_http(f"{base}/healthz")
         await wait_caught_up(admin_nc, timeout=60)
         expected = Expected(measures, admissions)
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx.AsyncClient(base_url=base, auth=auth) as http:
             for q in quarters:
                 body = (await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")).json()
                 want = expected.rollup(q.fiscal_year, q.quarter)

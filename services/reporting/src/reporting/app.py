@@ -14,14 +14,14 @@ import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from contracts.catalog import Measure
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting import api, dashboard, repository
+from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
 from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
@@ -32,11 +32,12 @@ from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
 from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config, update_consumer
 from reporting.workers import make_applier
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import connect_service, ensure_streams
-from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
+from shinchoku_runtime.service import add_liveness_route, add_metrics_route, health_response, lifespan_of
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -204,8 +205,10 @@ class ReportingService:
         }
 
 
-def create_app(settings: ReportingSettings | None = None, *, clock: Clock = system_clock) -> FastAPI:
-    """The reporting app; `clock` tells the alerts the time (tests move it)."""
+def create_app(
+    settings: ReportingSettings | None = None, *, clock: Clock = system_clock, auth: AuthSettings | None = None
+) -> FastAPI:
+    """The reporting app; `clock` tells the alerts the time (tests move it), `auth` how tokens are verified."""
     settings = settings or ReportingSettings()
     service = ReportingService(settings, clock=clock)
 
@@ -219,13 +222,15 @@ def create_app(settings: ReportingSettings | None = None, *, clock: Clock = syst
     app.state.settings = settings
     app.state.queries = service.queries
     install_error_handlers(app)
+    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=settings.data_dir))
     add_metrics_route(app, service.registry)
+    add_liveness_route(app)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
     app.include_router(alerts_api.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
     def healthz() -> JSONResponse:
         """200 when the database, NATS, the catalog and the consumer are all up; 503 otherwise."""
         last = None

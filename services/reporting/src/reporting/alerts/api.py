@@ -10,6 +10,8 @@ from sqlalchemy import Engine
 
 from contracts.agencies import Agency
 from contracts.alerts import AlertEvent, AlertKind
+from reporting import access
+from reporting.access import AlertReader
 from reporting.alerts import store
 
 router = APIRouter(tags=["alerts"])
@@ -37,17 +39,19 @@ def alert_list(
 @router.get("/alerts", response_model=AlertListOut)
 def get_alerts(
     request: Request,
+    principal: AlertReader,
     agency: Agency | None = None,
     kind: AlertKind | None = None,
     state: Literal["raised", "resolved"] | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> AlertListOut:
-    """Alerts raised and resolved, the latest change first."""
+    """Alerts raised and resolved, the latest change first (an agency's own; the secretariat's: all)."""
     engine: Engine = request.app.state.service.engine
+    owner = access.alerts_owner(principal, agency.value if agency is not None else None)
     return alert_list(
         engine,
-        agencies=[agency.value] if agency is not None else None,
+        agencies=[owner] if owner is not None else None,
         kind=kind.value if kind is not None else None,
         state=state,
         limit=limit,
