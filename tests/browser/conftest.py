@@ -30,6 +30,7 @@ from contracts.events import SEVERITY_ORDER, UNREPORTED, AdmittedEvent, StatusEv
 from contracts.periods import TOKYO, FiscalQuarter
 from contracts.streams import CATALOG_BUCKET, MSG_ID_HEADER, accepted_subject
 from reporting.cycle.testing import admitted_close, admitted_review, publish_close, publish_review
+from reporting.testing import wait_caught_up
 from shinchoku.demo_plan import ADMITTED, plan_reports
 from shinchoku.issuer import EmbeddedIssuer, StackAuth, principal_named
 from shinchoku_runtime.natsclient import connect, ensure_streams
@@ -340,6 +341,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 start_new_session=True,
             )
         stack.wait_for_reported(QUARTER, stack.expected(QUARTER).whole.reported, timeout=60)
+        # Every admitted event applied (not only Q3's count reached): a page must not change under a test.
+        run_async(_with_admin(nats, lambda nc: wait_caught_up(nc, timeout=120)))
         yield stack
     finally:
         if stack.process is not None and stack.process.poll() is None:
