@@ -58,6 +58,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import PubAck, StorageType, StreamConfig
 
+from shinchoku.issuer import StackAuth
 from shinchoku.launch import NATS, SERVICES, Launch, StackSettings, plan_launch
 from shinchoku.supervisor import Supervisor
 from shinchoku_runtime.natsserver import free_port
@@ -619,7 +620,9 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
         # --- what reporting serves agrees ---
         fy, q = first_fy, 1
         expected = dict(Counter(a for (y, qq, _m, a) in reports.slots if (y, qq) == (fy, q)))
-        rollup = httpx.get(f"{stack.url('reporting')}/rollups/{fy}/{q}", timeout=30).json()
+        rollup = httpx.get(
+            f"{stack.url('reporting')}/rollups/{fy}/{q}", timeout=30, auth=StackAuth.of(stack.data_dir)
+        ).json()
         served = {a: t["reported"] for a, t in rollup["by_agency"].items() if t["reported"]}
         agrees = served == expected
         print(

@@ -45,6 +45,7 @@ from contracts.catalog import Measure
 from contracts.events import Status
 from contracts.periods import FiscalQuarter
 from contracts.streams import CATALOG_BUCKET, INGEST_DURABLE, agency_inbox_prefix
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsclient import connect, ensure_streams
 from shinchoku_runtime.natsserver import NatsServer, free_port
@@ -262,13 +263,15 @@ async def measure_ingest(
     return rate, accepted.messages, rejected, cpu_per_event, server_per_event
 
 
-def batch_summary(ports: list[int]) -> str:
-    """Batches and their mean size, from each replica's /metrics (summed)."""
+def batch_summary(ports: list[int], data_dir: Path) -> str:
+    """Batches and their mean size, from each replica's /metrics (summed; read as the operator, with a token of
+    the issuer the replicas trust, prepared in `data_dir`)."""
     values: dict[str, float] = {}
     phases: dict[str, float] = {}
+    auth = StackAuth(EmbeddedIssuer.prepare(data_dir))
     for port in ports:
         try:
-            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5, auth=auth).text
         except httpx.HTTPError as e:
             return f"no metrics: {e}"
         for line in text.splitlines():
@@ -333,7 +336,7 @@ async def run(args: argparse.Namespace) -> int:
                         rate, accepted, rejected, cpu, server_cpu = await measure_ingest(
                             server, total, args.timeout, None if args.profile else [p.pid for p in processes]
                         )
-                        print(f"  {batch_summary(ports)}")
+                        print(f"  {batch_summary(ports, base / 'ingest')}")
                     admitted, distinct = store_counts(url)
                 print(
                     f"[{database}] ingest admitted {accepted:,} events: {rate:,.0f} events/s sustained "

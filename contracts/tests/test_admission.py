@@ -48,6 +48,15 @@ CASES = [
     ({"reported_at": "2024-12-20T18:06:00+09:00"}, ReasonCode.future_timestamp, "reported_at"),
     ({"quarter": 4}, ReasonCode.future_period, "quarter"),
     ({"note": "途中に\x00"}, ReasonCode.malformed, "note"),
+    # An observation dated after its report (Asia/Tokyo days): 2024-12-21 is the day after 17:00 on the 20th.
+    ({"kpis": [{"target": 0, "value": 1, "as_of": "2024-12-21"}]}, ReasonCode.kpi_future, "kpis.0.as_of"),
+    ({"kpis": [{"target": 0, "value": 1, "as_of": "2024-12-20"}]}, None, None),
+    # kpi_future is last in precedence: a report with a future timestamp says that first.
+    (
+        {"reported_at": "2024-12-20T18:06:00+09:00", "kpis": [{"target": 0, "value": 1, "as_of": "2099-01-01"}]},
+        ReasonCode.future_timestamp,
+        "reported_at",
+    ),
 ]
 
 
@@ -72,6 +81,19 @@ def test_an_event_is_judged_as_ingest_judges_its_bytes(
         assert isinstance(judged, Reject)
         assert (judged.reason, judged.field) == (reason, field)
         assert reason.value in judged.message
+
+
+def test_a_kpi_dated_after_its_report_is_rejected_with_what_to_do() -> None:
+    late = event(
+        reported_at="2025-01-05T23:30:00+09:00",  # 14:30 UTC: still the 5th in Tokyo
+        quarter=3,
+        kpis=[{"target": 0, "value": 1, "as_of": "2025-01-05"}, {"target": 0, "value": 2, "as_of": "2099-03-31"}],
+    )
+    judged = judge_event(late, now=datetime(2025, 1, 6, tzinfo=UTC), measure=MEASURE)
+    assert isinstance(judged, Reject)
+    assert (judged.reason, judged.field) == (ReasonCode.kpi_future, "kpis.1.as_of")
+    assert "2099-03-31" in judged.message
+    assert "2025-01-05" in judged.message
 
 
 def test_a_kpi_target_the_measure_lacks_says_so() -> None:

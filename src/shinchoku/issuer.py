@@ -21,11 +21,13 @@ import os
 import re
 import secrets
 import time
+from collections.abc import Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey
@@ -207,3 +209,35 @@ def bearer_headers(data_dir: Path, token: str | None = None, principal: str = Ro
     the data directory; no header when none of these exists (the request then goes as the public)."""
     chosen = token or os.environ.get("SHINCHOKU_TOKEN") or local_token(data_dir, principal)
     return {"Authorization": f"Bearer {chosen}"} if chosen else {}
+
+
+class StackAuth(httpx.Auth):
+    """httpx authentication for the stack's own tools (bench, tests): every request as `principal` (the
+    secretariat by default, who reads every agency's items), `/metrics` as the operator, each token minted
+    from the data directory's key and minted again before it expires. A request that already carries an
+    `Authorization` header keeps it."""
+
+    def __init__(
+        self, issuer: EmbeddedIssuer, principal: str = Role.secretariat.value, *, ttl: timedelta = DEFAULT_TTL
+    ):
+        self.issuer = issuer
+        self.principal = principal
+        self.ttl = ttl
+        self._tokens: dict[str, tuple[float, str]] = {}
+
+    @classmethod
+    def of(cls, data_dir: Path, principal: str = Role.secretariat.value) -> StackAuth:
+        return cls(EmbeddedIssuer.load(data_dir), principal)
+
+    def token(self, principal: str) -> str:
+        expires, token = self._tokens.get(principal, (0.0, ""))
+        if time.time() > expires - 60:
+            token = self.issuer.mint(principal_named(principal, default_subject()), ttl=self.ttl)
+            self._tokens[principal] = (time.time() + self.ttl.total_seconds(), token)
+        return token
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        if "authorization" not in request.headers:
+            who = Role.operator.value if request.url.path.rstrip("/").endswith("/metrics") else self.principal
+            request.headers["Authorization"] = f"Bearer {self.token(who)}"
+        yield request

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from shinchoku.issuer import bearer_headers
 from shinchoku.stack import DEFAULT_DATA_DIR, Stack, StackNotFound
 from shinchoku_client.api import detail
 
@@ -42,8 +43,15 @@ def get(
     params: dict[str, Any] | None = None,
     timeout: float = 10.0,
     headers: dict[str, str] | None = None,
+    token: str | None = None,
 ) -> httpx.Response:
-    """GET a service's path; raises StackUnavailable when nothing answers, returns the response otherwise."""
+    """GET a service's path; raises StackUnavailable when nothing answers, returns the response otherwise.
+
+    Sent with `headers`, else with `token` (`--token`), else $SHINCHOKU_TOKEN, else a short-lived token of the
+    secretariat minted from the data directory (the embedded default: whoever can read the key is the local
+    administrator), so that the reading verbs work without copying tokens by hand."""
+    if headers is None:
+        headers = bearer_headers(stack.data_dir, token)
     url = stack.http[service].rstrip("/") + path
     query = {k: v for k, v in (params or {}).items() if v is not None}
     try:

@@ -29,6 +29,7 @@ from contracts.events import SEVERITY_ORDER, UNREPORTED, AdmittedEvent, StatusEv
 from contracts.periods import TOKYO, FiscalQuarter
 from contracts.streams import CATALOG_BUCKET, MSG_ID_HEADER, accepted_subject
 from shinchoku.demo_plan import ADMITTED, plan_reports
+from shinchoku.issuer import EmbeddedIssuer, StackAuth, principal_named
 from shinchoku_runtime.natsclient import connect, ensure_streams
 from shinchoku_runtime.natsserver import NatsServer, free_port
 
@@ -189,6 +190,12 @@ class Stack:
 
     def __post_init__(self) -> None:
         self.log_path = self.directory / "reporting.log"
+        # The service verifies tokens of this issuer (its data directory's, as under `shinchoku up`).
+        self.issuer = EmbeddedIssuer.prepare(self.directory / "data")
+        self.auth = StackAuth(self.issuer)
+
+    def token(self, principal: str = "secretariat") -> str:
+        return self.issuer.mint(principal_named(principal, "browser-test"), ttl=timedelta(hours=1))
 
     def publish(self, events: list[AdmittedEvent]) -> None:
         """Publish admitted events onto ACCEPTED as ingest does, and remember them for the expectations."""
@@ -199,7 +206,7 @@ class Stack:
         return expected(self.measures, self.events, quarter, as_of)
 
     def get(self, path: str, **params: str) -> httpx.Response:
-        return httpx.get(self.base_url + path, params=params, timeout=10)
+        return httpx.get(self.base_url + path, params=params, timeout=10, auth=self.auth)
 
     def log_tail(self) -> str:
         try:
@@ -327,8 +334,12 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, stack: Stack) -> Iterator[Any]:
+    # The secretariat reads the open quarters the demo is about (the sign-in itself: test_signin_browser.py).
     context = browser.new_context(
-        viewport={"width": 1280, "height": 900}, accept_downloads=True, base_url=stack.base_url
+        viewport={"width": 1280, "height": 900},
+        accept_downloads=True,
+        base_url=stack.base_url,
+        extra_http_headers={"Authorization": f"Bearer {stack.token()}"},
     )
     page = context.new_page()
     page.set_default_timeout(10_000)

@@ -219,7 +219,7 @@ def test_csv_download_is_what_the_api_answers(page: Page, stack: Any) -> None:
     with page.expect_download() as info:
         link.click()
     downloaded = Path(info.value.path()).read_bytes()
-    api = httpx.get(stack.base_url + href, timeout=10)
+    api = httpx.get(stack.base_url + href, timeout=10, auth=stack.auth)
     assert api.status_code == 200
     assert downloaded == api.content
     text = downloaded.decode("utf-8-sig")

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 
 from contracts.events import SEVERITY_ORDER, Status, StatusEvent
 from contracts.periods import FiscalQuarter, last_completed_quarter
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_client.publisher import AgencyPublisher
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.harness import NatsCluster, ProcessGroup, ServiceProcess, service_env
@@ -68,6 +69,8 @@ def _start(
         # A killed replica's unacknowledged batch comes back after ack_wait: keep the test short.
         env[f"SHINCHOKU_{service.upper()}_ACK_WAIT"] = "5"
     env["OTEL_TRACES_EXPORTER"] = "none"
+    # Every replica trusts one issuer, whose tokens the test reads with (`auth_of`).
+    env["SHINCHOKU_AUTH_JWKS_URL"] = EmbeddedIssuer.prepare(tmp / "issuer").jwks_path.as_uri()
     return group.add(
         ServiceProcess(name=name, module=service, env=env, port=port, log_file=tmp / "logs" / f"{name}.log").start()
     )
@@ -191,7 +194,7 @@ async def test_two_replicas_each_count_every_report_once_through_node_and_replic
         expected = {(e.measure_id, e.agency.value): str(e.event_id) for e in events}
         fy, q = quarter.fiscal_year, quarter.quarter
         deadline = asyncio.get_running_loop().time() + 90
-        async with httpx.AsyncClient(timeout=30) as http:
+        async with httpx.AsyncClient(timeout=30, auth=StackAuth(EmbeddedIssuer.prepare(tmp_path / "issuer"))) as http:
             while True:
                 body = (await http.get(f"{reporting[0].url}/rollups/{fy}/{q}/measures", params={"limit": 1000})).json()
                 seen = {

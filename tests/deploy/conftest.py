@@ -17,6 +17,9 @@ from shinchoku_runtime.settings import ServiceSettings
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 SERVICES = ("catalog", "ingest", "reporting")
+#: Settings a deployment leaves unset on purpose: a NATS client certificate is only for servers that ask one,
+#: and the deployment's servers do not (agencies log in with passwords or tokens; TLS verifies the servers).
+OPTIONAL_SETTINGS = ("NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ def service_spec(service: str) -> ServiceSpec:
     names = set()
     for name, field in cls.model_fields.items():
         alias = field.validation_alias if isinstance(field.validation_alias, str) else None
+        if name.upper() in OPTIONAL_SETTINGS:
+            continue
         names.add(alias.upper() if alias else f"{prefix}{name.upper()}")
     port = cls.model_fields["port"].default
     return ServiceSpec(service, cls, prefix, frozenset(names), int(port))

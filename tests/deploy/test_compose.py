@@ -17,7 +17,7 @@ from shinchoku_runtime.natsserver import nats_server_binary
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("catalog", "ingest", "reporting")
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
-EXPECTED = {*NATS_NODES, "postgres", "jaeger", "otel-collector", *APP_SERVICES}
+EXPECTED = {*NATS_NODES, "postgres", "jaeger", "otel-collector", *APP_SERVICES, "proxy", "authcallout"}
 REPLICAS = {"catalog": 1, "ingest": 2, "reporting": 2}
 
 
@@ -81,6 +81,7 @@ def test_every_built_image_has_its_dockerfile_and_every_dockerfile_is_used(servi
         assert dockerfile.is_file(), f"{name}: {dockerfile} does not exist"
         assert service["image"] == f"shinchoku/{name}:latest"
         used.add(dockerfile.name)
+    assert services["authcallout"]["build"]["dockerfile"] == "deploy/docker/catalog.Dockerfile"
     assert used == {p.name for p in (ROOT / "deploy" / "docker").glob("*.Dockerfile")}
 
 
@@ -142,7 +143,11 @@ def test_every_setting_a_service_reads_is_set(
         urls = env[f"{prefix}NATS_URL"].split(",")
         assert sorted(re.sub(r"^nats://|:4222$", "", u) for u in urls) == list(NATS_NODES)
         assert env[f"{prefix}DATABASE_URL"].startswith(f"postgresql://{name}:")
-        assert env[f"{prefix}DATABASE_URL"].endswith(f"@postgres:5432/{name}")
+        assert env[f"{prefix}DATABASE_URL"].endswith(
+            f"@postgres:5432/{name}?sslmode=verify-full&sslrootcert=/etc/shinchoku/tls/ca.pem"
+        )
+        assert env[f"{prefix}NATS_TLS_CA_FILE"] == "/etc/shinchoku/tls/ca.pem"
+        assert "./deploy/generated/tls/ca.pem:/etc/shinchoku/tls/ca.pem:ro" in services[name]["volumes"]
         assert env[f"{prefix}NATS_PASSWORD"]
         # The values parse: each has the right type for its field.
         parsed = spec.settings.model_validate(
@@ -173,13 +178,18 @@ def test_nats_is_a_three_node_cluster_with_sync_always(services: dict[str, dict[
         name = re.search(r'server_name: "([^"]+)"', text)
         assert name
         names.add(name.group(1))
-        routes = set(re.findall(r"nats-route://([a-z0-9-]+):6222", text))
+        routes = set(re.findall(r"nats-route://(?:route:[^@]+@)?([a-z0-9-]+):6222", text))
         assert routes == set(NATS_NODES) - {node}
         assert 'name: "shinchoku"' in text
         assert "8222/healthz" in " ".join(service["healthcheck"]["test"])
-        # The server itself accepts the file.
+        # The server itself accepts the file, with the certificates mounted where the container has them.
+        checked = generated / "nats" / f"{node}.checked.conf"
+        checked.write_text(text.replace("/etc/nats/tls/", f"{generated}/tls/"), "utf-8")
+        for target, source in mounts.items():
+            if target.startswith("/etc/nats/tls/"):
+                assert source == f"./deploy/generated/tls/{Path(target).name}", source
         check = subprocess.run(
-            [nats_server_binary(), "-t", "-c", str(generated / "nats" / f"{node}.conf")],
+            [nats_server_binary(), "-t", "-c", str(checked)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -187,7 +197,66 @@ def test_nats_is_a_three_node_cluster_with_sync_always(services: dict[str, dict[
         assert check.returncode == 0, check.stdout + check.stderr
     assert names == set(NATS_NODES)
     volumes = services["nats-1"]["volumes"] + services["nats-2"]["volumes"] + services["nats-3"]["volumes"]
-    assert len({v.split(":")[0] for v in volumes}) == 6
+    # Each node its own config, certificate, key and data volume; the CA certificate is the one they share.
+    assert len({v.split(":")[0] for v in volumes}) == 3 * 4 + 1
+
+
+def test_transport_is_encrypted_everywhere_outside_the_containers(
+    services: dict[str, dict[str, Any]], generated: Path
+) -> None:
+    # NATS: TLS on the client port, mutual TLS and route authorization between the nodes; 4222 on one node
+    # is the only published NATS port (the monitoring port 8222 and the routes stay inside the network).
+    for node in NATS_NODES:
+        text = (generated / "nats" / f"{node}.conf").read_text("utf-8")
+        client_tls, cluster = text.split("\ncluster: ", 1)
+        assert f'cert_file: "/etc/nats/tls/{node}.pem"' in client_tls.split("\ntls: ", 1)[1]
+        assert "verify: true" in cluster, "routes verify each other's certificates"
+        assert 'user: "route"' in cluster
+        assert re.findall(r"nats-route://route:[^@]+@nats-\d:6222", cluster), "routes dial with the route password"
+    published = {name: [str(p) for p in s.get("ports") or []] for name, s in services.items()}
+    assert published["nats-1"] == ["4222:4222"]
+    assert not any(p.endswith(":8222") or p.endswith(":6222") for ports in published.values() for p in ports)
+    # HTTP: the services publish nothing; the proxy serves each of them over HTTPS only.
+    for name in APP_SERVICES:
+        assert published[name] == [], f"{name} must be reached through the proxy"
+    assert sorted(published["proxy"]) == ["8001:8001", "8002:8002", "8003:8003"]
+    nginx = (ROOT / "deploy" / "nginx" / "nginx.conf").read_text("utf-8")
+    for service, port in (("catalog", 8001), ("ingest", 8002), ("reporting", 8003)):
+        assert f"listen {port} ssl;" in nginx
+        assert f"http://{service}:{port}" in nginx
+    assert not re.search(r"listen \d+;", nginx), "no plain-HTTP listener"
+    assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx
+    # The services see the scheme the browser used (Secure cookies, same-origin checks behind the proxy).
+    assert "proxy_set_header X-Forwarded-Proto https;" in nginx
+    assert "proxy_set_header Host $http_host;" in nginx
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == "*", name
+    # PostgreSQL: TLS with its own certificate, plain TCP connections refused by pg_hba.
+    postgres = services["postgres"]
+    command = " ".join(postgres["command"])
+    assert "ssl=on" in command
+    assert "hba_file=/etc/postgresql/pg_hba.conf" in command
+    hba = [line.split() for line in (ROOT / "deploy" / "postgres" / "pg_hba.conf").read_text().splitlines()]
+    rules = [r for r in hba if r and not r[0].startswith("#")]
+    assert ["hostnossl", "all", "all", "all", "reject"] in rules
+    assert all(r[0] in ("local", "hostssl", "hostnossl") for r in rules), rules
+    assert "postgres" not in published or not published["postgres"]
+
+
+def test_certificates_name_what_clients_connect_to(generated: Path) -> None:
+    from cryptography import x509
+
+    def names(name: str) -> set[str]:
+        cert = x509.load_pem_x509_certificate((generated / "tls" / f"{name}.pem").read_bytes())
+        return set(
+            cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+        )
+
+    for node in NATS_NODES:
+        assert node in names(node)
+    assert "postgres" in names("postgres")
+    assert "localhost" in names("proxy")
+    assert "*.nats-headless.shinchoku.svc.cluster.local" in names("nats-k8s")
 
 
 def test_traces_go_through_the_collector_to_jaeger(services: dict[str, dict[str, Any]]) -> None:

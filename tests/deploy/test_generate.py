@@ -17,11 +17,14 @@ from pathlib import Path
 import nats
 import pytest
 import sqlalchemy as sa
+from cryptography import x509
 from nats.aio.client import Client
 from nats.errors import Error as NatsError
 
+from shinchoku_runtime.certs import CertificateAuthority
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsconf import write_config
+from shinchoku_runtime.natsjwt import KeyPair
 from shinchoku_runtime.natsserver import NatsServer
 from shinchoku_runtime.testing import pg_admin_url, postgres_reachable
 
@@ -41,7 +44,11 @@ def test_every_generated_file_is_private_and_secrets_are_kept(tmp_path: Path) ->
     files = [p for p in out.rglob("*") if p.is_file()]
     assert len(files) >= 3 + 4 + 17 + 3
     for path in files:
-        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        # Certificates are public (a container under another uid reads the CA's); every key and secret is 0600.
+        public = path.parent.name == "tls" and path.suffix == ".pem" and not path.name.endswith("-key.pem")
+        assert stat.S_IMODE(path.stat().st_mode) == (0o644 if public else 0o600), path
+    keys = sorted(p.name for p in (out / "tls").glob("*-key.pem"))
+    assert keys == sorted(f"{n}-key.pem" for n in ("ca", "nats-1", "nats-2", "nats-3", "nats-k8s", "postgres", "proxy"))
     assert stat.S_IMODE(out.stat().st_mode) == 0o700
     before = json.loads((out / "secrets.json").read_text())
     db_before = json.loads((out / "db-secrets.json").read_text())
@@ -152,3 +159,58 @@ def test_postgres_init_script_creates_one_owned_database_per_service() -> None:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{prefix}{s}" WITH (FORCE)'))
                 conn.execute(sa.text(f'DROP ROLE IF EXISTS "{prefix}{s}"'))
         engine.dispose()
+
+
+def _cert(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_certificates_are_kept_renewed_from_the_same_ca_and_the_route_password_rotates(tmp_path: Path) -> None:
+    out = tmp_path / "generated"
+    _generate(out)
+    ca, node = _cert(out / "tls" / "ca.pem"), _cert(out / "tls" / "nats-1.pem")
+    assert node.issuer == ca.subject
+    route = json.loads((out / "secrets.json").read_text())["route"]
+    assert f'password: "{route}"' in (out / "nats" / "nats-1.conf").read_text()
+    _generate(out)
+    assert _cert(out / "tls" / "nats-1.pem").serial_number == node.serial_number, "a re-run keeps certificates"
+
+    _generate(out, "--renew-certs", "--rotate", "route")
+    renewed = _cert(out / "tls" / "nats-1.pem")
+    assert renewed.serial_number != node.serial_number
+    assert _cert(out / "tls" / "ca.pem").serial_number == ca.serial_number, "renewal keeps the CA (no trust change)"
+    renewed.verify_directly_issued_by(ca)
+    new_route = json.loads((out / "secrets.json").read_text())["route"]
+    assert new_route != route
+    text = (out / "nats" / "nats-2.conf").read_text()
+    assert route not in text
+    assert f"route:{new_route}@nats-1:6222" in text
+
+
+def test_the_operators_ca_and_the_auth_callout(tmp_path: Path) -> None:
+    operator = CertificateAuthority.load_or_create(tmp_path / "operator-ca", name="Operator CA")
+    out = tmp_path / "generated"
+    _generate(
+        out,
+        "--ca-cert",
+        str(operator.cert_file),
+        "--ca-key",
+        str(tmp_path / "operator-ca" / "ca-key.pem"),
+        "--auth-callout",
+        "--public-host",
+        "shinchoku.example.org",
+    )
+    assert not (out / "tls" / "ca-key.pem").exists(), "the operator's CA key is not copied"
+    assert (out / "tls" / "ca.pem").read_bytes() == operator.cert_file.read_bytes()
+    proxy = _cert(out / "tls" / "proxy.pem")
+    assert proxy.issuer == operator.cert.subject
+    names = proxy.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "shinchoku.example.org" in names.get_values_for_type(x509.DNSName)
+    seed = (out / "nats" / "auth-callout-issuer.nk").read_text().strip()
+    assert stat.S_IMODE((out / "nats" / "auth-callout-issuer.nk").stat().st_mode) == 0o600
+    issuer = KeyPair.from_seed(seed).public
+    conf = (out / "nats" / "nats-3.conf").read_text()
+    assert f'issuer: "{issuer}"' in conf
+    assert 'auth_users: ["auth", "catalog", "ingest", "reporting", "admin"]' in conf
+    env = (out / "env" / "authcallout.env").read_text()
+    assert f"SHINCHOKU_AUTHCALLOUT_ISSUER_SEED={seed}" in env

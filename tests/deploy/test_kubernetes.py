@@ -79,7 +79,7 @@ def test_deployment(
     (port,) = container["ports"]
     assert port["containerPort"] == spec.default_port
     assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
-    assert container["livenessProbe"]["httpGet"]["path"] == "/metrics", "a NATS outage must not restart pods"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/livez", "a NATS outage must not restart pods"
     assert (
         deployment["spec"]["selector"]["matchLabels"].items()
         <= deployment["spec"]["template"]["metadata"]["labels"].items()
@@ -101,8 +101,9 @@ def test_deployment(
     assert env[f"{prefix}NATS_USER"] == service
     assert env[f"{prefix}NATS_URL"] == "nats://nats.shinchoku.svc.cluster.local:4222"
     assert env[f"{prefix}PORT"] == str(spec.default_port)
-    assert env[f"{prefix}DATABASE_URL"].endswith(f"/{service}")
+    assert env[f"{prefix}DATABASE_URL"].split("?")[0].endswith(f"/{service}")
     assert env["OTEL_SERVICE_NAME"] == service
+    assert env["FORWARDED_ALLOW_IPS"] == "*", "the service sees the ingress's https (X-Forwarded-Proto)"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
     spec.settings.model_validate({k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)})
 
@@ -117,7 +118,7 @@ def test_deployment(
 def test_nats_helm_values_cluster_jetstream_sync_always(secrets: dict[str, dict[str, Any]]) -> None:
     values = yaml.safe_load((K8S / "nats-values.yaml").read_text("utf-8"))
     config = values["config"]
-    assert config["cluster"] == {"enabled": True, "replicas": 3}
+    assert {k: v for k, v in config["cluster"].items() if k != "tls"} == {"enabled": True, "replicas": 3}
     jetstream = config["jetstream"]
     assert jetstream["enabled"] is True
     assert jetstream["fileStore"]["enabled"] is True
@@ -172,3 +173,70 @@ async def test_the_included_users_work_in_a_real_server(secrets: dict[str, dict[
     finally:
         server.terminate()
         server.wait(10)
+
+
+def test_only_what_must_talk_does(manifests: dict[tuple[str, str], dict[str, Any]]) -> None:
+    policies = {name: doc["spec"] for (kind, name), doc in manifests.items() if kind == "NetworkPolicy"}
+    assert policies["default-deny-ingress"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    for name, spec in policies.items():
+        assert spec["policyTypes"] == ["Ingress"], name
+
+    def admitted(port: int) -> list[list[dict[str, Any]]]:
+        return [
+            rule.get("from", [])
+            for spec in policies.values()
+            for rule in spec.get("ingress", [])
+            if any(p["port"] == port for p in rule.get("ports", []))
+        ]
+
+    assert admitted(4222) == [[]], "NATS clients from anywhere (the ministries), on the client port only"
+    assert admitted(6222) == [[{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "nats"}}}]]
+    (monitoring,) = admitted(8222)
+    assert monitoring == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]
+    for port in (8001, 8002, 8003):
+        (sources,) = admitted(port)
+        assert all("namespaceSelector" in s for s in sources), "services only from the ingress and monitoring"
+
+
+def test_https_through_the_ingress_with_the_generated_certificate(
+    manifests: dict[tuple[str, str], dict[str, Any]], secrets: dict[str, dict[str, Any]]
+) -> None:
+    ingress = manifests[("Ingress", "shinchoku")]["spec"]
+    (tls,) = ingress["tls"]
+    assert secrets[tls["secretName"]]["type"] == "kubernetes.io/tls"
+    backends = {r["http"]["paths"][0]["backend"]["service"]["name"] for r in ingress["rules"]}
+    assert backends == set(APP_SERVICES)
+    assert {r["host"] for r in ingress["rules"]} <= set(tls["hosts"])
+
+
+def test_nats_runs_tls_with_route_authorization(
+    secrets: dict[str, dict[str, Any]],
+    specs: dict[str, Any],
+    manifests: dict[tuple[str, str], dict[str, Any]],
+    generated: Path,
+) -> None:
+    values = yaml.safe_load((K8S / "nats-values.yaml").read_text("utf-8"))
+    config = values["config"]
+    assert config["nats"]["tls"]["enabled"] is True
+    assert config["cluster"]["tls"]["enabled"] is True
+    assert config["cluster"]["tls"]["merge"]["verify"] is True
+    for section in (config["nats"]["tls"], config["cluster"]["tls"], values["tlsCA"]):
+        assert secrets[section["secretName"]]["type"] == "kubernetes.io/tls"
+    assert values["service"]["ports"]["monitor"]["enabled"] is False
+    chart_secrets = yaml.safe_load((generated / "k8s" / "nats-values-secrets.yaml").read_text("utf-8"))
+    route = chart_secrets["config"]["cluster"]["routeURLs"]
+    assert route["user"] == "route"
+    assert len(route["password"]) >= 24
+    # The services trust the CA for NATS and PostgreSQL.
+    ca = secrets["shinchoku-ca"]["stringData"]["ca.pem"]
+    assert ca == secrets["shinchoku-nats-tls"]["stringData"]["ca.crt"]
+    for service in APP_SERVICES:
+        env = secrets[f"shinchoku-{service}"]["stringData"]
+        assert env[f"SHINCHOKU_{service.upper()}_DATABASE_URL"].endswith(
+            "?sslmode=verify-full&sslrootcert=/etc/shinchoku/tls/ca.pem"
+        )
+        pod = manifests[("Deployment", service)]["spec"]["template"]["spec"]
+        (volume,) = [v for v in pod["volumes"] if v["name"] == "ca"]
+        assert volume["secret"]["secretName"] == "shinchoku-ca"
+        (container,) = pod["containers"]
+        assert {"name": "ca", "mountPath": "/etc/shinchoku/tls", "readOnly": True} in container["volumeMounts"]

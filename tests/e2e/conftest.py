@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shinchoku.issuer import StackAuth
 from shinchoku_runtime.natsserver import free_port
 
 SHINCHOKU = str(Path(sys.executable).parent / "shinchoku")
@@ -65,6 +66,11 @@ class Up:
 
     def __post_init__(self) -> None:
         self.output = self.cwd / f"up-{self.data_dir.name}.out"
+
+    @property
+    def auth(self) -> StackAuth:
+        """httpx auth reading as the secretariat (`/metrics` as the operator), from the stack's issuer."""
+        return StackAuth.of(self.data_dir)
 
     def start(self) -> Up:
         with self.output.open("ab") as out:

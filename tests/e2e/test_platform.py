@@ -133,7 +133,9 @@ async def stream_state(stack: Stack) -> dict[str, int]:
 
 
 def rollup(up: Up) -> dict[str, Any]:
-    body: dict[str, Any] = httpx.get(f"{up.url('reporting')}/rollups/{QUARTER.fiscal_year}/{QUARTER.quarter}").json()
+    body: dict[str, Any] = httpx.get(
+        f"{up.url('reporting')}/rollups/{QUARTER.fiscal_year}/{QUARTER.quarter}", auth=up.auth
+    ).json()
     return body
 
 
@@ -181,7 +183,9 @@ def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: C
     assert body["reported"] == 320 - by_status[UNREPORTED]
     assert body["on_time"] == on_time
     items = httpx.get(
-        f"{up.url('reporting')}/rollups/{QUARTER.fiscal_year}/{QUARTER.quarter}/measures", params={"limit": 1000}
+        f"{up.url('reporting')}/rollups/{QUARTER.fiscal_year}/{QUARTER.quarter}/measures",
+        params={"limit": 1000},
+        auth=up.auth,
     ).json()["items"]
     seen = {f"{i['measure_id']}/{lead['agency']}": lead["event_id"] for i in items for lead in i["leads"]}
     assert {k: v for k, v in seen.items() if v is not None} == effective

@@ -45,7 +45,7 @@ def cli(stack: RunningStack, *args: str) -> Result:
 def event(stack: RunningStack, event_id: str, **params: str) -> dict[str, Any]:
     deadline = time.monotonic() + 20
     while True:
-        response = httpx.get(f"{stack.url('ingest')}/events/{event_id}", params=params, timeout=5)
+        response = httpx.get(f"{stack.url('ingest')}/events/{event_id}", params=params, timeout=5, auth=stack.auth)
         if response.status_code == 200 or time.monotonic() > deadline:
             assert response.status_code == 200, response.text
             body: dict[str, Any] = response.json()
@@ -146,7 +146,11 @@ def test_history_is_backfilled_as_the_secretariat(stack: RunningStack, measure: 
     assert "published 2 backfilled report(s) of mof as the secretariat" in result.stdout
     for event_id in ids:
         decided = event(stack, event_id, agency="mof")
-        assert (decided["kind"], decided["outcome"], decided["principal"]) == ("backfill", "admitted", default_subject())
+        assert (decided["kind"], decided["outcome"], decided["principal"]) == (
+            "backfill",
+            "admitted",
+            default_subject(),
+        )
         assert decided["subject"] == f"backfill.mof.{measure}"
     # A backfilled report is reviewed like any other.
     reviewed = cli(stack, "review", ids[0], "--accept", "--agency", "mof", "--wait")

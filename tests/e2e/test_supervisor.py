@@ -52,6 +52,7 @@ def test_up_starts_everything_writes_pid_files_and_passes_settings(make_up: Call
     for name in pids:
         assert (up.data_dir / "logs" / f"{name}.log").exists()
     assert "ready in" in up.text()
+    assert "loopback only, no TLS" in up.text(), "the embedded default says it has no TLS"
     assert seconds < 10
 
 

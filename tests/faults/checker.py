@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Any
@@ -68,10 +68,17 @@ def quarter_last_day(fiscal_year: int, quarter: int) -> date:
     }[quarter]
 
 
-def on_time(report: Report) -> bool:
-    """On time: reported_at no later than the quarter's end (end of its last day, Tokyo) + 30 days."""
-    end = datetime.combine(quarter_last_day(report.fiscal_year, report.quarter) + timedelta(days=1), time(), JST)
-    return report.reported_at < end + timedelta(days=30)
+def on_time_deadline(fiscal_year: int, quarter: int) -> datetime:
+    """The end of the 30th day after the quarter's last day, Tokyo."""
+    end = datetime.combine(quarter_last_day(fiscal_year, quarter) + timedelta(days=1), time(), JST)
+    return end + timedelta(days=30)
+
+
+def on_time_by_receipt(report: Report, received_at: datetime) -> bool:
+    """On time: the platform received it (the broker's timestamp of its STATUS message) by the deadline.
+
+    `reported_at` is the reporter's claim and never decides timeliness (DESIGN.md "Rollup semantics")."""
+    return received_at < on_time_deadline(report.fiscal_year, report.quarter)
 
 
 def effective(reports: Iterable[Report]) -> dict[tuple[int, int, str, str], Report]:
@@ -112,10 +119,20 @@ class Tally:
 
 
 def expected_rollup(
-    measures: list[MeasureInfo], reports: Iterable[Report], fiscal_year: int, quarter: int
+    measures: list[MeasureInfo],
+    reports: Iterable[Report],
+    fiscal_year: int,
+    quarter: int,
+    received: Mapping[str, datetime],
 ) -> dict[str, Any]:
-    """The comparable part of GET /rollups/{fy}/{q}, and the effective event per measure/agency."""
+    """The comparable part of GET /rollups/{fy}/{q}, and the effective event per measure/agency.
+
+    `received`: per event_id, when the broker received it (the STATUS message's timestamp, read from the stream)."""
     eff = {k[2:]: v for k, v in effective(reports).items() if k[:2] == (fiscal_year, quarter)}
+
+    def on_time(r: Report) -> bool:
+        return on_time_by_receipt(r, received[r.event_id])
+
     government = Tally()
     by_section: dict[str, Tally] = {}
     by_agency: dict[str, Tally] = {}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .scenario import HEADER
+
 _LINES: list[str] = []
 
 
@@ -15,7 +17,7 @@ def fault_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
     """Record one scenario line (also when output capture is on): artifacts/faults.txt and the terminal summary."""
     path = Path(request.config.rootpath) / "artifacts" / "faults.txt"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("scenario                           acknowledged / counted / lost / double-counted\n", "utf-8")
+    path.write_text(HEADER + "\n", "utf-8")
 
     def add(line: str) -> None:
         _LINES.append(line)
@@ -28,5 +30,6 @@ def fault_report(request: pytest.FixtureRequest) -> Callable[[str], None]:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     if _LINES:
         terminalreporter.section("fault scenarios (also in artifacts/faults.txt)")
+        terminalreporter.write_line(HEADER)
         for line in _LINES:
             terminalreporter.write_line(line)

@@ -19,7 +19,9 @@ from datetime import datetime, time, timedelta
 from typing import Any
 
 import nats
+import nats.js.errors
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.js.api import PubAck
 
 from contracts.streams import agency_inbox_prefix
@@ -37,14 +39,19 @@ def plan_reports(
     seed: int,
     corrections: float = 0.15,
     measure_ids: list[str] | None = None,
+    quarter: int | None = None,
+    now: datetime | None = None,
 ) -> list[Report]:
-    """`count` valid reports over the four quarters of `fiscal_year`, in random order.
+    """`count` valid reports over the four quarters of `fiscal_year` (or one `quarter`), in random order.
+
+    Past quarters by default; with `now`, reports on the quarter under way, claimed minutes before `now`.
 
     Most name a (quarter, measure, agency) no other report names; a share are later or earlier reports on
     a slot already used, so which one is effective depends on reported_at, never on arrival.
     """
     rng = random.Random(seed)
-    slots = [(q, m.id, a) for q in (1, 2, 3, 4) for m in measures for a in m.leads]
+    quarters = (quarter,) if quarter is not None else (1, 2, 3, 4)
+    slots = [(q, m.id, a) for q in quarters for m in measures for a in m.leads]
     if measure_ids is not None:
         slots = [s for s in slots if s[1] in measure_ids]
     rng.shuffle(slots)
@@ -53,18 +60,24 @@ def plan_reports(
     while len(chosen) < count:
         chosen.append(rng.choice(chosen[:fresh]))
     reports = []
-    for quarter, measure_id, agency in chosen:
-        last = quarter_last_day(fiscal_year, quarter)
-        # Well inside or well outside the on-time window (quarter end + 30 days): never near its edge.
-        days = rng.randint(-40, 15) if rng.random() < 0.8 else rng.randint(45, 80)
-        moment = datetime.combine(last, time(12), JST) + timedelta(days=days, seconds=rng.randint(0, 86_000))
+    for q, measure_id, agency in chosen:
+        if now is not None:
+            # Claimed a few minutes before it is sent (ingest allows no claim ahead of the broker's clock).
+            moment = now - timedelta(seconds=rng.randint(60, 900))
+        else:
+            # A past quarter's report, received long after its on-time deadline (quarter end + 30 days) whatever it
+            # claims: its claim is also well after the deadline, so that timeliness never depends on which of the
+            # two a reader judges by (the fault suite is about counting; tests/hostile holds backdated claims).
+            last = quarter_last_day(fiscal_year, q)
+            days = rng.randint(45, 80)
+            moment = datetime.combine(last, time(12), JST) + timedelta(days=days, seconds=rng.randint(0, 86_000))
         reports.append(
             Report(
                 event_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
                 measure_id=measure_id,
                 agency=agency,
                 fiscal_year=fiscal_year,
-                quarter=quarter,
+                quarter=q,
                 status=rng.choice(STATUSES),
                 reported_at=moment,
             )
@@ -73,19 +86,49 @@ def plan_reports(
     return reports
 
 
+def clearly_refused(error: BaseException) -> bool:
+    """Whether a failed publish told the publisher it was not stored: an error answer of JetStream (a stream full,
+    a quorum lost: `APIError`) or no stream to take it at all (no responders). A timeout or a dropped connection
+    says nothing: the report may or may not be stored, and only a resend can tell."""
+    return isinstance(error, nats.js.errors.APIError | nats.js.errors.NoStreamResponseError | NoRespondersError)
+
+
 @dataclass
 class Outcome:
+    """What the publishers got: acknowledged reports, and for the others whether the platform said no clearly."""
+
     acked: dict[str, Report] = field(default_factory=dict)
+    #: When each report was first acknowledged (time.monotonic()).
+    acked_at: dict[str, float] = field(default_factory=dict)
     sent: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     duplicates_sent: int = 0
     first_failure: str | None = None
+    #: Reports never acknowledged whose last attempt was clearly refused (the publisher knows to send again).
+    refused: dict[str, Report] = field(default_factory=dict)
+    #: Reports never acknowledged whose last attempt got no clear answer: an availability failure.
+    unanswered: dict[str, Report] = field(default_factory=dict)
 
     def note_failure(self, error: BaseException) -> None:
         text = f"{type(error).__name__}: {error}"[:200]
         self.failures[type(error).__name__] += 1
         if self.first_failure is None:
             self.first_failure = text
+
+    def settle(self, reports: list[Report], last_error: dict[str, BaseException]) -> None:
+        """Sort the reports of one `publish_all` that were never acknowledged into refused and unanswered."""
+        for r in reports:
+            if r.event_id in self.acked:
+                self.refused.pop(r.event_id, None)
+                self.unanswered.pop(r.event_id, None)
+                continue
+            error = last_error.get(r.event_id)
+            if error is not None and clearly_refused(error):
+                self.refused[r.event_id] = r
+                self.unanswered.pop(r.event_id, None)
+            else:
+                self.unanswered[r.event_id] = r
+                self.refused.pop(r.event_id, None)
 
 
 class Publishers:
@@ -106,7 +149,7 @@ class Publishers:
                 self.errors.append(f"{agency}: {e}")
 
             nc = await nats.connect(
-                self.nats_url,
+                servers=self.nats_url.split(","),
                 user=agency,
                 password=self.passwords[agency],
                 inbox_prefix=agency_inbox_prefix(agency),
@@ -164,6 +207,7 @@ class Publishers:
         issued = 0
         pending: set[str] = {r.event_id for r in reports}
         attempts: Counter[str] = Counter()
+        last_error: dict[str, BaseException] = {}
 
         async def one(report: Report) -> None:
             nonlocal issued
@@ -183,12 +227,14 @@ class Publishers:
                 if report.event_id in pending:
                     pending.discard(report.event_id)
                     out.acked[report.event_id] = report
+                    out.acked_at.setdefault(report.event_id, clock.monotonic())
                     if on_progress is not None:
                         await on_progress(len(out.acked))
                 return
             for x in results:
                 if isinstance(x, BaseException):
                     out.note_failure(x)
+                    last_error[report.event_id] = x
             if clock.monotonic() < stop_at:
                 await asyncio.sleep(0.2)
                 queue.put_nowait(report)  # the very same bytes again
@@ -203,6 +249,7 @@ class Publishers:
                 await one(report)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        out.settle(reports, last_error)
         return out
 
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -24,7 +26,9 @@ CHUNK = 500
 
 
 async def admin_connection(url: str, password: str) -> Client:
-    return await nats.connect(url, user="admin", password=password, name="fault-observer", max_reconnect_attempts=-1)
+    return await nats.connect(
+        servers=url.split(","), user="admin", password=password, name="fault-observer", max_reconnect_attempts=-1
+    )
 
 
 async def last_seq(nc: Client, stream: str) -> int:
@@ -146,3 +150,37 @@ async def served(http: httpx.AsyncClient, fiscal_year: int, quarter: int) -> tup
     rollup.raise_for_status()
     measures.raise_for_status()
     return rollup.json(), measures.json()
+
+
+async def received_times(nc: Client, *, start_seq: int = 1) -> dict[str, datetime]:
+    """Per event_id, when the broker first received it: the timestamp of its first STATUS message (the receipt time
+    DESIGN.md judges timeliness by), read from the stream itself rather than from what ingest recorded."""
+    js = nc.jetstream()
+    info = await js.stream_info("STATUS")
+    out: dict[str, datetime] = {}
+    if info.state.messages == 0 or info.state.last_seq < start_seq:
+        return out
+    config = ConsumerConfig(
+        deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+        opt_start_seq=max(start_seq, 1),
+        ack_policy=AckPolicy.NONE,
+        inactive_threshold=30.0,
+    )
+    sub = await js.pull_subscribe(">", durable=None, stream="STATUS", config=config)
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=1.0)
+            except NatsTimeoutError:
+                break
+            for m in msgs:
+                with contextlib.suppress(ValueError, KeyError, TypeError):
+                    event_id = str(json.loads(m.data)["event_id"])
+                    at = m.metadata.timestamp
+                    if event_id not in out or at < out[event_id]:
+                        out[event_id] = at
+            if msgs and msgs[-1].metadata.sequence.stream >= info.state.last_seq:
+                break
+    finally:
+        await sub.unsubscribe()
+    return out

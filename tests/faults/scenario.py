@@ -9,16 +9,52 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 import httpx
 
 from .checker import MeasureInfo, Report, differences, expected_rollup, served_rollup
 from .load import Outcome, Publishers
-from .observe import Stores, accepted_counts, admin_connection, backlog, last_seq, read_stream, served
-from .stack import RunningStack, wait_until
+from .observe import (
+    Stores,
+    accepted_counts,
+    admin_connection,
+    backlog,
+    last_seq,
+    read_stream,
+    received_times,
+    served,
+)
+from .stack import wait_until
 
 Fault = Callable[[], Awaitable[None]]
+
+
+class Target(Protocol):
+    """What a scenario runs against: the embedded stack (stack.RunningStack) or the deployed topology on the
+    proxied cluster (service_launcher.ClusterDeployment)."""
+
+    @property
+    def nats_url(self) -> str: ...
+
+    @property
+    def process_names(self) -> tuple[str, ...]: ...
+
+    def password(self, user: str) -> str: ...
+
+    def url(self, service: str) -> str: ...
+
+    @property
+    def auth(self) -> httpx.Auth:
+        """How the harness reads the services (a token of the issuer they trust)."""
+        ...
+
+    def healthy(self, name: str) -> bool: ...
+
+
+T = TypeVar("T", bound=Target)
+
+HEADER = "scenario                           acknowledged / counted / lost / double-counted / refused clearly"
 
 
 @dataclass
@@ -29,30 +65,45 @@ class Result:
     lost: int
     double_counted: int
     dead_lettered: int = 0
+    #: Publishes the platform refused with a clear answer (the publisher knows to send again): allowed.
+    refused_clearly: int = 0
+    #: Publishes neither acknowledged nor clearly refused: an availability failure.
+    unanswered: int = 0
     notes: list[str] = field(default_factory=list)
     differences: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def line(self) -> str:
         extra = f" dead-lettered={self.dead_lettered}" if self.dead_lettered else ""
+        extra += f" UNANSWERED={self.unanswered}" if self.unanswered else ""
         notes = f"  ({'; '.join(self.notes)})" if self.notes else ""
         return (
             f"{self.scenario:<34} acknowledged={self.acknowledged:<5} counted={self.counted:<5} "
-            f"lost={self.lost} double-counted={self.double_counted}{extra}  [{self.seconds:.0f}s]{notes}"
+            f"lost={self.lost} double-counted={self.double_counted} refused-clearly={self.refused_clearly}{extra}"
+            f"  [{self.seconds:.0f}s]{notes}"
         )
 
 
-class Harness:
-    """Runs scenarios against one running stack and accounts for them with the independent checker."""
+class Harness(Generic[T]):
+    """Runs scenarios against one running target and accounts for them with the independent checker."""
 
-    def __init__(self, stack: RunningStack, stores: Stores, measures: list[MeasureInfo]) -> None:
+    def __init__(
+        self,
+        stack: T,
+        stores: Stores,
+        measures: list[MeasureInfo],
+        *,
+        reporting_names: tuple[str, ...] = ("reporting",),
+    ) -> None:
+        """`reporting_names`: every reporting replica whose rollups must match the checker's."""
         self.stack = stack
+        self.reporting_names = reporting_names
         self.stores = stores
         self.measures = measures
         self.agency_passwords = {a: stack.password(a) for m in measures for a in m.leads}
 
-    def wait_healthy(self, timeout: float = 60.0, *, skip: Collection[str] = ()) -> None:
-        for name in (n for n in ("nats-server", "catalog", "ingest", "reporting") if n not in skip):
+    def wait_healthy(self, timeout: float = 120.0, *, skip: Collection[str] = ()) -> None:
+        for name in (n for n in self.stack.process_names if n not in skip):
             wait_until(functools.partial(self.stack.healthy, name), timeout, f"{name} healthy", interval=0.2)
 
     async def run(
@@ -81,6 +132,7 @@ class Harness:
         await asyncio.to_thread(self.wait_healthy, skip=paused)
         admin = await admin_connection(self.stack.nats_url, self.stack.password("admin"))
         try:
+            status_from = await last_seq(admin, "STATUS") + 1
             accepted_from = await last_seq(admin, "ACCEPTED") + 1
             rejected_from = await last_seq(admin, "REJECTED") + 1
             triggered = asyncio.Event()
@@ -109,7 +161,9 @@ class Harness:
             triggered.set()
             await fault_task
             await asyncio.to_thread(self.wait_healthy, skip=paused)
-            result = await self.account(name, outcome, set(poison), admin, accepted_from, rejected_from, settle)
+            result = await self.account(
+                name, outcome, set(poison), admin, settle=settle, starts=(status_from, accepted_from, rejected_from)
+            )
         finally:
             with contextlib.suppress(Exception):
                 await admin.close()
@@ -120,9 +174,6 @@ class Harness:
             )
         if copies > 1:
             result.notes.append(f"{outcome.duplicates_sent} duplicate copies sent in flight")
-        unacked = len(reports) - len(outcome.acked)
-        if unacked:
-            result.notes.append(f"{unacked} never acknowledged (not expected)")
         return result
 
     async def account(
@@ -131,22 +182,30 @@ class Harness:
         outcome: Outcome,
         poison: set[str],
         admin: Any,
-        accepted_from: int,
-        rejected_from: int,
+        *,
         settle: float,
+        starts: tuple[int, int, int],
     ) -> Result:
         """Wait (up to `settle` s) until the consumers caught up and what is served matches the checker; then count.
 
-        `accepted_from`/`rejected_from`: the streams' first sequence of this scenario.
+        `starts`: STATUS's, ACCEPTED's and REJECTED's first sequence of this scenario.
+
+        What must be counted: every acknowledged report, and a report never acknowledged that ingest admitted all
+        the same (an attempt stored whose PubAck was lost): the publisher could not know, the platform must count
+        it once. On time is judged by the broker's receipt time, read here from STATUS itself.
         """
+        status_from, accepted_from, rejected_from = starts
         acked = outcome.acked
-        countable = [r for r in acked.values() if r.event_id not in poison]
-        quarters = sorted({(r.fiscal_year, r.quarter) for r in countable})
-        expected = {q: expected_rollup(self.measures, countable, *q) for q in quarters}
-        countable_ids = {r.event_id for r in countable}
+        sent = {**outcome.refused, **outcome.unanswered, **acked}
+        stored_anyway: set[str] = set()
+        countable_ids = set(acked) - poison
         diffs: list[str] = []
         deadline = time.monotonic() + settle
-        async with httpx.AsyncClient(base_url=self.stack.url("reporting"), timeout=10) as http:
+        https = [
+            httpx.AsyncClient(base_url=self.stack.url(n), timeout=10, auth=self.stack.auth)
+            for n in self.reporting_names
+        ]
+        try:
             while True:
                 diffs = []
                 try:
@@ -154,22 +213,35 @@ class Harness:
                     if any(v != 0 for v in lag.values()):
                         diffs.append(f"consumers not caught up: {lag}")
                     else:
+                        unacked = set(sent) - set(acked)
+                        ingest_now = await asyncio.to_thread(self.stores.ingest_outcomes, unacked)
+                        stored_anyway = {e for e, c in ingest_now.items() if c["admitted"]}
+                        countable_ids = (set(acked) | stored_anyway) - poison
+                        countable = [sent[e] for e in countable_ids]
+                        received = await received_times(admin, start_seq=status_from)
+                        quarters = sorted({(r.fiscal_year, r.quarter) for r in countable})
                         missing = countable_ids - await asyncio.to_thread(self.stores.reporting_events, countable_ids)
                         if missing:
                             diffs.append(f"{len(missing)} acknowledged reports not in the reporting store")
                         for q in quarters:
-                            rollup, page = await served(http, *q)
-                            diffs += [
-                                f"FY{q[0]}Q{q[1]} {d}" for d in differences(expected[q], served_rollup(rollup, page))
-                            ]
+                            expected = expected_rollup(self.measures, countable, *q, received)
+                            for replica, http in zip(self.reporting_names, https, strict=True):
+                                rollup, page = await served(http, *q)
+                                diffs += [
+                                    f"{replica} FY{q[0]}Q{q[1]} {d}"
+                                    for d in differences(expected, served_rollup(rollup, page))
+                                ]
                 except Exception as e:  # a service still restarting: try again until the deadline
                     diffs.append(f"{type(e).__name__}: {e}")
                 if not diffs or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
+        finally:
+            for http in https:
+                await http.aclose()
 
         in_reporting = await asyncio.to_thread(self.stores.reporting_events, countable_ids)
-        ingest = await asyncio.to_thread(self.stores.ingest_outcomes, acked)
+        ingest = await asyncio.to_thread(self.stores.ingest_outcomes, sent)
         accepted = await accepted_counts(admin, start_seq=accepted_from)
         dead = {
             body.get("event_id")
@@ -181,7 +253,19 @@ class Harness:
         dead_lettered = len(poison & dead & set(acked))
         lost = len(countable_ids - in_reporting) + len((poison & set(acked)) - dead)
         double = sum(max(0, n - 1) for n in admitted.values()) + sum(max(0, n - 1) for n in accepted.values())
-        result = Result(name, len(acked), counted, lost, double, dead_lettered, differences=diffs)
+        result = Result(
+            name,
+            len(acked),
+            counted,
+            lost,
+            double,
+            dead_lettered,
+            refused_clearly=len(outcome.refused),
+            unanswered=len(outcome.unanswered),
+            differences=diffs,
+        )
+        if stored_anyway:
+            result.notes.append(f"{len(stored_anyway)} admitted though never acknowledged to the publisher")
         not_admitted = [e for e in in_reporting if admitted[e] != 1]
         if not_admitted:
             result.notes.append(f"{len(not_admitted)} counted without exactly one admission in ingest's store")
@@ -198,6 +282,7 @@ class Harness:
 def check(result: Result, fault_report: Callable[[str], None]) -> None:
     """Record the scenario's line, then hold it to the invariant: nothing acknowledged lost or counted twice."""
     fault_report(result.line())
+    assert result.unanswered == 0, result.line() + ": publishes neither acknowledged nor clearly refused"
     assert result.lost == 0, result.line() + "\n" + "\n".join(result.differences[:20])
     assert result.double_counted == 0, result.line()
     assert not result.differences, result.line() + "\n" + "\n".join(result.differences[:20])

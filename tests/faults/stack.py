@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 
+from shinchoku.issuer import StackAuth
 from shinchoku.launch import NATS, SERVICES, Launch, StackSettings, plan_launch
 from shinchoku.stack import Stack
 from shinchoku.supervisor import ProcessSpec, Supervisor
@@ -79,6 +80,15 @@ class RunningStack:
 
     def url(self, service: str) -> str:
         return str(self.stack.http[service])
+
+    @property
+    def auth(self) -> StackAuth:
+        """httpx auth reading as the secretariat (every agency's items), `/metrics` as the operator."""
+        return StackAuth.of(self.data_dir)
+
+    @property
+    def process_names(self) -> tuple[str, ...]:
+        return (NATS, *SERVICES)
 
     @property
     def nats_url(self) -> str:

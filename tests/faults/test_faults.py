@@ -34,7 +34,7 @@ from .checker import JST, Report
 from .load import plan_reports
 from .observe import Stores, catalog_measures
 from .scenario import Harness, check
-from .stack import running_stack
+from .stack import RunningStack, running_stack
 
 pytestmark = [
     pytest.mark.slow,
@@ -64,7 +64,9 @@ def databases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, s
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory, databases: tuple[str, str, str]) -> Iterator[Harness]:
+def harness(
+    tmp_path_factory: pytest.TempPathFactory, databases: tuple[str, str, str]
+) -> Iterator[Harness[RunningStack]]:
     ingest_url, reporting_url, _kind = databases
     overrides = {
         "SHINCHOKU_INGEST_DATABASE_URL": ingest_url,
@@ -85,7 +87,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory, databases: tuple[str, str,
             stores.dispose()
 
 
-async def test_sigkill_ingest_mid_load(harness: Harness, fault_report: Callable[[str], None]) -> None:
+async def test_sigkill_ingest_mid_load(harness: Harness[RunningStack], fault_report: Callable[[str], None]) -> None:
     reports = plan_reports(harness.measures, fiscal_year=2001, count=1500, seed=1)
 
     async def fault() -> None:
@@ -95,7 +97,7 @@ async def test_sigkill_ingest_mid_load(harness: Harness, fault_report: Callable[
     check(await harness.run("SIGKILL ingest (restarted)", reports, rate=300, fault=fault), fault_report)
 
 
-async def test_sigkill_reporting_mid_load(harness: Harness, fault_report: Callable[[str], None]) -> None:
+async def test_sigkill_reporting_mid_load(harness: Harness[RunningStack], fault_report: Callable[[str], None]) -> None:
     reports = plan_reports(harness.measures, fiscal_year=2002, count=1500, seed=2)
 
     async def fault() -> None:
@@ -105,7 +107,9 @@ async def test_sigkill_reporting_mid_load(harness: Harness, fault_report: Callab
     check(await harness.run("SIGKILL reporting (restarted)", reports, rate=300, fault=fault), fault_report)
 
 
-async def test_sigkill_nats_server_mid_load(harness: Harness, fault_report: Callable[[str], None]) -> None:
+async def test_sigkill_nats_server_mid_load(
+    harness: Harness[RunningStack], fault_report: Callable[[str], None]
+) -> None:
     reports = plan_reports(harness.measures, fiscal_year=2003, count=1500, seed=3)
 
     async def fault() -> None:
@@ -115,7 +119,9 @@ async def test_sigkill_nats_server_mid_load(harness: Harness, fault_report: Call
     check(await harness.run("SIGKILL nats-server (restarted)", reports, rate=300, fault=fault), fault_report)
 
 
-async def test_sigstop_longer_than_ack_wait(harness: Harness, fault_report: Callable[[str], None]) -> None:
+async def test_sigstop_longer_than_ack_wait(
+    harness: Harness[RunningStack], fault_report: Callable[[str], None]
+) -> None:
     reports = plan_reports(harness.measures, fiscal_year=2004, count=2400, seed=4)
 
     async def fault() -> None:
@@ -167,7 +173,7 @@ def database_unavailable(urls: list[str]) -> Iterator[str]:
 
 
 async def test_database_unavailable_10s(
-    harness: Harness, databases: tuple[str, str, str], fault_report: Callable[[str], None]
+    harness: Harness[RunningStack], databases: tuple[str, str, str], fault_report: Callable[[str], None]
 ) -> None:
     reports = plan_reports(harness.measures, fiscal_year=2005, count=2400, seed=5)
     how: list[str] = []
@@ -182,7 +188,9 @@ async def test_database_unavailable_10s(
     check(result, fault_report)
 
 
-async def test_publisher_retrying_after_timeouts(harness: Harness, fault_report: Callable[[str], None]) -> None:
+async def test_publisher_retrying_after_timeouts(
+    harness: Harness[RunningStack], fault_report: Callable[[str], None]
+) -> None:
     """Each report goes out twice at once with a 5 ms PubAck timeout, then again (same bytes) until acknowledged."""
     reports = plan_reports(harness.measures, fiscal_year=2006, count=1200, seed=6)
     result = await harness.run(
@@ -191,7 +199,7 @@ async def test_publisher_retrying_after_timeouts(harness: Harness, fault_report:
     check(result, fault_report)
 
 
-def poison_reports(harness: Harness, count: int, fiscal_year: int) -> list[Report]:
+def poison_reports(harness: Harness[RunningStack], count: int, fiscal_year: int) -> list[Report]:
     """Valid-looking reports on measure numbers the catalog does not hold: with the catalog unreachable, ingest can
     neither admit nor reject them as unknown_measure, so they are redelivered until max_deliver."""
     rng = random.Random(99)
@@ -211,7 +219,7 @@ def poison_reports(harness: Harness, count: int, fiscal_year: int) -> list[Repor
 
 
 async def test_redelivery_storm_dead_letters_at_max_deliver(
-    harness: Harness, fault_report: Callable[[str], None]
+    harness: Harness[RunningStack], fault_report: Callable[[str], None]
 ) -> None:
     """Last scenario of the module: it restarts ingest with max_deliver 3."""
     stack = harness.stack
@@ -243,7 +251,7 @@ async def test_redelivery_storm_dead_letters_at_max_deliver(
     check(result, fault_report)
     assert result.dead_lettered == len(poison)
     # Ingest says why, per report: reason undeliverable with a message a clerk can act on.
-    async with httpx.AsyncClient(base_url=stack.url("ingest"), timeout=10) as http:
+    async with httpx.AsyncClient(base_url=stack.url("ingest"), timeout=10, auth=stack.auth) as http:
         body = (await http.get("/rejections", params={"reason": "undeliverable", "limit": 1000})).json()
     listed = {item["event_id"]: item for item in body["items"]}
     assert {r.event_id for r in poison} <= set(listed)

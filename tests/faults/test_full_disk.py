@@ -113,6 +113,7 @@ async def test_full_disk_under_the_data_directory(
     )
     harness = Harness(stack, stores, catalog_measures(stack.url("catalog")))
     admin = await admin_connection(stack.nats_url, stack.password("admin"))
+    status_from = await last_seq(admin, "STATUS") + 1
     accepted_from = await last_seq(admin, "ACCEPTED") + 1
     rejected_from = await last_seq(admin, "REJECTED") + 1
     before = plan_reports(harness.measures, fiscal_year=2012, count=300, seed=12)
@@ -145,7 +146,12 @@ async def test_full_disk_under_the_data_directory(
             await asyncio.to_thread(stack.restart, "nats-server")
             await pubs.publish_all(refused, rate=600, deadline=60, outcome=outcome)
         result = await harness.account(
-            "full disk (tmpfs under data dir)", outcome, set(), admin, accepted_from, rejected_from, settle=90
+            "full disk (tmpfs under data dir)",
+            outcome,
+            set(),
+            admin,
+            settle=90,
+            starts=(status_from, accepted_from, rejected_from),
         )
     finally:
         filler.unlink(missing_ok=True)

@@ -152,7 +152,7 @@ def test_hostile_messages_end_rejected_and_ingest_stays_up(
     assert health.status_code == 200, health.text
 
     # What ingest says over HTTP agrees: the rejections are listed, each with its reason and message.
-    with httpx.Client(base_url=stack.url("ingest"), timeout=10) as http:
+    with httpx.Client(base_url=stack.url("ingest"), timeout=10, auth=stack.auth) as http:
         listed = http.get("/rejections", params={"agency": agency, "limit": 1000}).json()
         assert listed["total"] >= len(sent)
         with_ids = [b for b in rejections.values() if b.get("event_id")][:20]

@@ -24,5 +24,7 @@ def test_every_admissible_fiscal_year_can_be_served(hostile_stack: RunningStack)
     low, high = contract_range()
     current = 2024
     for fiscal_year in (low, 1999, current, 2101, high):
-        response = httpx.get(f"{hostile_stack.url('reporting')}/rollups/{fiscal_year}/1", timeout=10)
+        response = httpx.get(
+            f"{hostile_stack.url('reporting')}/rollups/{fiscal_year}/1", timeout=10, auth=hostile_stack.auth
+        )
         assert response.status_code == 200, f"FY{fiscal_year}: {response.status_code} {response.text[:200]}"

@@ -25,7 +25,7 @@ HUGE = str(2**64)  # beyond a 64-bit SQL integer: SQLite cannot bind it (Overflo
 def test_huge_numbers_are_user_errors(
     hostile_stack: RunningStack, service: str, path: str, params: dict[str, str]
 ) -> None:
-    response = httpx.get(f"{hostile_stack.url(service)}{path}", params=params, timeout=10)
+    response = httpx.get(f"{hostile_stack.url(service)}{path}", params=params, timeout=10, auth=hostile_stack.auth)
     assert response.status_code < 500, (
         f"{service} {path} {params} → {response.status_code}: {response.text[:300]}\n{log_tail(hostile_stack, service)}"
     )

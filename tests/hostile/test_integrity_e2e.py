@@ -114,7 +114,7 @@ async def reporting_caught_up(admin: Client, timeout: float = 30.0) -> None:
 
 async def lead_item(stack: RunningStack, lead: Lead, fiscal_year: int, quarter: int) -> dict[str, Any]:
     """The lead entry of `lead.agency` in the measure item of `lead.measure_id` (reporting's HTTP)."""
-    async with httpx.AsyncClient(base_url=stack.url("reporting"), timeout=10) as http:
+    async with httpx.AsyncClient(base_url=stack.url("reporting"), timeout=10, auth=stack.auth) as http:
         page = (
             await http.get(f"/rollups/{fiscal_year}/{quarter}/measures", params={"agency": lead.agency, "limit": 1000})
         ).json()
@@ -201,7 +201,7 @@ async def test_ingest_admits_both_agencies_reports_under_one_event_id(
     hostile_stack: RunningStack, shared_id: tuple[str, Lead, Lead]
 ) -> None:
     event_id, first, second = shared_id
-    async with httpx.AsyncClient(base_url=hostile_stack.url("ingest"), timeout=10) as http:
+    async with httpx.AsyncClient(base_url=hostile_stack.url("ingest"), timeout=10, auth=hostile_stack.auth) as http:
         both = await http.get(f"/events/{event_id}")
         assert both.status_code == 409
         assert both.json()["agencies"] == sorted([first.agency, second.agency])
@@ -243,7 +243,7 @@ async def test_a_copy_of_an_admission_outside_the_duplicate_window_is_counted_on
     await publish(hostile_stack, lead, body)
     (original,) = await accepted_with(admin, body["event_id"], 1)
     await reporting_caught_up(admin)
-    async with httpx.AsyncClient(base_url=hostile_stack.url("reporting"), timeout=10) as http:
+    async with httpx.AsyncClient(base_url=hostile_stack.url("reporting"), timeout=10, auth=hostile_stack.auth) as http:
         before = (await http.get("/rollups/2025/3")).json()
         entry_before = await lead_item(hostile_stack, lead, 2025, 3)
         await admin.jetstream().publish(

@@ -29,6 +29,7 @@ from typer.testing import CliRunner
 from contracts.events import Status, StatusEvent
 from contracts.periods import last_completed_quarter
 from shinchoku.commands import trace as trace_command
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku.stack import Stack
 from shinchoku_client.publisher import AgencyPublisher
 from shinchoku_runtime.harness import OtlpReceiver, ProcessGroup, ServiceProcess, service_env
@@ -51,6 +52,7 @@ class Running:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data_dir = tmp_path_factory.mktemp("stack")
+    EmbeddedIssuer.prepare(data_dir)  # the services verify tokens with its keys, as under `shinchoku up`
     nats = NatsServer.create(data_dir / "nats").start()
     receiver = OtlpReceiver().start()
     group = ProcessGroup()
@@ -127,7 +129,9 @@ def _event(agency: str, measure_id: str) -> StatusEvent:
 def _decision(stack: Running, event_id: str, timeout: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
-        answer = httpx.get(f"{stack.services['ingest'].url}/events/{event_id}", timeout=10)
+        answer = httpx.get(
+            f"{stack.services['ingest'].url}/events/{event_id}", timeout=10, auth=StackAuth.of(stack.data_dir)
+        )
         if answer.status_code == 200:
             body: dict[str, Any] = answer.json()
             return body
@@ -274,7 +278,7 @@ def test_every_service_serves_prometheus_metrics(stack: Running) -> None:
     deadline = time.monotonic() + 20  # the consumer-lag gauges are refreshed every 5 s
     for name, metrics in expected.items():
         while True:
-            answer = httpx.get(f"{stack.services[name].url}/metrics", timeout=10)
+            answer = httpx.get(f"{stack.services[name].url}/metrics", timeout=10, auth=StackAuth.of(stack.data_dir))
             assert answer.status_code == 200
             assert answer.headers["content-type"].startswith("text/plain")
             missing = [m for m in metrics if m not in answer.text]

@@ -4,14 +4,20 @@
 - each service process receives only its own NATS password (read from /proc/PID/environ), and no agency's;
 - no secret appears in stack.json, in any log file, or in the services' HTTP answers (healthz, OpenAPI);
 - the embedded issuer's signing key: auth/ is 0700, auth/signing-key.json 0600; the services get only the
-  URL of the public keys, and neither the key nor a token sent to them shows in a file, a log or an answer.
+  URL of the public keys, and neither the key nor a token sent to them shows in a file, a log or an answer;
+- a deployment's keys (deploy/generate.py): the CA's and the servers' private keys and the auth callout's
+  account seed 0600, certificates public, none of them nor any password printed or committed.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import httpx
 
@@ -22,6 +28,24 @@ from shinchoku_runtime.natsconf import CONFIG_FILE, SECRETS_FILE
 from tests.faults.stack import RunningStack
 
 SERVICES = ("catalog", "ingest", "reporting")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _node_options_of_generate() -> object:
+    spec = importlib.util.spec_from_file_location("deploy_generate", ROOT / "deploy" / "generate.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["deploy_generate"] = module
+    spec.loader.exec_module(module)
+    return module.node_options
+
+
+#: Routes that answer an agency's data to a token: an error there must not quote a key either.
+READ_PATHS = {
+    "ingest": ("/rejections", "/events/00000000-0000-0000-0000-000000000001"),
+    "reporting": ("/rollups/2024",),
+}
 
 
 def _mode(path: os.PathLike[str] | str) -> int:
@@ -62,8 +86,9 @@ def test_no_secret_leaks_into_files_or_answers(security_stack: RunningStack) -> 
     for log in (security_stack.data_dir / "logs").glob("*.log"):
         texts[f"logs/{log.name}"] = log.read_text("utf-8", errors="replace")
     for service in SERVICES:
-        for path in ("/healthz", "/openapi.json", "/metrics"):
-            texts[f"{service}{path}"] = httpx.get(security_stack.url(service) + path, timeout=10).text
+        for path in ("/healthz", "/openapi.json", "/metrics", *READ_PATHS.get(service, ())):
+            answer = httpx.get(security_stack.url(service) + path, timeout=10, auth=security_stack.auth)
+            texts[f"{service}{path}"] = answer.text
     leaks = [(where, user) for where, text in texts.items() for user, secret in secrets.items() if secret in text]
     assert leaks == [], f"secrets found in: {leaks}"
 
@@ -80,12 +105,14 @@ def test_signing_key_is_private_and_stays_in_the_data_directory(security_stack: 
 
     issuer = EmbeddedIssuer.load(security_stack.data_dir)
     token = issuer.mint(principal_named("secretariat", "secrets-test"))
+    operator = issuer.mint(principal_named("operator", "secrets-test"))
     texts: dict[str, str] = {"stack.json": (security_stack.data_dir / "stack.json").read_text()}
     for service in SERVICES:
-        for path in ("/healthz", "/openapi.json", "/metrics"):
-            for headers in ({}, {"Authorization": f"Bearer {token}"}):
+        for path in ("/healthz", "/livez", "/openapi.json", "/metrics", *READ_PATHS.get(service, ())):
+            for who, sent in (("public", None), ("secretariat", token), ("operator", operator)):
+                headers = {"Authorization": f"Bearer {sent}"} if sent else {}
                 answer = httpx.get(security_stack.url(service) + path, headers=headers, timeout=10)
-                texts[f"{service}{path} {sorted(headers)}"] = answer.text + json.dumps(dict(answer.headers))
+                texts[f"{service}{path} as {who}"] = answer.text + json.dumps(dict(answer.headers))
         pid = security_stack.pid(service)
         assert pid is not None
         environ = _environ(pid)
@@ -96,8 +123,53 @@ def test_signing_key_is_private_and_stays_in_the_data_directory(security_stack: 
     leaks = [
         (where, what)
         for where, text in texts.items()
-        for what, secret in (("signing key", private), ("token", token))
+        for what, secret in (("signing key", private), ("token", token), ("operator's token", operator))
         if secret in text
     ]
     assert leaks == [], f"found in: {leaks}"
     assert key_text not in "".join(texts.values())
+
+
+def test_deployment_keys_and_certificates_are_private_and_never_printed(tmp_path: Path) -> None:
+    """deploy/generate.py: every private key (the CA's, each server's, the callout's account seed) 0600 in a
+    0700 directory, certificates public; what it prints, the committed deployment files and the objects that
+    end up in logs (`repr` of the server options) hold no key and no password."""
+    out = tmp_path / "generated"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "generate.py"), "--out", str(out), "--auth-callout"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert _mode(out) == 0o700
+    keys = [*(out / "tls").glob("*-key.pem"), out / "nats" / "auth-callout-issuer.nk"]
+    assert len(keys) == 7 + 1
+    for key in keys:
+        assert _mode(key) == 0o600, f"{key.name} is {oct(_mode(key))}"
+    for cert in (out / "tls").glob("*.pem"):
+        if not cert.name.endswith("-key.pem"):
+            assert _mode(cert) == 0o644, cert.name
+            assert "PRIVATE KEY" not in cert.read_text()
+    secrets: dict[str, str] = json.loads((out / "secrets.json").read_text())
+    private = {key.name: key.read_text().strip() for key in keys}
+    private |= {f"password of {user}": secret for user, secret in secrets.items()}
+    committed = {
+        path: path.read_text("utf-8")
+        for path in [
+            ROOT / "docker-compose.yml",
+            *(ROOT / "deploy").rglob("*.yaml"),
+            *(ROOT / "deploy").rglob("*.conf"),
+        ]
+        if "generated" not in path.parts
+    }
+    texts = {
+        "generate.py stdout": run.stdout,
+        "generate.py stderr": run.stderr,
+        **{str(p): t for p, t in committed.items()},
+    }
+    node_options = _node_options_of_generate()
+    options = node_options(1, route_password=secrets["route"])  # type: ignore[operator]
+    texts["repr(ServerOptions)"] = repr(options)
+    leaks = [(where, what) for where, text in texts.items() for what, secret in private.items() if secret in text]
+    assert leaks == [], f"found in: {leaks}"

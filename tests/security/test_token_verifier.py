@@ -7,6 +7,7 @@ issuer only does. Nothing is mocked: keys, signatures, fetches and clocks are re
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -276,3 +277,13 @@ def test_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert mapping.role_values == {"Shinchoku.Secretariat": Role.secretariat}
     assert settings.algorithm_list == ["RS256"]
     assert settings.keys_url(None) is None  # found by discovery
+
+
+async def test_requests_arriving_while_the_keys_are_fetched_wait_for_them(idp: RunningProvider) -> None:
+    """The first requests after a start all verify: those that arrive while the first fetch is under way wait
+    for it instead of answering 503 (seen before: every request but the first got "keys not fetched yet")."""
+    verifier = oidc_verifier(idp.issuer)
+    token = idp.sign_in("sato")["access_token"]
+    principals = await asyncio.gather(*(verifier.verify(token) for _ in range(20)))
+    assert {p.role for p in principals} == {Role.secretariat}
+    assert verifier.keys.fetches == 1, "one fetch serves the requests that waited for it"

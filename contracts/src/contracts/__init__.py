@@ -15,6 +15,7 @@ from contracts.admission import (
     read_report,
 )
 from contracts.agencies import AGENCIES, AGENCY_INFO, Agency, AgencyInfo, agency_from_japanese
+from contracts.alerts import AlertEvent, AlertKind, AlertState, alert_key
 from contracts.catalog import SECTION_TITLES, Measure, Section, Target, measure_sort_key
 from contracts.cycle import (
     AdmittedClose,
@@ -65,6 +66,9 @@ __all__ = [
     "AdmittedReview",
     "Agency",
     "AgencyInfo",
+    "AlertEvent",
+    "AlertKind",
+    "AlertState",
     "CatalogChanged",
     "CloseEvent",
     "Decision",
@@ -95,6 +99,7 @@ __all__ = [
     "Target",
     "admit",
     "agency_from_japanese",
+    "alert_key",
     "canonical_json",
     "decide",
     "document_sha256",

@@ -27,7 +27,7 @@ from pydantic import AwareDatetime, TypeAdapter, ValidationError
 from contracts.agencies import Agency
 from contracts.catalog import Measure
 from contracts.events import REASON_PRECEDENCE, AdmittedEvent, ReasonCode, Status, StatusEvent
-from contracts.periods import TOKYO, FiscalQuarter
+from contracts.periods import TOKYO, FiscalQuarter, tokyo_date
 from contracts.streams import STATUS_SUBJECT_PREFIX, parse_status_subject, status_subject
 
 if TYPE_CHECKING:  # contracts.commands builds on this module
@@ -424,6 +424,19 @@ def _time_failures(report: Report, now: datetime) -> list[_Failure]:
                 "that has begun",
             )
         )
+    reported_on = tokyo_date(event.reported_at)
+    for i, kpi in enumerate(event.kpis):
+        if kpi.as_of > reported_on:
+            failures.append(
+                _Failure(
+                    ReasonCode.kpi_future,
+                    f"kpis.{i}.as_of",
+                    f"観測日が報告日より後 (kpi_future): kpis.{i} (target {kpi.target}) is dated {kpi.as_of.isoformat()}, "
+                    f"after the report's reported_at ({reported_on.isoformat()}, Asia/Tokyo); a value cannot be observed "
+                    "after it is reported: check the as_of date (the day the value was measured) and send the report again",
+                )
+            )
+            break
     return failures
 
 

@@ -56,6 +56,8 @@ class ReasonCode(StrEnum):
     already_closed = "already_closed"
     #: A principal sending a command it may not send (only the secretariat sends commands, with its bearer token).
     not_permitted = "not_permitted"
+    #: Additive: a KPI observation dated (`as_of`) after its report's `reported_at` day (Asia/Tokyo).
+    kpi_future = "kpi_future"
 
 
 REASON_PRECEDENCE: tuple[ReasonCode, ...] = (
@@ -66,6 +68,8 @@ REASON_PRECEDENCE: tuple[ReasonCode, ...] = (
     ReasonCode.future_timestamp,
     ReasonCode.future_period,
     ReasonCode.duplicate_conflict,
+    # Additive, so last: a report failing an older rule keeps the reason it had.
+    ReasonCode.kpi_future,
 )
 
 MeasureId = Annotated[str, StringConstraints(pattern=r"^[1-6]-\d{1,3}$")]

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from contracts.alerts import AlertEvent
 from contracts.catalog import Measure
 from contracts.cycle import AdmittedClose, AdmittedReview, CloseEvent, Published, Restated, ReviewEvent
 from contracts.events import AdmittedEvent, CatalogChanged, Rejection, StatusEvent
@@ -24,6 +25,7 @@ PUBLIC_MODELS: dict[str, type[BaseModel]] = {
     "admitted_close.v1": AdmittedClose,
     "published.v1": Published,
     "restated.v1": Restated,
+    "alert_event.v1": AlertEvent,
 }
 
 

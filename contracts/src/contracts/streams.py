@@ -24,6 +24,8 @@ CLOSED_SUBJECT_PREFIX = "closed"
 # What reporting publishes, on PUBLICATIONS:
 PUBLISHED_SUBJECT_PREFIX = "published"
 RESTATED_SUBJECT_PREFIX = "restated"
+# What reporting raises and resolves, on ALERTS (`alert.{agency}.{kind}`, contracts.alerts):
+ALERT_SUBJECT_PREFIX = "alert"
 
 #: Request-reply subject the catalog answers with one measure (payload: the measure id).
 CATALOG_MEASURE_GET = "catalog.measure.get"
@@ -34,6 +36,8 @@ CATALOG_BUCKET = "CATALOG"
 
 INGEST_DURABLE = "ingest"
 REPORTING_DURABLE = "reporting"
+#: Reporting's consumer of the admitted reviews (`reviewed.>` on ACCEPTED) for its alerts.
+ALERTS_DURABLE = "reporting-alerts"
 
 #: Header carrying the duplicate-suppression id on ACCEPTED and REJECTED.
 MSG_ID_HEADER = "Nats-Msg-Id"
@@ -213,7 +217,24 @@ PUBLICATIONS_STREAM = StreamSpec(
     description="Closed quarters' rollups as published and restated (Nats-Msg-Id = published|restated.fy.q.revision)",
 )
 
-STREAMS: tuple[StreamSpec, ...] = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM, PUBLICATIONS_STREAM)
+#: Written by reporting only (DESIGN.md "Alerts"); an agency reads `alert.{agency}.>`, the secretariat `alert.>`.
+#: Nats-Msg-Id = `contracts.alerts.alert_msg_id` (alert id, state, occurrence): a raise or resolve that a replica,
+#: a restart or a rebuild publishes again within the window is dropped by the broker (reporting's outbox also
+#: marks what it published).
+ALERTS_STREAM = StreamSpec(
+    name="ALERTS",
+    subjects=(f"{ALERT_SUBJECT_PREFIX}.>",),
+    duplicate_window_seconds=24 * 3600.0,
+    description="Alerts raised and resolved (alert.{agency}.{kind}; Nats-Msg-Id = {alert_id}:{state}:{occurrence})",
+)
+
+STREAMS: tuple[StreamSpec, ...] = (
+    STATUS_STREAM,
+    ACCEPTED_STREAM,
+    REJECTED_STREAM,
+    PUBLICATIONS_STREAM,
+    ALERTS_STREAM,
+)
 
 #: The broker's word that it gave up on a STATUS message: `max_deliver` deliveries to ingest and no ack (each
 #: replica holding it stopped or hung). Ingest records it as an `undeliverable` rejection.

@@ -37,11 +37,13 @@ from faststream.security import SASLPlaintext
 from faststream.specification import AsyncAPI
 
 from contracts.agencies import Agency
+from contracts.alerts import AlertEvent, AlertKind
 from contracts.catalog import Measure
 from contracts.cycle import AdmittedClose, AdmittedReview, CloseEvent, Published, Restated, ReviewEvent
 from contracts.events import AdmittedEvent, CatalogChanged, Rejection, StatusEvent
 from contracts.streams import (
     ACCEPTED_SUBJECT_PREFIX,
+    ALERT_SUBJECT_PREFIX,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
     CATALOG_CHANGED,
@@ -79,6 +81,7 @@ PARAMETERS: dict[str, dict[str, Any]] = {
     "measure_id": {"description": "The plan's measure number, `S-N` (`1-1` … `6-17`)", "examples": ["1-25"]},
     "fy": {"description": "Japanese fiscal year (April start), four digits", "examples": ["2025"]},
     "q": {"description": "Quarter of the fiscal year, 1–4", "enum": ["1", "2", "3", "4"], "examples": ["2"]},
+    "kind": {"description": "The alert's kind", "enum": [k.value for k in AlertKind], "examples": ["report_due"]},
 }
 #: On `rejected.{agency}` the secretariat's rejected commands are under its own name.
 REJECTED_AGENCY = {
@@ -244,6 +247,16 @@ REPORTING_SENDS = (
         "A later revision of a closed quarter's figures, with what changed and why "
         "(`Nats-Msg-Id` = `restated.{fy}.{q}.{revision}`). Agencies may subscribe.",
         RESTATED_SUBJECT_PREFIX,
+    ),
+    Channel(
+        "reporting",
+        f"{ALERT_SUBJECT_PREFIX}.{{agency}}.{{kind}}",
+        AlertEvent,
+        "An alert raised (`state: raised`) when its condition starts and again (`state: resolved`) when it ends: "
+        "report_due, report_missing, returned, target_overdue, stale, co_lead_disagreement, worsened and kpi_jump; "
+        "`alert_id` is derived from the condition (`Nats-Msg-Id` = `{alert_id}:{state}:{occurrence}`). An agency's "
+        "user may subscribe `alert.{agency}.>` (its own alerts, live), the secretariat `alert.>`.",
+        ALERT_SUBJECT_PREFIX,
     ),
 )
 CATALOG_MIRROR = (Channel("catalog", _KV_MEASURE, Measure, _KV_DESCRIPTION, "catalog-mirror"),)

@@ -9,7 +9,7 @@ from typing import Any
 from faststream.nats import NatsBroker
 from faststream.nats.opentelemetry import NatsTelemetryMiddleware
 from faststream.nats.prometheus import NatsPrometheusMiddleware
-from faststream.security import SASLPlaintext
+from faststream.nats.security import NatsSecurity, NatsUserPassword
 from nats.js import JetStreamContext
 from opentelemetry.trace import TracerProvider
 from prometheus_client import CollectorRegistry, Gauge
@@ -40,7 +40,8 @@ def make_broker(
     servers = options.pop("servers")
     user = options.pop("user", None)
     password = options.pop("password", None)
-    security = SASLPlaintext(username=user, password=password or "") if user else None
+    tls = {"ssl_context": options.pop("tls", None), "tls_hostname": options.pop("tls_hostname", None)}
+    security = NatsUserPassword(user, password or "", **tls) if user else NatsSecurity(**tls)
     return NatsBroker(
         servers,
         security=security,

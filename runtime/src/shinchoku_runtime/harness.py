@@ -23,8 +23,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from shinchoku_runtime.natsconf import SECRETS_FILE, load_or_create_secrets, user_url
+from shinchoku_runtime.certs import CertificateAuthority, TlsFiles
+from shinchoku_runtime.natsconf import (
+    ROUTE_USER,
+    SECRETS_FILE,
+    AuthCallout,
+    ensure_secret,
+    load_or_create_secrets,
+    user_url,
+)
 from shinchoku_runtime.natsserver import NatsServer, free_port
+from shinchoku_runtime.natstransport import tls_options
 
 # ---------------------------------------------------------------------------------------------- OTLP receiver
 
@@ -186,21 +195,43 @@ def _write_secrets(directory: Path, secrets: Mapping[str, str]) -> None:
 
 @dataclass
 class NatsCluster:
-    """N nats-servers from the wheel on loopback, one JetStream cluster, the same users and secrets on each."""
+    """N nats-servers from the wheel on loopback, one JetStream cluster, the same users and secrets on each.
+
+    `secure=True` is a deployment's transport: a CA of the cluster's own (`directory/tls`), TLS required on the
+    client port and mutual TLS on the routes (each node's certificate names `localhost` and the loopback
+    address), and route authorization with a generated password. `auth_callout` hands the authentication of
+    every client but the services to a responder (`shinchoku_runtime.authcallout`).
+    """
 
     directory: Path
     nodes: list[NatsServer]
     host: str = "127.0.0.1"
+    ca_file: Path | None = None
 
     @classmethod
-    def create(cls, directory: Path, *, size: int = 3, name: str = "shinchoku", host: str = "127.0.0.1") -> NatsCluster:
+    def create(
+        cls,
+        directory: Path,
+        *,
+        size: int = 3,
+        name: str = "shinchoku",
+        host: str = "127.0.0.1",
+        secure: bool = False,
+        auth_callout: AuthCallout | None = None,
+    ) -> NatsCluster:
+        load_or_create_secrets(directory)
+        route_password = ensure_secret(directory, ROUTE_USER) if secure else None
         secrets = load_or_create_secrets(directory)
+        ca = CertificateAuthority.load_or_create(directory / "tls", name=f"{name} test CA") if secure else None
         cluster_ports = [free_port(host) for _ in range(size)]
         nodes = []
         for i in range(size):
             node_dir = directory / f"n{i + 1}"
             _write_secrets(node_dir, secrets)
             routes = tuple(f"nats-route://{host}:{p}" for j, p in enumerate(cluster_ports) if j != i)
+            tls: TlsFiles | None = None
+            if ca is not None:
+                tls = ca.issue(node_dir / "tls", f"{name}-{i + 1}", dns=["localhost"], ips=[host], client=True)
             nodes.append(
                 NatsServer.create(
                     node_dir,
@@ -210,9 +241,17 @@ class NatsCluster:
                     cluster_port=cluster_ports[i],
                     routes=routes,
                     monitor_port=free_port(host),
+                    tls=tls,
+                    cluster_tls=tls,
+                    route_password=route_password,
+                    auth_callout=auth_callout,
                 )
             )
-        return cls(directory=directory, nodes=nodes, host=host)
+        return cls(directory=directory, nodes=nodes, host=host, ca_file=ca.cert_file if ca is not None else None)
+
+    def tls_options(self) -> dict[str, Any]:
+        """The nats-py `connect` options a client of this cluster needs (none unless it is `secure`)."""
+        return tls_options(self.ca_file)
 
     @property
     def passwords(self) -> dict[str, str]:

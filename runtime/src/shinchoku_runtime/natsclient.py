@@ -13,6 +13,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.errors import NotFoundError
 
 from contracts.streams import REJECTED_STREAM, STREAMS, StreamSpec
+from shinchoku_runtime.natstransport import tls_options
 from shinchoku_runtime.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ def _log_errors(name: str) -> Callable[[Exception], Awaitable[None]]:
 def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any) -> dict[str, Any]:
     """What nats-py's `connect` takes for a service's connection: its servers and credentials, a name, reconnecting
     for ever, errors logged instead of swallowed. The one place a service's connection is described (the FastStream
-    broker is built from it too, `broker.make_broker`); `overrides` win."""
+    broker is built from it too, `broker.make_broker`); TLS when the settings name a CA (`natstransport`);
+    `overrides` win."""
     options: dict[str, Any] = {
         "servers": settings.nats_servers,
         "name": name,
@@ -83,6 +85,11 @@ def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any
     if settings.nats_user:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password or ""
+    options |= tls_options(
+        settings.nats_tls_ca_file,
+        cert_file=settings.nats_tls_cert_file,
+        key_file=settings.nats_tls_key_file,
+    )
     options.update(overrides)
     return options
 

@@ -16,6 +16,8 @@ from typing import Any
 from contracts.agencies import Agency
 from contracts.streams import (
     ACCEPTED_STREAM,
+    ALERT_SUBJECT_PREFIX,
+    ALERTS_DURABLE,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
     CATALOG_CHANGED,
@@ -28,6 +30,7 @@ from contracts.streams import (
     STATUS_STREAM,
     agency_inbox_prefix,
 )
+from shinchoku_runtime.certs import TlsFiles
 
 SERVICE_USERS = ("catalog", "ingest", "reporting", "admin")
 #: The plan's follow-up secretariat (重点計画事務局): a principal of its own, not agency `digital`.
@@ -57,8 +60,11 @@ class Permissions:
 
 
 def agency_permissions(agency: Agency | str) -> Permissions:
-    """An agency publishes only its own status subjects and hears only its own inbox."""
-    return Permissions(publish=[f"status.{agency}.>"], subscribe=[f"{agency_inbox_prefix(agency)}.>"])
+    """An agency publishes only its own status subjects and hears only its own inbox and its own alerts, live."""
+    return Permissions(
+        publish=[f"status.{agency}.>"],
+        subscribe=[f"{agency_inbox_prefix(agency)}.>", f"{ALERT_SUBJECT_PREFIX}.{agency}.>"],
+    )
 
 
 def secretariat_permissions() -> Permissions:
@@ -66,7 +72,7 @@ def secretariat_permissions() -> Permissions:
     its own inbox (JetStream acks) and the alerts (DESIGN.md "Principals and access")."""
     return Permissions(
         publish=[f"{prefix}.>" for prefix in (REVIEW_SUBJECT_PREFIX, CLOSE_SUBJECT_PREFIX, BACKFILL_SUBJECT_PREFIX)],
-        subscribe=[f"{agency_inbox_prefix(SECRETARIAT_USER)}.>", "alert.>"],
+        subscribe=[f"{agency_inbox_prefix(SECRETARIAT_USER)}.>", f"{ALERT_SUBJECT_PREFIX}.>"],
     )
 
 
@@ -107,6 +113,9 @@ def service_permissions(user: str) -> Permissions:
             publish=[
                 "$JS.API.>",
                 f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>",
+                # The alerts it raises and resolves, and the acks of its consumer of the secretariat's reviews.
+                f"{ALERT_SUBJECT_PREFIX}.>",
+                f"$JS.ACK.{ACCEPTED_STREAM.name}.{ALERTS_DURABLE}.>",
                 # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
                 f"$JS.FC.KV_{CATALOG_BUCKET}.>",
             ],
@@ -161,6 +170,29 @@ def _conf_value(value: Any, indent: int = 0) -> str:
     return json.dumps(str(value))
 
 
+#: The cluster's route user (routes authenticate to each other with it; not a client user).
+ROUTE_USER = "route"
+#: The auth callout responder's user (`authcallout`): it alone hears the servers' authorization requests.
+AUTH_CALLOUT_USER = "auth"
+#: The subject nats-server sends authorization requests on (auth callout, nats-server 2.10+).
+AUTH_CALLOUT_SUBJECT = "$SYS.REQ.USER.AUTH"
+#: Seconds a TLS handshake may take (nats-server's default 0.5 s is short for a loaded machine).
+TLS_TIMEOUT = 5
+
+
+@dataclass(frozen=True)
+class AuthCallout:
+    """Delegate the authentication of every other client to a responder (`shinchoku_runtime.authcallout`).
+
+    `issuer` is the public account nkey (`A…`) whose key signs the responder's answers; the responder's own user
+    and the `bypass` users (the services, which keep their generated passwords) are checked by the server itself.
+    """
+
+    issuer: str
+    password: str = field(repr=False)
+    bypass: tuple[str, ...] = (*SERVICE_USERS,)
+
+
 @dataclass(frozen=True)
 class ServerOptions:
     host: str = "127.0.0.1"
@@ -171,15 +203,56 @@ class ServerOptions:
     cluster_name: str | None = None
     cluster_port: int | None = None
     routes: tuple[str, ...] = ()
+    #: The route address this node gives its peers (gossip), when it differs from host:cluster_port (behind a
+    #: proxy or NAT). Peers dial it for an implicit route, so it must reach this node the way the routes do.
+    cluster_advertise: str | None = None
+    #: Do not tell clients the other nodes' addresses: clients use only the URLs they were given.
+    no_advertise: bool = False
     max_payload: int = 4 * 1024 * 1024
+    #: TLS on the client port (required of every client); `client_verify` also asks each client a certificate.
+    tls: TlsFiles | None = None
+    client_verify: bool = False
+    #: Mutual TLS between the nodes of the cluster (each node's certificate is used both ways).
+    cluster_tls: TlsFiles | None = None
+    #: Route authorization: a node accepts a route only with this password (and dials the others with it).
+    route_password: str | None = field(default=None, repr=False)
+    auth_callout: AuthCallout | None = None
 
 
-def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
-    """nats-server configuration text with JetStream (`sync_interval: always`) and every user."""
-    users = []
+def _tls_block(files: TlsFiles, *, verify: bool) -> dict[str, Any]:
+    return {
+        "cert_file": str(files.cert_file),
+        "key_file": str(files.key_file),
+        "ca_file": str(files.ca_file),
+        "verify": verify,
+        "timeout": TLS_TIMEOUT,
+    }
+
+
+def _with_credentials(route: str, password: str) -> str:
+    scheme, sep, rest = route.partition("://")
+    if not sep or "@" in rest:
+        return route
+    return f"{scheme}://{ROUTE_USER}:{password}@{rest}"
+
+
+def _authorization(passwords: dict[str, str], callout: AuthCallout | None) -> dict[str, Any]:
+    users: list[dict[str, Any]] = []
     for user in all_users():
         perms = permissions_of(user)
         users.append({"user": user, "password": passwords[user], "permissions": perms.to_conf()})
+    block: dict[str, Any] = {"users": users}
+    if callout is not None:
+        responder = Permissions(publish=[], subscribe=[AUTH_CALLOUT_SUBJECT], allow_responses=True).to_conf()
+        responder["publish"] = {"deny": [">"]}
+        users.append({"user": AUTH_CALLOUT_USER, "password": callout.password, "permissions": responder})
+        block["auth_callout"] = {"issuer": callout.issuer, "auth_users": [AUTH_CALLOUT_USER, *callout.bypass]}
+    return block
+
+
+def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
+    """nats-server configuration text with JetStream (`sync_interval: always`) and every user; TLS, route
+    authorization and auth callout where the options ask for them."""
     conf: dict[str, Any] = {
         "server_name": options.server_name,
         "host": options.host,
@@ -190,17 +263,30 @@ def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
             # The 2025 Jepsen analysis lost acknowledged writes under the default fsync interval.
             "sync_interval": "always",
         },
-        "authorization": {"users": users},
+        "authorization": _authorization(passwords, options.auth_callout),
     }
+    if options.tls is not None:
+        conf["tls"] = _tls_block(options.tls, verify=options.client_verify)
     if options.monitor_port is not None:
         conf["http_port"] = options.monitor_port
     if options.cluster_name and options.cluster_port:
-        conf["cluster"] = {
+        routes = list(options.routes)
+        cluster: dict[str, Any] = {
             "name": options.cluster_name,
             "host": options.host,
             "port": options.cluster_port,
-            "routes": list(options.routes),
         }
+        if options.cluster_advertise:
+            cluster["advertise"] = options.cluster_advertise
+        if options.no_advertise:
+            cluster["no_advertise"] = True
+        if options.route_password is not None:
+            routes = [_with_credentials(r, options.route_password) for r in routes]
+            cluster["authorization"] = {"user": ROUTE_USER, "password": options.route_password, "timeout": TLS_TIMEOUT}
+        if options.cluster_tls is not None:
+            cluster["tls"] = _tls_block(options.cluster_tls, verify=True)
+        cluster["routes"] = routes
+        conf["cluster"] = cluster
     body = "\n".join(f"{k}: {_conf_value(v)}" for k, v in conf.items())
     return "# Generated by shinchoku: per-agency users, least-privilege services. Do not edit.\n" + body + "\n"
 
@@ -217,20 +303,27 @@ def user_url(host: str, port: int, user: str, password: str) -> str:
     return f"nats://{user}:{password}@{host}:{port}"
 
 
-def render_authorization(passwords: dict[str, str]) -> str:
-    """Only the `authorization` block (every user and its permissions), for a server config that includes it
-    from a secret (the NATS Helm chart's `$include`)."""
-    users = []
-    for user in all_users():
-        perms = permissions_of(user)
-        users.append({"user": user, "password": passwords[user], "permissions": perms.to_conf()})
+def render_authorization(passwords: dict[str, str], *, auth_callout: AuthCallout | None = None) -> str:
+    """Only the `authorization` block (every user and its permissions, the auth callout when given), for a
+    server config that includes it from a secret (the NATS Helm chart's `$include`)."""
     header = "# Generated by shinchoku: per-agency users, least-privilege services. Do not edit.\n"
-    return header + "authorization: " + _conf_value({"users": users}) + "\n"
+    return header + "authorization: " + _conf_value(_authorization(passwords, auth_callout)) + "\n"
+
+
+def ensure_secret(directory: Path, name: str) -> str:
+    """A generated secret that is no client user's (the route password, the callout responder's), kept in
+    `directory/secrets.json` beside the users' (0600), created on first use."""
+    existing = load_or_create_secrets(directory)
+    if name not in existing:
+        existing[name] = secrets.token_urlsafe(24)
+        write_private(directory / SECRETS_FILE, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    return existing[name]
 
 
 def rotate_secret(directory: Path, user: str) -> str:
-    """Give one user a new random password in `directory/secrets.json` (mode 0600); returns it."""
-    if user not in all_users():
+    """Give one user (or the route, or the callout responder) a new random password in `directory/secrets.json`
+    (mode 0600); returns it."""
+    if user not in (*all_users(), ROUTE_USER, AUTH_CALLOUT_USER):
         raise ValueError(f"no such NATS user: {user}")
     existing = load_or_create_secrets(directory)
     existing[user] = secrets.token_urlsafe(24)

@@ -96,13 +96,14 @@ class PullConsumer:
         *,
         stream: str,
         name: str,
-        filter_subject: str,
+        filter_subject: str | None,
         start_seq: int,
         batch: int = 5000,
         requests_in_flight: int = 2,
         description: str = "replay (ephemeral)",
     ) -> PullConsumer:
-        """An ephemeral consumer without acks from `start_seq`, read with `open` / `batches` / `close`."""
+        """An ephemeral consumer without acks from `start_seq` (on `filter_subject`, or every subject of the stream
+        when None), read with `open` / `batches` / `close`."""
         config = ConsumerConfig(
             name=name,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE,

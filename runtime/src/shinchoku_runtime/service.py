@@ -10,19 +10,38 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shinchoku_runtime.adapters import check_hooks
+from shinchoku_runtime.auth.dependencies import public, require
+from shinchoku_runtime.auth.principal import Role
 
 log = logging.getLogger(__name__)
 
 
+#: `/metrics` is the operator's (DESIGN.md "Principals and access"): counters name agencies and reveal activity.
+OPERATOR_ONLY = require(Role.operator, note="Prometheus metrics")
+
+
 def add_metrics_route(app: FastAPI, registry: CollectorRegistry) -> None:
-    @app.get("/metrics", include_in_schema=False)
+    """`GET /metrics` for the operator's token (a Prometheus scrape sends it as `authorization.credentials`)."""
+
+    @app.get("/metrics", include_in_schema=False, dependencies=[Depends(OPERATOR_ONLY)])
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_liveness_route(app: FastAPI) -> None:
+    """`GET /livez`: 200 while the process serves HTTP at all, whatever its dependencies say (an orchestrator's
+    liveness probe: restarting a process does not bring NATS or the database back). Open to anyone, like
+    `/healthz` (readiness), and says nothing but that."""
+
+    @app.get("/livez", tags=["health"], dependencies=[Depends(public(note="liveness"))])
+    def livez() -> JSONResponse:
+        """200 while the process answers HTTP (liveness; readiness is /healthz)."""
+        return JSONResponse({"status": "alive"})
 
 
 def health_response(checks: dict[str, bool], **extra: Any) -> JSONResponse:

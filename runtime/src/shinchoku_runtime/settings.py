@@ -18,6 +18,13 @@ class ServiceSettings(BaseSettings):
     nats_url: str = Field(default="nats://127.0.0.1:4222", description="One or more NATS URLs, comma-separated")
     nats_user: str | None = None
     nats_password: str | None = None
+    nats_tls_ca_file: Path | None = Field(
+        default=None, description="CA that signed the NATS servers' certificates: TLS on (a deployment's servers need it)"
+    )
+    #: Optional: only for servers that ask clients for a certificate (a deployment's do not: agencies log in with
+    #: passwords or tokens). The deploy tests exempt these two from "every setting is set".
+    nats_tls_cert_file: Path | None = Field(default=None, description="Client certificate, where the servers ask one")
+    nats_tls_key_file: Path | None = Field(default=None, description="The client certificate's private key")
     host: str = "127.0.0.1"
     port: int = 8000
     stream_replicas: int = Field(default=1, ge=1, le=5, description="Replicas of the shared streams (3 in a cluster)")

@@ -16,6 +16,7 @@ from catalog.app import CatalogRuntime, create_app
 from catalog.config import CatalogSettings
 from catalog.plan import bundled_plan_text, parse_plan
 from contracts.catalog import Measure
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.natsserver import NatsServer
 from shinchoku_runtime.testing import fresh_postgres_database, postgres_reachable
 
@@ -104,9 +105,11 @@ async def api(
     """One running catalog per module and database, seeded once, for tests that only read over HTTP."""
     settings = catalog_settings(tmp_path_factory.mktemp("catalog"), module_database_url, module_nats_server)
     app = create_app(settings, load_plan=lambda: plan)
+    # Anyone reads the catalog; /metrics is the operator's (a token of the issuer `shinchoku up` would make).
+    auth = StackAuth(EmbeddedIssuer.prepare(settings.data_dir))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://catalog") as client,
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://catalog", auth=auth) as client,
     ):
         yield client
 

@@ -24,6 +24,7 @@ from ingest.app import IngestRuntime, create_app
 from ingest.config import IngestSettings
 from ingest.testing import SAMPLE_MEASURES, put_measures
 from shinchoku.client import AgencyPublisher
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.auth import AuthSettings
 from shinchoku_runtime.natsserver import NatsServer
 
@@ -94,16 +95,23 @@ async def start_ingest(
     """Start ingest (as `python -m ingest` would, in-process) with settings overrides; stopped at the end."""
     running: list[tuple[Any, httpx.AsyncClient]] = []
 
+    # The same key as test_commands' `issuer` fixture (prepare keeps the key it finds).
+    issuer = EmbeddedIssuer.prepare(tmp_path / "issuer")
+
     async def start(*, auth: AuthSettings | None = None, **overrides: Any) -> RunningIngest:
         provider = TracerProvider()
         provider.add_span_processor(SimpleSpanProcessor(spans))
         settings = ingest_settings(nats_server, ingest_db_url, tmp_path, **overrides)
+        auth = auth or AuthSettings(_env_file=None, mode="embedded", jwks_url=issuer.jwks_path.as_uri())
         app = create_app(settings, tracer_provider=provider, auth=auth)
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
         runtime: IngestRuntime = app.state.runtime
         await asyncio.wait_for(runtime.consuming.wait(), 20)
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest")
+        # The secretariat reads every agency's events and rejections; /metrics goes as the operator.
+        http = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingest", auth=StackAuth(issuer)
+        )
         running.append((lifespan, http))
         return RunningIngest(app=app, runtime=runtime, http=http, settings=settings)
 

@@ -27,7 +27,7 @@ from ingest.records import republished
 from ingest.testing import encode, event_body, stream_messages, wait_for_count, wait_for_event
 from shinchoku.client import AgencyPublisher, SecretariatPublisher
 from shinchoku.issuer import EmbeddedIssuer, principal_named
-from shinchoku_runtime.auth import AuthSettings
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsserver import NatsServer
 
@@ -430,6 +430,11 @@ def store_text(url: str) -> str:
     return "\n".join(parts)
 
 
+def readable_over_http(running: Any, issuer: EmbeddedIssuer) -> None:
+    """The test reads decisions over HTTP with keys it has, while the commands' verifier has none."""
+    install_auth(running.app, TokenVerifier.from_settings(auth_of(issuer)))
+
+
 async def test_unreachable_keys_are_retried_not_rejected(
     start_ingest: Any, catalog_kv: Any, secretariat: SecretariatPublisher, issuer: EmbeddedIssuer, tmp_path: Path
 ) -> None:
@@ -437,6 +442,7 @@ async def test_unreachable_keys_are_retried_not_rejected(
     platform: it waits, and is decided once the keys are there, not rejected as `not_permitted`."""
     keys = tmp_path / "later" / "jwks.json"
     running = await start_ingest(auth=auth_of(issuer, jwks_url=keys.as_uri()))
+    readable_over_http(running, issuer)
     close = close_body()
     await send(secretariat, "close.2024.3", close, token_of(issuer))
     await asyncio.sleep(1.5)
@@ -453,6 +459,7 @@ async def test_a_command_never_verified_is_dead_lettered_under_its_own_id(
     running = await start_ingest(
         auth=auth_of(issuer, jwks_url=(tmp_path / "never" / "jwks.json").as_uri()), max_deliver=3, retry_delay_max=0.2
     )
+    readable_over_http(running, issuer)
     close = close_body()
     await send(secretariat, "close.2024.3", close, token_of(issuer))
     body = await wait_for_event(running.http, close["close_id"], timeout=30)

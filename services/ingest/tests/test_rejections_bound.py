@@ -21,6 +21,7 @@ from ingest import repository
 from ingest.app import create_app
 from ingest.config import IngestSettings
 from ingest.repository import DecisionRecord
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 
 ROWS = 1000
 SMALL = 64 * 1024
@@ -53,13 +54,15 @@ def rejection(seq: int, size: int) -> DecisionRecord:
 @pytest.fixture
 async def http(database_url: str, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     """Ingest's HTTP app over a store holding ROWS large rejections (no NATS needed to read them)."""
+    issuer = EmbeddedIssuer.prepare(tmp_path / "ingest")
     app = create_app(IngestSettings(database_url=database_url, data_dir=tmp_path / "ingest"))
     engine = app.state.runtime.engine
     repository.create_schema(engine)
     for start in range(0, ROWS, 50):
         rows = [rejection(seq, SIZES[seq - 1]) for seq in range(start + 1, min(ROWS, start + 50) + 1)]
         repository.write_batch(engine, decisions=rows, claims=[], late_admissions=[])
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://ingest") as client:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingest", auth=StackAuth(issuer)) as client:
         yield client
     engine.dispose()
 

@@ -121,7 +121,7 @@ async def test_every_route_answers_exactly_its_response_model(
         moments = [None, ADMITTED_FROM + timedelta(minutes=3), ADMITTED_FROM + timedelta(days=30, minutes=20)]
         as_of = [{} if m is None else {"as_of": m.astimezone(TOKYO).isoformat()} for m in moments]
         leads = sorted({str(a) for m in measures for a in m.lead_agencies})
-        seen_reporter = seen_observation = seen_baseline = False
+        seen_reporter = seen_observation = seen_baseline = seen_rated_from_baseline = False
         for q in [*QUARTERS, FiscalQuarter(2023, 1)]:
             base = f"/rollups/{q.fiscal_year}/{q.quarter}"
             for params in as_of:
@@ -132,6 +132,15 @@ async def test_every_route_answers_exactly_its_response_model(
                     seen_reporter |= any(lead["reporter"] for lead in item["leads"])
                     seen_observation |= any(t["observation"] for t in item["targets"])
                     seen_baseline |= any(t["baseline"] and t["milestones"] for t in item["targets"])
+                    # Rated by `reporting.ratings`: from the baseline's date, the milestone on its own.
+                    seen_rated_from_baseline |= any(
+                        t["baseline"]
+                        and t["observation"]
+                        and t["rating_start"] == "2022-03-31"
+                        and [m["value"] for m in t["milestone_ratings"]] == [30.0]
+                        and t["milestone_ratings"][0]["rating"] in ("A", "B")
+                        for t in item["targets"]
+                    )
             filters: list[dict[str, Any]] = [
                 {"agency": leads[0]},
                 {"agency": leads[1], "status": "delayed"},
@@ -155,3 +164,4 @@ async def test_every_route_answers_exactly_its_response_model(
         assert seen_reporter, "no lead carried a reporter: the data does not reach that field"
         assert seen_observation, "no target carried an observation: the data does not reach that field"
         assert seen_baseline, "no target carried a baseline and a milestone: the data does not reach those fields"
+        assert seen_rated_from_baseline, "no observed target was rated from its baseline with its milestone rated"

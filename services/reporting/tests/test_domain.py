@@ -9,7 +9,7 @@ from datetime import UTC, date, datetime, timedelta
 import pytest
 
 from contracts.agencies import Agency
-from contracts.catalog import SECTION_TITLES, Measure, Target
+from contracts.catalog import PLAN_ADOPTED, SECTION_TITLES, Measure, Target
 from contracts.events import SEVERITY_ORDER, UNREPORTED
 from contracts.periods import TOKYO, FiscalQuarter
 from reporting.domain import (
@@ -24,15 +24,8 @@ from reporting.domain import (
     rollup_quarter,
     trend,
 )
-from reporting.progress import (
-    PLAN_ADOPTED,
-    Observation,
-    elapsed_share,
-    is_overdue,
-    measure_progress,
-    rate_kpi,
-    target_standings,
-)
+from reporting.progress import Observation, measure_progress, target_standings
+from reporting.ratings import elapsed_share, is_overdue, rate_kpi
 
 Q3 = FiscalQuarter(2024, 3)
 
@@ -281,7 +274,8 @@ TARGET = Target(index=0, text="利用率（80％ 2026年度）", due_date=date(2
 
 
 def observation(value: float, on: date) -> Observation:
-    return Observation(value, on, "digital", "0" * 36, datetime(2025, 1, 1, tzinfo=TOKYO))
+    reported = datetime.combine(on + timedelta(days=5), datetime.min.time(), TOKYO)
+    return Observation(value, on, "digital", "0" * 36, reported)
 
 
 def test_elapsed_share() -> None:
@@ -335,11 +329,14 @@ def test_latest_observation_and_latest_status_across_quarters() -> None:
 def test_overdue_targets() -> None:
     due = TARGET.due_date
     assert due is not None
-    assert not is_overdue(TARGET, "on_track", due)  # due today has not passed
-    assert is_overdue(TARGET, "on_track", due + timedelta(days=1))
-    assert is_overdue(TARGET, UNREPORTED, due + timedelta(days=1))
-    assert not is_overdue(TARGET, "completed", due + timedelta(days=1))
-    assert not is_overdue(TARGET.model_copy(update={"due_date": None}), "delayed", date(2100, 1, 1))
+    assert not is_overdue(TARGET, None, "on_track", due)  # due today has not passed
+    assert is_overdue(TARGET, None, "on_track", due + timedelta(days=1))
+    assert is_overdue(TARGET, None, UNREPORTED, due + timedelta(days=1))
+    assert not is_overdue(TARGET, None, "completed", due + timedelta(days=1))
+    assert not is_overdue(TARGET.model_copy(update={"due_date": None}), None, "delayed", date(2100, 1, 1))
+    # Overdue per target: a value met is not overdue though the measure is not completed; one short of it is.
+    assert not is_overdue(TARGET, observation(80, due), "on_track", due + timedelta(days=1))
+    assert is_overdue(TARGET, observation(79, due), "on_track", due + timedelta(days=1))
     m = measure("1-1", "digital", targets=(TARGET,))
     (standing,) = target_standings(m, measure_progress(m, []), due + timedelta(days=1))
     assert standing.overdue

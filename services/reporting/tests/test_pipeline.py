@@ -28,7 +28,7 @@ import pytest
 from nats.aio.client import Client
 
 from contracts.catalog import Measure, Target
-from contracts.periods import FiscalQuarter
+from contracts.periods import TOKYO, FiscalQuarter
 from reporting import rebuild, repository
 from reporting.rebuild import rebuild_store
 from reporting.testing import (
@@ -41,6 +41,7 @@ from reporting.testing import (
     synthetic_measures,
     wait_caught_up,
 )
+from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.natsserver import NatsServer, free_port
 
@@ -180,14 +181,18 @@ class Expected:
                 if measure_id != m.id or r.agency not in m.lead_agencies:
                     continue
                 for k in r.kpis:
-                    seen = (date.fromisoformat(k["as_of"]), r.reported_at, r.event_id, k["value"])
+                    # An as_of after its report counts as of the report's day (Asia/Tokyo).
+                    as_of = min(date.fromisoformat(k["as_of"]), r.reported_at.astimezone(TOKYO).date())
+                    seen = (as_of, r.reported_at, r.event_id, k["value"])
                     if k["target"] < len(m.targets) and (
                         k["target"] not in observations or seen > observations[k["target"]]
                     ):
                         observations[k["target"]] = seen
         out = []
         for i, t in enumerate(m.targets):
-            overdue = t.due_date is not None and t.due_date < today and latest != "completed"
+            # Overdue per target: past due, and neither met by the latest observed value nor completed.
+            met = i in observations and t.value is not None and observations[i][3] >= t.value
+            overdue = t.due_date is not None and t.due_date < today and latest != "completed" and not met
             if i not in observations or not t.value or t.due_date is None:
                 rating = "N"
             else:
@@ -576,6 +581,7 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
     admissions = random_admissions(measures, quarters, 4000, seed=5)
     port = free_port()
     env = _service_env(nats_server, database_url, tmp_path / "reporting", port)
+    auth = StackAuth(EmbeddedIssuer.prepare(tmp_path / "reporting"))
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "reporting.log").open("ab")
     js = admin_nc.jetstream()
@@ -595,7 +601,7 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
         await _wait_http(f"{base}/healthz")
         await wait_caught_up(admin_nc, timeout=60)
         expected = Expected(measures, admissions)
-        async with httpx.AsyncClient(base_url=base) as http:
+        async with httpx.AsyncClient(base_url=base, auth=auth) as http:
             for q in quarters:
                 body = (await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")).json()
                 want = expected.rollup(q.fiscal_year, q.quarter)

@@ -9,7 +9,6 @@ import pytest
 from contracts.agencies import Agency
 from contracts.catalog import PLAN_ADOPTED, SECTION_TITLES, Baseline, Measure, Milestone, Target
 from contracts.periods import TOKYO
-from reporting import progress as domain_progress
 from reporting.progress import MeasureProgress, Observation
 from reporting.ratings import (
     effective_as_of,
@@ -99,7 +98,7 @@ def test_telework_counts_from_its_baseline_not_from_zero() -> None:
     assert rated.start == FY2021_END  # the plan's path runs from the baseline's date
     assert rated.elapsed_share == pytest.approx(elapsed_share(on, DUE, start=FY2021_END))
     assert (rated.rating, rated.met) == ("B", False)
-    assert domain_progress.rate_kpi(TELEWORK, observed(36.0, on)).rating == "A"  # what the count from zero said
+    assert 36.0 / 45.4 > elapsed_share(on, DUE)  # what the count from zero said: 79 %, an A
 
 
 def test_an_increase_from_its_baseline_rates_a_at_or_ahead_of_time() -> None:
@@ -157,19 +156,20 @@ def test_a_decrease_without_a_start_is_rated_only_once_met() -> None:
 
 
 def test_targets_without_baseline_rate_as_before() -> None:
-    """Drop-in: with no baseline, direction or change, the rating is `reporting.domain_progress.rate_kpi`'s."""
+    """With no baseline, direction or change, a target counts up from zero from the plan's adoption, as before:
+    progress = observed / value, A when it is at least the elapsed share."""
     mid = halfway(PLAN_ADOPTED, date(2027, 3, 31))
+    assert PLAIN.value is not None
     for value in (0.0, 20.0, 39.9, 40.0, 79.0, 80.0, 95.0):
         for on in (PLAN_ADOPTED, mid, date(2027, 3, 31), date(2028, 1, 1)):
-            ours, theirs = rate_kpi(PLAIN, observed(value, on)), domain_progress.rate_kpi(PLAIN, observed(value, on))
-            assert (ours.rating, ours.progress, ours.elapsed_share) == (
-                theirs.rating,
-                theirs.progress,
-                theirs.elapsed_share,
-            )
-    assert rate_kpi(PLAIN, None).reason == domain_progress.rate_kpi(PLAIN, None).reason
+            rated = rate_kpi(PLAIN, observed(value, on))
+            share = min(1.0, max(0.0, (on - PLAN_ADOPTED).days / (date(2027, 3, 31) - PLAN_ADOPTED).days))
+            assert rated.progress == pytest.approx(value / PLAIN.value)
+            assert rated.elapsed_share == pytest.approx(share)
+            assert rated.rating == ("A" if value / PLAIN.value >= share else "B")
+    assert rate_kpi(PLAIN, None).reason == "no observation yet"
     no_due = PLAIN.model_copy(update={"due_date": None})
-    assert rate_kpi(no_due, observed(1, mid)).reason == domain_progress.rate_kpi(no_due, observed(1, mid)).reason
+    assert rate_kpi(no_due, observed(1, mid)).reason == "the target states no due date"
 
 
 # --- milestones --------------------------------------------------------------------------------

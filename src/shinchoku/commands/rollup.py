@@ -27,9 +27,9 @@ class Format(StrEnum):
     csv = "csv"
 
 
-def fetch_rollup(stack: Stack, fiscal_year: int, quarter: int) -> dict[str, Any]:
+def fetch_rollup(stack: Stack, fiscal_year: int, quarter: int, token: str | None = None) -> dict[str, Any]:
     """GET /rollups/{fy}/{q}; StackUnavailable when the stack does not answer, ValueError on a 4xx."""
-    response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}")
+    response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}", token=token)
     if response.status_code != 200:
         raise ValueError(f"reporting answered {response.status_code}: {detail(response)}")
     body: dict[str, Any] = response.json()
@@ -67,6 +67,10 @@ def rollup(
     section: Annotated[int | None, typer.Option(min=1, max=6, help="Only this section of the plan (1–6)")] = None,
     output: Annotated[Format, typer.Option("--format", help="table, json (raw API answer) or csv")] = Format.table,
     data_dir: Annotated[Path | None, typer.Option(help="Data directory of the stack (default ./var)")] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token (default $SHINCHOKU_TOKEN, else one minted from the data directory)"),
+    ] = None,
 ) -> None:
     """Show the rollup of a fiscal quarter: status counts, coverage and on-time rates, by agency and by section."""
     check_agency(agency)
@@ -77,7 +81,7 @@ def rollup(
         stack = load_stack(data_dir)
         if output is Format.csv:
             params = {"format": "csv"}
-            response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}", params=params)
+            response = get(stack, "reporting", f"/rollups/{fiscal_year}/{quarter}", params=params, token=token)
             if response.status_code != 200:
                 raise ValueError(f"reporting answered {response.status_code}: {detail(response)}")
             # Byte for byte, BOM included: `> rollup.csv` opens in Excel as the service meant it.
@@ -88,7 +92,7 @@ def rollup(
             sys.stdout.buffer.write(content)
             sys.stdout.buffer.flush()
             return
-        body = fetch_rollup(stack, fiscal_year, quarter)
+        body = fetch_rollup(stack, fiscal_year, quarter, token)
     except StackUnavailable as e:
         err.print(f"[red]{e}[/]")
         raise typer.Exit(1) from None

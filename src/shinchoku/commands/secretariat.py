@@ -118,10 +118,14 @@ def publish(sender: Secretariat, send: Callable[[SecretariatPublisher], Awaitabl
 
 
 def ingest_get(sender: Secretariat, path: str, params: dict[str, Any] | None = None) -> Any:
-    """GET from ingest as the secretariat; exits 1 when ingest does not answer."""
+    """GET from ingest as the secretariat (a token minted from the data directory when it can be, since the
+    command's own token may be another principal's, which may not read the secretariat's ids; else the
+    command's token); exits 1 when ingest does not answer."""
     assert sender.stack is not None
+    local = local_token(sender.stack.data_dir)
+    headers = {"Authorization": f"Bearer {local}"} if local else sender.headers
     try:
-        return get(sender.stack, "ingest", path, params=params, headers=sender.headers)
+        return get(sender.stack, "ingest", path, params=params, headers=headers)
     except StackUnavailable as e:
         raise fail(f"[red]{escape(str(e))}[/]") from None
 

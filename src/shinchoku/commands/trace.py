@@ -23,6 +23,7 @@ from rich.markup import escape
 from rich.text import Text
 from rich.tree import Tree
 
+from shinchoku.issuer import bearer_headers
 from shinchoku.stack import DEFAULT_DATA_DIR, Stack, StackNotFound
 from shinchoku_runtime.telemetry import SPANS_DIR, read_spans
 
@@ -211,10 +212,10 @@ def render(spans: list[dict[str, Any]], title: str) -> Tree:
 # ---------------------------------------------------------------------------------------------- the command
 
 
-def _event(stack: Stack, event_id: str) -> dict[str, Any]:
+def _event(stack: Stack, event_id: str, token: str | None) -> dict[str, Any]:
     url = f"{stack.http['ingest'].rstrip('/')}/events/{event_id}"
     try:
-        response = httpx.get(url, timeout=10.0)
+        response = httpx.get(url, timeout=10.0, headers=bearer_headers(stack.data_dir, token))
     except httpx.TransportError as e:
         raise TraceError(f"the ingest service does not answer at {url} ({e}): is the stack running?") from None
     if response.status_code == 404:
@@ -240,6 +241,10 @@ def trace_command(
     ] = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for spans still being written")] = 3.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the spans as JSON instead of a tree")] = False,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token for ingest (default $SHINCHOKU_TOKEN, else minted from the data directory)"),
+    ] = None,
 ) -> None:
     """Show the trace of one report, hop by hop: services, span durations and errors."""
     console = Console()
@@ -253,7 +258,7 @@ def trace_command(
                 stack = Stack.load(directory)
             except StackNotFound as e:
                 raise TraceError(str(e)) from None
-            event = _event(stack, event_id)
+            event = _event(stack, event_id, token)
             trace_id = event.get("trace_id")
             if not trace_id:
                 raise TraceError(f"ingest kept no trace id for event {event_id} (tracing was off when it was decided)")

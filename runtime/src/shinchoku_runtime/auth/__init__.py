@@ -57,6 +57,7 @@ Examples:
 """
 
 from shinchoku_runtime.auth.dependencies import (
+    PRINCIPAL_SCOPE_KEY,
     AccessRule,
     Forbidden,
     RouteAccess,
@@ -91,6 +92,7 @@ from shinchoku_runtime.auth.verifier import InvalidToken, TokenVerifier
 __all__ = [
     "DEFAULT_AUDIENCE",
     "EMBEDDED_ISSUER",
+    "PRINCIPAL_SCOPE_KEY",
     "TOKEN_ROLES",
     "AccessRule",
     "AuthSettings",

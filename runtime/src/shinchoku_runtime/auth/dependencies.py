@@ -33,6 +33,9 @@ from shinchoku_runtime.http import NotFound
 
 REALM = "shinchoku"
 _ACCESS_RULE = "__access_rule__"
+#: ASGI scope key under which code of the same process passes the principal of an in-process request (the
+#: dashboard reading its own API as the signed-in user). A client on the network cannot set scope keys.
+PRINCIPAL_SCOPE_KEY = "shinchoku.principal"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,11 @@ def bearer_token(request: Request) -> str | None:
 
 
 async def current_principal(request: Request) -> Principal:
-    """Who sends the request: the public without a token, else the principal of a token that verifies."""
+    """Who sends the request: the public without a token, else the principal of a token that verifies (or, for
+    an in-process request, the principal its caller put in the scope)."""
+    given = request.scope.get(PRINCIPAL_SCOPE_KEY)
+    if isinstance(given, Principal):
+        return given
     token = bearer_token(request)
     if token is None:
         return Principal.public()

@@ -132,7 +132,11 @@ class JwksCache:
         if self._keys is None or now - self._fetched_at > self.max_age:
             if self._spaced(now, self._attempted_at):
                 await self._refresh()
-            elif self._keys is None:
+            elif self._keys is None and self._lock is not None and self._lock.locked():
+                # A fetch is under way (the first requests after a start arrive together): wait for it.
+                async with self._lock:
+                    pass
+            if self._keys is None:
                 raise KeysUnavailable(self._unavailable)
         key = self._find(kid, alg)
         if key is None and self._spaced(self.clock(), self._kid_refresh_at):
@@ -173,9 +177,8 @@ class JwksCache:
             except (OSError, ValueError, httpx.HTTPError) as e:
                 if self._keys is None:
                     where = self.url or f"the discovery document of {self.issuer}"
-                    raise KeysUnavailable(
-                        f"cannot verify tokens: the issuer's keys at {where} are unavailable ({e})"
-                    ) from e
+                    self._unavailable = f"cannot verify tokens: the issuer's keys at {where} are unavailable ({e})"
+                    raise KeysUnavailable(self._unavailable) from e
                 log.warning("fetching the issuer's keys failed; keeping the %d held: %s", len(self._keys), e)
                 return
             self._keys, self._fetched_at = keys, self.clock()

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from catalog import repository
+from catalog import access, repository
 from catalog.domain import check_section, normalise_measure_id, parse_agency, query_terms
 from catalog.subscribers import asyncapi_document
 from contracts.agencies import AGENCIES, AGENCY_INFO, Agency
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 DEFAULT_LIMIT = 100
 
-router = APIRouter()
+router = APIRouter(dependencies=[Depends(access.PUBLIC)])
 
 
 def get_session(request: Request) -> Iterator[Session]:

@@ -20,10 +20,11 @@ from catalog.handlers import bundled_plan
 from catalog.subscribers import register
 from contracts.catalog import Measure
 from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.service import add_metrics_route, lifespan_of
+from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,9 @@ class CatalogRuntime:
         return self.mirrored.is_set() and await self.broker.ping(timeout=0.5)
 
 
-def create_app(settings: CatalogSettings | None = None, *, load_plan: PlanLoader = bundled_plan) -> FastAPI:
+def create_app(
+    settings: CatalogSettings | None = None, *, load_plan: PlanLoader = bundled_plan, auth: AuthSettings | None = None
+) -> FastAPI:
     """The catalog's ASGI app; its lifespan seeds the registry and runs the NATS side."""
     runtime = CatalogRuntime(settings or CatalogSettings(), load_plan=load_plan)
 
@@ -179,7 +182,9 @@ def create_app(settings: CatalogSettings | None = None, *, load_plan: PlanLoader
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=runtime.settings.data_dir))
     app.include_router(router)
     add_metrics_route(app, runtime.metrics)
+    add_liveness_route(app)
     instrument_app(app, runtime.tracer_provider)
     return app

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
@@ -20,7 +20,8 @@ from contracts.agencies import Agency
 from contracts.commands import SECRETARIAT
 from contracts.events import ReasonCode
 from contracts.streams import BACKFILL_SUBJECT_PREFIX, CLOSE_SUBJECT_PREFIX, REVIEW_SUBJECT_PREFIX
-from ingest import queries
+from ingest import access, queries
+from ingest.access import EventReader, RejectionReader
 from ingest.repository import StoredDecision
 from ingest.tables import OUTCOME_ADMITTED
 from shinchoku_runtime.http import BadRequest, Limit, NotFound, Offset
@@ -113,11 +114,11 @@ class AmbiguousEvent(BaseModel):
     agencies: list[str]
 
 
-def _attempt(d: StoredDecision) -> Attempt:
+def _attempt(d: StoredDecision, contents: bool) -> Attempt:
     return Attempt(
         outcome=d.outcome,
         reason=ReasonCode(d.reason) if d.reason else None,
-        message=d.message,
+        message=d.message if contents else None,
         subject=d.subject,
         received_at=d.received_at,
         stream_seq=d.stream_seq,
@@ -133,6 +134,7 @@ def _attempt(d: StoredDecision) -> Attempt:
 )
 def get_event(
     request: Request,
+    principal: EventReader,
     event_id: Annotated[UUID, Path(description="The report's event_id (a UUID), or a review_id or close_id")],
     agency: Annotated[
         str | None, Query(description=f"Whose id it is (an event_id is an agency's own): {_OWNERS}")
@@ -141,8 +143,9 @@ def get_event(
     """What became of one report or command: admitted or rejected (with reason), and every later attempt."""
     if agency is not None and agency not in OWNERS:
         raise BadRequest(f"unknown agency {agency!r}; use one of {_OWNERS}")
+    allowed, owner = access.event_owner(principal, agency)
     runtime = request.app.state.runtime
-    histories = queries.event_histories(runtime.engine, event_id=str(event_id), agency=agency)
+    histories = queries.event_histories(runtime.engine, event_id=str(event_id), agency=owner) if allowed else {}
     if not histories:
         whose = f" from {agency}" if agency is not None else ""
         raise NotFound(
@@ -158,13 +161,14 @@ def get_event(
         return JSONResponse(body.model_dump(), status_code=409)
     (history,) = histories.values()
     main = history.main
+    contents = access.sees_contents(principal)
     return EventOutcome(
         event_id=str(event_id),
         kind=KINDS.get(main.subject.partition(".")[0], "report"),
-        principal=main.principal,
+        principal=main.principal if contents else None,
         outcome="admitted" if main.outcome == OUTCOME_ADMITTED else "rejected",
         reason=ReasonCode(main.reason) if main.reason else None,
-        message=main.message,
+        message=main.message if contents else None,
         subject=main.subject,
         agency=main.agency,
         measure_id=main.measure_id,
@@ -173,13 +177,14 @@ def get_event(
         trace_id=main.trace_id,
         stream_seq=main.stream_seq,
         rejection_id=main.rejection_id,
-        attempts=[_attempt(a) for a in history.attempts],
+        attempts=[_attempt(a, contents) for a in history.attempts],
     )
 
 
 @router.get("/rejections", response_model=RejectionPage, tags=["rejections"])
 def get_rejections(
     request: Request,
+    principal: RejectionReader,
     limit: Limit = 100,
     offset: Offset = 0,
     agency: Annotated[str | None, Query(description=f"Whose rejections: {_OWNERS}")] = None,
@@ -191,13 +196,15 @@ def get_rejections(
         raise BadRequest(f"unknown agency {agency!r}; use one of {_OWNERS}")
     if reason is not None and reason not in ReasonCode.__members__:
         raise BadRequest(f"unknown reason {reason!r}; use one of {_REASONS}")
+    agency = access.rejections_owner(principal, agency)
+    contents = access.sees_contents(principal)
     runtime = request.app.state.runtime
     records, total = queries.list_rejections(
         runtime.engine, agency=agency, reason=reason, limit=limit, offset=offset, payload_budget=PAGE_PAYLOAD_BYTES
     )
     truncated = len(records) < limit and offset + len(records) < total
     page = RejectionPage(
-        items=[_rejection_item(r) for r in records],
+        items=[_rejection_item(r, contents) for r in records],
         total=total,
         truncated=truncated,
         next_offset=offset + len(records) if truncated else None,
@@ -206,22 +213,22 @@ def get_rejections(
     return Response(page.model_dump_json().encode(), media_type="application/json")
 
 
-def _rejection_item(r: queries.RejectionRecord) -> RejectionItem:
+def _rejection_item(r: queries.RejectionRecord, contents: bool) -> RejectionItem:
     return RejectionItem(
         rejection_id=r.decision.rejection_id,
         event_id=r.decision.event_id,
         agency=r.decision.agency,
         subject=r.decision.subject,
         reason=ReasonCode(r.decision.reason or ReasonCode.malformed),
-        message=r.decision.message or "",
+        message=(r.decision.message or "") if contents else "",
         received_at=r.decision.received_at,
         trace_id=r.decision.trace_id,
         stream_seq=r.decision.stream_seq,
-        payload_b64=base64.b64encode(r.payload).decode() if r.payload is not None else None,
+        payload_b64=base64.b64encode(r.payload).decode() if r.payload is not None and contents else None,
     )
 
 
-@router.get("/healthz", tags=["health"])
+@router.get("/healthz", tags=["health"], dependencies=[Depends(access.HEALTH)])
 async def healthz(request: Request) -> JSONResponse:
     """Ready when NATS is connected with the consumer running, the store answers and JetStream takes what ingest
     publishes (else 503; `publishing` names each stream that refuses or does not answer, and since when;

@@ -23,12 +23,12 @@ from ingest.metrics import IngestMetrics
 from ingest.publishing import PubAcks
 from ingest.reconciler import OutboxStatus, Reconciler, Republisher
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
-from shinchoku_runtime.auth import AuthSettings, TokenVerifier
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import ensure_streams
-from shinchoku_runtime.service import add_metrics_route, lifespan_of
+from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -244,7 +244,9 @@ def create_app(
     )
     app.state.runtime = runtime
     install_error_handlers(app)
+    install_auth(app, runtime.verifier)
     add_metrics_route(app, runtime.registry)
+    add_liveness_route(app)
     app.include_router(router)
     instrument_app(app, runtime.tracer_provider)
     return app

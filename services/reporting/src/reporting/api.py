@@ -17,6 +17,8 @@ from fastapi.responses import Response
 
 from contracts.agencies import AGENCY_INFO, Agency
 from contracts.periods import FiscalQuarter
+from reporting import access
+from reporting.access import Reader
 from reporting.documents import document_json
 from reporting.domain import ROLLUP_STATUSES, SECTIONS
 from reporting.queries import RollupQueries
@@ -151,11 +153,17 @@ def _own_report(leads: Sequence[LeadOut], agency: str | None) -> list[Any]:
 
 @router.get("/rollups/{fiscal_year}/{quarter}", response_model=RollupOut, tags=["rollups"])
 def get_rollup(
-    fiscal_year: int, quarter: int, queries: Queries, as_of: AsOf = None, format_: Format = "json"
+    fiscal_year: int,
+    quarter: int,
+    queries: Queries,
+    principal: Reader,
+    as_of: AsOf = None,
+    format_: Format = "json",
 ) -> Response:
     """A quarter's rollup: government-wide, per agency and per section, with the previous quarter's trend."""
     q = fiscal_quarter(fiscal_year, quarter)
     moment = parse_as_of(as_of)
+    access.ensure_quarter(principal, queries, q, as_of=moment)
     if format_ != "json":
         doc = queries.rollup(q, as_of=moment)
         return table_response(format_, _ROLLUP_HEADER, _rollup_rows(doc), name=f"rollup-{q.label}")
@@ -167,6 +175,7 @@ def get_rollup_measures(
     fiscal_year: int,
     quarter: int,
     queries: Queries,
+    principal: Reader,
     agency: Annotated[str | None, Query(description="Only measures this agency leads (agency code)")] = None,
     section: Annotated[int | None, Query(description="Only measures of this section (1–6)")] = None,
     status: Annotated[
@@ -180,13 +189,16 @@ def get_rollup_measures(
 ) -> Response:
     """Each measure's status in a quarter with its leads' effective reports, lineage and targets."""
     q = fiscal_quarter(fiscal_year, quarter)
+    moment = parse_as_of(as_of)
+    access.ensure_quarter(principal, queries, q, as_of=moment)
     items = queries.measures(
         q,
         agency=check_agency(agency) if agency is not None else None,
         section=check_section(section) if section is not None else None,
         status=check_status(status) if status is not None else None,
-        as_of=parse_as_of(as_of),
+        as_of=moment,
     )
+    items = access.measure_items(principal, items)
     total = len(items)
     if format_ != "json":
         page = items[offset : offset + limit] if limit is not None else items[offset:]
@@ -218,9 +230,12 @@ def get_rollup_measures(
 
 
 @router.get("/rollups/{fiscal_year}", response_model=YearOut, tags=["rollups"])
-def get_year(fiscal_year: int, queries: Queries, as_of: AsOf = None, format_: Format = "json") -> Response:
-    """A fiscal year at a glance: the rollups of its four quarters."""
-    doc = queries.year(check_fiscal_year(fiscal_year), as_of=parse_as_of(as_of))
+def get_year(
+    fiscal_year: int, queries: Queries, principal: Reader, as_of: AsOf = None, format_: Format = "json"
+) -> Response:
+    """A fiscal year at a glance: the rollups of its four quarters (the closed ones for the public)."""
+    moment = parse_as_of(as_of)
+    doc = access.year(principal, queries, queries.year(check_fiscal_year(fiscal_year), as_of=moment), as_of=moment)
     if format_ != "json":
         rows = [row for quarter in doc.quarters for row in _rollup_rows(quarter)]
         return table_response(format_, _ROLLUP_HEADER, rows, name=f"rollups-FY{fiscal_year}")
@@ -228,9 +243,9 @@ def get_year(fiscal_year: int, queries: Queries, as_of: AsOf = None, format_: Fo
 
 
 @router.get("/measures/{measure_id}/history", response_model=HistoryOut, tags=["measures"])
-def get_history(measure_id: str, queries: Queries, format_: Format = "json") -> Response:
-    """A measure quarter by quarter: every quarter any lead reported on, oldest first."""
-    doc = queries.history(measure_id)
+def get_history(measure_id: str, queries: Queries, principal: Reader, format_: Format = "json") -> Response:
+    """A measure quarter by quarter: every quarter any lead reported on, oldest first (closed ones for the public)."""
+    doc = access.history(principal, queries, queries.history(measure_id))
     if format_ != "json":
         header = ["quarter", "fiscal_year", "q", "status", "reported", "on_time", "movement", "leads", "event_ids"]
         header += ["period_start", "period_end"]

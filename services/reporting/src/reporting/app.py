@@ -13,24 +13,27 @@ import contextlib
 import logging
 
 import sqlalchemy as sa
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting import api, dashboard, repository
+from reporting import access, api, dashboard, repository
+from reporting.alerts import api as alerts_api
+from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
-from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config
+from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config, update_consumer
 from reporting.workers import make_applier
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import connect_service, ensure_streams
-from shinchoku_runtime.service import add_metrics_route, health_response, lifespan_of
+from shinchoku_runtime.service import add_liveness_route, add_metrics_route, health_response, lifespan_of
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,7 @@ WARM_MIN_INTERVAL = 0.2
 class ReportingService:
     """The running parts of the service, started and stopped by the app's lifespan."""
 
-    def __init__(self, settings: ReportingSettings) -> None:
+    def __init__(self, settings: ReportingSettings, *, clock: Clock = system_clock) -> None:
         self.settings = settings
         self.registry = CollectorRegistry()
         self.metrics = ReportingMetrics(self.registry)
@@ -55,6 +58,7 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
             self.metrics,
@@ -62,15 +66,20 @@ class ReportingService:
             retry_delay=settings.retry_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
-            on_committed=self._changed.set,
+            on_committed=self._committed,
         )
         self.puller: AcceptedPuller | None = None
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
 
+    def _committed(self) -> None:
+        self._changed.set()
+        self.alerts.notify()
+
     async def start(self) -> None:
         repository.create_store(self.engine)
+        self.alerts.create_tables()
         self.writer.start()
         self._tasks.append(asyncio.create_task(self._run(), name="reporting-nats"))
         self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
@@ -103,6 +112,7 @@ class ReportingService:
             for task in stuck:
                 log.warning("task %s did not stop in time", task.get_name())
         await self.writer.stop()
+        await self.alerts.stop()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.flush(timeout=2)  # the last acknowledgements
@@ -138,18 +148,24 @@ class ReportingService:
                 log.warning("could not declare the streams (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
+        self.alerts.start(self._nc)
         self._tasks.append(
             asyncio.create_task(
                 self.consumer_lag.watch(js, stream=ACCEPTED_STREAM.name, durable=REPORTING_DURABLE),
                 name="reporting-lag",
             )
         )
-        self.puller = AcceptedPuller(
-            self._nc,
-            self.writer.submit,
-            config=consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending),
-            batch=self.settings.batch_size,
-        )
+        config = consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending)
+        while True:
+            try:
+                await update_consumer(self._nc, config)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("could not update the durable consumer (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(2)
+        self.puller = AcceptedPuller(self._nc, self.writer.submit, config=config, batch=self.settings.batch_size)
         log.info("consuming %s with durable consumer %s", ACCEPTED_STREAM.name, REPORTING_DURABLE)
         while not self._stopping:
             try:
@@ -176,9 +192,12 @@ class ReportingService:
         }
 
 
-def create_app(settings: ReportingSettings | None = None) -> FastAPI:
+def create_app(
+    settings: ReportingSettings | None = None, *, clock: Clock = system_clock, auth: AuthSettings | None = None
+) -> FastAPI:
+    """The reporting app; `clock` tells the alerts the time (tests move it), `auth` how tokens are verified."""
     settings = settings or ReportingSettings()
-    service = ReportingService(settings)
+    service = ReportingService(settings, clock=clock)
 
     app = FastAPI(
         title="Shinchoku reporting",
@@ -190,12 +209,15 @@ def create_app(settings: ReportingSettings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.queries = service.queries
     install_error_handlers(app)
+    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=settings.data_dir))
     add_metrics_route(app, service.registry)
+    add_liveness_route(app)
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
+    app.include_router(alerts_api.router)
     app.include_router(dashboard.router)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
     def healthz() -> JSONResponse:
         """200 when the database, NATS, the catalog and the consumer are all up; 503 otherwise."""
         last = None

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
+from contracts.periods import FiscalQuarter
+from reporting.alerts.service import AlertSettings
 from shinchoku_runtime.settings import ServiceSettings
 
 
@@ -40,6 +42,34 @@ class ReportingSettings(ServiceSettings):
         default="http://127.0.0.1:8002",
         description="Ingest's HTTP base URL as a browser reaches it: the dashboard links each event id there",
     )
+
+    alert_due_days: int = Field(
+        default=14, ge=0, le=90, description="report_due fires this many days before a quarter's on-time deadline"
+    )
+    alert_tick_seconds: float = Field(
+        default=30.0, gt=0, description="Alerts are evaluated on the clock this often (and whenever the store changes)"
+    )
+    alerts_since: str | None = Field(
+        default=None,
+        description="First quarter report_due, report_missing and stale look at (e.g. FY2024Q1); "
+        "default: the earliest quarter any report is for",
+    )
+    alert_webhook_url: str | None = Field(
+        default=None,
+        description="Post each alert raised and resolved here (JSON {text}: Slack-compatible and Teams incoming webhooks)",
+    )
+    alert_webhook_first_retry: float = Field(default=0.5, gt=0, description="Seconds before the first webhook retry")
+    alert_webhook_max_retry: float = Field(default=300.0, gt=0, description="Longest wait between webhook retries")
+
+    def alert_settings(self) -> AlertSettings:
+        return AlertSettings(
+            due_days=self.alert_due_days,
+            tick_seconds=self.alert_tick_seconds,
+            since=FiscalQuarter.parse(self.alerts_since) if self.alerts_since else None,
+            webhook_url=self.alert_webhook_url,
+            webhook_first_retry=self.alert_webhook_first_retry,
+            webhook_max_retry=self.alert_webhook_max_retry,
+        )
 
     def resolved_database_url(self) -> str:
         """The configured URL, or the SQLite file `data_dir/db/reporting.sqlite` (its directory created)."""

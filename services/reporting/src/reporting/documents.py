@@ -24,6 +24,7 @@ from reporting.schemas import (
     LeadOut,
     MeasureItemOut,
     MeasureOut,
+    MilestoneRatingOut,
     ObservationOut,
     QuarterRefOut,
     RollupOut,
@@ -107,6 +108,10 @@ def rollup_document(view: QuarterView) -> RollupOut:
             reference_date=view.today,
         ),
         as_of=_moment(view.as_of),
+        closed=view.publication.closed,
+        revision=view.publication.revision,
+        published_at=view.publication.published_at,
+        restated_at=view.publication.restated_at,
     )
 
 
@@ -179,6 +184,21 @@ def _target(t: TargetStanding) -> TargetOut:
         rating_reason=t.rating.reason,
         progress=t.rating.progress,
         elapsed_share=t.rating.elapsed_share,
+        met=t.rating.met,
+        rating_start=t.rating.start,
+        milestone_ratings=[
+            MilestoneRatingOut(
+                due_date=m.milestone.due_date,
+                value=m.milestone.value,
+                text=m.milestone.text,
+                rating=m.rating.rating,
+                rating_reason=m.rating.reason,
+                progress=m.rating.progress,
+                elapsed_share=m.rating.elapsed_share,
+                overdue=m.overdue,
+            )
+            for m in t.milestones
+        ],
         observed=observation.value if observation else None,
         observed_as_of=observation.as_of if observation else None,
         observation=None

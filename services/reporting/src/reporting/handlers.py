@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -14,6 +15,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from contracts.events import AdmittedEvent
 from contracts.periods import FiscalQuarter
 from reporting import repository
+from reporting.cycle.facts import (
+    CloseFact,
+    ReviewFact,
+    decode_close,
+    decode_review,
+    is_close_subject,
+    is_review_subject,
+    store_close,
+    store_review,
+)
 from reporting.domain import KpiReading, LeadReport, effective_reports
 from reporting.repository import EffectiveRow, EventRow, Store
 
@@ -126,30 +137,75 @@ class AppliedEvent:
 
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
-    """Per message, the stored event or why the message is not AdmittedEvent JSON; and a database fault, if
+    """Per message, the stored fact or why the message is not the JSON its subject calls for; and a database fault, if
     one rolled the transaction back (then nothing of the batch was stored)."""
 
     events: list[AppliedEvent | str]
     error: str | None = None
 
 
-def decode_and_apply(engine: Engine, payloads: Sequence[bytes], *, store: Store) -> BatchOutcome:
-    """Decode a batch of ACCEPTED payloads and apply the admitted events in one transaction."""
+#: A message of ACCEPTED as the writer gets it: (subject, stream sequence or 0 when unknown, payload).
+Delivered = tuple[str, int, bytes]
+
+Fact = Admitted | ReviewFact | CloseFact
+
+
+def decode_fact(subject: str, seq: int, data: bytes) -> Fact:
+    """An ACCEPTED message by its subject: an admitted report, review or close (pydantic.ValidationError if not)."""
+    if is_review_subject(subject):
+        return decode_review(data, position=seq or time.time_ns())
+    if is_close_subject(subject):
+        return decode_close(data)
+    return decode_admitted(data)
+
+
+def applied(fact: Fact) -> AppliedEvent:
+    """What the consumer's span and lag need of a fact."""
+    if isinstance(fact, Admitted):
+        report = fact.report
+        return AppliedEvent(report.event_id, report.measure_id, report.agency, fact.admitted_at_us)
+    if isinstance(fact, ReviewFact):
+        row = fact.row
+        return AppliedEvent(fact.review_id, row["measure_id"], row["agency"], fact.admitted_at_us)
+    return AppliedEvent(fact.close_id, "", "", fact.admitted_at_us)
+
+
+def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: datetime | None = None) -> None:
+    """Apply admitted facts in their order: runs of reports as one batch each, reviews and closes one by one."""
+    run: list[Admitted] = []
+    for fact in facts:
+        if isinstance(fact, Admitted):
+            run.append(fact)
+            continue
+        if run:
+            apply_admitted(conn, store=store, batch=run, now=now)
+            run = []
+        if isinstance(fact, ReviewFact):
+            changed = store_review(conn, store.cycle, fact)
+        else:
+            changed = store_close(conn, store.cycle, fact)
+        if changed:
+            repository.bump_revisions(conn, store=store, quarters={fact.quarter: fact.admitted_at_us}, now=now)
+    if run:
+        apply_admitted(conn, store=store, batch=run, now=now)
+
+
+def decode_and_apply(engine: Engine, messages: Sequence[Delivered], *, store: Store) -> BatchOutcome:
+    """Decode a batch of ACCEPTED messages and apply the admitted facts in one transaction."""
     events: list[AppliedEvent | str] = []
-    batch = []
-    for data in payloads:
+    facts: list[Fact] = []
+    for subject, seq, data in messages:
         try:
-            admitted = decode_admitted(data)
+            fact = decode_fact(subject, seq, data)
         except (ValidationError, ValueError) as e:
             events.append(str(e))
             continue
-        batch.append(admitted)
-        report = admitted.report
-        events.append(AppliedEvent(report.event_id, report.measure_id, report.agency, admitted.admitted_at_us))
-    if batch:
+        facts.append(fact)
+        events.append(applied(fact))
+    if facts:
         try:
             with engine.begin() as conn:
-                apply_admitted(conn, store=store, batch=batch)
+                apply_facts(conn, store=store, facts=facts)
         except SQLAlchemyError as e:
             return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}")
     return BatchOutcome(events)

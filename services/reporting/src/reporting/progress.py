@@ -1,6 +1,7 @@
 """Across quarters: each measure's latest status and KPI observations, and its targets' ratings and overdue flags.
 
-Pure functions over plain values, like `reporting.domain` (whose rollups they read); nothing here does I/O.
+The one rule set for ratings and overdue targets is `reporting.ratings` (baselines, direction, milestones, overdue
+per target, the `as_of` rule); this module gathers what it rates. Pure functions over plain values, like `reporting.domain` (whose rollups they read); nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -8,17 +9,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Final, Literal
 
-from contracts.catalog import Measure, Target
-from contracts.events import UNREPORTED, Status
+from contracts.catalog import Measure
+from contracts.events import UNREPORTED
 from contracts.periods import FiscalQuarter
+from reporting import ratings
 from reporting.domain import LeadReport, QuarterRollup, rollup_quarter
+from reporting.ratings import KpiRating, Rating, observation_order, rate_kpi
 
-#: The Priority Policy Program was adopted by the Cabinet on this day: KPI periods are counted from it.
-PLAN_ADOPTED: Final = date(2024, 6, 21)
+#: A target's standing as the documents show it: rating, overdue flag, milestones (rules in `reporting.ratings`).
+TargetStanding = ratings.TargetStanding["Observation"]
 
-Rating = Literal["A", "B", "N"]
+__all__ = ["KpiRating", "MeasureProgress", "Observation", "Rating", "TargetStanding", "rate_kpi", "target_standings"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +47,8 @@ def measure_progress(measure: Measure, reports: Iterable[LeadReport]) -> Measure
     """Latest status and KPI observations from a measure's effective reports of every quarter.
 
     The latest status is the combined status of the most recent quarter any lead reported on. The latest
-    observation of a target is the one with the greatest `as_of`, then the later report. Reports of
+    observation of a target is the latest by `ratings.observation_order` (an `as_of` after its report counts
+    as of the report's day). Reports of
     agencies that do not lead the measure, and observations of targets it does not have, are ignored.
     """
     by_quarter: dict[FiscalQuarter, dict[str, LeadReport]] = {}
@@ -75,13 +78,9 @@ def latest_observations(
                 continue
             candidate = Observation(kpi.value, kpi.as_of, report.agency, report.event_id, report.reported_at)
             seen = found.get(kpi.target)
-            if seen is None or _observation_order(candidate) > _observation_order(seen):
+            if seen is None or observation_order(candidate) > observation_order(seen):
                 found[kpi.target] = candidate
     return out
-
-
-def _observation_order(o: Observation) -> tuple[date, datetime, str]:
-    return (o.as_of, o.reported_at, o.event_id)
 
 
 def progress_from_rollups(
@@ -110,7 +109,7 @@ def progress_from_rollups(
             into = merged.setdefault(measure_id, {})
             for target, candidate in found.items():
                 seen = into.get(target)
-                if seen is None or _observation_order(candidate) > _observation_order(seen):
+                if seen is None or observation_order(candidate) > observation_order(seen):
                     into[target] = candidate
     out = {}
     for measure in measures:
@@ -119,68 +118,6 @@ def progress_from_rollups(
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class KpiRating:
-    rating: Rating
-    progress: float | None = None
-    elapsed_share: float | None = None
-    reason: str | None = None
-
-
-def elapsed_share(on: date, due: date, *, start: date = PLAN_ADOPTED) -> float:
-    """The share of the target period from `start` to `due` that had passed on `on`, within [0, 1]."""
-    if due <= start:
-        return 1.0
-    share = (on - start).days / (due - start).days
-    return min(1.0, max(0.0, share))
-
-
-def rate_kpi(target: Target, observation: Observation | None) -> KpiRating:
-    """Rate a target as Japan's KPI follow-up does: A, B or N.
-
-    - progress = observed value / the target's value (the share of the target reached, assuming the
-      target counts up from zero);
-    - elapsed share = time from the plan's adoption (2024-06-21) to the observation's `as_of`, over the
-      time from the adoption to the target's due date, clamped to [0, 1] (1 when due on or before it);
-    - `A` when progress ≥ elapsed share, `B` when below;
-    - `N` when there is no observation yet, or the target cannot be rated because its text states no
-      positive numeric value or no due date (`reason` says which).
-    """
-    if observation is None:
-        return KpiRating("N", reason="no observation yet")
-    if target.value is None or target.value <= 0:
-        return KpiRating("N", reason="the target states no positive numeric value")
-    if target.due_date is None:
-        return KpiRating("N", reason="the target states no due date")
-    progress = observation.value / target.value
-    share = elapsed_share(observation.as_of, target.due_date)
-    return KpiRating("A" if progress >= share else "B", progress, share)
-
-
-def is_overdue(target: Target, latest_status: str, today: date) -> bool:
-    """The due date has passed (strictly before `today`) and the measure's latest status is not completed."""
-    return target.due_date is not None and target.due_date < today and latest_status != Status.completed
-
-
-@dataclass(frozen=True, slots=True)
-class TargetStanding:
-    target: Target
-    overdue: bool
-    rating: KpiRating
-    observation: Observation | None
-
-
 def target_standings(measure: Measure, progress: MeasureProgress, today: date) -> tuple[TargetStanding, ...]:
-    """Each target of a measure with its overdue flag and KPI rating."""
-    out = []
-    for position, target in enumerate(measure.targets):
-        observation = progress.observations.get(position)
-        out.append(
-            TargetStanding(
-                target=target,
-                overdue=is_overdue(target, progress.latest_status, today),
-                rating=rate_kpi(target, observation),
-                observation=observation,
-            )
-        )
-    return tuple(out)
+    """Each target of a measure with its overdue flag, its KPI rating and its milestones' (`reporting.ratings`)."""
+    return ratings.target_standings(measure, progress, today)

@@ -118,6 +118,14 @@ class RollupQueries:
             raise NotFound(f"no measure {measure_id!r} in the catalog")
         return history_document(self._views.history(measure))
 
+    def is_closed(self, fiscal_year: int, quarter: int) -> bool:
+        """Whether the secretariat has closed the quarter (its admitted close is in the store)."""
+        return self._views.is_closed(fiscal_year, quarter)
+
+    def closed_quarters(self) -> list[FiscalQuarter]:
+        """Every closed quarter, oldest first."""
+        return self._views.closed_quarters()
+
     # --- caching and warming -------------------------------------------------------------------
 
     def warm(self) -> int:

@@ -34,7 +34,7 @@ from sqlalchemy import Engine
 from contracts.streams import ACCEPTED_STREAM
 from reporting import repository
 from reporting.config import ReportingSettings
-from reporting.handlers import Admitted, apply_admitted, decode_admitted
+from reporting.handlers import Admitted, Delivered, Fact, apply_facts, decode_admitted, decode_fact
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
 from reporting.tables import EffectiveRow, EventRow
 from shinchoku_runtime.children import ChildDied, ChildPool
@@ -142,6 +142,8 @@ class EffectiveReports:
 class BulkResult:
     read: int
     rows: list[EffectiveRow]
+    #: The reviews and closes read, in the log's order (applied after the reports' bulk load).
+    cycle: list[Delivered]
 
 
 class BulkWriter:
@@ -187,7 +189,9 @@ class BulkWriter:
         return self._winners.ranked()
 
 
-async def _bulk_phase(engine: Engine, reader: PullConsumer, shadow: Store, bar: ProgressBar | None) -> BulkResult:
+async def _bulk_phase(
+    engine: Engine, reader: PullConsumer, shadow: Store, bar: ProgressBar | None, *, first_seq: int
+) -> BulkResult:
     url = engine.url.render_as_string(hide_password=False)
     # Batches wait in the pool's queue for the first writer free to take them: receiving goes on (the broker
     # keeps streaming) while the writers decode and insert.
@@ -201,10 +205,17 @@ async def _bulk_phase(engine: Engine, reader: PullConsumer, shadow: Store, bar: 
     )
     writers.start()
     read = 0
+    cycle: list[Delivered] = []
     try:
         async for messages in reader.batches():
-            read += len(messages)
-            await writers.put(messages)
+            reports = []
+            for subject, data in messages:
+                if subject.startswith((b"reviewed.", b"closed.")):
+                    cycle.append((subject.decode(), first_seq + read, data))
+                else:
+                    reports.append((subject, data))
+                read += 1
+            await writers.put(reports)
             if bar:
                 bar.update(len(messages))
         shares = await writers.finish()
@@ -215,7 +226,7 @@ async def _bulk_phase(engine: Engine, reader: PullConsumer, shadow: Store, bar: 
     winners = EffectiveReports()
     for ranked in shares:
         winners.merge(ranked)
-    return BulkResult(read, winners.rows())
+    return BulkResult(read, winners.rows(), cycle)
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
@@ -226,6 +237,16 @@ def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
         except (ValidationError, ValueError) as e:
             shown = subject.decode("utf-8", "replace")
             log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", shown, e)
+    return out
+
+
+def _decode_facts(messages: list[Delivered]) -> list[Fact]:
+    out = []
+    for subject, seq, data in messages:
+        try:
+            out.append(decode_fact(subject, seq, data))
+        except (ValidationError, ValueError) as e:
+            log.error("ACCEPTED message on %s is not the JSON its subject calls for, skipped: %s", subject, e)
     return out
 
 
@@ -266,7 +287,7 @@ async def rebuild_store(
         nc,
         stream=ACCEPTED_STREAM.name,
         name=f"reporting-rebuild-{secrets.token_hex(6)}",
-        filter_subject=ACCEPTED_STREAM.subjects[0],
+        filter_subject=None,  # every admitted fact: reports, reviews and closes
         start_seq=info.state.first_seq,
         batch=REQUEST_BATCH,
         requests_in_flight=REQUESTS_IN_FLIGHT,
@@ -278,13 +299,14 @@ async def rebuild_store(
     try:
         # Bulk phase: this process receives; writer processes decode, insert the events and keep the winning
         # report per (quarter, measure, agency), as the incremental upsert would have (every core, not one).
-        winners = await _bulk_phase(engine, reader, shadow, bar)
+        winners = await _bulk_phase(engine, reader, shadow, bar, first_seq=info.state.first_seq)
         read += winners.read
         log.info("replayed %d messages in %.1fs", read, time.monotonic() - started)
         mark = time.monotonic()
         with engine.begin() as conn:
             repository.create_late_indexes(conn, store=shadow)
             repository.upsert_effective(conn, store=shadow, rows=winners.rows)
+            apply_facts(conn, store=shadow, facts=_decode_facts(winners.cycle))
         log.info("indexed and stored the effective reports in %.1fs", time.monotonic() - mark)
         mark = time.monotonic()
 
@@ -292,8 +314,10 @@ async def rebuild_store(
         with engine.begin() as conn:
             repository.lock_for_swap(conn)
             async for messages in reader.batches():
+                seq = info.state.first_seq + read
+                catch_up = [(subject.decode(), seq + i, data) for i, (subject, data) in enumerate(messages)]
                 read += len(messages)
-                apply_admitted(conn, store=shadow, batch=_decode_payloads(messages))
+                apply_facts(conn, store=shadow, facts=_decode_facts(catch_up))
                 if bar:
                     bar.update(len(messages))
             previous = repository.revisions(conn)

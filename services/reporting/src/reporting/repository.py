@@ -30,6 +30,7 @@ from reporting.tables import (
     OLD_SUFFIX,
     ORDER_COLUMNS,
     SHADOW_SUFFIX,
+    TABLE_BASES,
     EffectiveRow,
     EventRow,
     Store,
@@ -90,6 +91,9 @@ def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = Tr
         for table in store.tables:
             if table.name not in existing:
                 conn.execute(CreateTable(table))  # without its indexes: those follow, now or after a bulk load
+                for index in table.indexes:  # the indexes a table declares itself (the cycle's) come with it
+                    if index not in store.late_indexes:
+                        index.create(conn)
                 if with_indexes:
                     for index in store.late_indexes:
                         if index.table is table:
@@ -104,21 +108,22 @@ def create_late_indexes(conn: Connection, *, store: Store) -> None:
 def drop_tables(conn: Connection, *, suffix: str) -> None:
     """Drop the store's tables named with `suffix` (a leftover shadow or old copy), if they exist."""
     existing = set(sa.inspect(conn).get_table_names())
-    for base in ("events", "effective_reports", "quarter_revisions"):
+    for base in TABLE_BASES:
         name = f"{base}{suffix}"
         if name in existing:
             conn.execute(sa.text(f'DROP TABLE "{name}"'))
 
 
 def rename_tables(conn: Connection, *, from_suffix: str, to_suffix: str) -> None:
-    for base in ("events", "effective_reports", "quarter_revisions"):
+    for base in TABLE_BASES:
         conn.execute(sa.text(f'ALTER TABLE "{base}{from_suffix}" RENAME TO "{base}{to_suffix}"'))
 
 
 def lock_for_swap(conn: Connection) -> None:
     """Block writers of the live store until the transaction ends (readers go on)."""
     if conn.dialect.name == "postgresql":
-        conn.execute(sa.text("LOCK TABLE events, effective_reports, quarter_revisions IN EXCLUSIVE MODE"))
+        names = ", ".join(f'"{base}"' for base in TABLE_BASES)
+        conn.execute(sa.text(f"LOCK TABLE {names} IN EXCLUSIVE MODE"))
     else:
         # Any write statement takes SQLite's database-wide write lock for the rest of the transaction.
         conn.execute(sa.text("UPDATE quarter_revisions SET revision = revision WHERE 1 = 0"))

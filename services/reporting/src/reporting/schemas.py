@@ -74,6 +74,10 @@ class RollupOut(QuarterRefOut):
     overdue_targets: int
     targets: TargetSummaryOut
     as_of: str | None = Field(description="The as_of moment answered for, or null for as known now")
+    closed: bool = Field(description="Whether the secretariat has closed the quarter")
+    revision: int | None = Field(description="The latest published revision (null while the quarter is open)")
+    published_at: str | None = Field(description="When the quarter was closed and first published (RFC 3339)")
+    restated_at: str | None = Field(description="When the latest revision restated the one before (RFC 3339)")
 
 
 class YearQuarterOut(RollupOut):
@@ -116,17 +120,38 @@ class ObservationOut(Document):
     reported_at: str
 
 
+class MilestoneRatingOut(Document):
+    """A milestone of a target rated on its own value and date (`reporting.ratings`)."""
+
+    due_date: date | None
+    value: float | None
+    text: str | None
+    rating: Literal["A", "B", "N"]
+    rating_reason: str | None
+    progress: float | None
+    elapsed_share: float | None
+    overdue: bool | None = Field(description="None for a milestone that states no value")
+
+
 class TargetOut(Target, Document):
     """A target as the catalog states it (every field of `contracts.catalog.Target`), with what reporting knows."""
 
-    overdue: bool
+    overdue: bool = Field(
+        description="The due date passed and the target is not met: its value not reached by the latest observation "
+        "(a value met is not overdue though the measure is not completed), or, without a value, the measure not "
+        "completed"
+    )
     rating: Literal["A", "B", "N"] = Field(
-        description="A: progress (value / target value) ≥ elapsed share of the period since 2024-06-21; B: below; "
+        description="A: met, or progress from the start (the baseline in the target's direction, else zero) ≥ the "
+        "elapsed share of the period since the start (the baseline's date, else 2024-06-21); B: below; "
         "N: no observation, or not ratable"
     )
     rating_reason: str | None
     progress: float | None
     elapsed_share: float | None
+    met: bool | None = Field(default=None, description="Whether the latest observation meets the target's value")
+    rating_start: date | None = Field(default=None, description="Where progress and elapsed time are counted from")
+    milestone_ratings: list[MilestoneRatingOut] = Field(default_factory=list)
     observed: float | None = Field(description="The latest observed value (also in `observation`)")
     observed_as_of: date | None
     observation: ObservationOut | None

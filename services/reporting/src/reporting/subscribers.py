@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
@@ -46,6 +47,14 @@ class Delivery:
     received_ns: int
 
 
+def _stream_seq(msg: Msg) -> int:
+    """The message's ACCEPTED stream sequence (0 when its reply subject does not say)."""
+    try:
+        return int(msg.metadata.sequence.stream)
+    except Exception:  # not a JetStream delivery (a test's plain message)
+        return 0
+
+
 def deliveries(messages: Sequence[Msg]) -> list[Delivery]:
     received = time.time_ns()
     return [Delivery(msg, received) for msg in messages]
@@ -55,13 +64,27 @@ def consumer_config(*, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
     """The durable consumer `reporting` (shared by every replica of the service)."""
     return ConsumerConfig(
         durable_name=REPORTING_DURABLE,
-        description="Reporting: admitted events into the rollup store",
+        description="Reporting: admitted reports, reviews and closes into the rollup store",
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=AckPolicy.EXPLICIT,
         ack_wait=ack_wait,
         max_ack_pending=max_ack_pending,
-        filter_subject=ACCEPTED_STREAM.subjects[0],
+        # Every subject of ACCEPTED: admitted reports, reviews and closes, applied in the log's one order.
+        filter_subjects=list(ACCEPTED_STREAM.subjects),
     )
+
+
+async def update_consumer(nc: Client, config: ConsumerConfig) -> None:
+    """Bring an existing durable consumer `reporting` to `config`'s subjects (a store made before the reporting
+    cycle followed `accepted.>` only; reviews and closes are in the same log). Missing, it is created when pulled."""
+    js = nc.jetstream()
+    try:
+        info = await js.consumer_info(ACCEPTED_STREAM.name, REPORTING_DURABLE)
+    except NotFoundError:
+        return
+    if info.config.filter_subject or list(info.config.filter_subjects or ()) != config.filter_subjects:
+        await js.add_consumer(ACCEPTED_STREAM.name, config)
+        log.info("durable consumer %s now follows every subject of %s", REPORTING_DURABLE, ACCEPTED_STREAM.name)
 
 
 class AcceptedPuller:
@@ -180,7 +203,7 @@ class AcceptedWriter:
         """Decode and write the batch; None when the writer process died (the batch was put back)."""
         started = time.time_ns()
         try:
-            outcome = await self._applier.apply([d.msg.data for d in batch])
+            outcome = await self._applier.apply([(d.msg.subject, _stream_seq(d.msg), d.msg.data) for d in batch])
         except Exception as e:  # the worker died: nothing is known to be committed
             await self._retry(batch, f"{type(e).__name__}: {e}")
             return None

@@ -1,6 +1,6 @@
 """The reporting store's tables and rows: what `repository` reads and writes (its SQL is there).
 
-The store holds three tables:
+The store holds three tables, and the reporting cycle's (`reporting.cycle.tables`):
 
 - `events`: the reporting store's own copy of every admitted event, unique on `event_id`;
 - `effective_reports`: the effective report per (quarter, measure, agency), derived from `events`;
@@ -28,6 +28,7 @@ from typing import Final, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from reporting.cycle.tables import CYCLE_BASES, CycleTables, cycle_tables
 from reporting.domain import EFFECTIVE_ORDER, KpiReading
 from shinchoku_runtime.db import size_sqlite_cache
 
@@ -61,6 +62,8 @@ class Store:
     events: sa.Table
     effective: sa.Table
     revisions: sa.Table
+    #: The reporting cycle's tables (`reporting.cycle.tables`).
+    cycle: CycleTables
     #: Indexes created after a bulk load rather than with the tables.
     late_indexes: tuple[sa.Index, ...]
     suffix: str = LIVE_SUFFIX
@@ -68,7 +71,7 @@ class Store:
 
     @property
     def tables(self) -> tuple[sa.Table, ...]:
-        return (self.events, self.effective, self.revisions)
+        return (self.events, self.effective, self.revisions, *self.cycle.tables)
 
 
 def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
@@ -126,7 +129,12 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Index(f"ix_events_quarter_admitted{tag}", events.c.fiscal_year, events.c.quarter, events.c.admitted_at_us),
         sa.Index(f"ix_effective_reports_measure{tag}", effective.c.measure_id),
     )
-    return Store(metadata, events, effective, revisions, late, suffix, tag)
+    cycle = cycle_tables(metadata, suffix=suffix, tag=tag)
+    return Store(metadata, events, effective, revisions, cycle, late, suffix, tag)
+
+
+#: The base names of every table of a store (a store's names add its suffix).
+TABLE_BASES: Final[tuple[str, ...]] = ("events", "effective_reports", "quarter_revisions", *CYCLE_BASES)
 
 
 # --- Rows ------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from contracts.agencies import Agency
 from contracts.catalog import SECTION_TITLES, Measure, Target
 from contracts.periods import TOKYO, FiscalQuarter
 from contracts.streams import ACCEPTED_STREAM, CATALOG_BUCKET, MSG_ID_HEADER, REPORTING_DURABLE, accepted_subject
+from reporting.alerts.service import Clock, system_clock
 from reporting.app import ReportingService, create_app
 from reporting.config import ReportingSettings
 
@@ -269,15 +270,24 @@ def reporting_settings(
 
 
 @asynccontextmanager
-async def running_reporting(settings: ReportingSettings, *, ready: bool = True) -> AsyncIterator[RunningReporting]:
-    """The reporting app in this process (lifespan entered) with an in-process HTTP client.
+async def running_reporting(
+    settings: ReportingSettings, *, ready: bool = True, clock: Clock = system_clock
+) -> AsyncIterator[RunningReporting]:
+    """The reporting app in this process (lifespan entered) with an in-process HTTP client; `clock` tells the
+    alerts the time.
 
-    With `ready`, waits until /healthz answers 200 (database, NATS, catalog and consumer up).
+    With `ready`, waits until /healthz answers 200 (database, NATS, catalog and consumer up). The client reads
+    as the secretariat (open quarters, notes, names; `/metrics` as the operator), with tokens of an embedded
+    issuer prepared in the data directory, as `shinchoku up` does.
     """
-    app = create_app(settings)
+    # The stack's issuer, as tests and benchmarks use it (the service itself only verifies).
+    from shinchoku.issuer import EmbeddedIssuer, StackAuth
+
+    auth = StackAuth(EmbeddedIssuer.prepare(settings.data_dir))
+    app = create_app(settings, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://reporting") as http:
+        async with httpx.AsyncClient(transport=transport, base_url="http://reporting", auth=auth) as http:
             if ready:
                 await wait_healthy(http)
             yield RunningReporting(app, app.state.service, http, settings)

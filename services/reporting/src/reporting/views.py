@@ -21,6 +21,7 @@ from contracts.catalog import Measure
 from contracts.periods import TOKYO, FiscalQuarter
 from reporting import repository
 from reporting.cache import SingleFlightCache
+from reporting.cycle.state import OPEN, PublicationState, closed_quarters, is_closed, publication_state
 from reporting.domain import (
     LeadReport,
     MeasureStanding,
@@ -41,6 +42,7 @@ from reporting.progress import (
     target_standings,
 )
 from reporting.registry import CatalogSnapshot, CatalogView
+from reporting.tables import LIVE
 from shinchoku_runtime.http import Unavailable
 
 #: Values each cache holds: a quarter's data per revision, the shared part per state, views per quarter and state.
@@ -124,6 +126,8 @@ class QuarterView:
     #: The day `overdue` is judged on (Asia/Tokyo): today, or the `as_of` moment's day.
     today: date
     as_of: datetime | None
+    #: Closed or not, and the latest published revision (as known now: an `as_of` view is open until its close).
+    publication: PublicationState = OPEN
 
 
 # --- Keys: what each cached value depends on ----------------------------------------------------------------
@@ -210,6 +214,10 @@ class QuarterViews:
                 datas = {q: quarter_data(q, snapshot.measures, reports) for q, reports in grouped.items()}
             this = datas.get(quarter) or self._quarter_data(conn, snapshot, quarter, None)
             last = datas.get(previous) or self._quarter_data(conn, snapshot, previous, None)
+            publication = publication_state(conn, LIVE.cycle, quarter.fiscal_year, quarter.quarter)
+        if key.as_of is not None and publication.published_at is not None:
+            if datetime.fromisoformat(publication.published_at) > key.as_of:
+                publication = OPEN
         if key.as_of is None:  # the same for every quarter's view of this state of the store: computed once
             plan = self._plans.get(state, lambda: plan_standing(snapshot.measures, datas.values(), state.today)).value
         else:
@@ -221,6 +229,7 @@ class QuarterViews:
             targets=plan.targets,
             today=state.today,
             as_of=key.as_of,
+            publication=publication,
         )
 
     def _quarter_data(
@@ -235,6 +244,15 @@ class QuarterViews:
             return quarter_data(quarter, snapshot.measures, reports)
 
         return self._quarters.get(QuarterDataKey(quarter, revision, snapshot.revision), compute).value
+
+    def closed_quarters(self) -> list[FiscalQuarter]:
+        """Every quarter the secretariat has closed, oldest first."""
+        with self._engine.connect() as conn:
+            return [FiscalQuarter(fy, q) for fy, q in closed_quarters(conn, LIVE.cycle)]
+
+    def is_closed(self, fiscal_year: int, quarter: int) -> bool:
+        with self._engine.connect() as conn:
+            return is_closed(conn, LIVE.cycle, fiscal_year, quarter)
 
     def history(self, measure: Measure) -> MeasureHistory:
         """A measure in every quarter any of its leads reported on, as known now."""

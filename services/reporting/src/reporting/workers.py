@@ -18,14 +18,14 @@ from typing import Protocol
 from sqlalchemy import Engine
 
 from reporting import repository
-from reporting.handlers import BatchOutcome, decode_and_apply
+from reporting.handlers import BatchOutcome, Delivered, decode_and_apply
 from reporting.repository import LIVE
 from shinchoku_runtime.children import ChildPool
 from shinchoku_runtime.db import make_engine
 
 
 class Applier(Protocol):
-    async def apply(self, payloads: Sequence[bytes]) -> BatchOutcome: ...
+    async def apply(self, messages: Sequence[Delivered]) -> BatchOutcome: ...
 
     async def close(self) -> None: ...
 
@@ -36,14 +36,14 @@ class ThreadApplier:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
 
-    async def apply(self, payloads: Sequence[bytes]) -> BatchOutcome:
-        return await asyncio.to_thread(decode_and_apply, self._engine, payloads, store=LIVE)
+    async def apply(self, messages: Sequence[Delivered]) -> BatchOutcome:
+        return await asyncio.to_thread(decode_and_apply, self._engine, messages, store=LIVE)
 
     async def close(self) -> None:
         return None
 
 
-def live_writer(url: str) -> Callable[[Sequence[bytes]], BatchOutcome]:
+def live_writer(url: str) -> Callable[[Sequence[Delivered]], BatchOutcome]:
     """In the child process: its own engine, and the handler writing one batch to the live store."""
     engine = repository.tune(make_engine(url))
     return functools.partial(decode_and_apply, engine, store=LIVE)
@@ -56,11 +56,11 @@ class ProcessApplier:
         self._pool = ChildPool(live_writer, (database_url,), name="reporting writer process", replace=True)
         self._started = False
 
-    async def apply(self, payloads: Sequence[bytes]) -> BatchOutcome:
+    async def apply(self, messages: Sequence[Delivered]) -> BatchOutcome:
         if not self._started:
             self._pool.start()
             self._started = True
-        outcome: BatchOutcome = await self._pool.call(list(payloads))
+        outcome: BatchOutcome = await self._pool.call(list(messages))
         return outcome
 
     async def close(self) -> None:

@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 from contracts.periods import TOKYO
+from reporting import access
+from reporting.access import DashboardReader
 from reporting.dashboard import view
 from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
 from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
@@ -60,13 +62,9 @@ templates.globals.update(
 router = APIRouter(include_in_schema=False)
 
 
-def get_source(request: Request) -> RollupSource:
-    """The app's own rollup API, in-process (one client per app)."""
-    source: RollupSource | None = getattr(request.app.state, "dashboard_source", None)
-    if source is None:
-        source = ApiSource(request.app)
-        request.app.state.dashboard_source = source
-    return source
+def get_source(request: Request, principal: DashboardReader) -> RollupSource:
+    """The app's own rollup API, in-process, read as the principal of the request (the API's rules apply)."""
+    return ApiSource(request.app, principal)
 
 
 SourceDep = Annotated[RollupSource, Depends(get_source)]
@@ -158,7 +156,7 @@ async def measure(request: Request, measure_id: str, source: SourceDep) -> Respo
     return _html(request, templates.get_template("measure.html").render(**context))
 
 
-@router.get("/dashboard/static/{name}")
+@router.get("/dashboard/static/{name}", dependencies=[Depends(access.OPEN)])
 async def static(request: Request, name: str) -> Response:
     """The dashboard's own CSS and JavaScript (vendored: nothing is fetched from elsewhere)."""
     path = _STATIC / name

@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message
 
 from contracts.periods import FiscalQuarter
 from reporting.dashboard.models import MeasureHistory, MeasureInfo, MeasureRow, Rollup, items_of
+from shinchoku_runtime.auth import PRINCIPAL_SCOPE_KEY, Principal
 
 
 class SourceError(Exception):
@@ -50,9 +51,12 @@ def _params(as_of: datetime | None, extra: dict[str, str] | None = None) -> dict
     return out
 
 
-async def asgi_get(app: ASGIApp, path: str, params: dict[str, str]) -> tuple[int, bytes]:
-    """One GET through an ASGI app in this process: the app's own routes, middleware and error handlers."""
-    scope = {
+async def asgi_get(
+    app: ASGIApp, path: str, params: dict[str, str], principal: Principal | None = None
+) -> tuple[int, bytes]:
+    """One GET through an ASGI app in this process: the app's own routes, middleware and error handlers, as
+    `principal` (the public when None)."""
+    scope: dict[str, Any] = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -65,6 +69,7 @@ async def asgi_get(app: ASGIApp, path: str, params: dict[str, str]) -> tuple[int
         "headers": [(b"host", b"reporting.local"), (b"accept", b"application/json")],
         "client": ("127.0.0.1", 0),
         "server": ("reporting.local", 80),
+        PRINCIPAL_SCOPE_KEY: principal or Principal.public(),
     }
     status = 500
     body = bytearray()
@@ -84,13 +89,14 @@ async def asgi_get(app: ASGIApp, path: str, params: dict[str, str]) -> tuple[int
 
 
 class ApiSource:
-    """Reads the rollup API of an ASGI app (the reporting app itself) without a network hop."""
+    """Reads the rollup API of an ASGI app (the reporting app itself) without a network hop, as `principal`."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, principal: Principal | None = None) -> None:
         self._app = app
+        self.principal = principal or Principal.public()
 
     async def _get(self, path: str, params: dict[str, str]) -> Any:
-        status, body = await asgi_get(self._app, path, params)
+        status, body = await asgi_get(self._app, path, params, self.principal)
         try:
             document = json.loads(body) if body else None
         except ValueError:
@@ -129,7 +135,7 @@ class ApiSource:
 
     async def last_admitted(self) -> str | None:
         # /healthz answers 503 with the same body when a dependency is down; the mark is still good.
-        _status, body = await asgi_get(self._app, "/healthz", {})
+        _status, body = await asgi_get(self._app, "/healthz", {}, self.principal)
         try:
             document = json.loads(body)
         except ValueError:

@@ -1,0 +1,247 @@
+"""The alerts' running parts inside the reporting process: when to evaluate, and what to publish and post.
+
+- Evaluation runs when the store changed (`notify`, called after each committed batch and each kept review) and
+  on the clock (`tick_seconds`; the clock is injectable, Asia/Tokyo dates come from it), so `report_due` fires N
+  days before the deadline with nobody reading anything. It waits until the store has caught up with ACCEPTED (the
+  `reporting` and `reporting-alerts` consumers have nothing pending), so a restart that is still replaying never
+  raises a transient alert; after `max_behind_seconds` of lag it evaluates anyway.
+- The durable consumer `reporting-alerts` keeps the secretariat's admitted reviews (`reviewed.>` on ACCEPTED).
+- The outbox is published on ALERTS, and posted to the webhook when one is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from pydantic import ValidationError
+from sqlalchemy import Engine
+
+from contracts.cycle import AdmittedReview
+from contracts.periods import FiscalQuarter
+from contracts.streams import ACCEPTED_STREAM, ALERTS_DURABLE, REPORTING_DURABLE, REVIEWED_SUBJECT_PREFIX
+from reporting.alerts import store
+from reporting.alerts.delivery import WebhookPoster, publish_pending
+from reporting.alerts.evaluate import evaluate
+from reporting.registry import CatalogView
+from shinchoku_runtime.pull import PullConsumer
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    due_days: int = 14
+    tick_seconds: float = 30.0
+    since: FiscalQuarter | None = None
+    webhook_url: str | None = None
+    webhook_first_retry: float = 0.5
+    webhook_max_retry: float = 300.0
+    max_behind_seconds: float = 60.0
+
+
+def reviews_consumer_config() -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=ALERTS_DURABLE,
+        description="Reporting's alerts: the secretariat's admitted reviews (returned reports)",
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=30.0,
+        filter_subject=f"{REVIEWED_SUBJECT_PREFIX}.>",
+    )
+
+
+class AlertsService:
+    def __init__(self, engine: Engine, catalog: CatalogView, settings: AlertSettings, *, clock: Clock = system_clock):
+        self.engine = engine
+        self.catalog = catalog
+        self.settings = settings
+        self.clock = clock
+        self._changed = asyncio.Event()
+        self._to_publish = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reviews: PullConsumer | None = None
+        self._webhook = (
+            WebhookPoster(
+                engine,
+                settings.webhook_url,
+                first_retry=settings.webhook_first_retry,
+                max_retry=settings.webhook_max_retry,
+            )
+            if settings.webhook_url
+            else None
+        )
+        #: How many evaluations committed changes (for health and tests).
+        self.evaluations = 0
+
+    def create_tables(self) -> None:
+        store.create_tables(self.engine)
+
+    def notify(self) -> None:
+        """The store changed: evaluate soon."""
+        self._changed.set()
+
+    def start(self, nc: Client) -> None:
+        js = nc.jetstream()
+        self._reviews = PullConsumer(nc, stream=ACCEPTED_STREAM.name, config=reviews_consumer_config(), batch=200)
+        self._tasks += [
+            asyncio.create_task(self._follow_reviews(), name="alerts-reviews"),
+            asyncio.create_task(self._evaluate_loop(js), name="alerts-evaluate"),
+            asyncio.create_task(self._publish_loop(js), name="alerts-publish"),
+        ]
+        if self._webhook is not None:
+            self._tasks.append(asyncio.create_task(self._webhook_loop(), name="alerts-webhook"))
+
+    async def stop(self) -> None:
+        if self._reviews is not None:
+            self._reviews.stop()
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        self._tasks = []
+        if self._webhook is not None:
+            await self._webhook.close()
+
+    # --- reviews -------------------------------------------------------------------------------
+
+    async def _follow_reviews(self) -> None:
+        assert self._reviews is not None
+        while True:
+            try:
+                await self._reviews.follow(self._keep_reviews)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("reviews consumer stopped (%s: %s); restarting", type(e).__name__, e)
+                await asyncio.sleep(2)
+
+    async def _keep_reviews(self, messages: list[Msg]) -> None:
+        good: list[tuple[Msg, AdmittedReview]] = []
+        for msg in messages:
+            try:
+                good.append((msg, AdmittedReview.model_validate_json(msg.data)))
+            except ValidationError as e:
+                log.error("ACCEPTED message on %s is not AdmittedReview JSON, terminated: %s", msg.subject, e)
+                await msg.term()
+        try:
+            await asyncio.to_thread(self._store_reviews, [r for _, r in good])
+        except Exception as e:
+            log.warning("could not keep %d reviews (%s); retrying", len(good), e)
+            for msg, _ in good:
+                await msg.nak(delay=2)
+            return
+        for msg, _ in good:
+            await msg.ack()
+        self.notify()
+
+    def _store_reviews(self, reviews: list[AdmittedReview]) -> None:
+        with self.engine.begin() as conn:
+            for admitted in reviews:
+                review = admitted.review
+                store.add_review(
+                    conn,
+                    review_id=str(review.review_id),
+                    event_id=str(review.event_id),
+                    decision=review.decision.value,
+                    comment=review.comment,
+                    reviewed_at=review.reviewed_at,
+                    admitted_at=admitted.admitted_at,
+                )
+
+    # --- evaluation ----------------------------------------------------------------------------
+
+    async def _caught_up(self, js: JetStreamContext) -> bool:
+        for durable in (REPORTING_DURABLE, ALERTS_DURABLE):
+            try:
+                info = await js.consumer_info(ACCEPTED_STREAM.name, durable)
+            except Exception:
+                return False
+            if info.num_pending or info.num_ack_pending:
+                return False
+        return True
+
+    async def _evaluate_loop(self, js: JetStreamContext) -> None:
+        behind_since: float | None = None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=self.settings.tick_seconds)
+            self._changed.clear()
+            if not self.catalog.loaded or not self.catalog.snapshot.measures:
+                continue
+            if not await self._caught_up(js):
+                behind_since = behind_since or time.monotonic()
+                if time.monotonic() - behind_since < self.settings.max_behind_seconds:
+                    await asyncio.sleep(0.2)
+                    self._changed.set()
+                    continue
+            behind_since = None
+            try:
+                await self.evaluate_now()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("alert evaluation failed; trying again")
+                await asyncio.sleep(1)
+                self._changed.set()
+
+    async def evaluate_now(self) -> int:
+        """Evaluate once (again on a conflict with another replica); returns how many alerts changed."""
+        for _ in range(5):
+            result = await asyncio.to_thread(
+                evaluate,
+                self.engine,
+                measures=self.catalog.snapshot.measures,
+                now=self.clock(),
+                since=self.settings.since,
+                due_days=self.settings.due_days,
+            )
+            if not result.conflict:
+                if result.changes:
+                    self.evaluations += 1
+                    self._to_publish.set()
+                return len(result.changes)
+            await asyncio.sleep(0.1)
+        return 0
+
+    # --- delivery ------------------------------------------------------------------------------
+
+    async def _publish_loop(self, js: JetStreamContext) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._to_publish.wait(), timeout=1.0)
+            self._to_publish.clear()
+            try:
+                await publish_pending(self.engine, js)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # NATS or the database away: the outbox keeps them
+                log.warning("could not publish alerts (%s: %s); retrying", type(e).__name__, e)
+                await asyncio.sleep(1)
+
+    async def _webhook_loop(self) -> None:
+        assert self._webhook is not None
+        while True:
+            try:
+                await self._webhook.deliver_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("webhook delivery failed; retrying")
+            await asyncio.sleep(0.25)
