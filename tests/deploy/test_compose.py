@@ -17,7 +17,9 @@ from shinchoku_runtime.natsserver import nats_server_binary
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("catalog", "ingest", "reporting")
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
-EXPECTED = {*NATS_NODES, "postgres", "jaeger", "otel-collector", *APP_SERVICES, "proxy", "authcallout"}
+#: One-shot jobs: they run to completion (the services wait for that), so they have no healthcheck.
+JOBS = {"streams"}
+EXPECTED = {*NATS_NODES, "postgres", "jaeger", "otel-collector", *APP_SERVICES, "proxy", "authcallout", *JOBS}
 REPLICAS = {"catalog": 1, "ingest": 2, "reporting": 2}
 
 
@@ -58,6 +60,14 @@ def test_the_platform_is_all_there(services: dict[str, dict[str, Any]]) -> None:
 
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
+        if name in JOBS:
+            assert service["restart"] == "on-failure", name
+            waiting = [n for n, s in services.items() if (s.get("depends_on") or {}).get(name)]
+            assert waiting, f"nobody waits for the job {name}"
+            for other in waiting:
+                condition = services[other]["depends_on"][name]["condition"]
+                assert condition == "service_completed_successfully", (other, name)
+            continue
         check = service.get("healthcheck")
         assert check, f"{name} has no healthcheck"
         assert not check.get("disable"), name
@@ -82,6 +92,7 @@ def test_every_built_image_has_its_dockerfile_and_every_dockerfile_is_used(servi
         assert service["image"] == f"shinchoku/{name}:latest"
         used.add(dockerfile.name)
     assert services["authcallout"]["build"]["dockerfile"] == "deploy/docker/catalog.Dockerfile"
+    assert services["streams"]["build"]["dockerfile"] == "deploy/docker/ingest.Dockerfile"
     assert used == {p.name for p in (ROOT / "deploy" / "docker").glob("*.Dockerfile")}
 
 

@@ -291,6 +291,10 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
                 Case(f"/dashboard/measures/{mof.measure_id}?fy={fy}&q={q}", LIVE, no_names=names)
             ],
             "/dashboard/static/{name}": [Case("/dashboard/static/dashboard.css", EVERYONE)],
+            "/dashboard/alerts": [
+                Case("/dashboard/alerts", {**LIVE, "operator": 403}, own_only=AGENCIES),
+                Case("/dashboard/alerts?agency=digital", {**LIVE, "mof": 403, "operator": 403}),
+            ],
             "/alerts": [
                 Case("/alerts", {**LIVE, "operator": 403}, own_only=AGENCIES),
                 Case("/alerts?agency=digital", {**LIVE, "mof": 403, "operator": 403}),

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -86,7 +87,7 @@ def callout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callout]:
         cluster.stop()
 
 
-async def _connect(callout: Callout, *, node: int, errors: list[str], inbox: str = "_INBOX", **auth: str) -> Client:
+async def _connect(callout: Callout, *, node: int, errors: list[str], inbox: str = "_INBOX", **auth: Any) -> Client:
     async def error_cb(e: Exception) -> None:
         errors.append(str(e))
 
@@ -223,3 +224,28 @@ async def test_a_ministrys_client_publishes_with_its_token_over_tls(callout: Cal
         assert ack.stream == "STATUS"
         with pytest.raises(PublishError, match=r"(?i)permission"):
             await publisher.publish_raw(status_subject("digital", "1-1"), b"{}")
+
+
+async def test_the_nats_session_ends_when_the_token_expires(callout: Callout) -> None:
+    """The user JWT expires with the token: the server ends the session then (and a token that is still valid
+    keeps its session over the same time)."""
+    short = callout.issuer.mint(principal_named("mof", "tanaka"), ttl=timedelta(seconds=4))
+    lasting = callout.issuer.mint(principal_named("mof", "tanaka"))
+    errors: list[str] = []
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    inbox = agency_inbox_prefix("mof")
+    started = time.monotonic()
+    nc = await _connect(callout, node=0, errors=errors, inbox=inbox, token=short, closed_cb=on_closed)
+    steady = await _connect(callout, node=1, errors=[], inbox=inbox, token=lasting)
+    try:
+        assert nc.is_connected
+        await asyncio.wait_for(closed.wait(), timeout=30)
+        lived = time.monotonic() - started
+        assert 2.0 <= lived <= 15, f"the session lasted {lived:.1f} s for a 4 s token"
+        assert steady.is_connected, "a valid token's session stays"
+    finally:
+        await steady.close()
