@@ -38,6 +38,7 @@ from reporting.cycle.cursor import set_cursor
 from reporting.cycle.publications import keep_sent
 from reporting.handlers import Admitted, Delivered, Fact, apply_facts, decode_admitted, decode_fact
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
+from reporting.tables import EffectiveRow, EventRow
 from shinchoku_runtime.children import ChildDied, ChildPool
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.natsclient import connect_service
@@ -101,44 +102,51 @@ class RebuildResult:
         return self.events_read / self.seconds if self.seconds else 0.0
 
 
+#: Where a report stands in the effective ordering: (reported_at in microseconds, event_id), as
+#: `domain.effective_order` orders reports.
+Rank = tuple[int, str]
+#: An effective report's key: (fiscal_year, quarter, measure_id, agency).
+Key = tuple[int, int, str, str]
+
+
 class EffectiveReports:
     """The effective report per (quarter, measure, agency) of everything added: greatest reported_at, then
-    greatest event id (the ordering `repository.upsert_effective` applies in SQL)."""
+    greatest event id (`domain.effective_order`, the ordering `repository.upsert_effective` applies in SQL)."""
 
     def __init__(self) -> None:
-        self._best: dict[tuple[int, int, str, str], tuple[tuple[int, str], tuple[Any, ...]]] = {}
+        self._best: dict[Key, tuple[Rank, EffectiveRow]] = {}
 
     def add(self, batch: list[Admitted]) -> None:
         best = self._best
         for admitted in batch:
             row = admitted.event_row
-            key = (row[3], row[4], row[1], row[2])  # fiscal_year, quarter, measure_id, agency
-            order = (row[6], row[0])  # reported_at_us, event_id
+            key = (row.fiscal_year, row.quarter, row.measure_id, row.agency)
+            rank = (row.reported_at_us, row.event_id)
             seen = best.get(key)
-            if seen is None or order > seen[0]:
-                best[key] = (order, admitted.effective_row())
+            if seen is None or rank > seen[0]:
+                best[key] = (rank, admitted.effective_row())
 
-    def rows(self) -> list[tuple[Any, ...]]:
+    def rows(self) -> list[EffectiveRow]:
         return [row for _, row in self._best.values()]
 
-    def ranked(self) -> list[tuple[tuple[int, str], tuple[Any, ...]]]:
-        """The winners with their ordering, for `merge` (another writer's share of the stream)."""
+    def ranked(self) -> list[tuple[Rank, EffectiveRow]]:
+        """The winners with their rank, for `merge` (another writer's share of the stream)."""
         return list(self._best.values())
 
-    def merge(self, ranked: list[tuple[tuple[int, str], tuple[Any, ...]]]) -> None:
-        """Add the winners of another share of the stream (the effective row's first four fields are its key)."""
+    def merge(self, ranked: list[tuple[Rank, EffectiveRow]]) -> None:
+        """Add the winners of another share of the stream."""
         best = self._best
-        for order, row in ranked:
-            key = (row[0], row[1], row[2], row[3])
+        for rank, row in ranked:
+            key = (row.fiscal_year, row.quarter, row.measure_id, row.agency)
             seen = best.get(key)
-            if seen is None or order > seen[0]:
-                best[key] = (order, row)
+            if seen is None or rank > seen[0]:
+                best[key] = (rank, row)
 
 
 @dataclass(frozen=True)
 class BulkResult:
     read: int
-    rows: list[tuple[Any, ...]]
+    rows: list[EffectiveRow]
     #: The messages read from the first review or close on, in the log's order (applied one batch after another).
     leftover: list[Delivered]
 
@@ -175,7 +183,7 @@ class BulkWriter:
         self._decoding += decoded - started
         self._inserting += self._idle_since - decoded
 
-    def finish(self) -> list[tuple[tuple[int, str], tuple[Any, ...]]]:
+    def finish(self) -> list[tuple[Rank, EffectiveRow]]:
         log.info(
             "writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs",
             self._waited,
@@ -261,7 +269,7 @@ def _sqlite_normal_sync(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
-    rows: dict[str, tuple[Any, ...]] = {}
+    rows: dict[str, EventRow] = {}
     for admitted in batch:
         rows.setdefault(admitted.event_id, admitted.event_row)
     with engine.begin() as conn:
