@@ -34,6 +34,8 @@ from sqlalchemy import Engine
 from contracts.streams import ACCEPTED_STREAM
 from reporting import repository
 from reporting.config import ReportingSettings
+from reporting.cycle.cursor import set_cursor
+from reporting.cycle.publications import keep_sent
 from reporting.handlers import Admitted, Delivered, Fact, apply_facts, decode_admitted, decode_fact
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
 from reporting.tables import EffectiveRow, EventRow
@@ -43,6 +45,9 @@ from shinchoku_runtime.natsclient import connect_service
 from shinchoku_runtime.pull import Payload, PullConsumer
 
 log = logging.getLogger(__name__)
+
+#: The subjects of the facts that must be applied in the log's order (reviews, closes; and every fact after them).
+_CYCLE = (b"reviewed.", b"closed.")
 
 REQUEST_BATCH = 5000
 REQUESTS_IN_FLIGHT = 2
@@ -142,8 +147,8 @@ class EffectiveReports:
 class BulkResult:
     read: int
     rows: list[EffectiveRow]
-    #: The reviews and closes read, in the log's order (applied after the reports' bulk load).
-    cycle: list[Delivered]
+    #: The messages read from the first review or close on, in the log's order (applied one batch after another).
+    leftover: list[Delivered]
 
 
 class BulkWriter:
@@ -205,19 +210,26 @@ async def _bulk_phase(
     )
     writers.start()
     read = 0
-    cycle: list[Delivered] = []
+    leftover: list[Delivered] = []
     try:
         async for messages in reader.batches():
-            reports = []
-            for subject, data in messages:
-                if subject.startswith((b"reviewed.", b"closed.")):
-                    cycle.append((subject.decode(), first_seq + read, data))
-                else:
-                    reports.append((subject, data))
-                read += 1
-            await writers.put(reports)
+            # Up to the first review or close only: from there on, facts are applied in the log's order.
+            first_cycle = next((i for i, (subject, _) in enumerate(messages) if subject.startswith(_CYCLE)), None)
+            reports = messages if first_cycle is None else messages[:first_cycle]
+            if reports:
+                await writers.put(reports)
+            read += len(reports)
             if bar:
-                bar.update(len(messages))
+                bar.update(len(reports))
+            if first_cycle is not None:
+                leftover = [
+                    (subject.decode(), first_seq + read + i, data)
+                    for i, (subject, data) in enumerate(messages[first_cycle:])
+                ]
+                read += len(leftover)
+                if bar:
+                    bar.update(len(leftover))
+                break
         shares = await writers.finish()
     except ChildDied as e:  # the rebuild has failed: what the others wrote goes with the shadow tables
         raise RuntimeError(f"a writer process of the rebuild stopped: {e}") from e
@@ -226,7 +238,7 @@ async def _bulk_phase(
     winners = EffectiveReports()
     for ranked in shares:
         winners.merge(ranked)
-    return BulkResult(read, winners.rows(), cycle)
+    return BulkResult(read, winners.rows(), leftover)
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
@@ -336,9 +348,24 @@ async def rebuild_store(
         with engine.begin() as conn:
             repository.create_late_indexes(conn, store=shadow)
             repository.upsert_effective(conn, store=shadow, rows=winners.rows)
-            apply_facts(conn, store=shadow, facts=_decode_facts(winners.cycle))
         log.info("indexed and stored the effective reports in %.1fs", time.monotonic() - mark)
         mark = time.monotonic()
+
+        # Ordered phase, from the first review or close on: every fact in the log's order, as the consumer
+        # applies them (review states, revisions and restatements depend on it).
+        if winners.leftover:
+            with engine.begin() as conn:
+                apply_facts(conn, store=shadow, facts=_decode_facts(winners.leftover))
+            async for messages in reader.batches():
+                seq = info.state.first_seq + read
+                batch = [(subject.decode(), seq + i, data) for i, (subject, data) in enumerate(messages)]
+                read += len(messages)
+                with engine.begin() as conn:
+                    apply_facts(conn, store=shadow, facts=_decode_facts(batch))
+                if bar:
+                    bar.update(len(messages))
+            log.info("applied the facts from the first review or close on in %.1fs", time.monotonic() - mark)
+            mark = time.monotonic()
 
         # Swap phase: hold the live store's write lock, catch up with the stream, swap.
         with engine.begin() as conn:
@@ -352,6 +379,8 @@ async def rebuild_store(
                     bar.update(len(messages))
             previous = repository.revisions(conn)
             repository.fill_revisions_from_events(conn, store=shadow, previous=previous)
+            set_cursor(conn, shadow, info.state.first_seq + read - 1)
+            keep_sent(conn, shadow=shadow, live=repository.LIVE)
             stored = repository.count_rows(conn, shadow.events)
             if not force:  # raising rolls the swap back: the live store stays
                 _check_not_smaller(stored, repository.count_rows(conn, repository.LIVE.events))
