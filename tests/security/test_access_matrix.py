@@ -283,14 +283,24 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
                 Case(f"/measures/{mof.measure_id}/history", EVERYONE, no_names=names),
                 Case(f"/measures/{digital.measure_id}/history?format=csv", EVERYONE, no_names=names),
             ],
-            # The dashboard shows what the API shows its caller: the current quarter is open.
-            "/": [Case("/", LIVE)],
-            "/dashboard": [Case(f"/dashboard?fy={fy}&q={q}", LIVE)],
+            # The dashboard shows what the API shows its caller: the current quarter is open, FY2024Q1 closed
+            # (and the latest quarter the public may read, so its landing page).
+            "/": [Case("/", EVERYONE, no_names=names)],
+            "/dashboard": [
+                Case(f"/dashboard?fy={fy}&q={q}", LIVE),
+                Case(f"/dashboard?fy={cfy}&q={cq}", EVERYONE, no_names=names),
+            ],
             "/dashboard/live": [Case(f"/dashboard/live?fy={fy}&q={q}", LIVE)],
             "/dashboard/measures/{measure_id}": [
-                Case(f"/dashboard/measures/{mof.measure_id}?fy={fy}&q={q}", LIVE, no_names=names)
+                Case(f"/dashboard/measures/{mof.measure_id}?fy={fy}&q={q}", LIVE, no_names=names),
+                Case(f"/dashboard/measures/{mof.measure_id}?fy={cfy}&q={cq}", EVERYONE, no_names=names),
             ],
             "/dashboard/static/{name}": [Case("/dashboard/static/dashboard.css", EVERYONE)],
+            # Signing in: the page for anyone; no identity provider in the embedded default; a callback that
+            # no sign-in started here is refused.
+            "/dashboard/signin": [Case("/dashboard/signin", EVERYONE)],
+            "/dashboard/auth/login": [Case("/dashboard/auth/login", dict.fromkeys(VALID, 404))],
+            "/dashboard/auth/callback": [Case("/dashboard/auth/callback?code=x&state=y", dict.fromkeys(VALID, 400))],
             "/alerts": [
                 Case("/alerts", {**LIVE, "operator": 403}, own_only=AGENCIES),
                 Case("/alerts?agency=digital", {**LIVE, "mof": 403, "operator": 403}),

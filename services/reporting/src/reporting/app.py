@@ -23,6 +23,7 @@ from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
 from reporting.alerts.service import AlertsService, Clock, system_clock
 from reporting.config import ReportingSettings
+from reporting.dashboard.session import Sessions, session_secret
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
@@ -209,7 +210,15 @@ def create_app(
     app.state.settings = settings
     app.state.queries = service.queries
     install_error_handlers(app)
-    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=settings.data_dir))
+    auth = auth or AuthSettings()
+    install_auth(app, TokenVerifier.from_settings(auth, data_dir=settings.data_dir))
+    app.state.auth_settings = auth
+    secret = settings.dashboard_session_secret
+    app.state.dashboard_sessions = Sessions(
+        session_secret(secret.get_secret_value() if secret else None, settings.data_dir),
+        ttl=settings.dashboard_session_ttl,
+        secure=settings.dashboard_cookie_secure,
+    )
     add_metrics_route(app, service.registry)
     add_liveness_route(app)
     instrument_app(app, service.tracer_provider)
