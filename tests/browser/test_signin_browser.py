@@ -143,6 +143,12 @@ def test_signing_in_through_the_provider_in_chromium(
     assert session["secure"] is False, "served over plain http on loopback here (Secure under TLS)"
     assert not [c for c in page.context.cookies() if c["name"] == "shinchoku_oidc"], "the flow's cookie is gone"
 
+    # The dashboard's CSV links read the API with the session (no token in the browser).
+    export = page.request.get(f"{stack.base_url}/rollups/2024/3/measures?format=csv&agency=mof")
+    assert export.status == 200
+    assert "⟦" not in export.text(), "exports keep the stored text as it is"
+    assert "\u202e" in export.text()
+
     # The note that would display as something else shows its override as a visible mark.
     page.goto(f"/dashboard/measures/{measure_id}?fy=2024&q=3")
     note = page.locator("dd.note").first

@@ -211,14 +211,17 @@ def create_app(
     app.state.queries = service.queries
     install_error_handlers(app)
     auth = auth or AuthSettings()
-    install_auth(app, TokenVerifier.from_settings(auth, data_dir=settings.data_dir))
-    app.state.auth_settings = auth
     secret = settings.dashboard_session_secret
-    app.state.dashboard_sessions = Sessions(
+    sessions = Sessions(
         session_secret(secret.get_secret_value() if secret else None, settings.data_dir),
         ttl=settings.dashboard_session_ttl,
         secure=settings.dashboard_cookie_secure,
     )
+    # A signed-in browser reads the API with its session too (the dashboard's CSV links): only GET routes, no
+    # CORS, and a SameSite=Lax cookie that another site's sub-requests do not carry.
+    install_auth(app, TokenVerifier.from_settings(auth, data_dir=settings.data_dir), session=sessions.principal)
+    app.state.auth_settings = auth
+    app.state.dashboard_sessions = sessions
     add_metrics_route(app, service.registry)
     add_liveness_route(app)
     instrument_app(app, service.tracer_provider)

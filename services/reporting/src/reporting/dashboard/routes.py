@@ -69,7 +69,7 @@ router = APIRouter(include_in_schema=False)
 
 def get_source(request: Request, principal: DashboardReader) -> RollupSource:
     """The app's own rollup API, in-process, read as whoever views the page (the API's rules apply)."""
-    return ApiSource(request.app, viewer(request, principal))
+    return ApiSource(request.app, viewer(principal))
 
 
 SourceDep = Annotated[RollupSource, Depends(get_source)]
