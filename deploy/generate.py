@@ -158,6 +158,11 @@ def service_secret_env(
     return env
 
 
+def streams_secret_env(nats: dict[str, str]) -> dict[str, str]:
+    """The stream job's one secret: the administrator's NATS password (only it creates or changes a stream)."""
+    return {"SHINCHOKU_NATS_ADMIN_PASSWORD": nats["admin"]}
+
+
 @dataclass(frozen=True)
 class Certificates:
     """What `certificates` issued: the CA and each server's files, by name."""
@@ -297,6 +302,7 @@ def generate(
 
     for service in SERVICES:
         write_private(out / "env" / f"{service}.env", _env_file(service_secret_env(service, nats, db, "postgres", app)))
+    write_private(out / "env" / "streams.env", _env_file(streams_secret_env(nats)))
     postgres_env = {"POSTGRES_PASSWORD": db["postgres"]}
     postgres_env |= {f"SHINCHOKU_DB_PASSWORD_{s.upper()}": db[s] for s in SERVICES}
     write_private(out / "env" / "postgres.env", _env_file(postgres_env))
@@ -316,7 +322,10 @@ def generate(
     import yaml  # the dev group's; only needed here
 
     auth_conf = render_authorization(nats, auth_callout=callout)
-    documents = [_secret_manifest("shinchoku-nats-auth", namespace, {"auth.conf": auth_conf})]
+    documents = [
+        _secret_manifest("shinchoku-nats-auth", namespace, {"auth.conf": auth_conf}),
+        _secret_manifest("shinchoku-streams", namespace, streams_secret_env(nats)),
+    ]
     for service in SERVICES:
         documents.append(
             _secret_manifest(

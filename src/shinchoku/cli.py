@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from shinchoku.commands import (
+    alerts,
     asyncapi,
     close,
     creds,
@@ -15,6 +16,7 @@ from shinchoku.commands import (
     report,
     review,
     rollup,
+    streams,
     template,
     token,
     trace,
@@ -48,7 +50,9 @@ for module in (
     review,
     close,
     rebuild,
+    streams,
     asyncapi,
+    alerts,
 ):
     module.register(app)
 

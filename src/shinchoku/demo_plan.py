@@ -111,8 +111,14 @@ def _corrected(status: Status, rng: random.Random) -> Status:
     return rng.choice(options)
 
 
+def _slips(seed: int, measure: Measure, agency: Agency, quarter: FiscalQuarter) -> bool:
+    """Now and then a clerk types a percentage as a fraction (0.45 for 45 %) or a count in thousands: admitted,
+    and a `kpi_jump` alert for the secretariat. Its own generator, so the rest of the report is drawn as before."""
+    return _rng(seed, "slip", measure.id, agency.value, quarter.label).random() < 0.03
+
+
 def _kpis(
-    measure: Measure, quarter: FiscalQuarter, index: int, reported_at: datetime, base: float
+    measure: Measure, quarter: FiscalQuarter, index: int, reported_at: datetime, base: float, *, slip: bool = False
 ) -> list[KpiObservation]:
     as_of = min(quarter.end, reported_at.astimezone(TOKYO).date())
     out = []
@@ -120,7 +126,14 @@ def _kpis(
         if target.value is None:
             continue
         share = min(1.0, base + 0.06 * index)
-        value = round(target.value * share, 1) if target.value >= 10 else round(target.value * share, 2)
+        start = target.baseline.value if target.baseline is not None and target.direction is not None else 0.0
+        if target.value_is_change:
+            start = 0.0
+        # From the plan's starting point where it states one (3-14: 35.4 % → 45.4 %), else from zero.
+        reached = start + (target.value - start) * share
+        value = round(reached, 1) if abs(target.value) >= 10 else round(reached, 2)
+        if slip:
+            value = round(value / (100 if target.unit in ("%", "％") else 1000), 4)
         out.append(KpiObservation(target=target.index, value=value, as_of=as_of))
     return out
 
@@ -174,7 +187,11 @@ def plan_reports(measures: Sequence[Measure], *, seed: int, now: datetime) -> li
                     quarter=quarter.quarter,
                     status=status,
                     progress=progress,
-                    kpis=_kpis(measure, quarter, index, reported_at, kpi_base) if reports_kpis else [],
+                    kpis=_kpis(
+                        measure, quarter, index, reported_at, kpi_base, slip=_slips(seed, measure, agency, quarter)
+                    )
+                    if reports_kpis
+                    else [],
                     note=q_rng.choice(_NOTES) if q_rng.random() < 0.3 else None,
                     reported_at=reported_at,
                     reporter=reporter,
@@ -291,6 +308,13 @@ def plan_rejections(
         early = body(measure.id, agency, FiscalQuarter(2024, 4), n, "future_period")
         early["reported_at"] = _moment(date(2024, 11, 12 + n), rng).isoformat()
         out.append(_raw(agency, measure.id, early, "rejection", "future_period"))
+
+        # A KPI dated after its report: the observation's year typed 2099 for 2024.
+        measure = rng.choice([m for m in led if m.targets])
+        agency = rng.choice(measure.lead_agencies)
+        ahead = body(measure.id, agency, q, n, "kpi_future")
+        ahead["kpis"] = [{"target": 0, "value": 1.0, "as_of": date(2099, 9, 30 - n).isoformat()}]
+        out.append(_raw(agency, measure.id, ahead, "rejection", "kpi_future"))
 
     # The same event_id resent with another status: in FY2024, whose reports every run sends.
     first_year = [m for m in reports if m.kind == "report" and json.loads(m.payload)["fiscal_year"] == 2024]

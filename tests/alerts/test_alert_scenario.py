@@ -261,6 +261,7 @@ async def test_each_alert_is_raised_once_and_resolved_once(
         database_url,
         tmp_path / "reporting",
         alert_tick_seconds=0.2,
+        alert_min_interval=0.1,
         alerts_since="FY2024Q2",
         alert_webhook_url=receiver.url,
         alert_webhook_first_retry=0.1,

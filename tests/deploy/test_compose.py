@@ -18,7 +18,9 @@ from tests.deploy.conftest import AUTH_SETTINGS
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("catalog", "ingest", "reporting")
 NATS_NODES = ("nats-1", "nats-2", "nats-3")
-EXPECTED = {*NATS_NODES, "postgres", "jaeger", "otel-collector", *APP_SERVICES, "proxy", "authcallout"}
+#: One-shot jobs: they run to completion (the services wait for that), so they have no healthcheck.
+JOBS = {"streams"}
+EXPECTED = {*NATS_NODES, "postgres", "jaeger", "otel-collector", *APP_SERVICES, "proxy", "authcallout", *JOBS}
 REPLICAS = {"catalog": 1, "ingest": 2, "reporting": 2}
 
 
@@ -59,6 +61,14 @@ def test_the_platform_is_all_there(services: dict[str, dict[str, Any]]) -> None:
 
 def test_every_service_has_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
     for name, service in services.items():
+        if name in JOBS:
+            assert service["restart"] == "on-failure", name
+            waiting = [n for n, s in services.items() if (s.get("depends_on") or {}).get(name)]
+            assert waiting, f"nobody waits for the job {name}"
+            for other in waiting:
+                condition = services[other]["depends_on"][name]["condition"]
+                assert condition == "service_completed_successfully", (other, name)
+            continue
         check = service.get("healthcheck")
         assert check, f"{name} has no healthcheck"
         assert not check.get("disable"), name
@@ -83,6 +93,7 @@ def test_every_built_image_has_its_dockerfile_and_every_dockerfile_is_used(servi
         assert service["image"] == f"shinchoku/{name}:latest"
         used.add(dockerfile.name)
     assert services["authcallout"]["build"]["dockerfile"] == "deploy/docker/catalog.Dockerfile"
+    assert services["streams"]["build"]["dockerfile"] == "deploy/docker/ingest.Dockerfile"
     assert used == {p.name for p in (ROOT / "deploy" / "docker").glob("*.Dockerfile")}
 
 
@@ -230,6 +241,11 @@ def test_transport_is_encrypted_everywhere_outside_the_containers(
         assert f"http://{service}:{port}" in nginx
     assert not re.search(r"listen \d+;", nginx), "no plain-HTTP listener"
     assert "ssl_protocols TLSv1.2 TLSv1.3;" in nginx
+    # The services see the scheme the browser used (Secure cookies, same-origin checks behind the proxy).
+    assert "proxy_set_header X-Forwarded-Proto https;" in nginx
+    assert "proxy_set_header Host $http_host;" in nginx
+    for name in APP_SERVICES:
+        assert services[name]["environment"]["FORWARDED_ALLOW_IPS"] == "*", name
     # PostgreSQL: TLS with its own certificate, plain TCP connections refused by pg_hba.
     postgres = services["postgres"]
     command = " ".join(postgres["command"])

@@ -107,6 +107,7 @@ def test_deployment(
     assert env[f"{prefix}PORT"] == str(spec.default_port)
     assert env[f"{prefix}DATABASE_URL"].split("?")[0].endswith(f"/{service}")
     assert env["OTEL_SERVICE_NAME"] == service
+    assert env["FORWARDED_ALLOW_IPS"] == "*", "the service sees the ingress's https (X-Forwarded-Proto)"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].endswith(":4318")
     spec.settings.model_validate({k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(prefix)})
 

@@ -12,7 +12,7 @@ from contracts.agencies import Agency
 from contracts.catalog import Measure
 from contracts.commands import COMMAND_REASONS
 from contracts.events import ReasonCode, StatusEvent
-from contracts.periods import FiscalQuarter, last_completed_quarter, quarters_between
+from contracts.periods import TOKYO, FiscalQuarter, last_completed_quarter, quarters_between
 from contracts.streams import parse_status_subject
 from shinchoku.demo_plan import ADMITTED, DUPLICATE, FIRST_QUARTER, DemoMessage, plan_demo
 
@@ -141,6 +141,9 @@ def test_each_rejection_breaks_its_rule(measures: list[Measure], plan: list[Demo
             assert e.reported_at > NOW + timedelta(days=365 * 50)
         elif m.expect == "future_period":
             assert not q.has_started(e.reported_at)
+            assert e.reported_at < NOW
+        elif m.expect == "kpi_future":
+            assert any(k.as_of > e.reported_at.astimezone(TOKYO).date() for k in e.kpis)
             assert e.reported_at < NOW
         elif m.expect == "duplicate_conflict":
             assert m.event_id in originals

@@ -53,7 +53,7 @@ class Running:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     data_dir = tmp_path_factory.mktemp("stack")
     EmbeddedIssuer.prepare(data_dir)  # the services verify tokens with its keys, as under `shinchoku up`
-    nats = NatsServer.create(data_dir / "nats").start()
+    nats = NatsServer.create(data_dir / "nats").start().apply_streams()  # as `up` does, before the services
     receiver = OtlpReceiver().start()
     group = ProcessGroup()
     try:

@@ -305,6 +305,10 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
             "/dashboard/signin": [Case("/dashboard/signin", EVERYONE)],
             "/dashboard/auth/login": [Case("/dashboard/auth/login", dict.fromkeys(VALID, 404))],
             "/dashboard/auth/callback": [Case("/dashboard/auth/callback?code=x&state=y", dict.fromkeys(VALID, 400))],
+            "/dashboard/alerts": [
+                Case("/dashboard/alerts", {**LIVE, "operator": 403}, own_only=AGENCIES),
+                Case("/dashboard/alerts?agency=digital", {**LIVE, "mof": 403, "operator": 403}),
+            ],
             "/alerts": [
                 Case("/alerts", {**LIVE, "operator": 403}, own_only=AGENCIES),
                 Case("/alerts?agency=digital", {**LIVE, "mof": 403, "operator": 403}),

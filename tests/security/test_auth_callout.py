@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -23,9 +24,12 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from contracts.streams import agency_inbox_prefix, status_subject
 from shinchoku.issuer import EmbeddedIssuer, principal_named
+from shinchoku_client.cli import nats_connect_options
+from shinchoku_client.publisher import AgencyPublisher, PublishError
 from shinchoku_runtime import natsjwt
 from shinchoku_runtime.auth.settings import embedded_jwks_path
 from shinchoku_runtime.harness import NatsCluster, ServiceProcess
+from shinchoku_runtime.natsclient import ensure_streams
 from shinchoku_runtime.natsconf import AUTH_CALLOUT_USER, AuthCallout, ensure_secret, write_private
 from shinchoku_runtime.natsserver import free_port
 
@@ -83,7 +87,7 @@ def callout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callout]:
         cluster.stop()
 
 
-async def _connect(callout: Callout, *, node: int, errors: list[str], inbox: str = "_INBOX", **auth: str) -> Client:
+async def _connect(callout: Callout, *, node: int, errors: list[str], inbox: str = "_INBOX", **auth: Any) -> Client:
     async def error_cb(e: Exception) -> None:
         errors.append(str(e))
 
@@ -206,3 +210,42 @@ def test_the_responder_logs_no_token(callout: Callout) -> None:
     assert "admitted" in text
     assert "eyJ" not in text, "a JWT (token or user JWT) was written to the log"
     assert os.stat(callout.responder.env["SHINCHOKU_AUTHCALLOUT_ISSUER_SEED_FILE"]).st_mode & 0o777 == 0o600
+
+
+async def test_a_ministrys_client_publishes_with_its_token_over_tls(callout: Callout, admin: Client) -> None:
+    """`shinchoku-client import --nats-url nats://host:port --nats-ca ca.pem --token …`: no NATS password at all."""
+    await ensure_streams(admin.jetstream())
+    url = callout.cluster.urls()
+    token = callout.issuer.mint(principal_named("mof", "tanaka"))
+    options = nats_connect_options(url, token=token, ca_file=callout.cluster.ca_file)
+    assert set(options) == {"tls", "token"}
+    async with AgencyPublisher(url, agency="mof", connect_options=options) as publisher:
+        ack = await publisher.publish_raw(status_subject("mof", "1-1"), b"{}")
+        assert ack.stream == "STATUS"
+        with pytest.raises(PublishError, match=r"(?i)permission"):
+            await publisher.publish_raw(status_subject("digital", "1-1"), b"{}")
+
+
+async def test_the_nats_session_ends_when_the_token_expires(callout: Callout) -> None:
+    """The user JWT expires with the token: the server ends the session then (and a token that is still valid
+    keeps its session over the same time)."""
+    short = callout.issuer.mint(principal_named("mof", "tanaka"), ttl=timedelta(seconds=4))
+    lasting = callout.issuer.mint(principal_named("mof", "tanaka"))
+    errors: list[str] = []
+    closed = asyncio.Event()
+
+    async def on_closed() -> None:
+        closed.set()
+
+    inbox = agency_inbox_prefix("mof")
+    started = time.monotonic()
+    nc = await _connect(callout, node=0, errors=errors, inbox=inbox, token=short, closed_cb=on_closed)
+    steady = await _connect(callout, node=1, errors=[], inbox=inbox, token=lasting)
+    try:
+        assert nc.is_connected
+        await asyncio.wait_for(closed.wait(), timeout=30)
+        lived = time.monotonic() - started
+        assert 2.0 <= lived <= 15, f"the session lasted {lived:.1f} s for a 4 s token"
+        assert steady.is_connected, "a valid token's session stays"
+    finally:
+        await steady.close()

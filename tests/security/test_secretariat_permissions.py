@@ -103,10 +103,14 @@ async def test_nobody_else_publishes_the_secretariats_commands(
     assert (await admin_nc.jetstream().stream_info("STATUS")).state.messages == 0
 
 
-async def test_ensure_streams_brings_streams_from_before_the_cycle_to_their_subjects(nats_server: NatsServer) -> None:
+async def test_ensure_streams_brings_streams_from_before_the_cycle_to_their_subjects(
+    bare_nats_server: NatsServer,
+) -> None:
     """A deployment's STATUS and ACCEPTED from before the reporting cycle (reports only) gain the commands'
     subjects when the admin declares the streams again, keeping what they hold."""
-    nc = await connect(nats_server.plain_url, name="test-admin", user="admin", password=nats_server.passwords["admin"])
+    nc = await connect(
+        bare_nats_server.plain_url, name="test-admin", user="admin", password=bare_nats_server.passwords["admin"]
+    )
     try:
         js = nc.jetstream()
         for spec in (STATUS_STREAM, ACCEPTED_STREAM):

@@ -7,7 +7,9 @@
     shinchoku-client alerts --agency mof --state raised
 
 Where the platform is: `--nats-url nats://AGENCY:PASSWORD@host:port` (what `shinchoku creds AGENCY` prints)
-or $SHINCHOKU_CLIENT_NATS_URL; `--catalog-url`, `--ingest-url`, `--reporting-url` or
+or $SHINCHOKU_CLIENT_NATS_URL; a URL without credentials logs in to NATS with the bearer token (a deployment
+with the auth callout: one identity for HTTP and NATS); `--nats-ca ca.pem` or $SHINCHOKU_CLIENT_NATS_CA, the
+deployment's CA, for its TLS; `--catalog-url`, `--ingest-url`, `--reporting-url` or
 $SHINCHOKU_CLIENT_{CATALOG,INGEST,REPORTING}_URL (default the embedded stack's 127.0.0.1:8001–8003); the
 agency's bearer token `--token` or $SHINCHOKU_TOKEN (`shinchoku token AGENCY` in the embedded default).
 Exit codes: 0 done, 1 some report failed or was rejected, 2 the command itself is wrong.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,7 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     importing.add_argument(
         "--nats-url",
         default=os.environ.get(f"{ENV}NATS_URL"),
-        help=f"nats://AGENCY:PASSWORD@host:port (${ENV}NATS_URL)",
+        help=f"nats://AGENCY:PASSWORD@host:port, or without credentials to log in with --token (${ENV}NATS_URL)",
+    )
+    importing.add_argument(
+        "--nats-ca",
+        type=Path,
+        default=os.environ.get(f"{ENV}NATS_CA"),
+        help=f"the deployment's CA certificate, to verify its NATS servers over TLS (${ENV}NATS_CA)",
     )
 
     decision = verbs.add_parser("decision", parents=[common], help="ingest's decision on one of your reports")
@@ -90,6 +99,19 @@ def _parser() -> argparse.ArgumentParser:
     alerts.add_argument("--kind")
     alerts.add_argument("--state", choices=("raised", "resolved"))
     return parser
+
+
+def nats_connect_options(url: str, *, token: str | None, ca_file: Path | None) -> dict[str, Any]:
+    """How the publisher connects: TLS verified against the deployment's CA when given; the bearer token as the
+    NATS credential when the URL carries none (the auth callout maps it to the agency's rights)."""
+    options: dict[str, Any] = {}
+    if ca_file is not None:
+        context = ssl.create_default_context(cafile=str(ca_file))
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        options["tls"] = context
+    if token and not any("@" in u for u in url.split(",")):
+        options["token"] = token
+    return options
 
 
 def _api(args: argparse.Namespace) -> AgencyApi:
@@ -151,7 +173,8 @@ async def _import(args: argparse.Namespace) -> int:
         if not args.nats_url:
             _say(f"error: no NATS URL: pass --nats-url nats://{args.agency.value}:PASSWORD@host:port (shinchoku creds)")
             return 2
-        async with AgencyPublisher(args.nats_url, agency=args.agency, api=api) as publisher:
+        options = nats_connect_options(args.nats_url, token=args.token, ca_file=args.nats_ca)
+        async with AgencyPublisher(args.nats_url, agency=args.agency, api=api, connect_options=options) as publisher:
             decided: list[Sent] = []
             published = await send(loaded, outcome, publisher, on_sent=None, wait=args.wait, settled=decided)
         print_errors(outcome)

@@ -28,14 +28,14 @@ from contracts.agencies import Agency
 from contracts.catalog import Measure
 from contracts.events import REASON_PRECEDENCE, AdmittedEvent, ReasonCode, Status, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter, tokyo_date
-from contracts.streams import STATUS_SUBJECT_PREFIX, parse_status_subject, status_subject
+from contracts.streams import MAX_STATUS_PAYLOAD_BYTES, STATUS_SUBJECT_PREFIX, parse_status_subject, status_subject
 
 if TYPE_CHECKING:  # contracts.commands builds on this module
     from contracts.commands import Command
     from contracts.cycle import ReviewedReport
 
 #: A valid v1 event is a few KiB at most (note ≤ 4000 characters, ≤ 100 KPIs); anything far larger is refused unread.
-MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_PAYLOAD_BYTES = MAX_STATUS_PAYLOAD_BYTES
 #: How far ahead of ingest's clock `reported_at` may be (clock skew between ministries and ingest).
 CLOCK_SKEW_ALLOWANCE = timedelta(minutes=5)
 #: Validation errors quoted in one rejection message.

@@ -152,9 +152,23 @@ def parse_quarter_subject(subject: str, *, prefix: str = CLOSE_SUBJECT_PREFIX) -
     return QuarterParts(fiscal_year=int(year), quarter=int(quarter))
 
 
+#: The largest status event (or command) ingest decides: anything longer is `malformed`
+#: (`contracts.admission.MAX_PAYLOAD_BYTES` is this).
+MAX_STATUS_PAYLOAD_BYTES = 64 * 1024
+#: What a STATUS message's headers may add (a traceparent, a tracestate, a batch's headers): the broker counts
+#: headers and payload together against `max_msg_size`.
+HEADER_SLACK_BYTES = 4 * 1024
+#: Per (agency, measure) subject, STATUS keeps at most this many messages and refuses the next one (discard new
+#: per subject): a ministry reports a measure a few times a quarter, so 2,000 is centuries of honest use, while a
+#: runaway client filling one subject stops at 2,000 x 68 KiB = 136 MiB instead of the whole disk.
+STATUS_MAX_MSGS_PER_SUBJECT = 2_000
+
+
 @dataclass(frozen=True, slots=True)
 class StreamSpec:
-    """A JetStream stream as every service must declare it (file storage, limits retention)."""
+    """A JetStream stream as the administrator declares it and every service checks it (file storage, limits
+    retention). Only the administrative identity creates or changes a stream (`shinchoku streams apply`); a service
+    that finds a live stream different from this refuses to start."""
 
     name: str
     subjects: tuple[str, ...]
@@ -164,6 +178,11 @@ class StreamSpec:
     #: Atomic batch publishing (nats-server 2.12+): a batch is stored all-or-nothing with one write, which is
     #: what makes `sync_interval: always` affordable (one fsync per batch instead of one per message).
     allow_atomic: bool = True
+    #: -1: no bound per subject. With a bound, the subject's next message is refused (discard new per subject).
+    max_msgs_per_subject: int = -1
+    #: The logs are append-only: no message is deleted, no stream purged, by anybody (the administrator included).
+    deny_delete: bool = True
+    deny_purge: bool = True
 
 
 #: STATUS keeps the broker's minimum duplicate window: de-duplication there is ingest's job, by
@@ -179,6 +198,8 @@ STATUS_STREAM = StreamSpec(
     ),
     duplicate_window_seconds=1.0,
     description="Status events as ministries publish them, and the secretariat's commands, in one order",
+    max_msg_size=MAX_STATUS_PAYLOAD_BYTES + HEADER_SLACK_BYTES,
+    max_msgs_per_subject=STATUS_MAX_MSGS_PER_SUBJECT,
 )
 #: ACCEPTED's and REJECTED's duplicate window: longer than ingest's retry horizon with its default settings
 #: (~44 min: `ingest.config.retry_horizon`), so that the broker drops every copy ingest's own retries publish.
@@ -205,6 +226,8 @@ REJECTED_STREAM = StreamSpec(
         "Rejected messages with the original bytes and a reason code. Nats-Msg-Id = rejection_id (STATUS-{seq}): "
         "readers count by rejection_id"
     ),
+    # A rejection carries the original bytes (at most STATUS's largest message) base64-encoded, plus its reason.
+    max_msg_size=128 * 1024,
 )
 
 #: Written by reporting only; agencies and the public read it. A long duplicate window: publications are few, and a

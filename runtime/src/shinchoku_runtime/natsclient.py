@@ -9,58 +9,20 @@ from typing import Any
 import nats
 from nats.aio.client import Client
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
 
-from contracts.streams import REJECTED_STREAM, STREAMS, StreamSpec
+from contracts.streams import agency_inbox_prefix
 from shinchoku_runtime.natstransport import tls_options
 from shinchoku_runtime.settings import ServiceSettings
+from shinchoku_runtime.streamdefs import apply_streams, stream_config
+
+__all__ = ["connect", "connect_service", "connection_options", "ensure_streams", "stream_config"]
 
 log = logging.getLogger(__name__)
 
 
-def stream_config(spec: StreamSpec, *, replicas: int = 1) -> StreamConfig:
-    """The nats-py StreamConfig for a shared stream spec."""
-    max_msg_size = spec.max_msg_size
-    if spec is REJECTED_STREAM:
-        # A rejection carries the original bytes base64-encoded plus its reason.
-        max_msg_size = 2 * spec.max_msg_size
-    return StreamConfig(
-        name=spec.name,
-        subjects=list(spec.subjects),
-        description=spec.description,
-        storage=StorageType.FILE,
-        retention=RetentionPolicy.LIMITS,
-        discard=DiscardPolicy.OLD,
-        duplicate_window=spec.duplicate_window_seconds,
-        max_msg_size=max_msg_size,
-        num_replicas=replicas,
-        allow_atomic=spec.allow_atomic,
-    )
-
-
-def _differs(live: StreamConfig, wanted: StreamConfig) -> list[str]:
-    keys = ("subjects", "storage", "retention", "duplicate_window", "max_msg_size", "num_replicas", "discard")
-    changed = [k for k in keys if getattr(live, k) != getattr(wanted, k)]
-    if bool(live.allow_atomic) != bool(wanted.allow_atomic):
-        changed.append("allow_atomic")
-    return changed
-
-
 async def ensure_streams(js: JetStreamContext, *, replicas: int = 1) -> None:
-    """Create the shared streams, or bring a live one back to the shared definition (and say so)."""
-    for spec in STREAMS:
-        wanted = stream_config(spec, replicas=replicas)
-        try:
-            info = await js.stream_info(spec.name)
-        except NotFoundError:
-            await js.add_stream(wanted)
-            log.info("stream %s created", spec.name)
-            continue
-        changed = _differs(info.config, wanted)
-        if changed:
-            log.warning("stream %s differs from the shared definition in %s: updating", spec.name, changed)
-            await js.update_stream(wanted)
+    """As the administrator: the shared streams as defined (see `streamdefs.apply_streams`; services check only)."""
+    await apply_streams(js, replicas=replicas)
 
 
 def _log_errors(name: str) -> Callable[[Exception], Awaitable[None]]:
@@ -85,6 +47,8 @@ def connection_options(settings: ServiceSettings, *, name: str, **overrides: Any
     if settings.nats_user:
         options["user"] = settings.nats_user
         options["password"] = settings.nats_password or ""
+        # Each user hears its own inbox only (`_INBOX_{user}`): no service reads another's replies.
+        options["inbox_prefix"] = agency_inbox_prefix(settings.nats_user)
     options |= tls_options(
         settings.nats_tls_ca_file,
         cert_file=settings.nats_tls_cert_file,
@@ -123,6 +87,8 @@ async def connect(
     if user is not None:
         options["user"] = user
         options["password"] = password
+    if inbox_prefix is None and user is not None:
+        inbox_prefix = agency_inbox_prefix(user)  # every user hears its own inbox only
     if inbox_prefix is not None:
         options["inbox_prefix"] = inbox_prefix
     servers = [u.strip() for u in url.split(",") if u.strip()] if isinstance(url, str) else url

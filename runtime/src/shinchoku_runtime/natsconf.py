@@ -18,6 +18,7 @@ from contracts.streams import (
     ACCEPTED_STREAM,
     ALERT_SUBJECT_PREFIX,
     ALERTS_DURABLE,
+    ALERTS_STREAM,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
     CATALOG_CHANGED,
@@ -25,6 +26,8 @@ from contracts.streams import (
     CLOSE_SUBJECT_PREFIX,
     INGEST_DURABLE,
     INGEST_MAX_DELIVERIES_ADVISORY,
+    PUBLICATIONS_STREAM,
+    REJECTED_STREAM,
     REPORTING_DURABLE,
     REVIEW_SUBJECT_PREFIX,
     STATUS_STREAM,
@@ -38,8 +41,38 @@ SECRETARIAT_USER = "secretariat"
 SECRETS_FILE = "secrets.json"
 CONFIG_FILE = "nats.conf"
 
-# Services may manage consumers and read stream info, but never delete or purge a stream.
-_JS_DENY = ["$JS.API.STREAM.DELETE.>", "$JS.API.STREAM.PURGE.>"]
+API = "$JS.API"
+
+
+def _stream_reads(stream: str) -> list[str]:
+    """Reading a stream's state and single messages (never changing it)."""
+    return [f"{API}.STREAM.INFO.{stream}", f"{API}.STREAM.MSG.GET.{stream}", f"{API}.DIRECT.GET.{stream}.>"]
+
+
+def _durable(stream: str, durable: str) -> list[str]:
+    """Creating (or bringing to its settings), reading and pulling from one named consumer, and acking it."""
+    return [
+        f"{API}.CONSUMER.CREATE.{stream}.{durable}",
+        f"{API}.CONSUMER.CREATE.{stream}.{durable}.>",
+        f"{API}.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+        f"{API}.CONSUMER.INFO.{stream}.{durable}",
+        f"{API}.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    ]
+
+
+def _catalog_bucket_reads() -> list[str]:
+    """Reading and watching the CATALOG bucket (a watch is an ordered consumer of any name, acked by flow control)."""
+    kv_stream = f"KV_{CATALOG_BUCKET}"
+    return [
+        *_stream_reads(kv_stream),
+        f"{API}.DIRECT.GET.{kv_stream}",
+        f"{API}.CONSUMER.CREATE.{kv_stream}",
+        f"{API}.CONSUMER.CREATE.{kv_stream}.>",
+        f"{API}.CONSUMER.INFO.{kv_stream}.>",
+        f"{API}.CONSUMER.DELETE.{kv_stream}.>",
+        f"$JS.FC.{kv_stream}.>",
+    ]
 
 
 @dataclass(frozen=True)
@@ -84,13 +117,22 @@ def permissions_of(user: str) -> Permissions:
 
 
 def service_permissions(user: str) -> Permissions:
-    """The least rights each service needs."""
+    """The least rights each service needs: no service creates, changes, deletes or purges a stream (the
+    administrator does, `shinchoku streams apply`), deletes a message, or touches another service's consumer; each
+    hears only its own inbox `_INBOX_{user}` (the table is in deploy/OPERATIONS.md)."""
     kv = f"$KV.{CATALOG_BUCKET}.>"
+    inbox = f"{agency_inbox_prefix(user)}.>"
     if user == "catalog":
         return Permissions(
-            publish=[CATALOG_CHANGED, kv, "$JS.API.>"],
-            subscribe=[CATALOG_MEASURE_GET, "_INBOX.>"],
-            deny_publish=_JS_DENY,
+            publish=[
+                CATALOG_CHANGED,
+                kv,
+                # Its own bucket, created when missing: an identical declaration is a no-op and another one is
+                # refused (no STREAM.UPDATE), so this creates KV_CATALOG and changes nothing else.
+                f"{API}.STREAM.CREATE.KV_{CATALOG_BUCKET}",
+                *_catalog_bucket_reads(),
+            ],
+            subscribe=[CATALOG_MEASURE_GET, inbox],
             allow_responses=True,
         )
     if user == "ingest":
@@ -100,27 +142,37 @@ def service_permissions(user: str) -> Permissions:
                 *ACCEPTED_STREAM.subjects,
                 "rejected.>",
                 CATALOG_MEASURE_GET,
-                "$JS.API.>",
-                f"$JS.ACK.{STATUS_STREAM.name}.{INGEST_DURABLE}.>",
-                # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
-                f"$JS.FC.KV_{CATALOG_BUCKET}.>",
+                *_durable(STATUS_STREAM.name, INGEST_DURABLE),
+                # STATUS's messages by sequence (the outbox republishes and reviews read them); the published
+                # streams' state (duplicate windows, the reconciler's last sequence).
+                *_stream_reads(STATUS_STREAM.name),
+                f"{API}.STREAM.INFO.{ACCEPTED_STREAM.name}",
+                f"{API}.STREAM.INFO.{REJECTED_STREAM.name}",
+                *_catalog_bucket_reads(),
             ],
-            subscribe=["_INBOX.>", CATALOG_CHANGED, kv, INGEST_MAX_DELIVERIES_ADVISORY],
-            deny_publish=_JS_DENY,
+            subscribe=[inbox, CATALOG_CHANGED, kv, INGEST_MAX_DELIVERIES_ADVISORY],
         )
     if user == "reporting":
+        accepted = ACCEPTED_STREAM.name
         return Permissions(
             publish=[
-                "$JS.API.>",
-                f"$JS.ACK.{ACCEPTED_STREAM.name}.{REPORTING_DURABLE}.>",
-                # The alerts it raises and resolves, and the acks of its consumer of the secretariat's reviews.
+                *_durable(accepted, REPORTING_DURABLE),
+                # Its consumer of the secretariat's reviews (for the alerts), and the rebuild's ephemeral replay
+                # consumers of its own names (deleted after): any consumer on ACCEPTED, which it reads whole.
+                f"$JS.ACK.{accepted}.{ALERTS_DURABLE}.>",
+                f"{API}.CONSUMER.CREATE.{accepted}.>",
+                f"{API}.CONSUMER.DURABLE.CREATE.{accepted}.>",
+                f"{API}.CONSUMER.INFO.{accepted}.>",
+                f"{API}.CONSUMER.MSG.NEXT.{accepted}.>",
+                f"{API}.CONSUMER.DELETE.{accepted}.>",
+                *_stream_reads(accepted),
+                # The alerts it raises and resolves (ALERTS), and the publications it reads.
                 f"{ALERT_SUBJECT_PREFIX}.>",
-                f"$JS.ACK.{ACCEPTED_STREAM.name}.{ALERTS_DURABLE}.>",
-                # Flow-control replies of the KV watch (an ordered consumer) that mirrors the catalog.
-                f"$JS.FC.KV_{CATALOG_BUCKET}.>",
+                *_stream_reads(ALERTS_STREAM.name),
+                *_stream_reads(PUBLICATIONS_STREAM.name),
+                *_catalog_bucket_reads(),
             ],
-            subscribe=["_INBOX.>", CATALOG_CHANGED, kv],
-            deny_publish=_JS_DENY,
+            subscribe=[inbox, CATALOG_CHANGED, kv],
         )
     if user == "admin":
         return Permissions(publish=[">"], subscribe=[">"])

@@ -53,6 +53,26 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+def apply_streams_as_admin(url: str, password: str, *, replicas: int = 1, timeout: float = 15.0) -> list[str]:
+    """Declare the shared streams on `url` as the admin user, retrying while JetStream is still coming up (from
+    synchronous code: `up`, fixtures, harnesses)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from shinchoku_runtime.streamdefs import apply_as
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            # A thread of its own: the caller may be inside (or beside) an event loop it must keep.
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(asyncio.run, apply_as(url, "admin", password, replicas)).result()
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @dataclass
 class NatsServer:
     """One nats-server process with a generated configuration under `directory`."""
@@ -100,6 +120,12 @@ class NatsServer:
         except TimeoutError:
             self.stop()
             raise
+        return self
+
+    def apply_streams(self, *, replicas: int = 1, timeout: float = 15.0) -> NatsServer:
+        """Declare the shared streams as the administrator (what `shinchoku up` does before the services start;
+        the services only check them). Retries while JetStream is still coming up."""
+        apply_streams_as_admin(self.plain_url, self.passwords["admin"], replicas=replicas, timeout=timeout)
         return self
 
     def with_port(self, port: int) -> NatsServer:

@@ -25,14 +25,16 @@ def publisher(server: NatsServer, **kwargs: float) -> AgencyPublisher:
     )
 
 
-async def test_a_publish_is_retried_with_the_same_bytes_until_jetstream_answers(nats_server: NatsServer) -> None:
+async def test_a_publish_is_retried_with_the_same_bytes_until_jetstream_answers(bare_nats_server: NatsServer) -> None:
     """No STATUS stream yet (JetStream cannot answer): the client retries; once it exists, one message lands."""
     event = StatusEvent.model_validate(event_body())
-    async with publisher(nats_server, timeout=0.5, retries=6, backoff=0.2) as mof:
+    async with publisher(bare_nats_server, timeout=0.5, retries=6, backoff=0.2) as mof:
         sending = asyncio.create_task(mof.publish(event))
         await asyncio.sleep(0.8)
         assert not sending.done()
-        admin = await connect(nats_server.plain_url, name="t", user="admin", password=nats_server.passwords["admin"])
+        admin = await connect(
+            bare_nats_server.plain_url, name="t", user="admin", password=bare_nats_server.passwords["admin"]
+        )
         await ensure_streams(admin.jetstream())
         ack = await sending
     js = admin.jetstream()
@@ -46,9 +48,9 @@ async def test_a_publish_is_retried_with_the_same_bytes_until_jetstream_answers(
     await admin.close()
 
 
-async def test_a_publish_that_never_gets_an_answer_fails_clearly(nats_server: NatsServer) -> None:
+async def test_a_publish_that_never_gets_an_answer_fails_clearly(bare_nats_server: NatsServer) -> None:
     event = StatusEvent.model_validate(event_body())
-    async with publisher(nats_server, timeout=0.3, retries=2, backoff=0.05) as mof:
+    async with publisher(bare_nats_server, timeout=0.3, retries=2, backoff=0.05) as mof:
         started = time.monotonic()
         with pytest.raises(PublishTimeout, match="safe to publish the same report again"):
             await mof.publish(event)

@@ -36,7 +36,8 @@ async def app(tmp_path: Path, issuer: EmbeddedIssuer) -> FastAPI:
     settings = ReportingSettings(
         _env_file=None, data_dir=tmp_path, database_url=f"sqlite:///{tmp_path / 'r.sqlite'}", nats_url="nats://x:1"
     )
-    return create_app(settings)
+    app: FastAPI = create_app(settings)
+    return app
 
 
 @pytest.fixture

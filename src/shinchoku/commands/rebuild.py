@@ -46,6 +46,13 @@ def rebuild_env(stack: Stack, base: dict[str, str] | None = None) -> dict[str, s
 def rebuild(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory of the stack (default ./var)")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar")] = True,
+    force: Annotated[
+        bool,
+        typer.Option(
+            help="Swap the replay in even when ACCEPTED does not start at sequence 1 or holds fewer events than the "
+            "live store (without it such a rebuild is refused and the store left as it was)"
+        ),
+    ] = False,
 ) -> None:
     """Rebuild the reporting store by replaying ACCEPTED from the start (safe while the stack runs)."""
     try:
@@ -57,6 +64,8 @@ def rebuild(
     argv = [sys.executable, "-m", "reporting", "rebuild"]
     if not progress:
         argv.append("--no-progress")
+    if force:
+        argv.append("--force")
     err.print(f"rebuilding the reporting store from ACCEPTED on {stack.nats_plain_url} …")
     code = subprocess.call(argv, env=env)
     if code != 0:

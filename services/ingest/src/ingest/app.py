@@ -12,7 +12,13 @@ from nats.aio.msg import Msg
 from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client import CollectorRegistry
 
-from contracts.streams import INGEST_DURABLE, INGEST_MAX_DELIVERIES_ADVISORY, STATUS_STREAM
+from contracts.streams import (
+    ACCEPTED_STREAM,
+    INGEST_DURABLE,
+    INGEST_MAX_DELIVERIES_ADVISORY,
+    REJECTED_STREAM,
+    STATUS_STREAM,
+)
 from ingest import queries, repository
 from ingest.api import router
 from ingest.config import DuplicateWindowTooShort, IngestSettings, check_duplicate_windows
@@ -27,9 +33,12 @@ from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.natsclient import ensure_streams
 from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
+from shinchoku_runtime.streamdefs import StreamDiffers, StreamMissing, check_streams
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
+
+#: The streams ingest reads or writes: checked against the shared definition at start-up (never changed).
+INGEST_STREAMS = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +116,7 @@ class IngestRuntime:
                 await asyncio.to_thread(repository.create_schema, self.engine)
                 nc = await self.broker.connect()
                 js = nc.jetstream()
-                await ensure_streams(js, replicas=self.settings.stream_replicas)
+                await check_streams(js, INGEST_STREAMS, replicas=self.settings.stream_replicas)
                 await check_duplicate_windows(js, self.settings)
                 await ensure_consumer(js, self.settings)
                 if self.mirror is None:
@@ -131,10 +140,14 @@ class IngestRuntime:
                 return
             except asyncio.CancelledError:
                 raise
-            except DuplicateWindowTooShort as e:
+            except (DuplicateWindowTooShort, StreamDiffers) as e:
                 self.refused = str(e)
                 log.critical("ingest refuses to consume STATUS: %s", e)
                 return
+            except StreamMissing as e:
+                log.warning("ingest cannot start yet (%s); retrying in %.1fs", e, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_RETRY_DELAY)
             except Exception:
                 log.exception("ingest cannot start yet; retrying in %.1fs", delay)
                 await asyncio.sleep(delay)

@@ -27,7 +27,7 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from contracts.streams import INGEST_DURABLE, STATUS_STREAM
+from contracts.streams import INGEST_DURABLE, STATUS_STREAM, agency_inbox_prefix
 from ingest.config import IngestSettings
 from ingest.handlers import BatchHandler
 from shinchoku_runtime.adapters.faststream_nats import guard_fetch_timeouts, pull_subscriptions
@@ -69,6 +69,8 @@ def register(broker: NatsBroker, settings: IngestSettings, handler: Callable[[],
         config=consumer_config(settings),
         pull_sub=PullSub(batch_size=settings.batch_size, timeout=settings.batch_wait, batch=True),
         ack_policy=FastStreamAckPolicy.MANUAL,
+        # The pull's own inbox: under the connection's prefix (`_INBOX_ingest`), the only one ingest may hear.
+        inbox_prefix=f"{agency_inbox_prefix(settings.nats_user)}.".encode() if settings.nats_user else b"_INBOX.",
         decoder=raw_batch,
         title="ingest:status",
         description="Decides every STATUS message: admitted on ACCEPTED or rejected with a reason on REJECTED",

@@ -17,6 +17,11 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="run HTTP and the ACCEPTED consumer (the default)")
     rebuild = commands.add_parser("rebuild", help="drop the reporting store and replay ACCEPTED from the start")
     rebuild.add_argument("--no-progress", action="store_true", help="no progress bar")
+    rebuild.add_argument(
+        "--force",
+        action="store_true",
+        help="swap the replay in even when ACCEPTED does not start at sequence 1 or holds fewer events than the store",
+    )
     args = parser.parse_args(argv)
     settings = ReportingSettings()
     init_logging("reporting", settings.log_level)
@@ -26,7 +31,13 @@ def main(argv: list[str] | None = None) -> int:
         from shinchoku_runtime.service import settle_heap
 
         settle_heap()  # a million messages pass through this process: no full collections over its start-up heap
-        result = asyncio.run(run_rebuild(settings, progress=not args.no_progress))
+        from reporting.rebuild import RebuildRefused
+
+        try:
+            result = asyncio.run(run_rebuild(settings, progress=not args.no_progress, force=args.force))
+        except RebuildRefused as e:
+            sys.stderr.write(f"rebuild refused: {e}\n")
+            return 3
         sys.stdout.write(
             f"rebuilt the reporting store from {result.events_read:,} ACCEPTED messages: "
             f"{result.events_stored:,} events, {result.effective_reports:,} effective reports "

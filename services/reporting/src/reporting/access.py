@@ -6,7 +6,7 @@ Declared here and nowhere else; the routes take these gates and call these narro
 |---|---|---|---|---|
 | rollups, measure lists, history, year, dashboard of a **closed** quarter | ✓ without notes and `reporter` | ✓ | ✓ | ✓ without notes and `reporter` |
 | the same for an **open** quarter, or `as_of` an earlier moment | 401 | ✓ | ✓ | 403 |
-| `GET /alerts` | 401 | its own (another's: 403) | all | 403 |
+| `GET /alerts`, `/dashboard/alerts` | 401 | its own (another's: 403) | all | 403 |
 | `GET /metrics` | 401 | 403 | 403 | ✓ (`shinchoku_runtime.service`) |
 | `GET /healthz`, `GET /livez`, the dashboard's static files | ✓ | ✓ | ✓ | ✓ |
 

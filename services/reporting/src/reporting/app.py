@@ -18,10 +18,11 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
-from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
+from contracts.streams import ACCEPTED_STREAM, ALERTS_STREAM, REPORTING_DURABLE
 from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
-from reporting.alerts.service import AlertsService, Clock, system_clock
+from reporting.alerts import panel as alerts_panel
+from reporting.alerts.service import AlertsService, Clock, fixed_clock, system_clock
 from reporting.config import ReportingSettings
 from reporting.dashboard.session import Sessions, session_secret
 from reporting.metrics import ReportingMetrics
@@ -33,8 +34,9 @@ from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.natsclient import connect_service, ensure_streams
+from shinchoku_runtime.natsclient import connect_service
 from shinchoku_runtime.service import add_liveness_route, add_metrics_route, health_response, lifespan_of
+from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
 from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,8 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        if settings.alert_clock is not None and clock is system_clock:
+            clock = fixed_clock(settings.alert_clock)
         self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
         self.writer = AcceptedWriter(
             make_applier(self.engine, processes=settings.writer_processes),
@@ -73,6 +77,8 @@ class ReportingService:
         self._nc: Client | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: Why reporting will not consume (a stream unlike the shared definition): /healthz says it.
+        self.refused: str | None = None
 
     def _committed(self) -> None:
         self._changed.set()
@@ -141,12 +147,16 @@ class ReportingService:
         js = self._nc.jetstream()
         while True:
             try:
-                await ensure_streams(js, replicas=self.settings.stream_replicas)
+                await check_streams(js, (ACCEPTED_STREAM, ALERTS_STREAM), replicas=self.settings.stream_replicas)
                 break
             except asyncio.CancelledError:
                 raise
-            except Exception as e:
-                log.warning("could not declare the streams (%s: %s); retrying", type(e).__name__, e)
+            except StreamDiffers as e:
+                self.refused = str(e)
+                log.critical("reporting refuses to consume %s: %s", ACCEPTED_STREAM.name, e)
+                return
+            except Exception as e:  # missing (not applied yet) or NATS away: keep trying
+                log.warning("cannot check the streams yet (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
         self.alerts.start(self._nc)
@@ -227,6 +237,7 @@ def create_app(
     instrument_app(app, service.tracer_provider)
     app.include_router(api.router)
     app.include_router(alerts_api.router)
+    app.include_router(alerts_panel.router)
     app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
@@ -241,6 +252,7 @@ def create_app(
             measures=len(service.catalog.snapshot.measures),
             last_admitted_at=last,
             rollup_freshness_seconds=service.metrics.freshness(),
+            **({"refused": service.refused} if service.refused else {}),
         )
 
     return app

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import AwareDatetime, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from contracts.periods import FiscalQuarter
@@ -86,6 +86,11 @@ class ReportingSettings(ServiceSettings):
         default=None,
         description="Post each alert raised and resolved here (JSON {text}: Slack-compatible and Teams incoming webhooks)",
     )
+    alert_clock: AwareDatetime | None = Field(
+        default=None,
+        description="Evaluate the alerts as of this fixed moment (a demo or a test of a past quarter); default: now",
+    )
+    alert_min_interval: float = Field(default=1.0, ge=0, description="Least seconds between two alert evaluations")
     alert_webhook_first_retry: float = Field(default=0.5, gt=0, description="Seconds before the first webhook retry")
     alert_webhook_max_retry: float = Field(default=300.0, gt=0, description="Longest wait between webhook retries")
 
@@ -97,6 +102,7 @@ class ReportingSettings(ServiceSettings):
             webhook_url=self.alert_webhook_url,
             webhook_first_retry=self.alert_webhook_first_retry,
             webhook_max_retry=self.alert_webhook_max_retry,
+            min_interval=self.alert_min_interval,
         )
 
     def resolved_database_url(self) -> str:

@@ -256,24 +256,54 @@ def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
         repository.insert_events(conn, store=store, rows=list(rows.values()))
 
 
+class RebuildRefused(RuntimeError):
+    """The log would make a smaller store than the live one: nothing was swapped (`force` to do it anyway)."""
+
+
+def _check_start(first_seq: int, messages: int) -> None:
+    """ACCEPTED is append-only from sequence 1 (deny delete and purge, no limits): a log that starts later lost
+    its beginning (or is another stream than the one the store was built from)."""
+    if messages and first_seq != 1:
+        raise RebuildRefused(
+            f"{ACCEPTED_STREAM.name} starts at sequence {first_seq}, not 1: its beginning is gone (a truncated "
+            "stream, a restore from a partial copy, another cluster); rebuilding from it would drop what the "
+            "live store holds from before. Check NATS, or rebuild with --force to accept the loss"
+        )
+
+
+def _check_not_smaller(shadow_events: int, live_events: int) -> None:
+    if shadow_events < live_events:
+        raise RebuildRefused(
+            f"the replay of {ACCEPTED_STREAM.name} holds {shadow_events:,} events but the live store "
+            f"{live_events:,}: the stream holds less than what was counted (a truncated stream, a restore from an "
+            "older copy, another cluster). The live store was left as it was; rebuild with --force to replace it "
+            "anyway"
+        )
+
+
 async def connect_reporting(settings: ReportingSettings) -> Client:
     return await connect_service(settings, name="shinchoku-reporting-rebuild", max_reconnect_attempts=5)
 
 
 async def rebuild_store(
-    engine: Engine, nc: Client, *, progress: bool = True, stream: TextIO | None = None
+    engine: Engine, nc: Client, *, progress: bool = True, stream: TextIO | None = None, force: bool = False
 ) -> RebuildResult:
-    """Replay ACCEPTED into a shadow store, then swap it in (see the module docstring)."""
+    """Replay ACCEPTED into a shadow store, then swap it in (see the module docstring).
+
+    Raises RebuildRefused, leaving the live store as it was, when ACCEPTED does not start at sequence 1 or the
+    replay holds fewer events than the live store, unless `force`.
+    """
     started = time.monotonic()
     repository.create_store(engine)
+    info = await nc.jetstream().stream_info(ACCEPTED_STREAM.name)
+    if not force:
+        _check_start(info.state.first_seq, info.state.messages)
     shadow = repository.store_tables(suffix=SHADOW_SUFFIX, tag=f"_{secrets.token_hex(4)}")
     with engine.begin() as conn:
         repository.drop_tables(conn, suffix=SHADOW_SUFFIX)
         repository.drop_tables(conn, suffix=OLD_SUFFIX)
     repository.create_store(engine, store=shadow, with_indexes=False)
 
-    js = nc.jetstream()
-    info = await js.stream_info(ACCEPTED_STREAM.name)
     total = info.state.messages
     reader = PullConsumer.replay(
         nc,
@@ -315,24 +345,34 @@ async def rebuild_store(
             previous = repository.revisions(conn)
             repository.fill_revisions_from_events(conn, store=shadow, previous=previous)
             stored = repository.count_rows(conn, shadow.events)
+            if not force:  # raising rolls the swap back: the live store stays
+                _check_not_smaller(stored, repository.count_rows(conn, repository.LIVE.events))
             effective = repository.count_rows(conn, shadow.effective)
             repository.rename_tables(conn, from_suffix=LIVE_SUFFIX, to_suffix=OLD_SUFFIX)
             repository.rename_tables(conn, from_suffix=SHADOW_SUFFIX, to_suffix=LIVE_SUFFIX)
         log.info("caught up and swapped the store in %.1fs", time.monotonic() - mark)
+        if force:
+            log.warning(
+                "rebuilt with --force: %d events from %s, whatever the live store held", stored, info.config.name
+            )
         with engine.begin() as conn:  # after the swap: writers need not wait for it
             repository.drop_tables(conn, suffix=OLD_SUFFIX)
         if bar:
             bar.finish()
+    except RebuildRefused:
+        with engine.begin() as conn:
+            repository.drop_tables(conn, suffix=SHADOW_SUFFIX)
+        raise
     finally:
         await reader.close()
     return RebuildResult(read, stored, effective, time.monotonic() - started)
 
 
-async def run_rebuild(settings: ReportingSettings, *, progress: bool = True) -> RebuildResult:
+async def run_rebuild(settings: ReportingSettings, *, progress: bool = True, force: bool = False) -> RebuildResult:
     engine = repository.tune(make_engine(settings.resolved_database_url()))
     nc = await connect_reporting(settings)
     try:
-        return await rebuild_store(engine, nc, progress=progress)
+        return await rebuild_store(engine, nc, progress=progress, force=force)
     finally:
         await nc.close()
         engine.dispose()

@@ -44,6 +44,11 @@ def system_clock() -> datetime:
     return datetime.now(UTC)
 
 
+def fixed_clock(moment: datetime) -> Clock:
+    """A clock stopped at `moment` (ReportingSettings.alert_clock: a demo of a past quarter)."""
+    return lambda: moment
+
+
 @dataclass(frozen=True)
 class AlertSettings:
     due_days: int = 14
@@ -53,6 +58,8 @@ class AlertSettings:
     webhook_first_retry: float = 0.5
     webhook_max_retry: float = 300.0
     max_behind_seconds: float = 60.0
+    #: Least seconds between two evaluations (a busy store changes after every batch).
+    min_interval: float = 1.0
 
 
 def reviews_consumer_config() -> ConsumerConfig:
@@ -194,6 +201,7 @@ class AlertsService:
             behind_since = None
             try:
                 await self.evaluate_now()
+                await asyncio.sleep(self.settings.min_interval)
             except asyncio.CancelledError:
                 raise
             except Exception:

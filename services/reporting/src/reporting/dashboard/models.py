@@ -65,6 +65,30 @@ class LeadReport(BaseModel):
         return None if value == "unreported" else value
 
 
+class BaselineRow(BaseModel):
+    """Where the plan says a target starts from (3-14: 35.4 % in FY2021)."""
+
+    model_config = _LENIENT
+
+    value: float
+    as_of: date | None = None
+    unit: str | None = None
+
+
+class MilestoneRow(BaseModel):
+    """A milestone of a target, rated on its own."""
+
+    model_config = _LENIENT
+
+    due_date: date | None = None
+    value: float | None = None
+    text: str | None = None
+    rating: str | None = None
+    progress: float | None = None
+    elapsed_share: float | None = None
+    overdue: bool | None = None
+
+
 class TargetRow(BaseModel):
     """A measure's target as the catalog states it, with what reporting knows of it."""
 
@@ -83,6 +107,10 @@ class TargetRow(BaseModel):
     elapsed_share: float | None = None
     observed: float | None = None
     observed_as_of: date | None = None
+    baseline: BaselineRow | None = None
+    direction: str | None = None
+    rating_start: date | None = None
+    milestone_ratings: list[MilestoneRow] = Field(default_factory=list)
 
 
 class MeasureRow(BaseModel):
