@@ -17,7 +17,6 @@ from contracts.agencies import Agency
 from contracts.streams import (
     ACCEPTED_STREAM,
     ALERT_SUBJECT_PREFIX,
-    ALERTS_DURABLE,
     ALERTS_STREAM,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
@@ -93,10 +92,15 @@ class Permissions:
 
 
 def agency_permissions(agency: Agency | str) -> Permissions:
-    """An agency publishes only its own status subjects and hears only its own inbox and its own alerts, live."""
+    """An agency publishes only its own status subjects and hears only its own inbox, its own alerts, live, and the
+    closed quarters' publications and restatements (DESIGN.md "Principals and access")."""
     return Permissions(
         publish=[f"status.{agency}.>"],
-        subscribe=[f"{agency_inbox_prefix(agency)}.>", f"{ALERT_SUBJECT_PREFIX}.{agency}.>"],
+        subscribe=[
+            f"{agency_inbox_prefix(agency)}.>",
+            f"{ALERT_SUBJECT_PREFIX}.{agency}.>",
+            *PUBLICATIONS_STREAM.subjects,
+        ],
     )
 
 
@@ -157,15 +161,16 @@ def service_permissions(user: str) -> Permissions:
         return Permissions(
             publish=[
                 *_durable(accepted, REPORTING_DURABLE),
-                # Its consumer of the secretariat's reviews (for the alerts), and the rebuild's ephemeral replay
+                # The rebuild's ephemeral replay
                 # consumers of its own names (deleted after): any consumer on ACCEPTED, which it reads whole.
-                f"$JS.ACK.{accepted}.{ALERTS_DURABLE}.>",
                 f"{API}.CONSUMER.CREATE.{accepted}.>",
                 f"{API}.CONSUMER.DURABLE.CREATE.{accepted}.>",
                 f"{API}.CONSUMER.INFO.{accepted}.>",
                 f"{API}.CONSUMER.MSG.NEXT.{accepted}.>",
                 f"{API}.CONSUMER.DELETE.{accepted}.>",
                 *_stream_reads(accepted),
+                # Closed quarters' publications and restatements (the reporting cycle): reporting only.
+                *PUBLICATIONS_STREAM.subjects,
                 # The alerts it raises and resolves (ALERTS), and the publications it reads.
                 f"{ALERT_SUBJECT_PREFIX}.>",
                 *_stream_reads(ALERTS_STREAM.name),

@@ -30,10 +30,11 @@ from typing import Final
 from contracts.alerts import AlertKind, alert_key
 from contracts.catalog import Measure
 from contracts.cycle import ReviewDecision
+from contracts.events import UNREPORTED
 from contracts.periods import FiscalQuarter, last_completed_quarter, tokyo_date
 from reporting.alerts import messages
 from reporting.domain import SEVERITY_RANK, LeadReport, combined_status, movement
-from reporting.progress import measure_progress
+from reporting.progress import MeasureProgress, latest_observations
 from reporting.ratings import observation_order, target_standings
 
 #: Days before the on-time deadline from which an unreported measure is `report_due` (DESIGN: 14 by default).
@@ -79,8 +80,8 @@ class AlertInputs:
     measures: Sequence[Measure]
     #: Effective reports of every quarter (one per measure, agency and quarter).
     reports: Sequence[LeadReport]
-    #: The latest admitted review per reviewed report's event id.
-    reviews: Mapping[str, Review]
+    #: The latest admitted review per reviewed report, keyed by (agency, event id): an event id is unique per agency.
+    reviews: Mapping[tuple[str, str], Review]
     now: datetime
     #: The first quarter report_due, report_missing and stale look at; None: the earliest reported quarter.
     since: FiscalQuarter | None = None
@@ -178,12 +179,12 @@ def reporting_conditions(inputs: AlertInputs) -> list[Condition]:
 
 
 def returned_conditions(
-    measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[str, Review]
+    measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[tuple[str, str], Review]
 ) -> list[Condition]:
     out = []
     leads = set(_leads(measure))
     for report in reports:
-        review = reviews.get(report.event_id)
+        review = reviews.get((report.agency, report.event_id))
         if report.agency in leads and review is not None and review.decision == ReviewDecision.returned:
             text = messages.returned(measure, report, review)
             out.append(
@@ -199,12 +200,26 @@ def returned_conditions(
     return out
 
 
+def lead_progress(measure: Measure, reports: Sequence[LeadReport]) -> MeasureProgress:
+    """`reporting.progress.measure_progress` without building a rollup per quarter (the same answer, tested):
+    the leads' combined status in the latest quarter any lead reported on, and the latest observations."""
+    leads = set(_leads(measure))
+    mine = [r for r in reports if r.agency in leads]
+    if not mine:
+        return MeasureProgress(UNREPORTED, None, {})
+    latest = max(r.fiscal_quarter for r in mine)
+    status = combined_status(r.status for r in mine if r.fiscal_quarter == latest)
+    return MeasureProgress(status, latest, latest_observations([measure], mine).get(measure.id, {}))
+
+
 def overdue_conditions(measure: Measure, reports: Sequence[LeadReport], now: datetime) -> list[Condition]:
     """A target overdue today (`reporting.ratings`), raised for each lead of the measure."""
     if not any(t.due_date is not None for t in measure.targets):
         return []
     today = tokyo_date(now)
-    progress = measure_progress(measure, reports)
+    if all(t.due_date is None or t.due_date >= today for t in measure.targets):
+        return []
+    progress = lead_progress(measure, reports)
     out = []
     for position, standing in enumerate(target_standings(measure, progress, today)):
         if not standing.overdue:
@@ -271,7 +286,9 @@ def implausible_jump(previous: float, current: float, unit: str | None) -> bool:
     return ratio >= JUMP_RATIO or ratio <= 1 / JUMP_RATIO
 
 
-def jump_conditions(measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[str, Review]) -> list[Condition]:
+def jump_conditions(
+    measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[tuple[str, str], Review]
+) -> list[Condition]:
     """kpi_jump: an observation implausibly far from the one before it for the same target (leads' reports)."""
     leads = set(_leads(measure))
     seen: dict[int, list[_Seen]] = defaultdict(list)
@@ -288,7 +305,7 @@ def jump_conditions(measure: Measure, reports: Sequence[LeadReport], reviews: Ma
         for before, after in itertools.pairwise(ordered):
             if not implausible_jump(before.value, after.value, unit):
                 continue
-            review = reviews.get(after.event_id)
+            review = reviews.get((after.report.agency, after.event_id))
             if review is not None and review.decision == ReviewDecision.accepted:
                 continue  # the secretariat looked at the report and accepted it
             report = after.report
