@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
@@ -138,10 +140,51 @@ class AppliedEvent:
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
     """Per message, the stored fact or why the message is not the JSON its subject calls for; and a database fault, if
-    one rolled the transaction back (then nothing of the batch was stored)."""
+    one rolled the transaction back (then nothing of the batch was stored). `ignored`: the fields of a newer
+    contract this version left out to decode a message (`event.confidence`), one entry per message and field."""
 
     events: list[AppliedEvent | str]
     error: str | None = None
+    ignored: tuple[str, ...] = ()
+
+
+T = TypeVar("T")
+
+
+def _unknown_fields_only(error: ValidationError) -> list[tuple[int | str, ...]] | None:
+    """The paths of the fields a message has and this version's contract does not, when that is all that is wrong
+    with it (None otherwise: a missing field, a wrong type, a value out of range are not additive)."""
+    problems = error.errors()
+    if not problems or any(p["type"] != "extra_forbidden" for p in problems):
+        return None
+    return [tuple(p["loc"]) for p in problems]
+
+
+def _without(doc: Any, path: tuple[int | str, ...]) -> None:
+    for step in path[:-1]:
+        doc = doc[step]
+    del doc[path[-1]]
+
+
+def additive(decode: Callable[[bytes], T], data: bytes) -> tuple[T, tuple[str, ...]]:
+    """`decode(data)`, except that a message whose only fault is fields this version does not know (what a newer
+    ingest adds: the contracts change only additively) is decoded without them, the rest as strictly as ever.
+    Returns the decoded value and the ignored fields' paths; raises like `decode` on anything else."""
+    try:
+        return decode(data), ()
+    except ValidationError as e:
+        paths = _unknown_fields_only(e)
+        if paths is None:
+            raise
+    doc = json.loads(data)
+    for path in paths:
+        _without(doc, path)
+    return decode(json.dumps(doc).encode()), tuple(".".join(map(str, p)) for p in paths)
+
+
+def decode_tolerant(subject: str, seq: int, data: bytes) -> tuple[Fact, tuple[str, ...]]:
+    """`decode_fact` through `additive`."""
+    return additive(lambda body: decode_fact(subject, seq, body), data)
 
 
 #: A message of ACCEPTED as the writer gets it: (subject, stream sequence or 0 when unknown, payload).
@@ -194,12 +237,14 @@ def decode_and_apply(engine: Engine, messages: Sequence[Delivered], *, store: St
     """Decode a batch of ACCEPTED messages and apply the admitted facts in one transaction."""
     events: list[AppliedEvent | str] = []
     facts: list[Fact] = []
+    ignored: list[str] = []
     for subject, seq, data in messages:
         try:
-            fact = decode_fact(subject, seq, data)
+            fact, unknown = decode_tolerant(subject, seq, data)
         except (ValidationError, ValueError) as e:
             events.append(str(e))
             continue
+        ignored += unknown
         facts.append(fact)
         events.append(applied(fact))
     if facts:
@@ -207,5 +252,5 @@ def decode_and_apply(engine: Engine, messages: Sequence[Delivered], *, store: St
             with engine.begin() as conn:
                 apply_facts(conn, store=store, facts=facts)
         except SQLAlchemyError as e:
-            return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}")
-    return BatchOutcome(events)
+            return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}", tuple(ignored))
+    return BatchOutcome(events, ignored=tuple(ignored))
