@@ -13,14 +13,15 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+from nats.aio.client import Client
 from playwright.sync_api import sync_playwright
 
 from catalog.plan import bundled_plan_text, parse_plan
@@ -28,6 +29,8 @@ from contracts.catalog import Measure
 from contracts.events import SEVERITY_ORDER, UNREPORTED, AdmittedEvent, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter
 from contracts.streams import CATALOG_BUCKET, MSG_ID_HEADER, accepted_subject
+from reporting.cycle.testing import admitted_close, admitted_review, publish_close, publish_review
+from reporting.testing import wait_caught_up
 from shinchoku.demo_plan import ADMITTED, plan_reports
 from shinchoku.issuer import EmbeddedIssuer, StackAuth, principal_named
 from shinchoku_runtime.natsclient import connect, ensure_streams
@@ -202,6 +205,26 @@ class Stack:
         run_async(_publish(self.nats, events))
         self.events.extend(events)
 
+    def review(self, event: StatusEvent, decision: str, comment: str | None = None) -> None:
+        """The secretariat's review of a report, admitted (published on ACCEPTED as ingest does)."""
+        review = admitted_review(
+            event_id=str(event.event_id), agency=event.agency.value, measure_id=event.measure_id,
+            fiscal_year=event.fiscal_year, quarter=event.quarter, decision=decision, comment=comment,
+            admitted_at=datetime.now(UTC),
+        )  # fmt: skip
+        run_async(_with_admin(self.nats, lambda nc: publish_review(nc, review)))
+
+    def close(self, quarter: FiscalQuarter) -> None:
+        close = admitted_close(fiscal_year=quarter.fiscal_year, quarter=quarter.quarter, admitted_at=datetime.now(UTC))
+        run_async(_with_admin(self.nats, lambda nc: publish_close(nc, close)))
+
+    def wait_for(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not so after {timeout}s\n{self.log_tail()}")
+            time.sleep(0.2)
+
     def expected(self, quarter: FiscalQuarter, as_of: datetime | None = None) -> Expected:
         return expected(self.measures, self.events, quarter, as_of)
 
@@ -249,6 +272,14 @@ async def _publish(nats: NatsServer, events: list[AdmittedEvent]) -> None:
                     for a in chunk
                 )
             )
+    finally:
+        await nc.close()
+
+
+async def _with_admin(nats: NatsServer, act: Callable[[Client], Awaitable[None]]) -> None:
+    nc = await connect(nats.plain_url, name="browser-test-cycle", user="admin", password=nats.passwords["admin"])
+    try:
+        await act(nc)
     finally:
         await nc.close()
 
@@ -312,6 +343,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 start_new_session=True,
             )
         stack.wait_for_reported(QUARTER, stack.expected(QUARTER).whole.reported, timeout=60)
+        # Every admitted event applied (not only Q3's count reached): a page must not change under a test.
+        run_async(_with_admin(nats, lambda nc: wait_caught_up(nc, timeout=120)))
         yield stack
     finally:
         if stack.process is not None and stack.process.poll() is None:

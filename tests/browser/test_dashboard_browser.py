@@ -143,24 +143,76 @@ def test_filters_change_the_counts(page: Page, stack: Any, screenshot: Any) -> N
     assert_summary(page, stack.expected(FiscalQuarter(2024, 2)).whole)
 
 
-def test_as_published_shows_the_quarter_at_its_reporting_deadline(page: Page, stack: Any, screenshot: Any) -> None:
-    deadline = Q3.on_time_deadline
-    published, now = stack.expected(Q3, deadline), stack.expected(Q3)
-    # The demo has late reports and corrections after the deadline, so the two views must differ.
-    assert published.whole.reported < now.whole.reported
-    page.goto("/dashboard?fy=2024&q=3")
-    page.get_by_label("公表時点").check()
-    page.get_by_role("button", name="表示").click()
-    page.wait_for_url(re.compile(r"view=published"))
-    assert_summary(page, published.whole)
-    assert cells(page) == published.status_of
-    csv_href = str(page.get_by_test_id("csv-measures").get_attribute("href"))
-    assert "as_of=" in csv_href
-    screenshot(page, "overview-as-published")
-    page.get_by_label("現在の把握").check()
-    page.get_by_role("button", name="表示").click()
-    page.wait_for_url(re.compile(r"q=3$"))
-    assert_summary(page, now.whole)
+def test_review_close_publication_and_restatement(page: Page, stack: Any, screenshot: Any) -> None:
+    """The cycle on the dashboard: a returned report with its comment, the quarter closed and published (as
+    published: the published document, not a moment), then a late correction restating it."""
+    before = stack.expected(Q3)
+    page.goto("/dashboard?fy=2024&q=3&view=published")
+    expect(page.get_by_test_id("not-published")).to_be_visible()
+    expect(page.get_by_test_id("open")).to_be_visible()
+    assert_summary(page, before.whole)
+
+    # The secretariat returns one report; its measure page shows the state and why.
+    returned = next(a.event for a in reversed(stack.events) if (a.event.fiscal_year, a.event.quarter) == (2024, 3))
+    effective = max(
+        (
+            a.event
+            for a in stack.events
+            if (a.event.measure_id, a.event.agency, a.event.fiscal_year, a.event.quarter)
+            == (returned.measure_id, returned.agency, 2024, 3)
+        ),
+        key=lambda e: (e.reported_at, str(e.event_id)),
+    )
+    stack.review(effective, "returned", "基準値の時点が異なります。再提出してください。")
+    stack.close(Q3)
+    stack.wait_for(lambda: stack.get("/rollups/2024/3").json()["closed"] is True)
+    stack.wait_for(lambda: len(stack.get("/rollups/2024/3/revisions").json()["items"]) == 1)
+    page.goto(f"/dashboard/measures/{effective.measure_id}?fy=2024&q=3")
+    report = page.locator(f'article.report[data-agency="{effective.agency.value}"]')
+    expect(report.get_by_test_id("review")).to_have_attribute("data-review", "returned")
+    expect(report.get_by_test_id("review-comment")).to_have_text("基準値の時点が異なります。再提出してください。")
+    screenshot(page, "measure-returned")
+
+    # Closed: as published is revision 1, whose digest the card shows.
+    revision_1 = stack.get("/rollups/2024/3/revisions").json()["items"][0]
+    page.goto("/dashboard?fy=2024&q=3&view=published")
+    expect(page.get_by_test_id("closed")).to_be_visible()
+    expect(page.get_by_test_id("revision")).to_have_text("1")
+    expect(page.get_by_test_id("sha256")).to_have_text(revision_1["sha256"])
+    expect(page.get_by_test_id("restated-count")).to_have_text("訂正なし")
+    assert_summary(page, before.whole)
+    screenshot(page, "overview-published")
+
+    # A late correction of a closed quarter: restated once, with the difference shown.
+    measure = next(m for m in stack.measures if m.id == effective.measure_id)
+    new_status = Status.delayed if effective.status != Status.delayed else Status.completed
+    late = StatusEvent(
+        event_id=uuid4(), measure_id=measure.id, agency=effective.agency, fiscal_year=2024, quarter=3,
+        status=new_status, reported_at=datetime.now(TOKYO),
+    )  # fmt: skip
+    stack.publish(
+        [
+            AdmittedEvent(
+                event=late, admitted_at=datetime.now(UTC), subject=f"status.{late.agency.value}.{late.measure_id}"
+            )
+        ]
+    )
+    stack.wait_for(lambda: len(stack.get("/rollups/2024/3/revisions").json()["items"]) == 2)
+    revision_2 = stack.get("/rollups/2024/3/revisions").json()["items"][1]
+    page.goto("/dashboard?fy=2024&q=3&view=published")
+    expect(page.get_by_test_id("revision")).to_have_text("2")
+    expect(page.get_by_test_id("restated-count")).to_have_text("1回訂正")
+    expect(page.get_by_test_id("first-sha256")).to_have_text(revision_1["sha256"])
+    expect(page.get_by_test_id("sha256")).to_have_text(revision_2["sha256"])
+    change = page.locator(f'[data-testid="restatements"] .change[data-measure="{measure.id}"]')
+    expect(change).to_have_attribute("data-agency", effective.agency.value)
+    assert_summary(page, stack.expected(Q3).whole)
+    screenshot(page, "overview-restated")
+    # The answer starts pending and names the returned report.
+    page.goto(f"/dashboard/measures/{measure.id}?fy=2024&q=3")
+    report = page.locator(f'article.report[data-agency="{effective.agency.value}"]')
+    expect(report.get_by_test_id("review")).to_have_attribute("data-review", "pending")
+    expect(report.get_by_test_id("answers")).to_have_text(str(effective.event_id))
 
 
 def _history_measure(stack: Any) -> tuple[str, dict[FiscalQuarter, Any]]:

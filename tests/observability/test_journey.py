@@ -32,8 +32,9 @@ from shinchoku.commands import trace as trace_command
 from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku.stack import Stack
 from shinchoku_client.publisher import AgencyPublisher
-from shinchoku_runtime.harness import OtlpReceiver, ProcessGroup, ServiceProcess, service_env
+from shinchoku_runtime.harness import ProcessGroup, ServiceProcess, service_env
 from shinchoku_runtime.natsserver import NatsServer, free_port
+from shinchoku_runtime.otlpreceiver import OtlpReceiver
 from shinchoku_runtime.telemetry import JsonlSpanExporter, span_to_dict
 
 CLIENT = "shinchoku-client"

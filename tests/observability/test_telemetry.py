@@ -25,7 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shinchoku_runtime.broker import ConsumerLag
-from shinchoku_runtime.harness import OtlpReceiver
+from shinchoku_runtime.otlpreceiver import OtlpReceiver
 from shinchoku_runtime.telemetry import (
     JsonLogFormatter,
     JsonlSpanExporter,

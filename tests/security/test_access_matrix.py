@@ -263,10 +263,16 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
             "/rollups/{fiscal_year}/{quarter}": [
                 Case(f"/rollups/{cfy}/{cq}", EVERYONE),
                 Case(f"/rollups/{cfy}/{cq}?format=csv", EVERYONE),
+                Case(f"/rollups/{cfy}/{cq}?revision=1", EVERYONE),
                 Case(f"/rollups/{cfy}/{cq}?as_of=2024-08-01T00:00:00%2B09:00", LIVE),
                 Case(f"/rollups/{fy}/{q}", LIVE),
                 Case(f"/rollups/{fy}/{q}?format=csv", LIVE),
                 Case(f"/rollups/{fy}/{q}?as_of=2025-01-01T00:00:00%2B09:00", LIVE),
+            ],
+            # Published revisions: a closed quarter's, public like its rollup.
+            "/rollups/{fiscal_year}/{quarter}/revisions": [
+                Case(f"/rollups/{cfy}/{cq}/revisions", EVERYONE),
+                Case(f"/rollups/{fy}/{q}/revisions", LIVE),
             ],
             "/rollups/{fiscal_year}/{quarter}/measures": [
                 Case(f"/rollups/{cfy}/{cq}/measures?limit=1000", EVERYONE, no_names=names),

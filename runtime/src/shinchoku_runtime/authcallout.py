@@ -218,9 +218,7 @@ async def serve(settings: AuthCalloutSettings, auth: AuthSettings) -> None:
     issuer = settings.issuer()
     verifier = TokenVerifier.from_settings(auth, data_dir=settings.data_dir)
     ready, gone = _ready_marker(settings.ready_file)
-    nc = await connect_service(
-        settings, name="shinchoku-authcallout", disconnected_cb=gone, reconnected_cb=ready
-    )
+    nc = await connect_service(settings, name="shinchoku-authcallout", disconnected_cb=gone, reconnected_cb=ready)
     responder = await AuthCalloutResponder(
         verify=token_verification(verifier), issuer=issuer, account=settings.account
     ).start(nc)

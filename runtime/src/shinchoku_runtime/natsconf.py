@@ -93,10 +93,15 @@ class Permissions:
 
 
 def agency_permissions(agency: Agency | str) -> Permissions:
-    """An agency publishes only its own status subjects and hears only its own inbox and its own alerts, live."""
+    """An agency publishes only its own status subjects and hears only its own inbox, its own alerts, live, and the
+    closed quarters' publications and restatements (DESIGN.md "Principals and access")."""
     return Permissions(
         publish=[f"status.{agency}.>"],
-        subscribe=[f"{agency_inbox_prefix(agency)}.>", f"{ALERT_SUBJECT_PREFIX}.{agency}.>"],
+        subscribe=[
+            f"{agency_inbox_prefix(agency)}.>",
+            f"{ALERT_SUBJECT_PREFIX}.{agency}.>",
+            *PUBLICATIONS_STREAM.subjects,
+        ],
     )
 
 
@@ -166,6 +171,8 @@ def service_permissions(user: str) -> Permissions:
                 f"{API}.CONSUMER.MSG.NEXT.{accepted}.>",
                 f"{API}.CONSUMER.DELETE.{accepted}.>",
                 *_stream_reads(accepted),
+                # Closed quarters' publications and restatements (the reporting cycle): reporting only.
+                *PUBLICATIONS_STREAM.subjects,
                 # The alerts it raises and resolves (ALERTS), and the publications it reads.
                 f"{ALERT_SUBJECT_PREFIX}.>",
                 *_stream_reads(ALERTS_STREAM.name),

@@ -19,7 +19,8 @@ class ServiceSettings(BaseSettings):
     nats_user: str | None = None
     nats_password: str | None = None
     nats_tls_ca_file: Path | None = Field(
-        default=None, description="CA that signed the NATS servers' certificates: TLS on (a deployment's servers need it)"
+        default=None,
+        description="CA that signed the NATS servers' certificates: TLS on (a deployment's servers need it)",
     )
     #: Optional: only for servers that ask clients for a certificate (a deployment's do not: agencies log in with
     #: passwords or tokens). The deploy tests exempt these two from "every setting is set".

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
-from catalog.handlers import read_bucket
+from shinchoku_runtime.catalogmirror import read_bucket
 
 
 @dataclass

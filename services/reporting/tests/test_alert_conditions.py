@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 
 from contracts.alerts import AlertKind
 from contracts.catalog import SECTION_TITLES, Measure, Target
 from contracts.periods import TOKYO, FiscalQuarter
-from reporting.alerts.conditions import AlertInputs, Condition, Review, conditions, implausible_jump
+from reporting.alerts.conditions import (
+    AlertInputs,
+    Condition,
+    Review,
+    conditions,
+    implausible_jump,
+    lead_progress,
+)
 from reporting.alerts.evaluate import RAISED, RESOLVED, transitions
 from reporting.alerts.messages import last_on_time_day
-from reporting.domain import KpiReading, LeadReport
+from reporting.domain import KpiReading, LeadReport, effective_reports
+from reporting.progress import measure_progress
 
 Q3 = FiscalQuarter(2024, 3)
 Q4 = FiscalQuarter(2024, 4)
@@ -163,3 +172,25 @@ def test_raised_once_resolved_once_raised_again_as_a_new_occurrence() -> None:
 def test_without_reports_only_targets_past_due_hold() -> None:
     assert holding([], datetime(2025, 1, 1, tzinfo=UTC)) == {}
     assert kinds(holding([], datetime(2030, 1, 1, tzinfo=UTC))) == {("target_overdue", "mof")}
+
+
+def test_lead_progress_is_measure_progress() -> None:
+    """The alerts' cheap progress equals `reporting.progress.measure_progress` on random reports of leads and
+    non-leads across quarters."""
+    rnd = random.Random(5)
+    statuses = ("on_track", "at_risk", "delayed", "completed", "not_started", "suspended")
+    quarters = [FiscalQuarter(2024, n) for n in (1, 2, 3, 4)]
+    for _ in range(200):
+        reports = [
+            report(
+                rnd.choice((SOLO, SHARED)),
+                rnd.choice(("mof", "digital", "mic", "mhlw")),
+                rnd.choice(quarters),
+                rnd.choice(statuses),
+                kpi=rnd.choice((None, rnd.uniform(0, 100))),
+            )
+            for _ in range(rnd.randrange(0, 6))
+        ]
+        for measure in (SOLO, SHARED):
+            mine = list(effective_reports(r for r in reports if r.measure_id == measure.id).values())
+            assert lead_progress(measure, mine) == measure_progress(measure, mine)

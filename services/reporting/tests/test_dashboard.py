@@ -207,11 +207,6 @@ def test_an_explicit_moment_holds_until_a_named_view_is_picked() -> None:
     assert picked.query() == "?fy=2024&q=3"
 
 
-def test_as_published_is_the_reporting_deadline_once_it_has_passed() -> None:
-    published = ViewState(mode="published")
-    assert published.as_of_for(Q3, NOW) == Q3.on_time_deadline
-    assert published.as_of_for(FiscalQuarter(2025, 1), NOW) is None
-    assert ViewState().as_of_for(Q3, NOW) is None
 
 
 def test_bar_orders_best_to_worst_and_speaks_its_counts() -> None:

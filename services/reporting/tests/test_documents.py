@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from contracts.catalog import Baseline, DateRange, Measure, Milestone
 from contracts.periods import TOKYO, FiscalQuarter
 from reporting.domain import ROLLUP_STATUSES
-from reporting.schemas import STATUS_NAMES, HistoryOut, MeasureListOut, RollupOut, YearOut
+from reporting.schemas import STATUS_NAMES, HistoryOut, MeasureListOut, RevisionsOut, RollupOut, YearOut
 from reporting.testing import (
     Admission,
     publish_admissions,
@@ -114,6 +114,7 @@ async def test_every_route_answers_exactly_its_response_model(
         assert declared == {
             "/rollups/{fiscal_year}/{quarter}": RollupOut.__name__,
             "/rollups/{fiscal_year}/{quarter}/measures": MeasureListOut.__name__,
+            "/rollups/{fiscal_year}/{quarter}/revisions": RevisionsOut.__name__,
             "/rollups/{fiscal_year}": YearOut.__name__,
             "/measures/{measure_id}/history": HistoryOut.__name__,
         }
@@ -151,6 +152,7 @@ async def test_every_route_answers_exactly_its_response_model(
             ]
             for params in filters:
                 await get_exactly(http, MeasureListOut, f"{base}/measures", **params)
+            await get_exactly(http, RevisionsOut, f"{base}/revisions")
         for fiscal_year in (2023, 2024, 2025):
             for params in as_of:
                 year = await get_exactly(http, YearOut, f"/rollups/{fiscal_year}", **params)

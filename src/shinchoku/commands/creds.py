@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ from contracts.agencies import AGENCY_INFO, Agency
 from contracts.streams import agency_inbox_prefix
 from shinchoku.commands.agencyarg import require_agency
 from shinchoku.stack import Stack, StackNotFound
-from shinchoku_runtime.natsconf import SECRETARIAT_USER
+from shinchoku_runtime.natsconf import SECRETARIAT_USER, write_private
 
 err = Console(stderr=True, highlight=False)
 
@@ -30,15 +29,6 @@ def credentials(stack: Stack, agency: Agency | str) -> dict[str, Any]:
         "url": stack.nats_plain_url,
         "inbox_prefix": agency_inbox_prefix(user),
     }
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` readable by the owner only (0600), even when the file existed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
 
 
 def creds(

@@ -27,6 +27,7 @@ from catalog.domain import (
 from catalog.plan import bundled_plan_text, parse_plan
 from contracts.catalog import Measure, measure_sort_key
 from contracts.events import CatalogChanged
+from shinchoku_runtime.catalogmirror import read_bucket
 
 log = logging.getLogger(__name__)
 
@@ -124,37 +125,12 @@ class MirrorResult:
     deleted: tuple[str, ...] = ()
 
 
-async def read_bucket(kv: KeyValue, *, timeout: float = 10.0) -> dict[str, bytes]:
-    """The live value of every key of the bucket (deleted keys are absent).
-
-    nats-py's watcher can say "no more initial values" (None) before it has handed them all over
-    (nats-io/nats.py#842, #995), so the read also goes on until it has seen the stream's last sequence as it
-    stood before the watch began: the watcher delivers in stream order and always delivers the stream's last
-    message (the last value of its key), so seeing it means every earlier key was seen too.
-    """
-    last_seq = (await kv.status()).stream_info.state.last_seq
-    watcher = await kv.watchall()
-    live: dict[str, bytes] = {}
-    marker_seen = False
-    seen_seq = 0
-    try:
-        while not (marker_seen and seen_seq >= last_seq):
-            entry = await watcher.updates(timeout=timeout)  # type: ignore[no-untyped-call]
-            if entry is None:  # the watcher's end of the initial values (perhaps early: see above)
-                marker_seen = True
-                continue
-            seen_seq = max(seen_seq, entry.revision or 0)
-            if entry.operation is None and entry.value is not None:
-                live[entry.key] = entry.value
-            else:
-                live.pop(entry.key, None)
-        return live
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-
-
 async def mirror_to_kv(kv: KeyValue, documents: Mapping[str, bytes]) -> MirrorResult:
-    """Make the bucket hold exactly `documents`: put only values that differ, delete keys no longer wanted."""
+    """Make the bucket hold exactly `documents`: put only values that differ, delete keys no longer wanted.
+
+    The bucket is read whole first (`read_bucket`, the one reading every service shares: it goes on past nats-py's
+    early end-of-values marker, see `shinchoku_runtime.catalogmirror`).
+    """
     live = await read_bucket(kv)
     to_put = [k for k, v in documents.items() if live.get(k) != v]
     to_delete = sort_ids(k for k in live if k not in documents)

@@ -1,4 +1,5 @@
-"""Measures as the catalog knows them: an in-memory mirror of the `CATALOG` KV bucket, with request-reply behind it.
+"""Measures as the catalog knows them: an in-memory mirror of the `CATALOG` KV bucket (the runtime's
+`CatalogMirror`), with request-reply behind it.
 
 The mirror answers almost every lookup without I/O. A key it does not hold is asked of the catalog on
 `catalog.measure.get`; a catalog that does not answer is a transient fault (the message is retried later),
@@ -18,15 +19,15 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
-from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
+from nats.js.errors import KeyNotFoundError, NotFoundError
 from opentelemetry.context import Context
 from opentelemetry.propagate import inject
 from pydantic import ValidationError
 
 from contracts.catalog import Measure
 from contracts.events import CatalogChanged
-from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED, CATALOG_MEASURE_GET
+from contracts.streams import CATALOG_CHANGED, CATALOG_MEASURE_GET
+from shinchoku_runtime.catalogmirror import CatalogMirror, parse_measure
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +45,9 @@ class MeasureMirror:
     def __init__(self, nc: Client, *, timeout: float = 2.0, retry_every: float = 2.0) -> None:
         self._nc = nc
         self._timeout = timeout
-        self._retry_every = retry_every
         self._measures: dict[str, Measure] = {}
         self._absent: dict[str, float] = {}
-        self._kv: KeyValue | None = None
+        self._bucket = CatalogMirror(nc, on_loaded=self._loaded, on_changed=self._apply, retry_delay=retry_every)
         self._tasks: list[asyncio.Task[None]] = []
         self.loaded = asyncio.Event()
 
@@ -55,7 +55,7 @@ class MeasureMirror:
         return len(self._measures)
 
     async def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._watch_forever(), name="catalog-kv-watch"))
+        self._tasks.append(asyncio.create_task(self._bucket.follow(), name="catalog-kv-watch"))
         await self._nc.subscribe(CATALOG_CHANGED, cb=self._on_changed)
 
     async def stop(self) -> None:
@@ -66,41 +66,20 @@ class MeasureMirror:
                 await task
         self._tasks.clear()
 
-    # --- the mirror ---
+    # --- the mirror (until the bucket is loaded, and whenever it lacks a key, lookups use request-reply) ---
 
-    def _apply(self, key: str, value: bytes | None) -> None:
-        if value is None:
+    def _loaded(self, measures: dict[str, Measure]) -> None:
+        self._measures = measures
+        for key in measures:
+            self._absent.pop(key, None)
+        self.loaded.set()
+
+    def _apply(self, key: str, measure: Measure | None) -> None:
+        if measure is None:
             self._measures.pop(key, None)
-            return
-        try:
-            measure = Measure.model_validate_json(value)
-        except ValidationError as e:
-            log.warning("catalog entry %s is not a Measure, ignored: %s", key, e)
             return
         self._measures[key] = measure
         self._absent.pop(key, None)
-
-    async def _watch_forever(self) -> None:
-        """Mirror the bucket; start over (with a fresh watch) whenever it breaks or does not exist yet."""
-        while True:
-            try:
-                js = self._nc.jetstream()
-                self._kv = await js.key_value(CATALOG_BUCKET)
-                watcher = await self._kv.watchall()
-                async for entry in watcher:
-                    if entry is None:  # the initial values have all arrived
-                        self.loaded.set()
-                        log.info("catalog mirror loaded: %d measures", len(self._measures))
-                        continue
-                    deleted = entry.operation in (KV_DEL, KV_PURGE)
-                    self._apply(entry.key, None if deleted else entry.value)
-            except asyncio.CancelledError:
-                raise
-            except BucketNotFoundError:
-                log.info("catalog bucket %s does not exist yet; lookups go to %s", CATALOG_BUCKET, CATALOG_MEASURE_GET)
-            except Exception as e:  # the watch is retried; lookups meanwhile use request-reply
-                log.warning("catalog watch interrupted (%s: %s); retrying", type(e).__name__, e)
-            await asyncio.sleep(self._retry_every)
 
     async def _on_changed(self, msg: Msg) -> None:
         """Refresh the ids a change names, in case the watch missed them."""
@@ -110,12 +89,16 @@ class MeasureMirror:
             return
         for measure_id in changed.changed_ids:
             self._absent.pop(measure_id, None)
-            if self._kv is None:
+            kv = self._bucket.kv
+            if kv is None:
                 self._measures.pop(measure_id, None)
                 continue
             try:
-                entry = await self._kv.get(measure_id)
-                self._apply(measure_id, entry.value)
+                entry = await kv.get(measure_id)
+                if not entry.value:
+                    self._apply(measure_id, None)
+                elif (measure := parse_measure(measure_id, entry.value)) is not None:
+                    self._apply(measure_id, measure)
             except (KeyNotFoundError, NotFoundError):
                 self._apply(measure_id, None)
             except Exception as e:

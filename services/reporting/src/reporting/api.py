@@ -22,7 +22,16 @@ from reporting.access import Reader
 from reporting.documents import document_json
 from reporting.domain import ROLLUP_STATUSES, SECTIONS
 from reporting.queries import RollupQueries
-from reporting.schemas import STATUS_NAMES, HistoryOut, LeadOut, MeasureListOut, RollupOut, TallyOut, YearOut
+from reporting.schemas import (
+    STATUS_NAMES,
+    HistoryOut,
+    LeadOut,
+    MeasureListOut,
+    RevisionsOut,
+    RollupOut,
+    TallyOut,
+    YearOut,
+)
 from shinchoku_runtime.http import BadRequest, table_response
 
 router = APIRouter()
@@ -159,15 +168,31 @@ def get_rollup(
     principal: Reader,
     as_of: AsOf = None,
     format_: Format = "json",
+    revision: Annotated[
+        int | None,
+        Query(ge=1, description="A closed quarter's published revision N, exactly as it was published"),
+    ] = None,
 ) -> Response:
-    """A quarter's rollup: government-wide, per agency and per section, with the previous quarter's trend."""
+    """A quarter's rollup: government-wide, per agency and per section, with the previous quarter's trend.
+
+    With `revision`, the published document of that revision (the `rollup` of its `published`/`restated` event)."""
     q = fiscal_quarter(fiscal_year, quarter)
     moment = parse_as_of(as_of)
     access.ensure_quarter(principal, queries, q, as_of=moment)
+    if revision is not None:  # only a closed quarter has published revisions: what the public may read
+        return _json(queries.revision_json(q, revision))
     if format_ != "json":
         doc = queries.rollup(q, as_of=moment)
         return table_response(format_, _ROLLUP_HEADER, _rollup_rows(doc), name=f"rollup-{q.label}")
     return _json(queries.rollup_json(q, as_of=moment))
+
+
+@router.get("/rollups/{fiscal_year}/{quarter}/revisions", response_model=RevisionsOut, tags=["rollups"])
+def get_revisions(fiscal_year: int, quarter: int, queries: Queries, principal: Reader) -> Response:
+    """Every published revision of a closed quarter: when, its digest, and what changed since the one before."""
+    q = fiscal_quarter(fiscal_year, quarter)
+    access.ensure_quarter(principal, queries, q)
+    return _json(document_json(queries.revisions(q)))
 
 
 @router.get("/rollups/{fiscal_year}/{quarter}/measures", response_model=MeasureListOut, tags=["rollups"])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI
@@ -18,12 +19,15 @@ from fastapi.responses import JSONResponse
 from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
+from contracts.catalog import Measure
 from contracts.streams import ACCEPTED_STREAM, ALERTS_STREAM, REPORTING_DURABLE
 from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
 from reporting.alerts import panel as alerts_panel
 from reporting.alerts.service import AlertsService, Clock, fixed_clock, system_clock
 from reporting.config import ReportingSettings
+from reporting.cycle.cursor import init_cursor
+from reporting.cycle.outbox import PublicationOutbox
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
@@ -60,6 +64,7 @@ class ReportingService:
         self.catalog = CatalogView()
         self.queries = RollupQueries(self.engine, self.catalog)
         self._changed = asyncio.Event()
+        self.outbox = PublicationOutbox(self.engine, self._measures)
         if settings.alert_clock is not None and clock is system_clock:
             clock = fixed_clock(settings.alert_clock)
         self.alerts = AlertsService(self.engine, self.catalog, settings.alert_settings(), clock=clock)
@@ -80,8 +85,13 @@ class ReportingService:
         #: Why reporting will not consume (a stream unlike the shared definition): /healthz says it.
         self.refused: str | None = None
 
+    def _measures(self) -> Sequence[Measure] | None:
+        snapshot = self.catalog.snapshot
+        return snapshot.measures if snapshot.loaded else None
+
     def _committed(self) -> None:
         self._changed.set()
+        self.outbox.wake.set()
         self.alerts.notify()
 
     async def start(self) -> None:
@@ -159,6 +169,7 @@ class ReportingService:
                 log.warning("cannot check the streams yet (%s: %s); retrying", type(e).__name__, e)
                 await asyncio.sleep(2)
         self._tasks.append(asyncio.create_task(self.catalog.follow(self._nc), name="reporting-catalog"))
+        self._tasks.append(asyncio.create_task(self.outbox.run(self._nc), name="reporting-publications"))
         self.alerts.start(self._nc)
         self._tasks.append(
             asyncio.create_task(
@@ -169,7 +180,9 @@ class ReportingService:
         config = consumer_config(ack_wait=self.settings.ack_wait, max_ack_pending=self.settings.max_ack_pending)
         while True:
             try:
-                await update_consumer(self._nc, config)
+                floor = await update_consumer(self._nc, config)
+                cursor = await asyncio.to_thread(init_cursor, self.engine, repository.LIVE, floor)
+                log.info("applying admitted facts in the log's order from stream sequence %d", cursor + 1)
                 break
             except asyncio.CancelledError:
                 raise

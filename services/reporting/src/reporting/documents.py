@@ -14,7 +14,7 @@ from typing import Any
 from contracts.agencies import Agency
 from contracts.catalog import SECTION_TITLES, Measure
 from contracts.periods import FiscalQuarter
-from reporting.domain import LeadStanding, MeasureStanding, Tally, movement
+from reporting.domain import LeadStanding, MeasureStanding, QuarterRollup, Tally, movement
 from reporting.progress import MeasureProgress, TargetStanding, target_standings
 from reporting.schemas import (
     Document,
@@ -27,6 +27,7 @@ from reporting.schemas import (
     MilestoneRatingOut,
     ObservationOut,
     QuarterRefOut,
+    ReviewCountsOut,
     RollupOut,
     ScopeTallyOut,
     SectionTallyOut,
@@ -108,11 +109,22 @@ def rollup_document(view: QuarterView) -> RollupOut:
             reference_date=view.today,
         ),
         as_of=_moment(view.as_of),
+        review=ReviewCountsOut(**review_counts(view.rollup)),
         closed=view.publication.closed,
         revision=view.publication.revision,
         published_at=view.publication.published_at,
         restated_at=view.publication.restated_at,
     )
+
+
+def review_counts(rollup: QuarterRollup) -> dict[str, int]:
+    """The leads' effective reports by review state (as `reporting.cycle.documents.build_document` counts them)."""
+    counts = dict.fromkeys(("pending", "accepted", "returned"), 0)
+    for standing in rollup.measures:
+        for lead in standing.leads:
+            if lead.report is not None:
+                counts[lead.report.review] += 1
+    return counts
 
 
 def year_document(fiscal_year: int, quarters: Sequence[tuple[RollupOut, bool]], as_of: datetime | None) -> YearOut:
@@ -142,6 +154,10 @@ def _lead(lead: LeadStanding) -> LeadOut:
             kpis=[],
             note=None,
             reporter=None,
+            review=None,
+            review_comment=None,
+            answers=None,
+            backfilled=None,
         )
     return LeadOut(
         agency=lead.agency,
@@ -153,6 +169,10 @@ def _lead(lead: LeadStanding) -> LeadOut:
         kpis=[KpiOut(target=k.target, value=k.value, as_of=k.as_of) for k in report.kpis],
         note=report.note,
         reporter=report.reporter,
+        review=report.review,
+        review_comment=report.review_comment,
+        answers=report.answers,
+        backfilled=report.backfilled,
     )
 
 

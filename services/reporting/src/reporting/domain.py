@@ -71,6 +71,13 @@ class LeadReport(NamedTuple):
     kpis: tuple[KpiReading, ...] = ()
     note: str | None = None
     reporter: str | None = None
+    #: A past report migrated by the secretariat (`backfill.{agency}.{measure_id}`).
+    backfilled: bool = False
+    #: Its review state (`pending`, `accepted`, `returned`), the returned report's comment, and the returned report
+    #: this one answers (DESIGN.md "The reporting cycle"); `events` rows read as pending.
+    review: str = "pending"
+    review_comment: str | None = None
+    answers: str | None = None
 
     @property
     def key(self) -> ReportKey:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -17,6 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from contracts.events import AdmittedEvent
 from contracts.periods import FiscalQuarter
 from reporting import repository
+from reporting.cycle.apply import apply_close, apply_review, restate_if_changed
+from reporting.cycle.cursor import contiguous, lock_cursor, set_cursor
 from reporting.cycle.facts import (
     CloseFact,
     ReviewFact,
@@ -24,9 +26,8 @@ from reporting.cycle.facts import (
     decode_review,
     is_close_subject,
     is_review_subject,
-    store_close,
-    store_review,
 )
+from reporting.cycle.state import closed_quarters
 from reporting.domain import KpiReading, LeadReport, effective_reports
 from reporting.repository import EffectiveRow, EventRow, Store
 
@@ -81,6 +82,7 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         repository.kpis_json(kpis),
         event.note,
         event.reporter,
+        admitted.backfilled,
     )
     report = LeadReport(
         event.measure_id,
@@ -94,6 +96,7 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         kpis,
         event.note,
         event.reporter,
+        admitted.backfilled,
     )
     return Admitted(row, report)
 
@@ -140,11 +143,14 @@ class AppliedEvent:
 @dataclass(frozen=True, slots=True)
 class BatchOutcome:
     """Per message, the stored fact or why the message is not the JSON its subject calls for; and a database fault, if
-    one rolled the transaction back (then nothing of the batch was stored). `ignored`: the fields of a newer
-    contract this version left out to decode a message (`event.confidence`), one entry per message and field."""
+    one rolled the transaction back (then nothing of the batch was stored)."""
 
     events: list[AppliedEvent | str]
     error: str | None = None
+    #: Indexes of the messages not applied yet (the facts before them in the log are not): to nak, not to ack.
+    deferred: list[int] = field(default_factory=list)
+    #: The fields of a newer contract this version left out to decode a message (`event.confidence`), one entry per
+    #: message and field.
     ignored: tuple[str, ...] = ()
 
 
@@ -182,11 +188,6 @@ def additive(decode: Callable[[bytes], T], data: bytes) -> tuple[T, tuple[str, .
     return decode(json.dumps(doc).encode()), tuple(".".join(map(str, p)) for p in paths)
 
 
-def decode_tolerant(subject: str, seq: int, data: bytes) -> tuple[Fact, tuple[str, ...]]:
-    """`decode_fact` through `additive`."""
-    return additive(lambda body: decode_fact(subject, seq, body), data)
-
-
 #: A message of ACCEPTED as the writer gets it: (subject, stream sequence or 0 when unknown, payload).
 Delivered = tuple[str, int, bytes]
 
@@ -202,6 +203,11 @@ def decode_fact(subject: str, seq: int, data: bytes) -> Fact:
     return decode_admitted(data)
 
 
+def decode_tolerant(subject: str, seq: int, data: bytes) -> tuple[Fact, tuple[str, ...]]:
+    """`decode_fact` through `additive`."""
+    return additive(lambda body: decode_fact(subject, seq, body), data)
+
+
 def applied(fact: Fact) -> AppliedEvent:
     """What the consumer's span and lag need of a fact."""
     if isinstance(fact, Admitted):
@@ -214,43 +220,108 @@ def applied(fact: Fact) -> AppliedEvent:
 
 
 def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: datetime | None = None) -> None:
-    """Apply admitted facts in their order: runs of reports as one batch each, reviews and closes one by one."""
+    """Apply admitted facts in their (the log's) order: runs of reports to open quarters as one batch each; a
+    report to a closed quarter, a review or a close one at a time, each followed by what it does to the cycle
+    (`reporting.cycle.apply`: review states, revision 1 on a close, a restatement when a closed quarter's
+    figures changed)."""
+    closed = set(closed_quarters(conn, store.cycle))
     run: list[Admitted] = []
-    for fact in facts:
-        if isinstance(fact, Admitted):
-            run.append(fact)
-            continue
+
+    def flush() -> None:
         if run:
             apply_admitted(conn, store=store, batch=run, now=now)
-            run = []
+            run.clear()
+
+    for fact in facts:
+        if isinstance(fact, Admitted):
+            report = fact.report
+            quarter = (report.fiscal_year, report.quarter)
+            if quarter not in closed:
+                run.append(fact)
+                continue
+            flush()
+            apply_admitted(conn, store=store, batch=[fact], now=now)
+            restate_if_changed(
+                conn, store, quarter, report.measure_id, cause=fact.event_id, admitted_at_us=fact.admitted_at_us
+            )
+            continue
+        flush()
         if isinstance(fact, ReviewFact):
-            changed = store_review(conn, store.cycle, fact)
+            changed = apply_review(conn, store, fact)
+            if changed and fact.quarter in closed:
+                restate_if_changed(
+                    conn,
+                    store,
+                    fact.quarter,
+                    fact.row["measure_id"],
+                    cause=fact.review_id,
+                    admitted_at_us=fact.admitted_at_us,
+                )
         else:
-            changed = store_close(conn, store.cycle, fact)
+            changed = apply_close(conn, store, fact)
+            if changed:
+                closed.add(fact.quarter)
         if changed:
             repository.bump_revisions(conn, store=store, quarters={fact.quarter: fact.admitted_at_us}, now=now)
-    if run:
-        apply_admitted(conn, store=store, batch=run, now=now)
+    flush()
 
 
-def decode_and_apply(engine: Engine, messages: Sequence[Delivered], *, store: Store) -> BatchOutcome:
-    """Decode a batch of ACCEPTED messages and apply the admitted facts in one transaction."""
+#: How long a batch waits for the facts before it in the log (held by another replica) before its messages that
+#: do not follow the cursor are nak'ed; and the nak's delay.
+ORDER_WAIT_SECONDS = 1.0
+ORDER_POLL_SECONDS = 0.01
+DEFERRED_DELAY_SECONDS = 0.0
+
+
+def decode_and_apply(
+    engine: Engine, messages: Sequence[Delivered], *, store: Store, order_wait: float = ORDER_WAIT_SECONDS
+) -> BatchOutcome:
+    """Decode a batch of ACCEPTED messages and apply the admitted facts in the log's order.
+
+    With stream sequences (the consumer's messages), each transaction applies the batch's messages that follow the
+    order cursor without a gap (those at or below it were applied already); the rest wait for the facts before
+    them (another replica holds them) and are `deferred` (nak'ed: they come back) when `order_wait` seconds pass
+    without progress. Without sequences (0), in the order given, in one transaction.
+    """
     events: list[AppliedEvent | str] = []
-    facts: list[Fact] = []
+    pending: list[tuple[int, int, Fact | None]] = []  # (index in the batch, stream sequence, fact or None)
     ignored: list[str] = []
-    for subject, seq, data in messages:
+    for index, (subject, seq, data) in enumerate(messages):
         try:
             fact, unknown = decode_tolerant(subject, seq, data)
         except (ValidationError, ValueError) as e:
             events.append(str(e))
+            pending.append((index, seq, None))
             continue
         ignored += unknown
-        facts.append(fact)
+        pending.append((index, seq, fact))
         events.append(applied(fact))
-    if facts:
-        try:
+    ordered = bool(pending) and all(seq > 0 for _, seq, _ in pending)
+    deadline = time.monotonic() + order_wait
+    try:
+        while True:
             with engine.begin() as conn:
-                apply_facts(conn, store=store, facts=facts)
-        except SQLAlchemyError as e:
-            return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}", tuple(ignored))
-    return BatchOutcome(events, ignored=tuple(ignored))
+                last = lock_cursor(conn, store) if ordered else None
+                if last is None:
+                    take = {seq for _, seq, _ in pending}
+                else:
+                    # A message this version cannot decode is held: the cursor stops before it, so that the version
+                    # that decodes it (after an upgrade) applies it in its place, and what follows waits.
+                    take = contiguous(last, [seq for _, seq, f in pending if f is not None])
+                facts = sorted(((seq, f) for _, seq, f in pending if f is not None and seq in take), key=lambda x: x[0])
+                apply_facts(conn, store=store, facts=[f for _, f in facts])
+                if ordered and take:
+                    set_cursor(conn, store, max(take))
+            if last is None:
+                return BatchOutcome(events, ignored=tuple(ignored))
+            pending = [(i, seq, f) for i, seq, f in pending if seq > last and seq not in take and f is not None]
+            if not pending:
+                return BatchOutcome(events, ignored=tuple(ignored))
+            now = time.monotonic()
+            if take:
+                deadline = now + order_wait
+            elif now >= deadline:
+                return BatchOutcome(events, deferred=[i for i, _, _ in pending], ignored=tuple(ignored))
+            time.sleep(ORDER_POLL_SECONDS)
+    except SQLAlchemyError as e:
+        return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}", ignored=tuple(ignored))

@@ -15,11 +15,13 @@ from typing import Generic, TypeVar
 
 from sqlalchemy import Engine
 
+from contracts.cycle import canonical_json
 from contracts.periods import FiscalQuarter
 from reporting.cache import Cached, SingleFlightCache
+from reporting.cycle import publications
 from reporting.documents import document_json, history_document, measure_documents, rollup_document, year_document
 from reporting.registry import CatalogSnapshot, CatalogView
-from reporting.schemas import HistoryOut, MeasureItemOut, RollupOut, YearOut
+from reporting.schemas import HistoryOut, MeasureItemOut, RevisionOut, RevisionsOut, RollupOut, YearOut
 from reporting.views import QuarterView, QuarterViews, StoreState, ViewKey
 from reporting.warmup import Read, RecentReads
 from shinchoku_runtime.http import NotFound, Unavailable
@@ -56,6 +58,7 @@ class RollupQueries:
     """The read side of the reporting store. Thread-safe; the HTTP routes (and through them the dashboard) share one."""
 
     def __init__(self, engine: Engine, catalog: CatalogView, *, clock: Callable[[], datetime] | None = None) -> None:
+        self._engine = engine
         self._views = QuarterViews(engine, catalog, clock=clock)
         # The builders are looked up when they run (so that a test can count them).
         self._rollup = DocumentKind("rollup", lambda view: rollup_document(view))
@@ -125,6 +128,35 @@ class RollupQueries:
     def closed_quarters(self) -> list[FiscalQuarter]:
         """Every closed quarter, oldest first."""
         return self._views.closed_quarters()
+
+    def revision_json(self, quarter: FiscalQuarter, number: int) -> bytes:
+        """`GET /rollups/{fy}/{q}?revision=N`: published revision N's document exactly (its canonical JSON)."""
+        found = publications.revision(
+            self._engine, self.catalog().measures, quarter.fiscal_year, quarter.quarter, number
+        )
+        if found is None:
+            raise NotFound(f"{quarter.label} has no published revision {number}")
+        return canonical_json(found.document)
+
+    def revisions(self, quarter: FiscalQuarter) -> RevisionsOut:
+        """`GET /rollups/{fy}/{q}/revisions`: every published revision of the quarter, oldest first."""
+        measures = self.catalog().measures
+        items = []
+        for number in publications.revision_numbers(self._engine, quarter.fiscal_year, quarter.quarter):
+            found = publications.revision(self._engine, measures, quarter.fiscal_year, quarter.quarter, number)
+            if found is None:
+                continue
+            items.append(
+                RevisionOut(
+                    revision=number,
+                    published_at=found.document.published_at.isoformat() if found.document.published_at else "",
+                    restated_at=found.document.restated_at.isoformat() if found.document.restated_at else None,
+                    sha256=found.sha256,
+                    changes=found.changes,
+                    by_status=dict(found.document.by_status),
+                )
+            )
+        return RevisionsOut(fiscal_year=quarter.fiscal_year, quarter=quarter.quarter, items=items, total=len(items))
 
     # --- caching and warming -------------------------------------------------------------------
 

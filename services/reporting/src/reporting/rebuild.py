@@ -34,14 +34,20 @@ from sqlalchemy import Engine
 from contracts.streams import ACCEPTED_STREAM
 from reporting import repository
 from reporting.config import ReportingSettings
+from reporting.cycle.cursor import set_cursor
+from reporting.cycle.publications import keep_sent
 from reporting.handlers import Admitted, Delivered, Fact, additive, apply_facts, decode_admitted, decode_tolerant
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
+from reporting.tables import EffectiveRow, EventRow
 from shinchoku_runtime.children import ChildDied, ChildPool
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.natsclient import connect_service
 from shinchoku_runtime.pull import Payload, PullConsumer
 
 log = logging.getLogger(__name__)
+
+#: The subjects of the facts that must be applied in the log's order (reviews, closes; and every fact after them).
+_CYCLE = (b"reviewed.", b"closed.")
 
 REQUEST_BATCH = 5000
 REQUESTS_IN_FLIGHT = 2
@@ -96,46 +102,53 @@ class RebuildResult:
         return self.events_read / self.seconds if self.seconds else 0.0
 
 
+#: Where a report stands in the effective ordering: (reported_at in microseconds, event_id), as
+#: `domain.effective_order` orders reports.
+Rank = tuple[int, str]
+#: An effective report's key: (fiscal_year, quarter, measure_id, agency).
+Key = tuple[int, int, str, str]
+
+
 class EffectiveReports:
     """The effective report per (quarter, measure, agency) of everything added: greatest reported_at, then
-    greatest event id (the ordering `repository.upsert_effective` applies in SQL)."""
+    greatest event id (`domain.effective_order`, the ordering `repository.upsert_effective` applies in SQL)."""
 
     def __init__(self) -> None:
-        self._best: dict[tuple[int, int, str, str], tuple[tuple[int, str], tuple[Any, ...]]] = {}
+        self._best: dict[Key, tuple[Rank, EffectiveRow]] = {}
 
     def add(self, batch: list[Admitted]) -> None:
         best = self._best
         for admitted in batch:
             row = admitted.event_row
-            key = (row[3], row[4], row[1], row[2])  # fiscal_year, quarter, measure_id, agency
-            order = (row[6], row[0])  # reported_at_us, event_id
+            key = (row.fiscal_year, row.quarter, row.measure_id, row.agency)
+            rank = (row.reported_at_us, row.event_id)
             seen = best.get(key)
-            if seen is None or order > seen[0]:
-                best[key] = (order, admitted.effective_row())
+            if seen is None or rank > seen[0]:
+                best[key] = (rank, admitted.effective_row())
 
-    def rows(self) -> list[tuple[Any, ...]]:
+    def rows(self) -> list[EffectiveRow]:
         return [row for _, row in self._best.values()]
 
-    def ranked(self) -> list[tuple[tuple[int, str], tuple[Any, ...]]]:
-        """The winners with their ordering, for `merge` (another writer's share of the stream)."""
+    def ranked(self) -> list[tuple[Rank, EffectiveRow]]:
+        """The winners with their rank, for `merge` (another writer's share of the stream)."""
         return list(self._best.values())
 
-    def merge(self, ranked: list[tuple[tuple[int, str], tuple[Any, ...]]]) -> None:
-        """Add the winners of another share of the stream (the effective row's first four fields are its key)."""
+    def merge(self, ranked: list[tuple[Rank, EffectiveRow]]) -> None:
+        """Add the winners of another share of the stream."""
         best = self._best
-        for order, row in ranked:
-            key = (row[0], row[1], row[2], row[3])
+        for rank, row in ranked:
+            key = (row.fiscal_year, row.quarter, row.measure_id, row.agency)
             seen = best.get(key)
-            if seen is None or order > seen[0]:
-                best[key] = (order, row)
+            if seen is None or rank > seen[0]:
+                best[key] = (rank, row)
 
 
 @dataclass(frozen=True)
 class BulkResult:
     read: int
-    rows: list[tuple[Any, ...]]
-    #: The reviews and closes read, in the log's order (applied after the reports' bulk load).
-    cycle: list[Delivered]
+    rows: list[EffectiveRow]
+    #: The messages read from the first review or close on, in the log's order (applied one batch after another).
+    leftover: list[Delivered]
 
 
 class BulkWriter:
@@ -170,7 +183,7 @@ class BulkWriter:
         self._decoding += decoded - started
         self._inserting += self._idle_since - decoded
 
-    def finish(self) -> list[tuple[tuple[int, str], tuple[Any, ...]]]:
+    def finish(self) -> list[tuple[Rank, EffectiveRow]]:
         log.info(
             "writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs",
             self._waited,
@@ -197,19 +210,26 @@ async def _bulk_phase(
     )
     writers.start()
     read = 0
-    cycle: list[Delivered] = []
+    leftover: list[Delivered] = []
     try:
         async for messages in reader.batches():
-            reports = []
-            for subject, data in messages:
-                if subject.startswith((b"reviewed.", b"closed.")):
-                    cycle.append((subject.decode(), first_seq + read, data))
-                else:
-                    reports.append((subject, data))
-                read += 1
-            await writers.put(reports)
+            # Up to the first review or close only: from there on, facts are applied in the log's order.
+            first_cycle = next((i for i, (subject, _) in enumerate(messages) if subject.startswith(_CYCLE)), None)
+            reports = messages if first_cycle is None else messages[:first_cycle]
+            if reports:
+                await writers.put(reports)
+            read += len(reports)
             if bar:
-                bar.update(len(messages))
+                bar.update(len(reports))
+            if first_cycle is not None:
+                leftover = [
+                    (subject.decode(), first_seq + read + i, data)
+                    for i, (subject, data) in enumerate(messages[first_cycle:])
+                ]
+                read += len(leftover)
+                if bar:
+                    bar.update(len(leftover))
+                break
         shares = await writers.finish()
     except ChildDied as e:  # the rebuild has failed: what the others wrote goes with the shadow tables
         raise RuntimeError(f"a writer process of the rebuild stopped: {e}") from e
@@ -218,7 +238,7 @@ async def _bulk_phase(
     winners = EffectiveReports()
     for ranked in shares:
         winners.merge(ranked)
-    return BulkResult(read, winners.rows(), cycle)
+    return BulkResult(read, winners.rows(), leftover)
 
 
 def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
@@ -249,7 +269,7 @@ def _sqlite_normal_sync(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
-    rows: dict[str, tuple[Any, ...]] = {}
+    rows: dict[str, EventRow] = {}
     for admitted in batch:
         rows.setdefault(admitted.event_id, admitted.event_row)
     with engine.begin() as conn:
@@ -328,9 +348,24 @@ async def rebuild_store(
         with engine.begin() as conn:
             repository.create_late_indexes(conn, store=shadow)
             repository.upsert_effective(conn, store=shadow, rows=winners.rows)
-            apply_facts(conn, store=shadow, facts=_decode_facts(winners.cycle))
         log.info("indexed and stored the effective reports in %.1fs", time.monotonic() - mark)
         mark = time.monotonic()
+
+        # Ordered phase, from the first review or close on: every fact in the log's order, as the consumer
+        # applies them (review states, revisions and restatements depend on it).
+        if winners.leftover:
+            with engine.begin() as conn:
+                apply_facts(conn, store=shadow, facts=_decode_facts(winners.leftover))
+            async for messages in reader.batches():
+                seq = info.state.first_seq + read
+                batch = [(subject.decode(), seq + i, data) for i, (subject, data) in enumerate(messages)]
+                read += len(messages)
+                with engine.begin() as conn:
+                    apply_facts(conn, store=shadow, facts=_decode_facts(batch))
+                if bar:
+                    bar.update(len(messages))
+            log.info("applied the facts from the first review or close on in %.1fs", time.monotonic() - mark)
+            mark = time.monotonic()
 
         # Swap phase: hold the live store's write lock, catch up with the stream, swap.
         with engine.begin() as conn:
@@ -344,6 +379,8 @@ async def rebuild_store(
                     bar.update(len(messages))
             previous = repository.revisions(conn)
             repository.fill_revisions_from_events(conn, store=shadow, previous=previous)
+            set_cursor(conn, shadow, info.state.first_seq + read - 1)
+            keep_sent(conn, shadow=shadow, live=repository.LIVE)
             stored = repository.count_rows(conn, shadow.events)
             if not force:  # raising rolls the swap back: the live store stays
                 _check_not_smaller(stored, repository.count_rows(conn, repository.LIVE.events))

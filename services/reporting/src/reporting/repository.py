@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.schema import CreateTable
+from sqlalchemy.schema import CreateColumn, CreateTable
 
 from reporting.domain import LeadReport
 from reporting.tables import (
@@ -65,6 +65,7 @@ __all__ = [
     "effective_as_of",
     "effective_for_measure",
     "effective_for_quarter",
+    "effective_where",
     "fill_revisions_from_events",
     "from_micros",
     "has_events",
@@ -88,6 +89,7 @@ def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = Tr
     with engine.begin() as conn:
         serialize_schema_changes(conn, "reporting")
         existing = set(sa.inspect(conn).get_table_names())
+        add_missing_columns(conn, store=store)
         for table in store.tables:
             if table.name not in existing:
                 conn.execute(CreateTable(table))  # without its indexes: those follow, now or after a bulk load
@@ -98,6 +100,20 @@ def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = Tr
                     for index in store.late_indexes:
                         if index.table is table:
                             index.create(conn)
+
+
+def add_missing_columns(conn: Connection, *, store: Store) -> None:
+    """Columns added to a table since a store was created (the reporting cycle's `backfilled` and review state),
+    each with its default."""
+    inspector = sa.inspect(conn)
+    for table in store.tables:
+        if not inspector.has_table(table.name):
+            continue
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                spec = CreateColumn(column).compile(dialect=conn.dialect)
+                conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN {spec}'))
 
 
 def create_late_indexes(conn: Connection, *, store: Store) -> None:
@@ -193,6 +209,18 @@ def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any
 _effective_key = operator.itemgetter(*(EFFECTIVE_COLUMNS.index(name) for name in EFFECTIVE_KEY))
 
 
+def _effective_update(name: str, table: str) -> str:
+    """The SET clause of one column when a report wins over the stored one (`table`: the stored row): the event's
+    values, a fresh review state, and the report it answers: the stored one if it was returned, or the one the
+    stored report answered while that is still pending (two reports after one return answer the same)."""
+    if name == "answers":
+        return (
+            f"answers = CASE WHEN {table}.review = 'returned' THEN {table}.event_id "
+            f"WHEN {table}.review = 'pending' THEN {table}.answers ELSE NULL END"
+        )
+    return f"{name} = excluded.{name}"
+
+
 def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
     """Make each row (an `EffectiveRow`) the effective report of its key, unless the stored one wins "the latest
     report wins" (`wins_over`).
@@ -202,7 +230,7 @@ def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[
     if not rows:
         return
     table = f'"{store.effective.name}"'
-    updates = ", ".join(f"{name} = excluded.{name}" for name in EFFECTIVE_VALUES)
+    updates = ", ".join(_effective_update(name, table) for name in EFFECTIVE_VALUES)
     conflict = f"ON CONFLICT ({', '.join(EFFECTIVE_KEY)}) DO UPDATE SET {updates} WHERE {wins_over('excluded', table)}"
     ordered = sorted(rows, key=_effective_key)
     if conn.dialect.name == "postgresql":
@@ -277,7 +305,23 @@ _KPIS = _REPORT_FIELDS.index("kpis")
 
 
 def _report_columns(table: sa.Table) -> list[sa.ColumnElement[Any]]:
-    return [table.c[name] for name in _REPORT_FIELDS]
+    """The table's columns in LeadReport's field order; a field the table has not (the review state of `events`)
+    as its default."""
+    return [table.c[name] if name in table.c else _DEFAULT_SQL[name].label(name) for name in _REPORT_FIELDS]
+
+
+def _default_sql(value: Any) -> sa.ColumnElement[Any]:
+    """A LeadReport field's default as SQL (no bound parameter: PostgreSQL cannot type one in a subquery)."""
+    if value is None:
+        return sa.null()
+    if isinstance(value, bool):
+        return sa.true() if value else sa.false()
+    if isinstance(value, str) and value.isidentifier():
+        return sa.literal_column(f"'{value}'")
+    return sa.literal(value)
+
+
+_DEFAULT_SQL = {name: _default_sql(value) for name, value in LeadReport._field_defaults.items()}
 
 
 def _lead_report(row: Sequence[Any]) -> LeadReport:
@@ -304,6 +348,12 @@ def effective_for_quarter(conn: Connection, *, fiscal_year: int, quarter: int, s
     t = store.effective
     stmt = sa.select(*_report_columns(t)).where(t.c.fiscal_year == fiscal_year, t.c.quarter == quarter)
     return [_lead_report(row) for row in conn.execute(stmt).all()]
+
+
+def effective_where(conn: Connection, store: Store, *conditions: sa.ColumnElement[bool]) -> list[LeadReport]:
+    """The effective reports (of `store`) that meet the conditions."""
+    t = store.effective
+    return [_lead_report(row) for row in conn.execute(sa.select(*_report_columns(t)).where(*conditions))]
 
 
 def all_effective(conn: Connection, *, store: Store = LIVE) -> list[LeadReport]:

@@ -8,7 +8,7 @@ JSON against its model over real data.
 from __future__ import annotations
 
 from datetime import date
-from typing import Final, Literal, get_args
+from typing import Any, Final, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,28 @@ class TargetSummaryOut(Document):
     reference_date: date = Field(description="The day `overdue` is judged on (today, or the as_of date), Asia/Tokyo")
 
 
+class ReviewCountsOut(Document):
+    pending: int
+    accepted: int
+    returned: int
+
+
+class RevisionOut(Document):
+    revision: int
+    published_at: str = Field(description="When the quarter was closed and first published")
+    restated_at: str | None = Field(description="When this revision restated the one before (null for revision 1)")
+    sha256: str = Field(description="SHA-256 of the revision's document (canonical JSON), hexadecimal")
+    changes: list[dict[str, Any]] = Field(description="What changed since the revision before (RollupChange objects)")
+    by_status: dict[StatusName, int] = Field(description="Government-wide counts of this revision")
+
+
+class RevisionsOut(Document):
+    fiscal_year: int
+    quarter: int
+    items: list[RevisionOut]
+    total: int
+
+
 class RollupOut(QuarterRefOut):
     """A quarter's rollup."""
 
@@ -74,6 +96,7 @@ class RollupOut(QuarterRefOut):
     overdue_targets: int
     targets: TargetSummaryOut
     as_of: str | None = Field(description="The as_of moment answered for, or null for as known now")
+    review: ReviewCountsOut = Field(description="The leads' effective reports by review state")
     closed: bool = Field(description="Whether the secretariat has closed the quarter")
     revision: int | None = Field(description="The latest published revision (null while the quarter is open)")
     published_at: str | None = Field(description="When the quarter was closed and first published (RFC 3339)")
@@ -110,6 +133,12 @@ class LeadOut(Document):
     kpis: list[KpiOut]
     note: str | None
     reporter: str | None
+    review: Literal["pending", "accepted", "returned"] | None = Field(
+        description="The effective report's review state (null when the agency did not report)"
+    )
+    review_comment: str | None = Field(description="Why the secretariat returned the report (差戻し), when it did")
+    answers: str | None = Field(description="The returned report (event id) this one answers, if it answers one")
+    backfilled: bool | None = Field(description="A past report migrated by the secretariat (null when unreported)")
 
 
 class ObservationOut(Document):

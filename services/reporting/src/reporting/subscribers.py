@@ -30,7 +30,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting.handlers import AppliedEvent, BatchOutcome
+from reporting.handlers import DEFERRED_DELAY_SECONDS, AppliedEvent, BatchOutcome
 from reporting.metrics import ReportingMetrics
 from reporting.repository import to_micros
 from reporting.tracing import BatchSpans, MessageSpan
@@ -76,17 +76,20 @@ def consumer_config(*, ack_wait: float, max_ack_pending: int) -> ConsumerConfig:
     )
 
 
-async def update_consumer(nc: Client, config: ConsumerConfig) -> None:
-    """Bring an existing durable consumer `reporting` to `config`'s subjects (a store made before the reporting
-    cycle followed `accepted.>` only; reviews and closes are in the same log). Missing, it is created when pulled."""
+async def update_consumer(nc: Client, config: ConsumerConfig) -> int:
+    """Create the durable consumer `reporting`, or bring an existing one to `config`'s subjects (a store made before
+    the reporting cycle followed `accepted.>` only; reviews and closes are in the same log). Returns its ack floor:
+    the stream sequence up to which every message was acknowledged (where the order cursor starts when new)."""
     js = nc.jetstream()
     try:
         info = await js.consumer_info(ACCEPTED_STREAM.name, REPORTING_DURABLE)
     except NotFoundError:
-        return
+        info = await js.add_consumer(ACCEPTED_STREAM.name, config)
     if info.config.filter_subject or list(info.config.filter_subjects or ()) != config.filter_subjects:
-        await js.add_consumer(ACCEPTED_STREAM.name, config)
+        info = await js.add_consumer(ACCEPTED_STREAM.name, config)
         log.info("durable consumer %s now follows every subject of %s", REPORTING_DURABLE, ACCEPTED_STREAM.name)
+    floor = info.ack_floor.stream_seq if info.ack_floor is not None else 0
+    return int(floor or 0)
 
 
 class AcceptedPuller:
@@ -228,18 +231,25 @@ class AcceptedWriter:
                 self._queue.task_done()
 
     async def _settle(self, batch: Sequence[Delivery], outcome: BatchOutcome, started: int, ended: int) -> None:
-        """Acknowledge what was committed, hold what this version cannot decode, then record the spans."""
-        good: list[tuple[Delivery, AppliedEvent]] = []
-        for d, event in zip(batch, outcome.events, strict=True):
-            if isinstance(event, str):
-                await self._hold(d, event)
-            else:
-                good.append((d, event))
-        self._note_ignored(outcome.ignored)
-        if outcome.error is not None:
-            await self._retry([d for d, _ in good], outcome.error)
+        """Acknowledge what was committed (hold what this version cannot decode, nak what must wait for the facts
+        before it), then record the spans."""
+        deferred = set(outcome.deferred)
+        if deferred:  # the facts before them in the log are not applied yet: they come back in a moment
+            self._metrics.batches.labels("deferred").inc()
+            for i in sorted(deferred):
+                await batch[i].msg.nak(delay=DEFERRED_DELAY_SECONDS)
+        settled = [
+            (d, event) for i, (d, event) in enumerate(zip(batch, outcome.events, strict=True)) if i not in deferred
+        ]
+        good: list[tuple[Delivery, AppliedEvent]] = [(d, e) for d, e in settled if not isinstance(e, str)]
+        if outcome.error is not None:  # nothing was applied: every message comes back (in the log's order)
+            await self._retry([d for d, _ in settled], outcome.error)
             self._trace(good, started, ended, error=outcome.error)
             return
+        for d, event in settled:
+            if isinstance(event, str):
+                await self._hold(d, event)
+        self._note_ignored(outcome.ignored)
         if not good:
             return
         await ack_all(None, [d.msg for d, _ in good])

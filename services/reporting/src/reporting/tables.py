@@ -95,6 +95,7 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Column("kpis", sa.Text, nullable=True),
         sa.Column("note", sa.Text, nullable=True),
         sa.Column("reporter", sa.String(200), nullable=True),
+        sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
         sa.PrimaryKeyConstraint("event_id", name=f"pk_events{tag}"),
     )
     effective = sa.Table(
@@ -113,6 +114,13 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Column("kpis", sa.Text, nullable=True),
         sa.Column("note", sa.Text, nullable=True),
         sa.Column("reporter", sa.String(200), nullable=True),
+        sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
+        # The report's review state (the reporting cycle): its latest admitted review, `pending` while none; the
+        # returned report it answers (an agency's next report after a return).
+        sa.Column("review", sa.String(16), nullable=False, server_default="pending"),
+        sa.Column("review_id", _EVENT_ID, nullable=True),
+        sa.Column("review_comment", sa.Text, nullable=True),
+        sa.Column("answers", _EVENT_ID, nullable=True),
         sa.PrimaryKeyConstraint(*EFFECTIVE_KEY, name=f"pk_effective_reports{tag}"),
     )
     revisions = sa.Table(
@@ -158,6 +166,7 @@ class EventRow(NamedTuple):
     kpis: str | None
     note: str | None
     reporter: str | None
+    backfilled: bool
 
 
 class EffectiveRow(NamedTuple):
@@ -176,12 +185,18 @@ class EffectiveRow(NamedTuple):
     kpis: str | None
     note: str | None
     reporter: str | None
+    backfilled: bool
+    review: str
+    review_id: str | None
+    review_comment: str | None
+    answers: str | None
 
     @classmethod
     def of_event(cls, row: EventRow) -> EffectiveRow:
-        """The effective report an event makes: the event's columns this table has, picked by name."""
+        """The effective report an event makes: the event's columns this table has, picked by name; its review
+        state `pending` (a report's reviews come after it in the log)."""
         # `tuple.__new__` rather than `_make`: once per event in a rebuild, and the picked values are complete.
-        effective: EffectiveRow = tuple.__new__(cls, _effective_from_event(row))
+        effective: EffectiveRow = tuple.__new__(cls, (*_effective_from_event(row), *_PENDING))
         return effective
 
 
@@ -196,7 +211,12 @@ EFFECTIVE_VALUES: Final[tuple[str, ...]] = tuple(c for c in EFFECTIVE_COLUMNS if
 #: microseconds since the epoch (the RFC 3339 text keeps the reporter's offset and does not order).
 ORDER_COLUMNS: Final[tuple[str, ...]] = tuple({"reported_at": "reported_at_us"}.get(f, f) for f in EFFECTIVE_ORDER)
 
-_effective_from_event = operator.itemgetter(*(EVENT_COLUMNS.index(name) for name in EFFECTIVE_COLUMNS))
+#: The review state's columns of an effective report, and their values for a report no review has reached yet.
+REVIEW_COLUMNS: Final[tuple[str, ...]] = ("review", "review_id", "review_comment", "answers")
+_PENDING = ("pending", None, None, None)
+_effective_from_event = operator.itemgetter(
+    *(EVENT_COLUMNS.index(name) for name in EFFECTIVE_COLUMNS if name not in REVIEW_COLUMNS)
+)
 
 #: The key of an `EventRow` or `EffectiveRow` (`EFFECTIVE_KEY`) and what "the latest report wins" compares in it
 #: (`ORDER_COLUMNS`): of two rows with one key, the one with the greater order is the effective report.

@@ -30,10 +30,11 @@ from typing import Final
 from contracts.alerts import AlertKind, alert_key
 from contracts.catalog import Measure
 from contracts.cycle import ReviewDecision
+from contracts.events import UNREPORTED
 from contracts.periods import FiscalQuarter, last_completed_quarter, tokyo_date
 from reporting.alerts import messages
 from reporting.domain import SEVERITY_RANK, LeadReport, combined_status, movement
-from reporting.progress import measure_progress
+from reporting.progress import MeasureProgress, latest_observations
 from reporting.ratings import observation_order, target_standings
 
 #: Days before the on-time deadline from which an unreported measure is `report_due` (DESIGN: 14 by default).
@@ -199,12 +200,26 @@ def returned_conditions(
     return out
 
 
+def lead_progress(measure: Measure, reports: Sequence[LeadReport]) -> MeasureProgress:
+    """`reporting.progress.measure_progress` without building a rollup per quarter (the same answer, tested):
+    the leads' combined status in the latest quarter any lead reported on, and the latest observations."""
+    leads = set(_leads(measure))
+    mine = [r for r in reports if r.agency in leads]
+    if not mine:
+        return MeasureProgress(UNREPORTED, None, {})
+    latest = max(r.fiscal_quarter for r in mine)
+    status = combined_status(r.status for r in mine if r.fiscal_quarter == latest)
+    return MeasureProgress(status, latest, latest_observations([measure], mine).get(measure.id, {}))
+
+
 def overdue_conditions(measure: Measure, reports: Sequence[LeadReport], now: datetime) -> list[Condition]:
     """A target overdue today (`reporting.ratings`), raised for each lead of the measure."""
     if not any(t.due_date is not None for t in measure.targets):
         return []
     today = tokyo_date(now)
-    progress = measure_progress(measure, reports)
+    if all(t.due_date is None or t.due_date >= today for t in measure.targets):
+        return []
+    progress = lead_progress(measure, reports)
     out = []
     for position, standing in enumerate(target_standings(measure, progress, today)):
         if not standing.overdue:

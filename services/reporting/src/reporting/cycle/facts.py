@@ -117,11 +117,13 @@ def _insert(conn: Connection, table: sa.Table) -> Any:
 
 def store_review(conn: Connection, tables: CycleTables, fact: ReviewFact) -> bool:
     """Keep the review (once: its review_id is its key); whether it was new."""
-    result = conn.execute(_insert(conn, tables.reviews).values(fact.row).on_conflict_do_nothing())
-    return bool(result.rowcount)
+    t = tables.reviews
+    stmt = _insert(conn, t).values(fact.row).on_conflict_do_nothing().returning(t.c.review_id)
+    return conn.execute(stmt).first() is not None
 
 
 def store_close(conn: Connection, tables: CycleTables, fact: CloseFact) -> bool:
     """Keep the close (a quarter is closed once: a second close of it changes nothing); whether it was new."""
-    result = conn.execute(_insert(conn, tables.closes).values(fact.row).on_conflict_do_nothing())
-    return bool(result.rowcount)
+    t = tables.closes
+    stmt = _insert(conn, t).values(fact.row).on_conflict_do_nothing().returning(t.c.close_id)
+    return conn.execute(stmt).first() is not None

@@ -33,6 +33,34 @@ class Rollup(Group):
     period_end: date | None = None
     by_agency: dict[str, Group] = Field(default_factory=dict)
     by_section: dict[str, Group] = Field(default_factory=dict)
+    # The reporting cycle: whether the quarter is closed, its latest published revision, review counts.
+    closed: bool = False
+    revision: int | None = None
+    published_at: datetime | None = None
+    restated_at: datetime | None = None
+    review: dict[str, int] = Field(default_factory=dict)
+
+
+class RevisionChange(BaseModel):
+    model_config = _LENIENT
+
+    measure_id: str
+    agency: str
+    before: dict[str, Any] = Field(default_factory=dict)
+    after: dict[str, Any] = Field(default_factory=dict)
+    event_ids: list[str] = Field(default_factory=list)
+
+
+class Revision(BaseModel):
+    """One item of `GET /rollups/{fy}/{q}/revisions`: a published revision of a closed quarter."""
+
+    model_config = _LENIENT
+
+    revision: int
+    published_at: datetime | None = None
+    restated_at: datetime | None = None
+    sha256: str = ""
+    changes: list[RevisionChange] = Field(default_factory=list)
 
 
 class KpiObservation(BaseModel):
@@ -57,6 +85,10 @@ class LeadReport(BaseModel):
     note: str | None = None
     reporter: str | None = None
     kpis: list[KpiObservation] = Field(default_factory=list)
+    review: str | None = None
+    review_comment: str | None = None
+    answers: str | None = None
+    backfilled: bool | None = None
 
     @field_validator("status", mode="before")
     @classmethod

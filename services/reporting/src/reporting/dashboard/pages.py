@@ -67,18 +67,39 @@ async def _rollup_or_none(source: RollupSource, quarter: FiscalQuarter, as_of: d
         return None
 
 
+async def publication_of(source: RollupSource, quarter: FiscalQuarter, rollup: Rollup) -> dict[str, Any] | None:
+    """A closed quarter's publication card: its revisions (the latest's digest), and what each restatement changed."""
+    if not rollup.closed:
+        return None
+    revisions = await source.revisions(quarter)
+    latest = revisions[-1] if revisions else None
+    return {
+        "revision": rollup.revision,
+        "published_at": rollup.published_at,
+        "restated_at": rollup.restated_at,
+        "sha256": latest.sha256 if latest else "",
+        "restatements": [r for r in revisions if r.revision > 1],
+        "first_sha256": revisions[0].sha256 if revisions else "",
+        "review": rollup.review,
+    }
+
+
 async def overview_page(source: RollupSource, state: ViewState, now: datetime) -> dict[str, Any]:
     # Read the admission mark first: a report admitted while the page renders then only causes one more refresh.
     last_admitted = await source.last_admitted()
     quarter = state.quarter or await latest_quarter(source, now)
-    as_of = state.as_of_for(quarter, now)
+    as_of = state.as_of
     rollup = await source.rollup(quarter, as_of=as_of)
+    publication = await publication_of(source, quarter, rollup) if as_of is None else None
+    if state.mode == "published" and as_of is None and rollup.closed and rollup.revision is not None:
+        # "As published": the quarter's latest published document itself (the live rows equal its figures).
+        rollup = await source.published(quarter, rollup.revision)
     filters = state.api_filters()
     rows = await source.measures(quarter, as_of=as_of, filters=filters)
     group = view.headline(rollup, rows, state)
 
     previous = quarter.previous()
-    prev_as_of = state.as_of_for(previous, now)
+    prev_as_of = state.as_of
     prev_rollup = await _rollup_or_none(source, previous, prev_as_of)
     prev_group = None
     changes = view.StatusChanges()
@@ -101,7 +122,7 @@ async def overview_page(source: RollupSource, state: ViewState, now: datetime) -
             "on_time": view.delta_points(on_time, view.on_time_share(prev_group)),
             "reported": view.delta_count(group.reported, prev_group.reported),
         }
-    published_pending = state.mode == "published" and state.as_of is None and quarter.on_time_deadline > now
+    published_pending = state.mode == "published" and state.as_of is None and not rollup.closed
     shown = ViewState(
         quarter=quarter, agency=state.agency, section=state.section, mode=state.mode, as_of=state.as_of, lang=state.lang
     )
@@ -117,6 +138,7 @@ async def overview_page(source: RollupSource, state: ViewState, now: datetime) -
         "published_pending": published_pending,
         "deadline": quarter.on_time_deadline,
         "rollup": rollup,
+        "publication": publication,
         "group": group,
         "headline_title": view.headline_title(state),
         "bar": view.bar(group.by_status, state.lang),
@@ -149,7 +171,7 @@ async def measure_page(
     history = await source.history(measure_id)
     entries = sorted(history.quarters, key=_entry_quarter)
     quarter = state.quarter or (_entry_quarter(entries[-1]) if entries else await latest_quarter(source, now))
-    as_of = state.as_of_for(quarter, now)
+    as_of = state.as_of
     info = history.measure
     section = info.section if info is not None else int(measure_id.split("-")[0])
     entry = next((e for e in entries if _entry_quarter(e) == quarter), None)

@@ -132,7 +132,7 @@ async def live(request: Request, source: SourceDep) -> Response:
     try:
         last_admitted = await source.last_admitted()
         quarter = state.quarter or await latest_quarter(source, now)
-        rollup = await source.rollup(quarter, as_of=state.as_of_for(quarter, now))
+        rollup = await source.rollup(quarter, as_of=state.as_of)
     except SourceError as e:
         return JSONResponse({"detail": e.message}, status_code=e.status if e.status < 500 else 502)
     return JSONResponse(

@@ -15,7 +15,7 @@ from urllib.parse import urlencode
 from starlette.types import ASGIApp, Message
 
 from contracts.periods import FiscalQuarter
-from reporting.dashboard.models import MeasureHistory, MeasureInfo, MeasureRow, Rollup, items_of
+from reporting.dashboard.models import MeasureHistory, MeasureInfo, MeasureRow, Revision, Rollup, items_of
 from shinchoku_runtime.auth import PRINCIPAL_SCOPE_KEY, Principal
 
 
@@ -36,6 +36,10 @@ class RollupSource(Protocol):
     ) -> list[MeasureRow]: ...
 
     async def history(self, measure_id: str) -> MeasureHistory: ...
+
+    async def revisions(self, quarter: FiscalQuarter) -> list[Revision]: ...
+
+    async def published(self, quarter: FiscalQuarter, revision: int) -> Rollup: ...
 
     async def year(self, fiscal_year: int) -> list[Rollup]: ...
 
@@ -116,6 +120,15 @@ class ApiSource:
         params = _params(as_of, {**filters, "limit": "1000"})
         body = await self._get(f"/rollups/{quarter.fiscal_year}/{quarter.quarter}/measures", params)
         return [MeasureRow.model_validate(item) for item in items_of(body)]
+
+    async def revisions(self, quarter: FiscalQuarter) -> list[Revision]:
+        body = await self._get(f"/rollups/{quarter.fiscal_year}/{quarter.quarter}/revisions", {})
+        return [Revision.model_validate(item) for item in items_of(body)]
+
+    async def published(self, quarter: FiscalQuarter, revision: int) -> Rollup:
+        """A closed quarter's published revision: the document itself, not the live rollup."""
+        body = await self._get(f"/rollups/{quarter.fiscal_year}/{quarter.quarter}", {"revision": str(revision)})
+        return Rollup.model_validate(body)
 
     async def history(self, measure_id: str) -> MeasureHistory:
         body = await self._get(f"/measures/{measure_id}/history", {})

@@ -88,14 +88,6 @@ class ViewState:
             params.append(("lang", state.lang))
         return "?" + urlencode(params) if params else ""
 
-    def as_of_for(self, quarter: FiscalQuarter, now: datetime) -> datetime | None:
-        """The `as_of` to ask the API for: explicit, else the quarter's reporting deadline when published, else now."""
-        if self.as_of is not None:
-            return self.as_of
-        if self.mode == "published" and quarter.on_time_deadline <= now:
-            return quarter.on_time_deadline
-        return None
-
     def api_filters(self) -> dict[str, str]:
         out: dict[str, str] = {}
         if self.agency:
