@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import typer
 from nats.errors import Error as NatsError
 from nats.js.errors import NotFoundError
@@ -26,6 +27,7 @@ from contracts.events import StatusEvent
 from contracts.periods import last_completed_quarter
 from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
 from shinchoku.commands.rollup import fetch_rollup
+from shinchoku.demo_cycle import CycleSummary, play_cycle
 from shinchoku.demo_plan import ADMITTED, DUPLICATE, DemoMessage, expected_outcomes, plan_demo
 from shinchoku.rollup_view import render_rollup
 from shinchoku.stack import Stack, StackNotFound
@@ -131,6 +133,31 @@ def wait_caught_up(stack: Stack, progress: Progress, timeout: float = 180.0) -> 
     return False
 
 
+async def settled(stack: Stack, timeout: float = 180.0) -> bool:
+    """Until ingest and reporting have nothing pending, twice in a row (from inside a running loop)."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while time.monotonic() < deadline:
+        pending = await pending_work(stack)
+        quiet = quiet + 1 if pending is not None and not any(pending.values()) else 0
+        if quiet >= 2:
+            return True
+        await asyncio.sleep(0.3)
+    return False
+
+
+def _cycle_summary(summary: CycleSummary) -> Table:
+    table = Table(title="the reporting cycle, as the secretariat", title_justify="left", box=None)
+    table.add_column("what")
+    table.add_column("", justify="right")
+    table.add_row("history backfilled (FY2023Q4, marked)", str(summary.backfilled))
+    table.add_row("reports accepted", str(summary.accepted))
+    table.add_row("reports returned (差戻し), each answered", f"{summary.returned} / {summary.answered}")
+    table.add_row("quarters closed and published", ", ".join(summary.closed) or "none")
+    table.add_row("corrections after the close (restatements)", str(summary.restated))
+    return table
+
+
 def _summary(messages: Sequence[DemoMessage]) -> Table:
     kinds = Counter(m.kind for m in messages)
     outcomes = expected_outcomes(messages)
@@ -146,7 +173,7 @@ def _summary(messages: Sequence[DemoMessage]) -> Table:
     return table
 
 
-def run_demo(data_dir: Path | None, seed: int) -> None:
+def run_demo(data_dir: Path | None, seed: int, *, cycle: bool = False) -> None:
     """Publish FY2024Q1 → last completed quarter (reproducible), wait until caught up, print the latest rollup."""
     now = datetime.now(UTC)
     try:
@@ -174,7 +201,17 @@ def run_demo(data_dir: Path | None, seed: int) -> None:
         finally:
             provider.shutdown()
         caught_up = wait_caught_up(stack, progress)
+        played: CycleSummary | None = None
+        if cycle:
+            task = progress.add_task("the reporting cycle: backfill, reviews, closes, restatements", total=None)
+            try:
+                played = asyncio.run(play_cycle(stack, measures, seed=seed, now=now, wait=lambda: settled(stack)))
+            except (OSError, NatsError, PublishError, RuntimeError, httpx.HTTPError) as e:
+                err.print(f"[yellow]the reporting cycle was not played: {e}[/]")
+            progress.update(task, total=1, completed=1)
     console.print(_summary(messages))
+    if played is not None:
+        console.print(_cycle_summary(played))
     if not caught_up:
         err.print("[yellow]ingest or reporting is still busy: the rollup below may be incomplete[/]")
     try:

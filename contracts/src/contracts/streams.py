@@ -36,8 +36,6 @@ CATALOG_BUCKET = "CATALOG"
 
 INGEST_DURABLE = "ingest"
 REPORTING_DURABLE = "reporting"
-#: Reporting's consumer of the admitted reviews (`reviewed.>` on ACCEPTED) for its alerts.
-ALERTS_DURABLE = "reporting-alerts"
 
 #: Header carrying the duplicate-suppression id on ACCEPTED and REJECTED.
 MSG_ID_HEADER = "Nats-Msg-Id"

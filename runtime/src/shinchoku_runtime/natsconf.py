@@ -17,7 +17,6 @@ from contracts.agencies import Agency
 from contracts.streams import (
     ACCEPTED_STREAM,
     ALERT_SUBJECT_PREFIX,
-    ALERTS_DURABLE,
     ALERTS_STREAM,
     BACKFILL_SUBJECT_PREFIX,
     CATALOG_BUCKET,
@@ -162,9 +161,8 @@ def service_permissions(user: str) -> Permissions:
         return Permissions(
             publish=[
                 *_durable(accepted, REPORTING_DURABLE),
-                # Its consumer of the secretariat's reviews (for the alerts), and the rebuild's ephemeral replay
+                # The rebuild's ephemeral replay
                 # consumers of its own names (deleted after): any consumer on ACCEPTED, which it reads whole.
-                f"$JS.ACK.{accepted}.{ALERTS_DURABLE}.>",
                 f"{API}.CONSUMER.CREATE.{accepted}.>",
                 f"{API}.CONSUMER.DURABLE.CREATE.{accepted}.>",
                 f"{API}.CONSUMER.INFO.{accepted}.>",

@@ -54,7 +54,7 @@ def holding(
     reports: list[LeadReport],
     now: datetime,
     *,
-    reviews: Mapping[str, Review] | None = None,
+    reviews: Mapping[tuple[str, str], Review] | None = None,
     since: FiscalQuarter | None = None,
 ) -> dict[str, Condition]:
     found: dict[str, Condition] = conditions(AlertInputs([SOLO, SHARED], reports, reviews or {}, now, since))
@@ -100,18 +100,20 @@ def test_returned_until_a_new_report_or_acceptance() -> None:
     first = report(SOLO, "mof", Q3)
     now = Q3.on_time_deadline
     returned = Review("r1", first.event_id, "returned", "数値の根拠を添付してください", now)
-    found = holding([first], now, reviews={first.event_id: returned})
+    found = holding([first], now, reviews={("mof", first.event_id): returned})
     (c,) = [c for c in found.values() if c.kind == AlertKind.returned]
     assert c.refs == (first.event_id, "r1")
     assert "数値の根拠を添付してください" in c.message_ja
     assert not [
         c
-        for c in holding([report(SOLO, "mof", Q3)], now, reviews={first.event_id: returned}).values()
+        for c in holding([report(SOLO, "mof", Q3)], now, reviews={("mof", first.event_id): returned}).values()
         if c.kind == AlertKind.returned
     ]
     accepted = Review("r2", first.event_id, "accepted", None, now)
     assert not [
-        c for c in holding([first], now, reviews={first.event_id: accepted}).values() if c.kind == AlertKind.returned
+        c
+        for c in holding([first], now, reviews={("mof", first.event_id): accepted}).values()
+        if c.kind == AlertKind.returned
     ]
 
 
@@ -150,7 +152,7 @@ def test_kpi_jump_until_corrected_or_accepted() -> None:
     before, jumped = report(SOLO, "mof", Q3, kpi=40), report(SOLO, "mof", Q4, kpi=4)
     found = [c for c in holding([before, jumped], now).values() if c.kind == AlertKind.kpi_jump]
     assert [(c.agency, c.target_index, c.refs) for c in found] == [("mof", 0, (jumped.event_id, before.event_id))]
-    accepted = {jumped.event_id: Review("r", jumped.event_id, "accepted", None, now)}
+    accepted = {("mof", jumped.event_id): Review("r", jumped.event_id, "accepted", None, now)}
     assert not [c for c in holding([before, jumped], now, reviews=accepted).values() if c.kind == AlertKind.kpi_jump]
 
 

@@ -13,11 +13,18 @@ from shinchoku.demo_plan import DEFAULT_SEED
 def demo(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory of the stack (default ./var)")] = None,
     seed: Annotated[int, typer.Option(help="Random seed: the same seed publishes the same events")] = DEFAULT_SEED,
+    cycle: Annotated[
+        bool,
+        typer.Option(
+            help="Then play the reporting cycle as the secretariat: history backfilled, reviews (some returned and "
+            "answered), past quarters closed and published, a few restatements; the current quarter stays open"
+        ),
+    ] = False,
 ) -> None:
     """Publish FY2024Q1 → last completed quarter as the 17 agencies (reproducible), then print the latest rollup."""
     from shinchoku.demo_run import run_demo  # NATS and the OpenTelemetry SDK only when the demo runs
 
-    run_demo(data_dir, seed)
+    run_demo(data_dir, seed, cycle=cycle)
 
 
 def register(app: typer.Typer) -> None:

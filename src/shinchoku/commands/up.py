@@ -67,7 +67,9 @@ def _banner(launch: Launch, ready_in: float, data_dir_option: Path | None) -> Pa
     table.add_row("reporting", f"{stack.http['reporting']}/   [dim](rollups: /rollups/FY/Q)[/]")
     nats = stack.nats_plain_url + ("  [dim](external)[/]" if stack.external_nats_url else "  [dim](JetStream)[/]")
     table.add_row("NATS", nats)
-    table.add_row("transport", "[yellow]loopback only, no TLS[/]   [dim](one machine; a deployment: deploy/OPERATIONS.md)[/]")
+    table.add_row(
+        "transport", "[yellow]loopback only, no TLS[/]   [dim](one machine; a deployment: deploy/OPERATIONS.md)[/]"
+    )
     table.add_row("data", f"{stack.data_dir}   [dim](logs/, run/, db/, nats/)[/]")
     dd = f" --data-dir {data_dir_option}" if data_dir_option is not None else ""
     table.add_row("", "")

@@ -80,8 +80,8 @@ class AlertInputs:
     measures: Sequence[Measure]
     #: Effective reports of every quarter (one per measure, agency and quarter).
     reports: Sequence[LeadReport]
-    #: The latest admitted review per reviewed report's event id.
-    reviews: Mapping[str, Review]
+    #: The latest admitted review per reviewed report, keyed by (agency, event id): an event id is unique per agency.
+    reviews: Mapping[tuple[str, str], Review]
     now: datetime
     #: The first quarter report_due, report_missing and stale look at; None: the earliest reported quarter.
     since: FiscalQuarter | None = None
@@ -179,12 +179,12 @@ def reporting_conditions(inputs: AlertInputs) -> list[Condition]:
 
 
 def returned_conditions(
-    measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[str, Review]
+    measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[tuple[str, str], Review]
 ) -> list[Condition]:
     out = []
     leads = set(_leads(measure))
     for report in reports:
-        review = reviews.get(report.event_id)
+        review = reviews.get((report.agency, report.event_id))
         if report.agency in leads and review is not None and review.decision == ReviewDecision.returned:
             text = messages.returned(measure, report, review)
             out.append(
@@ -286,7 +286,9 @@ def implausible_jump(previous: float, current: float, unit: str | None) -> bool:
     return ratio >= JUMP_RATIO or ratio <= 1 / JUMP_RATIO
 
 
-def jump_conditions(measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[str, Review]) -> list[Condition]:
+def jump_conditions(
+    measure: Measure, reports: Sequence[LeadReport], reviews: Mapping[tuple[str, str], Review]
+) -> list[Condition]:
     """kpi_jump: an observation implausibly far from the one before it for the same target (leads' reports)."""
     leads = set(_leads(measure))
     seen: dict[int, list[_Seen]] = defaultdict(list)
@@ -303,7 +305,7 @@ def jump_conditions(measure: Measure, reports: Sequence[LeadReport], reviews: Ma
         for before, after in itertools.pairwise(ordered):
             if not implausible_jump(before.value, after.value, unit):
                 continue
-            review = reviews.get(after.event_id)
+            review = reviews.get((after.report.agency, after.event_id))
             if review is not None and review.decision == ReviewDecision.accepted:
                 continue  # the secretariat looked at the report and accepted it
             report = after.report

@@ -3,9 +3,10 @@
 - Evaluation runs when the store changed (`notify`, called after each committed batch and each kept review) and
   on the clock (`tick_seconds`; the clock is injectable, Asia/Tokyo dates come from it), so `report_due` fires N
   days before the deadline with nobody reading anything. It waits until the store has caught up with ACCEPTED (the
-  `reporting` and `reporting-alerts` consumers have nothing pending), so a restart that is still replaying never
+  `reporting` consumer has nothing pending), so a restart that is still replaying never
   raises a transient alert; after `max_behind_seconds` of lag it evaluates anyway.
-- The durable consumer `reporting-alerts` keeps the secretariat's admitted reviews (`reviewed.>` on ACCEPTED).
+- The secretariat's reviews are the reporting cycle's (its `reviews` table, applied by the `reporting` consumer in the
+  log's order): a committed review wakes the evaluation like a report.
 - The outbox is published on ALERTS, and posted to the webhook when one is configured.
 """
 
@@ -20,20 +21,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from pydantic import ValidationError
 from sqlalchemy import Engine
 
-from contracts.cycle import AdmittedReview
 from contracts.periods import FiscalQuarter
-from contracts.streams import ACCEPTED_STREAM, ALERTS_DURABLE, REPORTING_DURABLE, REVIEWED_SUBJECT_PREFIX
+from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting.alerts import store
 from reporting.alerts.delivery import WebhookPoster, publish_pending
 from reporting.alerts.evaluate import evaluate
 from reporting.registry import CatalogView
-from shinchoku_runtime.pull import PullConsumer
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +58,6 @@ class AlertSettings:
     min_interval: float = 1.0
 
 
-def reviews_consumer_config() -> ConsumerConfig:
-    return ConsumerConfig(
-        durable_name=ALERTS_DURABLE,
-        description="Reporting's alerts: the secretariat's admitted reviews (returned reports)",
-        deliver_policy=DeliverPolicy.ALL,
-        ack_policy=AckPolicy.EXPLICIT,
-        ack_wait=30.0,
-        filter_subject=f"{REVIEWED_SUBJECT_PREFIX}.>",
-    )
-
-
 class AlertsService:
     def __init__(self, engine: Engine, catalog: CatalogView, settings: AlertSettings, *, clock: Clock = system_clock):
         self.engine = engine
@@ -82,7 +67,6 @@ class AlertsService:
         self._changed = asyncio.Event()
         self._to_publish = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._reviews: PullConsumer | None = None
         self._webhook = (
             WebhookPoster(
                 engine,
@@ -105,9 +89,7 @@ class AlertsService:
 
     def start(self, nc: Client) -> None:
         js = nc.jetstream()
-        self._reviews = PullConsumer(nc, stream=ACCEPTED_STREAM.name, config=reviews_consumer_config(), batch=200)
         self._tasks += [
-            asyncio.create_task(self._follow_reviews(), name="alerts-reviews"),
             asyncio.create_task(self._evaluate_loop(js), name="alerts-evaluate"),
             asyncio.create_task(self._publish_loop(js), name="alerts-publish"),
         ]
@@ -115,8 +97,6 @@ class AlertsService:
             self._tasks.append(asyncio.create_task(self._webhook_loop(), name="alerts-webhook"))
 
     async def stop(self) -> None:
-        if self._reviews is not None:
-            self._reviews.stop()
         for task in self._tasks:
             task.cancel()
         if self._tasks:
@@ -125,64 +105,14 @@ class AlertsService:
         if self._webhook is not None:
             await self._webhook.close()
 
-    # --- reviews -------------------------------------------------------------------------------
-
-    async def _follow_reviews(self) -> None:
-        assert self._reviews is not None
-        while True:
-            try:
-                await self._reviews.follow(self._keep_reviews)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("reviews consumer stopped (%s: %s); restarting", type(e).__name__, e)
-                await asyncio.sleep(2)
-
-    async def _keep_reviews(self, messages: list[Msg]) -> None:
-        good: list[tuple[Msg, AdmittedReview]] = []
-        for msg in messages:
-            try:
-                good.append((msg, AdmittedReview.model_validate_json(msg.data)))
-            except ValidationError as e:
-                log.error("ACCEPTED message on %s is not AdmittedReview JSON, terminated: %s", msg.subject, e)
-                await msg.term()
-        try:
-            await asyncio.to_thread(self._store_reviews, [r for _, r in good])
-        except Exception as e:
-            log.warning("could not keep %d reviews (%s); retrying", len(good), e)
-            for msg, _ in good:
-                await msg.nak(delay=2)
-            return
-        for msg, _ in good:
-            await msg.ack()
-        self.notify()
-
-    def _store_reviews(self, reviews: list[AdmittedReview]) -> None:
-        with self.engine.begin() as conn:
-            for admitted in reviews:
-                review = admitted.review
-                store.add_review(
-                    conn,
-                    review_id=str(review.review_id),
-                    event_id=str(review.event_id),
-                    decision=review.decision.value,
-                    comment=review.comment,
-                    reviewed_at=review.reviewed_at,
-                    admitted_at=admitted.admitted_at,
-                )
-
     # --- evaluation ----------------------------------------------------------------------------
 
     async def _caught_up(self, js: JetStreamContext) -> bool:
-        for durable in (REPORTING_DURABLE, ALERTS_DURABLE):
-            try:
-                info = await js.consumer_info(ACCEPTED_STREAM.name, durable)
-            except Exception:
-                return False
-            if info.num_pending or info.num_ack_pending:
-                return False
-        return True
+        try:
+            info = await js.consumer_info(ACCEPTED_STREAM.name, REPORTING_DURABLE)
+        except Exception:
+            return False
+        return not (info.num_pending or info.num_ack_pending)
 
     async def _evaluate_loop(self, js: JetStreamContext) -> None:
         behind_since: float | None = None

@@ -5,7 +5,7 @@
 - `alert_outbox`: each raise and resolve to publish on ALERTS and to post to the webhook, unique per (alert id,
   state, occurrence): written in the transaction that changes the alert, so nothing is published that was not
   committed and nothing committed is left unpublished.
-- `alert_reviews`: the secretariat's admitted reviews (from `reviewed.>` on ACCEPTED), for `returned`.
+The secretariat's reviews (for `returned`, `kpi_jump`) are read from the reporting cycle's `reviews` table.
 
 A rebuild replaces the store's tables, not these: the alerts raised stay raised, and since the rebuilt store
 holds the same facts, the next evaluation finds the same conditions and changes nothing.
@@ -24,7 +24,7 @@ from sqlalchemy import Connection, Engine
 
 from contracts.alerts import AlertEvent
 from reporting.alerts.conditions import Review
-from reporting.tables import from_micros, to_micros
+from reporting.tables import LIVE, from_micros, to_micros
 from shinchoku_runtime.db import serialize_schema_changes
 
 metadata = sa.MetaData()
@@ -64,17 +64,6 @@ outbox = sa.Table(
     sa.Column("webhook_attempts", sa.Integer, nullable=False, default=0),
     sa.Column("webhook_next_us", sa.BigInteger, nullable=False, default=0),
     sa.UniqueConstraint("alert_id", "state", "occurrence", name="uq_alert_outbox_change"),
-)
-
-reviews = sa.Table(
-    "alert_reviews",
-    metadata,
-    sa.Column("review_id", sa.String(36), primary_key=True),
-    sa.Column("event_id", sa.String(36), nullable=False),
-    sa.Column("decision", sa.String(16), nullable=False),
-    sa.Column("comment", sa.Text, nullable=True),
-    sa.Column("reviewed_at_us", sa.BigInteger, nullable=False),
-    sa.Column("admitted_at_us", sa.BigInteger, nullable=False),
 )
 
 
@@ -278,37 +267,16 @@ def outbox_counts(conn: Connection) -> dict[str, int]:
 # --- reviews -----------------------------------------------------------------------------------
 
 
-def add_review(
-    conn: Connection,
-    *,
-    review_id: str,
-    event_id: str,
-    decision: str,
-    comment: str | None,
-    reviewed_at: datetime,
-    admitted_at: datetime,
-) -> None:
-    """Keep an admitted review (a redelivered one is already kept)."""
-    if conn.execute(sa.select(reviews.c.review_id).where(reviews.c.review_id == review_id)).first() is not None:
-        return
-    conn.execute(
-        sa.insert(reviews).values(
-            review_id=review_id,
-            event_id=event_id,
-            decision=decision,
-            comment=comment,
-            reviewed_at_us=to_micros(reviewed_at),
-            admitted_at_us=to_micros(admitted_at),
+def latest_reviews(conn: Connection) -> dict[tuple[str, str], Review]:
+    """The review state of each reviewed report, keyed by (agency, event id): its latest admitted review, from the
+    reporting cycle's `reviews` table (in the log's order, `position`)."""
+    t = LIVE.cycle.reviews
+    out: dict[tuple[str, str], Review] = {}
+    rows = conn.execute(
+        sa.select(t.c.agency, t.c.event_id, t.c.review_id, t.c.decision, t.c.comment, t.c.reviewed_at).order_by(
+            t.c.position
         )
     )
-
-
-def latest_reviews(conn: Connection) -> dict[str, Review]:
-    """The latest admitted review per report (by admission, then review id)."""
-    out: dict[str, tuple[int, str, Review]] = {}
-    for review_id, event_id, decision, comment, reviewed_us, admitted_us in conn.execute(sa.select(*reviews.c)):
-        order = (admitted_us, review_id)
-        seen = out.get(event_id)
-        if seen is None or order > seen[:2]:
-            out[event_id] = (*order, Review(review_id, event_id, decision, comment, from_micros(reviewed_us)))
-    return {event_id: review for event_id, (_, _, review) in out.items()}
+    for agency, event_id, review_id, decision, comment, reviewed_at in rows:
+        out[(agency, event_id)] = Review(review_id, event_id, decision, comment, datetime.fromisoformat(reviewed_at))
+    return out
