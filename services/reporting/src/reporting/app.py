@@ -74,6 +74,7 @@ class ReportingService:
             self.metrics,
             db_system=self.engine.dialect.name,
             retry_delay=settings.retry_delay,
+            hold_delay=settings.hold_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
             on_committed=self._committed,
@@ -213,6 +214,8 @@ class ReportingService:
             "nats": self._nc is not None and self._nc.is_connected,
             "catalog": self.catalog.loaded,
             "consumer": self.puller is not None and self.puller.running and self.writer.running,
+            # False while an ACCEPTED message waits for a version that can decode it (an upgrade half done).
+            "decoding": not self.writer.held,
         }
 
 

@@ -33,6 +33,11 @@ class ReportingSettings(ServiceSettings):
     retry_delay: float = Field(
         default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
     )
+    hold_delay: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds before an ACCEPTED message this version cannot decode comes back (held, never dropped)",
+    )
     writer_processes: int = Field(
         default=1,
         ge=0,
