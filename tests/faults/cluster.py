@@ -25,9 +25,10 @@ from typing import Any
 from nats.aio.client import Client
 
 from shinchoku_runtime.harness import _write_secrets
-from shinchoku_runtime.natsclient import connect, ensure_streams
+from shinchoku_runtime.natsclient import connect
 from shinchoku_runtime.natsconf import load_or_create_secrets
 from shinchoku_runtime.natsserver import NatsServer, free_port
+from shinchoku_runtime.streamdefs import apply_streams
 
 from .proxy import ProxyLoop, TcpProxy
 
@@ -209,11 +210,12 @@ class ProxiedCluster:
     async def admin(self) -> Client:
         return await connect(self.url, name="fault-cluster-admin", user="admin", password=self.passwords["admin"])
 
-    async def declare_streams(self) -> None:
-        """The shared streams, R3, declared by the administrative identity (services only check them)."""
+    async def declare_streams(self) -> list[str]:
+        """The shared streams, R3, applied by the administrative identity (the services only check them, and
+        refuse to start on a stream unlike its definition)."""
         nc = await self.admin()
         try:
-            await ensure_streams(nc.jetstream(), replicas=self.replicas)
+            return await apply_streams(nc.jetstream(), replicas=self.replicas)
         finally:
             await nc.close()
 
