@@ -9,6 +9,7 @@ Writes, under `deploy/generated/` (or `--out`), every secret mode 0600 (certific
 
     secrets.json               NATS passwords, one per agency and per service, the route's and the callout's
     db-secrets.json            PostgreSQL passwords: the superuser's and one per service database
+    app-secrets.json           the services' own secrets: the key of the dashboard's session cookies
     nats/nats-{1,2,3}.conf     the 3-node cluster (JetStream, `sync_interval: always`, per-agency users, TLS on
                                clients and routes, route authorization; the auth callout with --auth-callout)
     nats/auth-callout-issuer.nk  the account nkey seed the callout responder signs with (--auth-callout)
@@ -94,6 +95,17 @@ def db_secrets(out: Path) -> dict[str, str]:
     return existing
 
 
+def app_secrets(out: Path) -> dict[str, str]:
+    """The services' own secrets (the key signing the dashboard's session cookies, the same on every reporting
+    replica), created once and kept: rotating it signs everyone out of the dashboard, nothing else."""
+    path = out / "app-secrets.json"
+    existing: dict[str, str] = json.loads(path.read_text("utf-8")) if path.exists() else {}
+    if "dashboard-session" not in existing:
+        existing["dashboard-session"] = secrets.token_urlsafe(48)
+        write_private(path, json.dumps(existing, indent=2, sort_keys=True) + "\n")
+    return existing
+
+
 def node_options(
     index: int,
     target: Target = COMPOSE,
@@ -131,13 +143,19 @@ def database_url(service: str, password: str, host: str, *, ca_file: str = SERVI
     return f"postgresql://{service}:{password}@{host}:5432/{service}?sslmode=verify-full&sslrootcert={ca_file}"
 
 
-def service_secret_env(service: str, nats: dict[str, str], db: dict[str, str], postgres_host: str) -> dict[str, str]:
-    """The two secret settings of a service: its NATS password and its database URL (which holds a password)."""
+def service_secret_env(
+    service: str, nats: dict[str, str], db: dict[str, str], postgres_host: str, app: dict[str, str]
+) -> dict[str, str]:
+    """The secret settings of a service: its NATS password and its database URL (which holds a password);
+    reporting's dashboard also its session key."""
     prefix = f"SHINCHOKU_{service.upper()}_"
-    return {
+    env = {
         f"{prefix}NATS_PASSWORD": nats[service],
         f"{prefix}DATABASE_URL": database_url(service, db[service], postgres_host),
     }
+    if service == "reporting":
+        env[f"{prefix}DASHBOARD_SESSION_SECRET"] = app["dashboard-session"]
+    return env
 
 
 def streams_secret_env(nats: dict[str, str]) -> dict[str, str]:
@@ -264,6 +282,7 @@ def generate(
         rotate_secret(out, user)
     nats = load_or_create_secrets(out)
     db = db_secrets(out)
+    app = app_secrets(out)
     certs = certificates(
         out,
         renew=renew_certs,
@@ -282,7 +301,7 @@ def generate(
         write_private(out / "nats" / f"nats-{i}.conf", render_config(options, nats))
 
     for service in SERVICES:
-        write_private(out / "env" / f"{service}.env", _env_file(service_secret_env(service, nats, db, "postgres")))
+        write_private(out / "env" / f"{service}.env", _env_file(service_secret_env(service, nats, db, "postgres", app)))
     write_private(out / "env" / "streams.env", _env_file(streams_secret_env(nats)))
     postgres_env = {"POSTGRES_PASSWORD": db["postgres"]}
     postgres_env |= {f"SHINCHOKU_DB_PASSWORD_{s.upper()}": db[s] for s in SERVICES}
@@ -310,7 +329,7 @@ def generate(
     for service in SERVICES:
         documents.append(
             _secret_manifest(
-                f"shinchoku-{service}", namespace, service_secret_env(service, nats, db, k8s_postgres_host)
+                f"shinchoku-{service}", namespace, service_secret_env(service, nats, db, k8s_postgres_host, app)
             )
         )
     documents.append(_tls_secret("shinchoku-nats-tls", namespace, certs.files["nats-k8s"]))

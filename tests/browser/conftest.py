@@ -369,15 +369,15 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture
 def page(browser: Any, stack: Stack) -> Iterator[Any]:
-    # The secretariat reads the open quarters the demo is about (the sign-in itself: test_signin_browser.py).
     context = browser.new_context(
-        viewport={"width": 1280, "height": 900},
-        accept_downloads=True,
-        base_url=stack.base_url,
-        extra_http_headers={"Authorization": f"Bearer {stack.token()}"},
+        viewport={"width": 1280, "height": 900}, accept_downloads=True, base_url=stack.base_url
     )
     page = context.new_page()
     page.set_default_timeout(10_000)
+    # Signed in as the secretariat, who reads the open quarters the demo is about, with the link `shinchoku up`
+    # prints (its token in the fragment; the page's script posts it): test_signin_browser.py signs in otherwise.
+    page.goto(f"/dashboard/signin#token={stack.token()}", wait_until="commit")
+    page.wait_for_url(lambda url: "/signin" not in url, wait_until="load")
     try:
         yield page
     finally:

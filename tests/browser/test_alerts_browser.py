@@ -72,7 +72,7 @@ def test_the_alert_panel_shows_what_each_agency_needs_to_do(page: Page, stack: A
     page.get_by_test_id("alerts-link").click()
     page.wait_for_url("**/dashboard/alerts")
     page.select_option("#agency", agency)
-    page.get_by_role("button").click()
+    page.get_by_role("button", name="表示").click()  # (the other button is the header's sign-out)
     page.wait_for_url(f"**/dashboard/alerts?agency={agency}")
     rows = page.locator('[data-testid="open-alerts"] tbody tr[data-kind="report_missing"]')
     shown = {str(r.get_attribute("data-alert-id")) for r in rows.all()}

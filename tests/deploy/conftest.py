@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from shinchoku_runtime.auth import AuthSettings
 from shinchoku_runtime.settings import ServiceSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,7 +20,10 @@ DEPLOY = ROOT / "deploy"
 SERVICES = ("catalog", "ingest", "reporting")
 #: Settings a deployment leaves unset on purpose: a NATS client certificate is only for servers that ask one,
 #: and the deployment's servers do not (agencies log in with passwords or tokens; TLS verifies the servers).
-OPTIONAL_SETTINGS = ("NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE")
+#: A confidential client's secret: a public client (the default) relies on PKCE and has none.
+OPTIONAL_SETTINGS = ("NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE", "DASHBOARD_OIDC_CLIENT_SECRET")
+#: The token settings every service reads (`shinchoku_runtime.auth.AuthSettings`): a deployment names its provider.
+AUTH_SETTINGS = frozenset(f"SHINCHOKU_AUTH_{name.upper()}" for name in AuthSettings.model_fields)
 
 
 @dataclass(frozen=True)

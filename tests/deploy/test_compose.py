@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from shinchoku_runtime.natsserver import nats_server_binary
+from tests.deploy.conftest import AUTH_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_SERVICES = ("catalog", "ingest", "reporting")
@@ -145,8 +146,11 @@ def test_every_setting_a_service_reads_is_set(
             f"under services.{name}.environment (and to the ConfigMap in deploy/k8s/{name}.yaml), e.g. the defaults "
             + ", ".join(f"{k}: {_default(spec.settings, spec.env_prefix, k)!r}" for k in missing)
         )
-        unknown = sorted(k for k in env if k.startswith("SHINCHOKU_") and k not in spec.env_names)
+        unknown = sorted(k for k in env if k.startswith("SHINCHOKU_") and k not in spec.env_names | AUTH_SETTINGS)
         assert not unknown, f"{name} sets {unknown}, which {spec.settings.__name__} does not read"
+        # Tokens of the deployment's identity provider, never the embedded issuer of `shinchoku up`.
+        assert env["SHINCHOKU_AUTH_MODE"] == "oidc"
+        assert "SHINCHOKU_AUTH_ISSUER" in env
         prefix = spec.env_prefix
         assert env[f"{prefix}STREAM_REPLICAS"] == "3"
         assert env[f"{prefix}NATS_USER"] == name

@@ -17,6 +17,7 @@ import yaml
 from nats.errors import Error as NatsError
 
 from shinchoku_runtime.natsserver import free_port, nats_server_binary, wait_for_port
+from tests.deploy.conftest import AUTH_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -94,8 +95,11 @@ def test_deployment(
     env |= {e["name"]: e.get("value", "") for e in container.get("env") or []}
     missing = sorted(spec.env_names - set(env))
     assert not missing, f"deploy/k8s/{service}.yaml does not set {missing} (read by {spec.settings.__name__})"
-    unknown = sorted(k for k in env if k.startswith("SHINCHOKU_") and k not in spec.env_names)
+    unknown = sorted(k for k in env if k.startswith("SHINCHOKU_") and k not in spec.env_names | AUTH_SETTINGS)
     assert not unknown, f"{service} sets {unknown}, which {spec.settings.__name__} does not read"
+    # Tokens of the deployment's identity provider, never the embedded issuer of `shinchoku up`.
+    assert env["SHINCHOKU_AUTH_MODE"] == "oidc"
+    assert "SHINCHOKU_AUTH_ISSUER" in env
     prefix = spec.env_prefix
     assert env[f"{prefix}STREAM_REPLICAS"] == "3"
     assert env[f"{prefix}NATS_USER"] == service

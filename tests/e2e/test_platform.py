@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 import time
@@ -139,6 +140,21 @@ def rollup(up: Up) -> dict[str, Any]:
     return body
 
 
+def assert_the_banner_link_signs_in(up: Up) -> None:
+    """The dashboard link of `up`'s banner signs the local user in, as the page's script does with it: the
+    token from the fragment posted with the form's CSRF field."""
+    found = re.search(r"(http://\S+/dashboard/signin)#token=(\S+)", up.text())
+    assert found, up.text()
+    page_url, token = found.groups()
+    with httpx.Client(timeout=10) as browser:
+        page = browser.get(page_url)
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf, page.text
+        answer = browser.post(page_url, data={"csrf": csrf.group(1), "token": token})
+        assert answer.status_code == 303, answer.text
+        assert "secretariat" in browser.get(page_url.replace("/signin", "")).text
+
+
 def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: Callable[..., Up]) -> None:
     up = make_up(fake=False)
     # Messages a killed consumer held come back after ack_wait: short here, so the test is quick.
@@ -146,6 +162,7 @@ def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: C
     up.start()
     first_start = up.wait_ready(90)
     assert "ready in" in up.text()
+    assert_the_banner_link_signs_in(up)
     stack = Stack.load(up.data_dir)
     measures = [
         Measure.model_validate(m) for m in httpx.get(f"{up.url('catalog')}/measures?limit=1000").json()["items"]

@@ -147,8 +147,9 @@ class TestIdentityProvider:
 
     __test__ = False  # not a test class, despite its name
 
-    def __init__(self) -> None:
+    def __init__(self, redirect_uris: tuple[str, ...] = (REDIRECT_URI,)) -> None:
         self.issuer = ""  # set once the server listens
+        self.redirect_uris = redirect_uris
         self.keys: list[RSAKey] = [RSAKey.generate_key(2048, auto_kid=True)]
         self.audience: str | list[str] = "shinchoku"
         self.access_token_ttl = 300
@@ -179,7 +180,7 @@ class TestIdentityProvider:
     def _build_app(self) -> Flask:
         provider = self
         app = Flask("test-oidc-provider")
-        client = Client()
+        client = Client(redirect_uris=provider.redirect_uris)
 
         class AuthorizationCodeGrant(grants.AuthorizationCodeGrant):  # type: ignore[misc]
             TOKEN_ENDPOINT_AUTH_METHODS: ClassVar[list[str]] = ["none"]
@@ -355,9 +356,10 @@ class _QuietHandler(WSGIRequestHandler):
 
 
 @contextlib.contextmanager
-def running_provider() -> Iterator[RunningProvider]:
-    """The provider on a free loopback port, served by werkzeug in a thread until the block ends."""
-    provider = TestIdentityProvider()
+def running_provider(redirect_uris: tuple[str, ...] = (REDIRECT_URI,)) -> Iterator[RunningProvider]:
+    """The provider on a free loopback port, served by werkzeug in a thread until the block ends; its one client
+    (the dashboard) may be sent back to `redirect_uris`."""
+    provider = TestIdentityProvider(redirect_uris)
     server = make_server("127.0.0.1", 0, provider.app, threaded=True, request_handler=_QuietHandler)
     provider.issuer = f"http://127.0.0.1:{server.server_port}"
     thread = threading.Thread(target=server.serve_forever, name="test-oidc-provider", daemon=True)

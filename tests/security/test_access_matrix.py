@@ -17,6 +17,8 @@ in FY2024Q1, which the secretariat closes (`shinchoku close`): the public reads 
 from __future__ import annotations
 
 import asyncio
+import csv
+import io
 import json
 import time
 import uuid
@@ -156,7 +158,9 @@ def world(security_stack: RunningStack) -> World:
             "reported_at": now.isoformat(),
         }
         refused = {**report, "event_id": published.rejected, "measure_id": "9-999", "note": published.payload_mark}
-        names = (f"closed-note-{agency}-{tag}", f"Closed Reporter {agency.upper()} {tag}")
+        # A note a spreadsheet would run as a formula: every CSV export must escape it.
+        # (No quotes: the JSON bodies are searched for it as it is.)
+        names = (f"=HYPERLINK(evil.example/{tag}) closed-note-{agency}", f"Closed Reporter {agency} {tag}")
         old = {
             **report,
             "event_id": str(uuid.uuid4()),
@@ -289,14 +293,24 @@ def expected(service: str, route: str, w: World) -> list[Case] | None:
                 Case(f"/measures/{mof.measure_id}/history", EVERYONE, no_names=names),
                 Case(f"/measures/{digital.measure_id}/history?format=csv", EVERYONE, no_names=names),
             ],
-            # The dashboard shows what the API shows its caller: the current quarter is open.
-            "/": [Case("/", LIVE)],
-            "/dashboard": [Case(f"/dashboard?fy={fy}&q={q}", LIVE)],
+            # The dashboard shows what the API shows its caller: the current quarter is open, FY2024Q1 closed
+            # (and the latest quarter the public may read, so its landing page).
+            "/": [Case("/", EVERYONE, no_names=names)],
+            "/dashboard": [
+                Case(f"/dashboard?fy={fy}&q={q}", LIVE),
+                Case(f"/dashboard?fy={cfy}&q={cq}", EVERYONE, no_names=names),
+            ],
             "/dashboard/live": [Case(f"/dashboard/live?fy={fy}&q={q}", LIVE)],
             "/dashboard/measures/{measure_id}": [
-                Case(f"/dashboard/measures/{mof.measure_id}?fy={fy}&q={q}", LIVE, no_names=names)
+                Case(f"/dashboard/measures/{mof.measure_id}?fy={fy}&q={q}", LIVE, no_names=names),
+                Case(f"/dashboard/measures/{mof.measure_id}?fy={cfy}&q={cq}", EVERYONE, no_names=names),
             ],
             "/dashboard/static/{name}": [Case("/dashboard/static/dashboard.css", EVERYONE)],
+            # Signing in: the page for anyone; no identity provider in the embedded default; a callback that
+            # no sign-in started here is refused.
+            "/dashboard/signin": [Case("/dashboard/signin", EVERYONE)],
+            "/dashboard/auth/login": [Case("/dashboard/auth/login", dict.fromkeys(VALID, 404))],
+            "/dashboard/auth/callback": [Case("/dashboard/auth/callback?code=x&state=y", dict.fromkeys(VALID, 400))],
             "/dashboard/alerts": [
                 Case("/dashboard/alerts", {**LIVE, "operator": 403}, own_only=AGENCIES),
                 Case("/dashboard/alerts?agency=digital", {**LIVE, "mof": 403, "operator": 403}),
@@ -423,3 +437,48 @@ def test_agencies_read_their_own_and_the_secretariat_everything(world: World) ->
     assert all(lead["note"] is None and lead["reporter"] is None for lead in reported)
     history = world.get("reporting", f"/measures/{mof.measure_id}/history", "public").json()
     assert [i["label"] for i in history["items"]] == [CLOSED.label], "the public's history: closed quarters only"
+
+
+def _csv_routes() -> set[tuple[str, str]]:
+    """Every route that answers CSV (a `format` query parameter), from the apps' OpenAPI documents."""
+    out = set()
+    for service in SERVICES:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            spec = build_app(service, Path(tmp)).openapi()
+        for path, operations in spec["paths"].items():
+            parameters = operations.get("get", {}).get("parameters", [])
+            if any(p["name"] == "format" and p["in"] == "query" for p in parameters):
+                out.add((service, path))
+    return out
+
+
+def test_no_csv_cell_starts_a_formula(world: World) -> None:
+    """Notes a spreadsheet would run (`=HYPERLINK(…)`) are exported escaped by every CSV route (OWASP's leading
+    apostrophe), for each principal who may read them."""
+    cfy, cq = CLOSED.fiscal_year, CLOSED.quarter
+    mof = world.data["mof"]
+    exports = {
+        ("catalog", "/measures"): "/measures?format=csv",
+        ("reporting", "/rollups/{fiscal_year}/{quarter}"): f"/rollups/{cfy}/{cq}?format=csv",
+        (
+            "reporting",
+            "/rollups/{fiscal_year}/{quarter}/measures",
+        ): f"/rollups/{cfy}/{cq}/measures?agency=mof&format=csv",
+        ("reporting", "/rollups/{fiscal_year}"): f"/rollups/{cfy}?format=csv",
+        ("reporting", "/measures/{measure_id}/history"): f"/measures/{mof.measure_id}/history?format=csv",
+    }
+    assert _csv_routes() == set(exports), "a CSV route this test does not read"
+    note = world.closed_names["mof"][0]
+    seen_note = False
+    for (service, _), path in exports.items():
+        answer = world.get(service, path, "secretariat")
+        assert answer.status_code == 200, (path, answer.text[:200])
+        rows = list(csv.reader(io.StringIO(answer.content.decode("utf-8-sig"))))
+        assert len(rows) > 1, path
+        for row in rows:
+            for cell in row:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), f"{path}: {cell[:60]!r}"
+                seen_note = seen_note or cell == "'" + note
+    assert seen_note, "the formula-like note was exported (escaped)"

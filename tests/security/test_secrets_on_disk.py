@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from contracts.agencies import Agency
+from reporting.dashboard.session import SESSION_KEY_FILE
 from shinchoku.issuer import EmbeddedIssuer, principal_named
 from shinchoku_runtime.auth.settings import JWKS_FILE, SIGNING_KEY_FILE
 from shinchoku_runtime.natsconf import CONFIG_FILE, SECRETS_FILE
@@ -128,6 +129,25 @@ def test_signing_key_is_private_and_stays_in_the_data_directory(security_stack: 
     ]
     assert leaks == [], f"found in: {leaks}"
     assert key_text not in "".join(texts.values())
+
+
+def test_the_dashboards_session_key_is_private(security_stack: RunningStack) -> None:
+    """The key signing the dashboard's sessions: generated (0600, in the 0700 auth directory), never answered or
+    logged, not even on the sign-in page that sets a session."""
+    path = security_stack.data_dir / "auth" / SESSION_KEY_FILE
+    assert _mode(path) == 0o600, oct(_mode(path))
+    key = path.read_text().strip()
+    assert len(key) >= 48
+    issuer = EmbeddedIssuer.load(security_stack.data_dir)
+    token = issuer.mint(principal_named("secretariat", "secrets-test"))
+    with httpx.Client(base_url=security_stack.url("reporting"), timeout=10) as browser:
+        page = browser.get("/dashboard/signin")
+        csrf = page.cookies.get("shinchoku_csrf") or ""
+        signed_in = browser.post("/dashboard/signin", data={"csrf": csrf, "token": token})
+        assert signed_in.status_code == 303, signed_in.text
+        texts = [page.text, str(page.headers), str(signed_in.headers), browser.get("/dashboard").text]
+    texts += [log.read_text("utf-8", errors="replace") for log in (security_stack.data_dir / "logs").glob("*.log")]
+    assert not [t for t in texts if key in t]
 
 
 def test_deployment_keys_and_certificates_are_private_and_never_printed(tmp_path: Path) -> None:

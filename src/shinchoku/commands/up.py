@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +15,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from shinchoku.issuer import EmbeddedIssuer, IssuerNotFound, default_subject, principal_named
 from shinchoku.launch import NATS, SERVICES, ConfigurationError, Launch, StackSettings, plan_launch
 from shinchoku.stack import Stack
 from shinchoku.supervisor import (
@@ -25,6 +26,7 @@ from shinchoku.supervisor import (
     clear_stale,
     stop_on_signals,
 )
+from shinchoku_runtime.auth.settings import EMBEDDED_ISSUER
 
 console = Console(stderr=True, highlight=False)
 
@@ -55,6 +57,24 @@ class _EventLog:
         console.print(f"[dim]{stamp}[/] {message}", soft_wrap=True)
         with self.path.open("a", encoding="utf-8") as f:
             f.write(f"{stamp} {Text.from_markup(message).plain}\n")
+
+
+#: How long the banner's dashboard link signs the local user in.
+DASHBOARD_LINK_TTL = timedelta(hours=8)
+
+
+def dashboard_link(stack: Stack) -> str | None:
+    """The dashboard's sign-in link for the person who ran `up` (the secretariat, as Jupyter prints its token
+    URL): the token rides in the fragment, which the browser keeps to itself (no server log, no Referer); the
+    sign-in page's script posts it. None when the stack trusts another identity provider."""
+    if stack.auth_issuer not in (None, EMBEDDED_ISSUER):
+        return None
+    try:
+        issuer = EmbeddedIssuer.load(stack.data_dir)
+    except IssuerNotFound:
+        return None
+    token = issuer.mint(principal_named("secretariat", default_subject()), ttl=DASHBOARD_LINK_TTL)
+    return f"{str(stack.http['reporting']).rstrip('/')}/dashboard/signin#token={token}"
 
 
 def _banner(launch: Launch, ready_in: float, data_dir_option: Path | None) -> Panel:
@@ -141,6 +161,12 @@ def _run(launch: Launch, started: float, data_dir_option: Path | None) -> int:
             if not supervisor.stopping.is_set():
                 ready_in = time.monotonic() - started
                 console.print(_banner(launch, ready_in, data_dir_option))
+                link = dashboard_link(launch.stack)
+                if link:
+                    # Outside the panel, unwrapped: a terminal makes it one clickable link.
+                    console.print(
+                        f"[bold]dashboard[/] (signs you in as the secretariat for 8 h): {link}", soft_wrap=True
+                    )
                 event_log(f"all healthy in {ready_in:.1f}s: {supervisor.pids()}")
                 supervisor.run()
             event_log("stopping: services first, then NATS")

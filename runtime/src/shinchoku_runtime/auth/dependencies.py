@@ -79,9 +79,13 @@ class Forbidden(HTTPException):
         super().__init__(403, detail, headers={"WWW-Authenticate": challenge})
 
 
-def install_auth(app: FastAPI, verifier: TokenVerifier) -> None:
-    """Make `verifier` the one this app's gates use."""
+def install_auth(
+    app: FastAPI, verifier: TokenVerifier, *, session: Callable[[Request], Principal | None] | None = None
+) -> None:
+    """Make `verifier` the one this app's gates use; `session` names the principal of a request that carries no
+    token but a browser session of this app (the dashboard's signed cookie), else None."""
     app.state.token_verifier = verifier
+    app.state.session_principal = session
 
 
 def bearer_token(request: Request) -> str | None:
@@ -103,7 +107,9 @@ async def current_principal(request: Request) -> Principal:
         return given
     token = bearer_token(request)
     if token is None:
-        return Principal.public()
+        session: Callable[[Request], Principal | None] | None = getattr(request.app.state, "session_principal", None)
+        signed_in = session(request) if session is not None else None
+        return signed_in or Principal.public()
     verifier: TokenVerifier | None = getattr(request.app.state, "token_verifier", None)
     if verifier is None:
         raise RuntimeError("install_auth(app, verifier) was not called for this app")

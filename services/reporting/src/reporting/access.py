@@ -76,7 +76,14 @@ def ensure_quarter(principal: Principal, store: object, quarter: FiscalQuarter, 
 
 
 def _lead(lead: LeadOut) -> LeadOut:
-    return lead.model_copy(update={"note": None, "reporter": None}) if lead.note or lead.reporter else lead
+    """A lead without its free text: the note, the reporter's name, the secretariat's comment on a return."""
+    comment = getattr(lead, "review_comment", None)
+    if not (lead.note or lead.reporter or comment):
+        return lead
+    cleared: dict[str, None] = {"note": None, "reporter": None}
+    if comment:
+        cleared["review_comment"] = None
+    return lead.model_copy(update=cleared)
 
 
 def measure_items(principal: Principal, items: Iterable[MeasureItemOut]) -> list[MeasureItemOut]:

@@ -28,6 +28,7 @@ from reporting.alerts.service import AlertsService, Clock, fixed_clock, system_c
 from reporting.config import ReportingSettings
 from reporting.cycle.cursor import init_cursor
 from reporting.cycle.outbox import PublicationOutbox
+from reporting.dashboard.session import Sessions, session_secret
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
@@ -73,6 +74,7 @@ class ReportingService:
             self.metrics,
             db_system=self.engine.dialect.name,
             retry_delay=settings.retry_delay,
+            hold_delay=settings.hold_delay,
             max_rows=settings.max_rows_per_transaction,
             tracer=self.tracer_provider.get_tracer("reporting.subscribers"),
             on_committed=self._committed,
@@ -212,6 +214,8 @@ class ReportingService:
             "nats": self._nc is not None and self._nc.is_connected,
             "catalog": self.catalog.loaded,
             "consumer": self.puller is not None and self.puller.running and self.writer.running,
+            # False while an ACCEPTED message waits for a version that can decode it (an upgrade half done).
+            "decoding": not self.writer.held,
         }
 
 
@@ -232,7 +236,18 @@ def create_app(
     app.state.settings = settings
     app.state.queries = service.queries
     install_error_handlers(app)
-    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=settings.data_dir))
+    auth = auth or AuthSettings()
+    secret = settings.dashboard_session_secret
+    sessions = Sessions(
+        session_secret(secret.get_secret_value() if secret else None, settings.data_dir),
+        ttl=settings.dashboard_session_ttl,
+        secure=settings.dashboard_cookie_secure,
+    )
+    # A signed-in browser reads the API with its session too (the dashboard's CSV links): only GET routes, no
+    # CORS, and a SameSite=Lax cookie that another site's sub-requests do not carry.
+    install_auth(app, TokenVerifier.from_settings(auth, data_dir=settings.data_dir), session=sessions.principal)
+    app.state.auth_settings = auth
+    app.state.dashboard_sessions = sessions
     add_metrics_route(app, service.registry)
     add_liveness_route(app)
     instrument_app(app, service.tracer_provider)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AwareDatetime, Field
+from pydantic import AwareDatetime, Field, SecretStr
 from pydantic_settings import SettingsConfigDict
 
 from contracts.periods import FiscalQuarter
@@ -32,11 +33,43 @@ class ReportingSettings(ServiceSettings):
     retry_delay: float = Field(
         default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
     )
+    hold_delay: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds before an ACCEPTED message this version cannot decode comes back (held, never dropped)",
+    )
     writer_processes: int = Field(
         default=1,
         ge=0,
         le=1,
         description="1: decode and write batches in a child process (a second core); 0: in a thread of this one",
+    )
+    dashboard_session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key signing the dashboard's session cookies, the same on every replica "
+        "(unset: generated once in DATA_DIR/auth/dashboard-session.key, 0600)",
+    )
+    dashboard_session_ttl: int = Field(
+        default=8 * 3600, ge=60, le=7 * 24 * 3600, description="Seconds a dashboard sign-in lasts at most"
+    )
+    dashboard_cookie_secure: Literal["auto", "always"] = Field(
+        default="auto",
+        description="auto: cookies are Secure when the request came over https (behind a TLS proxy, let the "
+        "server trust its X-Forwarded-Proto); always: Secure whatever the scheme",
+    )
+    dashboard_oidc_client_id: str | None = Field(
+        default=None,
+        description="The dashboard's client at the identity provider (SHINCHOKU_AUTH_ISSUER, mode oidc): "
+        "enables sign-in with the authorization-code flow and PKCE",
+    )
+    dashboard_oidc_client_secret: SecretStr | None = Field(
+        default=None, description="Its secret, for a confidential client (a public client relies on PKCE alone)"
+    )
+    dashboard_oidc_scope: str = Field(default="openid profile", description="Scopes asked of the provider")
+    dashboard_public_url: str | None = Field(
+        default=None,
+        description="The dashboard's base URL as browsers reach it (https://…); the OIDC redirect URI is "
+        "PUBLIC_URL/dashboard/auth/callback. Unset: the request's own base URL",
     )
     ingest_url: str = Field(
         default="http://127.0.0.1:8002",

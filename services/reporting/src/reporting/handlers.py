@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
@@ -147,6 +149,43 @@ class BatchOutcome:
     error: str | None = None
     #: Indexes of the messages not applied yet (the facts before them in the log are not): to nak, not to ack.
     deferred: list[int] = field(default_factory=list)
+    #: The fields of a newer contract this version left out to decode a message (`event.confidence`), one entry per
+    #: message and field.
+    ignored: tuple[str, ...] = ()
+
+
+T = TypeVar("T")
+
+
+def _unknown_fields_only(error: ValidationError) -> list[tuple[int | str, ...]] | None:
+    """The paths of the fields a message has and this version's contract does not, when that is all that is wrong
+    with it (None otherwise: a missing field, a wrong type, a value out of range are not additive)."""
+    problems = error.errors()
+    if not problems or any(p["type"] != "extra_forbidden" for p in problems):
+        return None
+    return [tuple(p["loc"]) for p in problems]
+
+
+def _without(doc: Any, path: tuple[int | str, ...]) -> None:
+    for step in path[:-1]:
+        doc = doc[step]
+    del doc[path[-1]]
+
+
+def additive(decode: Callable[[bytes], T], data: bytes) -> tuple[T, tuple[str, ...]]:
+    """`decode(data)`, except that a message whose only fault is fields this version does not know (what a newer
+    ingest adds: the contracts change only additively) is decoded without them, the rest as strictly as ever.
+    Returns the decoded value and the ignored fields' paths; raises like `decode` on anything else."""
+    try:
+        return decode(data), ()
+    except ValidationError as e:
+        paths = _unknown_fields_only(e)
+        if paths is None:
+            raise
+    doc = json.loads(data)
+    for path in paths:
+        _without(doc, path)
+    return decode(json.dumps(doc).encode()), tuple(".".join(map(str, p)) for p in paths)
 
 
 #: A message of ACCEPTED as the writer gets it: (subject, stream sequence or 0 when unknown, payload).
@@ -162,6 +201,11 @@ def decode_fact(subject: str, seq: int, data: bytes) -> Fact:
     if is_close_subject(subject):
         return decode_close(data)
     return decode_admitted(data)
+
+
+def decode_tolerant(subject: str, seq: int, data: bytes) -> tuple[Fact, tuple[str, ...]]:
+    """`decode_fact` through `additive`."""
+    return additive(lambda body: decode_fact(subject, seq, body), data)
 
 
 def applied(fact: Fact) -> AppliedEvent:
@@ -241,13 +285,15 @@ def decode_and_apply(
     """
     events: list[AppliedEvent | str] = []
     pending: list[tuple[int, int, Fact | None]] = []  # (index in the batch, stream sequence, fact or None)
+    ignored: list[str] = []
     for index, (subject, seq, data) in enumerate(messages):
         try:
-            fact = decode_fact(subject, seq, data)
+            fact, unknown = decode_tolerant(subject, seq, data)
         except (ValidationError, ValueError) as e:
             events.append(str(e))
             pending.append((index, seq, None))
             continue
+        ignored += unknown
         pending.append((index, seq, fact))
         events.append(applied(fact))
     ordered = bool(pending) and all(seq > 0 for _, seq, _ in pending)
@@ -259,21 +305,23 @@ def decode_and_apply(
                 if last is None:
                     take = {seq for _, seq, _ in pending}
                 else:
-                    take = contiguous(last, [seq for _, seq, _ in pending])
+                    # A message this version cannot decode is held: the cursor stops before it, so that the version
+                    # that decodes it (after an upgrade) applies it in its place, and what follows waits.
+                    take = contiguous(last, [seq for _, seq, f in pending if f is not None])
                 facts = sorted(((seq, f) for _, seq, f in pending if f is not None and seq in take), key=lambda x: x[0])
                 apply_facts(conn, store=store, facts=[f for _, f in facts])
                 if ordered and take:
                     set_cursor(conn, store, max(take))
             if last is None:
-                return BatchOutcome(events)
-            pending = [(i, seq, f) for i, seq, f in pending if seq > last and seq not in take]
+                return BatchOutcome(events, ignored=tuple(ignored))
+            pending = [(i, seq, f) for i, seq, f in pending if seq > last and seq not in take and f is not None]
             if not pending:
-                return BatchOutcome(events)
+                return BatchOutcome(events, ignored=tuple(ignored))
             now = time.monotonic()
             if take:
                 deadline = now + order_wait
             elif now >= deadline:
-                return BatchOutcome(events, deferred=[i for i, _, _ in pending])
+                return BatchOutcome(events, deferred=[i for i, _, _ in pending], ignored=tuple(ignored))
             time.sleep(ORDER_POLL_SECONDS)
     except SQLAlchemyError as e:
-        return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}")
+        return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}", ignored=tuple(ignored))

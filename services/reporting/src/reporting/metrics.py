@@ -22,7 +22,18 @@ class ReportingMetrics:
         )
         self.malformed = Counter(
             "shinchoku_reporting_malformed_messages",
-            "ACCEPTED messages that are not AdmittedEvent JSON (terminated, logged)",
+            "ACCEPTED messages this version cannot decode (held: redelivered after hold_delay, never dropped)",
+            registry=registry,
+        )
+        self.held = Gauge(
+            "shinchoku_reporting_held_messages",
+            "ACCEPTED messages held because this version cannot decode them (/healthz is 503 while any is)",
+            registry=registry,
+        )
+        self.ignored_fields = Counter(
+            "shinchoku_reporting_ignored_fields",
+            "Fields of a newer contract left out to decode an ACCEPTED message (a newer ingest's additive fields)",
+            ["field"],
             registry=registry,
         )
         self.batch_seconds = Histogram(

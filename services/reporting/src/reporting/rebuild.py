@@ -36,7 +36,7 @@ from reporting import repository
 from reporting.config import ReportingSettings
 from reporting.cycle.cursor import set_cursor
 from reporting.cycle.publications import keep_sent
-from reporting.handlers import Admitted, Delivered, Fact, apply_facts, decode_admitted, decode_fact
+from reporting.handlers import Admitted, Delivered, Fact, additive, apply_facts, decode_admitted, decode_tolerant
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
 from reporting.tables import EffectiveRow, EventRow
 from shinchoku_runtime.children import ChildDied, ChildPool
@@ -245,7 +245,7 @@ def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
     out = []
     for subject, data in payloads:
         try:
-            out.append(decode_admitted(data))
+            out.append(additive(decode_admitted, data)[0])  # a newer ingest's additive fields: left out
         except (ValidationError, ValueError) as e:
             shown = subject.decode("utf-8", "replace")
             log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", shown, e)
@@ -256,7 +256,7 @@ def _decode_facts(messages: list[Delivered]) -> list[Fact]:
     out = []
     for subject, seq, data in messages:
         try:
-            out.append(decode_fact(subject, seq, data))
+            out.append(decode_tolerant(subject, seq, data)[0])
         except (ValidationError, ValueError) as e:
             log.error("ACCEPTED message on %s is not the JSON its subject calls for, skipped: %s", subject, e)
     return out

@@ -8,7 +8,9 @@ batches decoded and applied by an `Applier` (a child process by default, see `re
 transaction, possibly several batches merged) and acknowledges every message after the commit, so pulling
 the next batch overlaps with writing this one; then it records each message's span. A database fault (or a writer
 process that died) naks the messages with a delay: they come back, nothing is terminated for a fault of
-ours. A message that is not AdmittedEvent JSON is terminated and logged.
+ours. A message this version cannot decode is held, never terminated: nak'ed with `hold_delay`, counted, and
+/healthz 503 until a version that decodes it takes it; one that only carries fields this version does not know (a
+newer ingest's additive fields) is decoded without them (`handlers.additive`).
 """
 
 from __future__ import annotations
@@ -131,6 +133,7 @@ class AcceptedWriter:
         *,
         db_system: str,
         retry_delay: float = 2.0,
+        hold_delay: float = 60.0,
         max_rows: int = 4000,
         queue_batches: int = 2,
         tracer: trace.Tracer | None = None,
@@ -142,6 +145,10 @@ class AcceptedWriter:
         self._applier = applier
         self._metrics = metrics
         self._retry_delay = retry_delay
+        self._hold_delay = hold_delay
+        #: Stream sequence → why: the messages this version could not decode, held (nak'ed with a delay).
+        self.held: dict[int, str] = {}
+        self._ignored_seen: set[str] = set()
         self._max_rows = max_rows
         self._queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=queue_batches)
         self._task: asyncio.Task[None] | None = None
@@ -224,8 +231,8 @@ class AcceptedWriter:
                 self._queue.task_done()
 
     async def _settle(self, batch: Sequence[Delivery], outcome: BatchOutcome, started: int, ended: int) -> None:
-        """Acknowledge what was committed (terminate what is not the JSON its subject calls for, nak what must wait
-        for the facts before it), then record the spans."""
+        """Acknowledge what was committed (hold what this version cannot decode, nak what must wait for the facts
+        before it), then record the spans."""
         deferred = set(outcome.deferred)
         if deferred:  # the facts before them in the log are not applied yet: they come back in a moment
             self._metrics.batches.labels("deferred").inc()
@@ -241,11 +248,8 @@ class AcceptedWriter:
             return
         for d, event in settled:
             if isinstance(event, str):
-                self._metrics.malformed.inc()
-                log.error(
-                    "ACCEPTED message on %s is not the JSON its subject calls for, terminated: %s", d.msg.subject, event
-                )
-                await d.msg.term()
+                await self._hold(d, event)
+        self._note_ignored(outcome.ignored)
         if not good:
             return
         await ack_all(None, [d.msg for d, _ in good])
@@ -257,6 +261,31 @@ class AcceptedWriter:
         for _, event in good:
             self._metrics.apply_lag.observe(max(0.0, (now - event.admitted_at_us) / 1e6))
         self._trace(good, started, ended)
+
+    async def _hold(self, d: Delivery, reason: str) -> None:
+        """A message this version cannot decode is never dropped: it comes back after `hold_delay` (an upgraded
+        replica, or this one after an upgrade, takes it) and, until then, /healthz says so."""
+        seq = _stream_seq(d.msg)
+        if seq not in self.held:
+            self._metrics.malformed.inc()
+            log.error(
+                "ACCEPTED message %s on %s cannot be decoded by this version; held (back in %.0fs, never dropped): %s",
+                seq,
+                d.msg.subject,
+                self._hold_delay,
+                reason,
+            )
+        self.held[seq] = reason
+        self._metrics.held.set(len(self.held))
+        await d.msg.nak(delay=self._hold_delay)
+
+    def _note_ignored(self, ignored: Sequence[str]) -> None:
+        """Fields of a newer contract left out to decode: counted, and said once per field."""
+        for path in ignored:
+            self._metrics.ignored_fields.labels(path).inc()
+            if path not in self._ignored_seen:
+                self._ignored_seen.add(path)
+                log.warning("ACCEPTED carries %r, which this version does not know: decoded without it", path)
 
     async def _retry(self, batch: Sequence[Delivery], error: str) -> None:
         self._metrics.batches.labels("retried").inc()

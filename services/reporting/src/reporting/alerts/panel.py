@@ -16,7 +16,7 @@ from reporting import access
 from reporting.access import AlertReader
 from reporting.alerts.api import alert_list
 from reporting.dashboard.i18n import LANGS, TEXT, Lang, is_agency
-from reporting.dashboard.routes import _error, _html, templates
+from reporting.dashboard.routes import _error, render
 
 router = APIRouter(include_in_schema=False)
 
@@ -131,4 +131,4 @@ def alerts_panel(request: Request, principal: AlertReader) -> Response:
     agency = access.alerts_owner(principal, agency)
     engine: Engine = request.app.state.service.engine
     context = panel_context(engine, agency=agency, lang=lang)
-    return _html(request, templates.get_template("alerts.html").render(**context, state=None))
+    return render(request, "alerts.html", {**context, "state": None})

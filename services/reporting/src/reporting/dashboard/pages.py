@@ -28,15 +28,17 @@ def fingerprint(last_admitted: str | None, rollup: Rollup) -> str:
 
 
 async def latest_quarter(source: RollupSource, now: datetime) -> FiscalQuarter:
-    """The latest quarter (not after the current one) with at least one report; the current one when none has."""
+    """The latest quarter (not after the current one) with at least one report that the viewer may read (the
+    public: closed quarters only); the current one when none has."""
     current = FiscalQuarter.of_moment(now)
     quarter = current
     for _ in range(_LOOKBACK_QUARTERS):
         try:
             if (await source.rollup(quarter, as_of=None)).reported > 0:
                 return quarter
-        except SourceError:
-            break
+        except SourceError as e:
+            if e.status not in (401, 403):  # not the viewer's to read: look further back
+                break
         if quarter.fiscal_year <= FIRST_FISCAL_YEAR and quarter.quarter == 1:
             break
         quarter = quarter.previous()

@@ -6,7 +6,7 @@ import gzip
 import hashlib
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
@@ -18,8 +18,12 @@ from reporting.access import DashboardReader
 from reporting.dashboard import view
 from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
 from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
+from reporting.dashboard.session import csrf_token, keep_csrf
+from reporting.dashboard.signin import router as signin_router
+from reporting.dashboard.signin import viewer
 from reporting.dashboard.source import ApiSource, RollupSource, SourceError
 from reporting.dashboard.state import BadState, ViewState
+from reporting.dashboard.text import reveal
 
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
@@ -57,14 +61,15 @@ templates.globals.update(
     quarter_label=view.quarter_label,
     static_version=STATIC_VERSION,
     live_interval=LIVE_INTERVAL_SECONDS,
+    reveal=reveal,
 )
 
 router = APIRouter(include_in_schema=False)
 
 
 def get_source(request: Request, principal: DashboardReader) -> RollupSource:
-    """The app's own rollup API, in-process, read as the principal of the request (the API's rules apply)."""
-    return ApiSource(request.app, principal)
+    """The app's own rollup API, in-process, read as whoever views the page (the API's rules apply)."""
+    return ApiSource(request.app, viewer(principal))
 
 
 SourceDep = Annotated[RollupSource, Depends(get_source)]
@@ -77,10 +82,48 @@ def ingest_url(request: Request) -> str:
     return str(url).rstrip("/") if url else "http://127.0.0.1:8002"
 
 
+#: The dashboard's pages load their own CSS and script only, are framed by no one and send forms only here.
+#: Inline `style` attributes (the bars' widths) are allowed; inline scripts and styles elements are not.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; style-src-elem 'self'; "
+    "style-src-attr 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; form-action 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+
+
+def chrome(request: Request) -> dict[str, Any]:
+    """What every page shows around its content: who is signed in, and the CSRF token of the sign-out form."""
+    sessions = getattr(request.app.state, "dashboard_sessions", None)
+    who = sessions.principal(request) if sessions is not None else None
+    bearer = request.headers.get("authorization")
+    return {
+        "viewer": who.label if who else None,
+        "viewer_sub": who.subject if who else None,
+        "bearer": bool(bearer) and who is None,
+        "csrf": csrf_token(request),
+        "here": request.url.path + (f"?{request.url.query}" if request.url.query else ""),
+    }
+
+
+def render(request: Request, template: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    """A page of the dashboard with its chrome (who is signed in), its CSRF cookie and its security headers."""
+    response = _html(request, templates.get_template(template).render(**{**chrome(request), **context}), status_code)
+    sessions = getattr(request.app.state, "dashboard_sessions", None)
+    if sessions is not None:
+        keep_csrf(response, request, sessions)
+    return response
+
+
 def _html(request: Request, text: str, status_code: int = 200) -> Response:
     """HTML, gzip-compressed when the browser accepts it (the grid is repetitive markup)."""
     body = text.encode("utf-8")
-    headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+    headers = {"Cache-Control": "no-cache", "Vary": "Accept-Encoding", **SECURITY_HEADERS}
     if "gzip" in request.headers.get("accept-encoding", "") and len(body) > 1024:
         body = gzip.compress(body, compresslevel=6)
         headers["Content-Encoding"] = "gzip"
@@ -89,10 +132,8 @@ def _html(request: Request, text: str, status_code: int = 200) -> Response:
 
 def _error(request: Request, state: ViewState | None, status_code: int, message: str) -> Response:
     lang = state.lang if state else ("en" if request.query_params.get("lang") == "en" else "ja")
-    page = templates.get_template("error.html").render(
-        lang=lang, t=TEXT[lang], message=message, status_code=status_code, lang_toggle="", state=state
-    )
-    return _html(request, page, status_code)
+    context = {"lang": lang, "t": TEXT[lang], "message": message, "status_code": status_code, "lang_toggle": ""}
+    return render(request, "error.html", {**context, "state": state}, status_code)
 
 
 def _state(request: Request) -> ViewState:
@@ -118,7 +159,7 @@ async def overview(request: Request, source: SourceDep) -> Response:
     except SourceError as e:
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
     template = "_overview_body.html" if partial else "overview.html"
-    return _html(request, templates.get_template(template).render(**context))
+    return render(request, template, context)
 
 
 @router.get("/dashboard/live")
@@ -153,7 +194,7 @@ async def measure(request: Request, measure_id: str, source: SourceDep) -> Respo
         context = await measure_page(source, state, measure_id, now, ingest_url=ingest_url(request))
     except SourceError as e:
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
-    return _html(request, templates.get_template("measure.html").render(**context))
+    return render(request, "measure.html", context)
 
 
 @router.get("/dashboard/static/{name}", dependencies=[Depends(access.OPEN)])
@@ -163,8 +204,11 @@ async def static(request: Request, name: str) -> Response:
     if path.suffix not in _STATIC_TYPES or path.parent != _STATIC or not path.is_file():
         return JSONResponse({"detail": f"no such static file: {name}"}, status_code=404)
     body = path.read_bytes()
-    headers = {"Cache-Control": "public, max-age=31536000, immutable", "Vary": "Accept-Encoding"}
+    headers = {"Cache-Control": "public, max-age=31536000, immutable", "Vary": "Accept-Encoding", **SECURITY_HEADERS}
     if "gzip" in request.headers.get("accept-encoding", ""):
         body = gzip.compress(body, compresslevel=6)
         headers["Content-Encoding"] = "gzip"
     return Response(body, media_type=_STATIC_TYPES[path.suffix], headers=headers)
+
+
+router.include_router(signin_router)
