@@ -50,6 +50,26 @@ class Replica(ServiceProcess):
             )
         return self
 
+    def _signal_group(self, sig: signal.Signals) -> None:
+        """The whole process group (a wrapper such as faketime runs the service as its child)."""
+        if self.process is not None and self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+
+    def kill(self) -> None:
+        self._signal_group(signal.SIGKILL)
+        if self.process is not None:
+            self.process.wait(10)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.process is None:
+            return
+        self._signal_group(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
 
 @dataclass
 class ClusterDeployment:
