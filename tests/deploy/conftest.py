@@ -21,7 +21,8 @@ SERVICES = ("catalog", "ingest", "reporting")
 #: Settings a deployment leaves unset on purpose: a NATS client certificate is only for servers that ask one,
 #: and the deployment's servers do not (agencies log in with passwords or tokens; TLS verifies the servers).
 #: A confidential client's secret: a public client (the default) relies on PKCE and has none.
-OPTIONAL_SETTINGS = ("NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE", "DASHBOARD_OIDC_CLIENT_SECRET")
+#: The alerts' fixed clock is for demos and tests of a past quarter; a deployment evaluates as of now.
+OPTIONAL_SETTINGS = ("NATS_TLS_CERT_FILE", "NATS_TLS_KEY_FILE", "DASHBOARD_OIDC_CLIENT_SECRET", "ALERT_CLOCK")
 #: The token settings every service reads (`shinchoku_runtime.auth.AuthSettings`): a deployment names its provider.
 AUTH_SETTINGS = frozenset(f"SHINCHOKU_AUTH_{name.upper()}" for name in AuthSettings.model_fields)
 
