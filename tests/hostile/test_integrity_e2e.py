@@ -160,10 +160,6 @@ async def test_a_backdated_report_carries_when_the_platform_received_it(
     assert str(admitted.event.event_id) == body["event_id"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole 2: reporting side (reporting judges on-time by the reporter's reported_at, not received_at)",
-)
 async def test_a_backdated_report_is_not_on_time(
     hostile_stack: RunningStack, backdated: tuple[Lead, dict[str, Any], AdmittedEvent]
 ) -> None:

@@ -85,6 +85,8 @@ class Report:
     reported_at: datetime
     admitted_at: datetime
     kpis: list[dict[str, Any]]
+    #: What on-time is judged by: when the platform received it (DESIGN.md "Rollup semantics").
+    judged_at: datetime
 
 
 class Expected:
@@ -105,6 +107,7 @@ class Expected:
                 datetime.fromisoformat(e["reported_at"]),
                 a.admitted_at,
                 e.get("kpis", []),
+                a.judged_at,
             )
 
     def effective(self, fy: int, q: int, as_of: datetime | None = None) -> dict[tuple[str, str], Report]:
@@ -136,7 +139,7 @@ class Expected:
         for m in self.measures:
             status = statuses[m.id]
             reports = [eff[(m.id, a)] for a in m.lead_agencies if (m.id, a) in eff]
-            on_time = bool(reports) and all(r.reported_at <= deadline(fy, q) for r in reports)
+            on_time = bool(reports) and all(r.judged_at <= deadline(fy, q) for r in reports)
             for bucket in (whole, sections[str(m.section)]):
                 bucket["measures_total"] += 1
                 bucket["by_status"][status] += 1
@@ -148,7 +151,7 @@ class Expected:
                 bucket["measures_total"] += 1
                 bucket["by_status"][own.status if own else "unreported"] += 1
                 bucket["reported"] += own is not None
-                bucket["on_time"] += own is not None and own.reported_at <= deadline(fy, q)
+                bucket["on_time"] += own is not None and own.judged_at <= deadline(fy, q)
         for bucket in [whole, *sections.values(), *agencies.values()]:
             total = bucket["measures_total"]
             bucket["coverage"] = bucket["reported"] / total if total else 0.0
@@ -338,7 +341,7 @@ async def assert_measures(http: Any, expected: Expected, today: date) -> None:
                     assert lead["status"] == own.status
                     assert lead["event_id"] == own.event_id
                     assert datetime.fromisoformat(lead["reported_at"]) == own.reported_at
-                    assert lead["on_time"] == (own.reported_at <= deadline(fy, q))
+                    assert lead["on_time"] == (own.judged_at <= deadline(fy, q))
             assert item["event_ids"] == [eff[(m.id, a)].event_id for a in m.lead_agencies if (m.id, a) in eff]
             assert [(t["overdue"], t["rating"]) for t in item["targets"]] == expected.targets(m, today), m.id
         # Filters drill down from the rollup's counts.

@@ -141,6 +141,14 @@ def year_document(fiscal_year: int, quarters: Sequence[tuple[RollupOut, bool]], 
 # --- GET /rollups/{fy}/{q}/measures -----------------------------------------------------------------------------
 
 
+def _utc_text(moment: datetime | None) -> str | None:
+    """A UTC moment as the contracts' JSON writes it (`…Z`), so it reads the same as on ACCEPTED."""
+    if moment is None:
+        return None
+    text = moment.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def _lead(lead: LeadStanding) -> LeadOut:
     report = lead.report
     if report is None:
@@ -149,6 +157,7 @@ def _lead(lead: LeadStanding) -> LeadOut:
             status=lead.status,
             event_id=None,
             reported_at=None,
+            received_at=None,
             on_time=None,
             progress=None,
             kpis=[],
@@ -164,6 +173,7 @@ def _lead(lead: LeadStanding) -> LeadOut:
         status=report.status,
         event_id=report.event_id,
         reported_at=report.reported_at.isoformat(),
+        received_at=_utc_text(report.received_at),
         on_time=report.on_time,
         progress=report.progress,
         kpis=[KpiOut(target=k.target, value=k.value, as_of=k.as_of) for k in report.kpis],

@@ -7,7 +7,9 @@ rollups mean across quarters (latest status, KPI ratings, overdue targets) is in
   `reported_at`; ties go to the greater `event_id` (compared as canonical UUID strings): `EFFECTIVE_ORDER`.
 - A measure's quarter *status* combines its lead agencies' effective reports, most severe first
   (`SEVERITY_ORDER`); a measure no lead reported on is `unreported`.
-- A report is *on time* when `reported_at` ≤ the quarter's end + 30 days.
+- A report is *on time* when the platform received it (`received_at`, the broker's timestamp) by the quarter's
+  end + 30 days; `reported_at` is the reporter's claim and never decides it; a backfilled report is judged by
+  its `reported_at` (`LeadReport.judged_at`).
 - Government-wide and per-section tallies count each measure once by its combined status;
   per-agency tallies count the measures the agency leads by the agency's own effective report.
 - The *on-time rate* of a scope is its measures reported on time over all its measures (`contracts.cycle.on_time_rate`).
@@ -78,6 +80,10 @@ class LeadReport(NamedTuple):
     review: str = "pending"
     review_comment: str | None = None
     answers: str | None = None
+    #: When the platform received it: the broker's timestamp of its STATUS message (`AdmittedEvent.received_at`,
+    #: else, from an ingest older than that field, its admission time). None only in a store written before
+    #: reporting kept it (a rebuild fills it in).
+    received_at: datetime | None = None
 
     @property
     def key(self) -> ReportKey:
@@ -88,8 +94,17 @@ class LeadReport(NamedTuple):
         return FiscalQuarter(self.fiscal_year, self.quarter)
 
     @property
+    def judged_at(self) -> datetime:
+        """The moment timeliness is judged by: when the platform received the report, never the reporter's own
+        `reported_at`, which only orders an agency's reports; a backfilled report (history migrated by the
+        secretariat) by its `reported_at` (DESIGN.md "Rollup semantics")."""
+        if self.backfilled or self.received_at is None:
+            return self.reported_at
+        return self.received_at
+
+    @property
     def on_time(self) -> bool:
-        return self.reported_at <= on_time_deadline(self.fiscal_year, self.quarter)
+        return self.judged_at <= on_time_deadline(self.fiscal_year, self.quarter)
 
 
 @lru_cache(maxsize=512)

@@ -61,6 +61,10 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
     event = admitted.event
     event_id = str(event.event_id)
     reported_us = repository.to_micros(event.reported_at)
+    # Timeliness by receipt (DESIGN.md "Rollup semantics"): the broker's timestamp that ingest carries, else (an
+    # ingest from before that field) its admission, never earlier than receipt; a backfill by its reported_at.
+    received_at = admitted.received_at or admitted.admitted_at
+    judged_us = reported_us if admitted.backfilled else repository.to_micros(received_at)
     kpis = tuple(KpiReading(k.target, k.value, k.as_of) for k in event.kpis) if event.kpis else ()
     # `_value_` rather than `.value`: the enum property costs a microsecond each on this path.
     agency: str = event.agency._value_
@@ -75,7 +79,7 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         status,
         reported_us,
         event.reported_at.isoformat(),
-        reported_us <= _deadline_us(event.fiscal_year, event.quarter),  # on_time
+        judged_us <= _deadline_us(event.fiscal_year, event.quarter),  # on_time
         repository.to_micros(admitted.admitted_at),
         admitted.subject,
         event.progress,
@@ -83,6 +87,7 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         event.note,
         event.reporter,
         admitted.backfilled,
+        received_at.isoformat(),
     )
     report = LeadReport(
         event.measure_id,
@@ -97,6 +102,7 @@ def admitted_from_model(admitted: AdmittedEvent) -> Admitted:
         event.note,
         event.reporter,
         admitted.backfilled,
+        received_at=received_at,
     )
     return Admitted(row, report)
 

@@ -298,10 +298,11 @@ def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapp
 
 #: Both `events` and `effective_reports` name these columns as `LeadReport` names its fields, so a report is
 #: selected in LeadReport's field order (`_report_columns`) and made with `LeadReport._make`, after parsing
-#: the two fields stored in another form: `reported_at` (RFC 3339 text) and `kpis` (JSON).
+#: the fields stored in another form: `reported_at` and `received_at` (RFC 3339 text) and `kpis` (JSON).
 _REPORT_FIELDS = LeadReport._fields
 _REPORTED_AT = _REPORT_FIELDS.index("reported_at")
 _KPIS = _REPORT_FIELDS.index("kpis")
+_RECEIVED_AT = _REPORT_FIELDS.index("received_at")
 
 
 def _report_columns(table: sa.Table) -> list[sa.ColumnElement[Any]]:
@@ -329,6 +330,8 @@ def _lead_report(row: Sequence[Any]) -> LeadReport:
     values = list(row)
     values[_REPORTED_AT] = datetime.fromisoformat(values[_REPORTED_AT])
     values[_KPIS] = parse_kpis(values[_KPIS])
+    if values[_RECEIVED_AT] is not None:
+        values[_RECEIVED_AT] = datetime.fromisoformat(values[_RECEIVED_AT])
     return LeadReport._make(values)
 
 

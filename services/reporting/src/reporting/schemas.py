@@ -127,7 +127,12 @@ class LeadOut(Document):
     agency: str
     status: StatusName
     event_id: str | None = Field(description="The effective report's event id (null when the agency did not report)")
-    reported_at: str | None
+    reported_at: str | None = Field(description="The reporter's own claim of when it reported: orders its reports")
+    received_at: str | None = Field(
+        description="When the platform received the report (the broker's timestamp, UTC): what on_time is judged "
+        "by, except for a backfilled report (judged by reported_at); null when unreported, or in a store older "
+        "than this field until a rebuild"
+    )
     on_time: bool | None
     progress: float | None
     kpis: list[KpiOut]

@@ -96,6 +96,8 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Column("note", sa.Text, nullable=True),
         sa.Column("reporter", sa.String(200), nullable=True),
         sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
+        # When the platform received the report (RFC 3339; the broker's timestamp): what on_time is judged by.
+        sa.Column("received_at", sa.String(40), nullable=True),
         sa.PrimaryKeyConstraint("event_id", name=f"pk_events{tag}"),
     )
     effective = sa.Table(
@@ -115,6 +117,7 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Column("note", sa.Text, nullable=True),
         sa.Column("reporter", sa.String(200), nullable=True),
         sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
+        sa.Column("received_at", sa.String(40), nullable=True),
         # The report's review state (the reporting cycle): its latest admitted review, `pending` while none; the
         # returned report it answers (an agency's next report after a return).
         sa.Column("review", sa.String(16), nullable=False, server_default="pending"),
@@ -167,6 +170,7 @@ class EventRow(NamedTuple):
     note: str | None
     reporter: str | None
     backfilled: bool
+    received_at: str | None
 
 
 class EffectiveRow(NamedTuple):
@@ -186,6 +190,7 @@ class EffectiveRow(NamedTuple):
     note: str | None
     reporter: str | None
     backfilled: bool
+    received_at: str | None
     review: str
     review_id: str | None
     review_comment: str | None

@@ -91,6 +91,13 @@ class Admission:
 
     event: dict[str, Any]
     admitted_at: datetime
+    #: When the broker received the report (`AdmittedEvent.received_at`); None as from an ingest before that field.
+    received_at: datetime | None = None
+
+    @property
+    def judged_at(self) -> datetime:
+        """What on-time is judged by (DESIGN.md "Rollup semantics"): receipt, else (older ingest) admission."""
+        return self.received_at or self.admitted_at
 
     @property
     def event_id(self) -> str:
@@ -107,6 +114,8 @@ class Admission:
             "admitted_at": self.admitted_at.astimezone(UTC).isoformat(),
             "subject": f"status.{self.event['agency']}.{self.event['measure_id']}",
         }
+        if self.received_at is not None:
+            doc["received_at"] = self.received_at.astimezone(UTC).isoformat()
         return json.dumps(doc, ensure_ascii=False).encode()
 
 
@@ -172,7 +181,9 @@ def random_admissions(
             kpis=kpis,
             note="進捗は概ね計画どおり" if rnd.random() < 0.2 else None,
         )
-        out.append(Admission(event, start + timedelta(milliseconds=i)))
+        # Received a little after the reporter says it reported (seconds to two days): some late, most not.
+        received = reported + timedelta(seconds=rnd.randrange(2 * 86400))
+        out.append(Admission(event, start + timedelta(milliseconds=i), received.astimezone(UTC)))
     return out
 
 

@@ -80,6 +80,7 @@ class LeadReport(BaseModel):
     status: str | None = None
     event_id: str | None = None
     reported_at: datetime | None = None
+    received_at: datetime | None = None
     on_time: bool | None = None
     progress: float | None = None
     note: str | None = None
