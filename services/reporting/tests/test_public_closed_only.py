@@ -44,7 +44,9 @@ OPEN_NOTE = "open-quarter-note-7f3a"
 def _xlsx_text(body: bytes) -> str:
     book = openpyxl.load_workbook(io.BytesIO(body), read_only=True)
     return "\n".join(
-        " ".join("" if cell is None else str(cell) for cell in row) for sheet in book for row in sheet.iter_rows(values_only=True)
+        " ".join("" if cell is None else str(cell) for cell in row)
+        for sheet in book
+        for row in sheet.iter_rows(values_only=True)
     )
 
 
@@ -120,7 +122,8 @@ async def test_the_public_reads_a_closed_quarter_as_of_closed_quarters_only(
             # The agency and the secretariat read it, in the closed quarter's list too (its latest status).
             for reader in (own, reporting.http):
                 item = next(
-                    i for i in (await reader.get("/rollups/2024/3/measures?limit=1000")).json()["items"]
+                    i
+                    for i in (await reader.get("/rollups/2024/3/measures?limit=1000")).json()["items"]
                     if i["measure_id"] == m.id
                 )
                 assert (item["latest_status"], item["latest_quarter"]) == ("delayed", OPEN.label)
@@ -135,7 +138,8 @@ async def test_the_public_reads_a_closed_quarter_as_of_closed_quarters_only(
                 if path not in pages:  # the pages carry the time they were rendered
                     assert text == before[path], path
             item = next(
-                i for i in (await public.get("/rollups/2024/3/measures?limit=1000")).json()["items"]
+                i
+                for i in (await public.get("/rollups/2024/3/measures?limit=1000")).json()["items"]
                 if i["measure_id"] == m.id
             )
             assert (item["latest_status"], item["latest_quarter"]) == ("on_track", CLOSED.label)

@@ -198,9 +198,7 @@ class QuarterViews:
         snapshot = self.catalog()
         with self._engine.connect() as conn:
             revisions = repository.revisions(conn)
-            closed = (
-                tuple(FiscalQuarter(fy, q) for fy, q in closed_quarters(conn, LIVE.cycle)) if public else None
-            )
+            closed = tuple(FiscalQuarter(fy, q) for fy, q in closed_quarters(conn, LIVE.cycle)) if public else None
         ordered = tuple(
             sorted(
                 (FiscalQuarter(fy, q), revision)
