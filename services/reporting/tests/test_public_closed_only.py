@@ -5,7 +5,8 @@ A closed quarter's measure list carries each measure's cross-quarter progress (`
 summary, the history every quarter reported on. For the public all of it must be computed from closed
 quarters' reports: what the public reads of a closed quarter does not change when an agency reports on an
 open quarter, and nothing of that report (its event id, status, KPI value, quarter) reaches the public, in
-JSON, CSV, xlsx or the dashboard's pages. The secretariat and the reporting agency still read it.
+JSON, CSV, xlsx or the dashboard's pages (whose live refresh does not even learn that it came). The secretariat
+and the reporting agency still read it.
 Real nats-server, both databases, the app in process.
 """
 
@@ -105,7 +106,14 @@ async def test_the_public_reads_a_closed_quarter_as_of_closed_quarters_only(
                     out[path] = _xlsx_text(response.content) if "xlsx" in path else response.text
                 return out
 
+            async def public_live_version() -> str:
+                response = await public.get("/dashboard/live?fy=2024&q=3")
+                assert response.status_code == 200, response.text
+                version: str = response.json()["version"]
+                return version
+
             before = await public_reads()
+            live_before = await public_live_version()
             # An agency reports on the open quarter: a new status, a KPI observation, a note.
             open_report = status_event(
                 measure_id=m.id,
@@ -132,6 +140,8 @@ async def test_the_public_reads_a_closed_quarter_as_of_closed_quarters_only(
                 assert open_report["event_id"] in {e for i in history["items"] for e in i["event_ids"]}
 
             after = await public_reads()
+            # The public's page is not even told that something was admitted (it would reload for nothing).
+            assert await public_live_version() == live_before
             for path, text in after.items():
                 for mark in (open_report["event_id"], str(OPEN_VALUE), OPEN_NOTE, OPEN.label):
                     assert mark not in text, (path, mark)
