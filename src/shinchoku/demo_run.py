@@ -1,5 +1,11 @@
 """Running the demo against a stack: publish as the 17 agencies, wait for the services, show the latest rollup.
 
+The history (reports for quarters whose on-time deadline has passed) goes in as the secretariat's backfill, the
+marked path for migrating past reports (DESIGN.md "The reporting cycle"): on-time is judged by when the platform
+received a report, so history sent today as ordinary reports would all count late. Each backfilled report is
+judged by its `reported_at` and marked `backfilled`. The open quarter's reports, and every rejection, go as
+the agencies themselves.
+
 Kept apart from `shinchoku.commands.demo` so that every other verb starts without importing NATS and the
 OpenTelemetry SDK.
 """
@@ -10,6 +16,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,15 +31,16 @@ from rich.table import Table
 
 from contracts.catalog import Measure
 from contracts.events import StatusEvent
-from contracts.periods import last_completed_quarter
+from contracts.periods import FiscalQuarter, last_completed_quarter
 from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
 from shinchoku.commands.rollup import fetch_rollup
 from shinchoku.demo_cycle import CycleSummary, play_cycle
 from shinchoku.demo_plan import ADMITTED, DUPLICATE, DemoMessage, expected_outcomes, plan_demo
+from shinchoku.issuer import local_token
 from shinchoku.rollup_view import render_rollup
 from shinchoku.stack import Stack, StackNotFound
 from shinchoku.stackhttp import StackUnavailable, detail, get, load_stack
-from shinchoku_client.publisher import AgencyPublisher, PublishError
+from shinchoku_client.publisher import AgencyPublisher, PublishError, SecretariatPublisher
 from shinchoku_runtime.natsclient import connect
 from shinchoku_runtime.telemetry import init_tracing
 
@@ -51,15 +59,38 @@ def fetch_measures(stack: Stack) -> list[Measure]:
     return [Measure.model_validate(item) for item in response.json()["items"]]
 
 
+@dataclass(frozen=True)
+class _History:
+    """The secretariat's publisher and token for backfilling reports of quarters past their deadline."""
+
+    publisher: SecretariatPublisher
+    token: str
+    now: datetime
+
+    def takes(self, message: DemoMessage) -> StatusEvent | None:
+        """The report, when the message is a well-formed report of a quarter past its on-time deadline."""
+        if message.expect not in (ADMITTED, DUPLICATE):
+            return None
+        event = StatusEvent.model_validate_json(message.payload)
+        deadline = FiscalQuarter(event.fiscal_year, event.quarter).on_time_deadline
+        return event if deadline < self.now else None
+
+
 async def _publish_phase(
-    publishers: dict[str, AgencyPublisher], messages: Sequence[DemoMessage], advance: Callable[[], None]
+    publishers: dict[str, AgencyPublisher],
+    messages: Sequence[DemoMessage],
+    advance: Callable[[], None],
+    history: _History | None,
 ) -> None:
     window = asyncio.Semaphore(WINDOW)
 
     async def one(message: DemoMessage) -> None:
         publisher = publishers[message.agency]
         async with window:
-            if message.expect in (ADMITTED, DUPLICATE):
+            past = history.takes(message) if history is not None else None
+            if history is not None and past is not None:
+                await history.publisher.publish_backfill(past, token=history.token)
+            elif message.expect in (ADMITTED, DUPLICATE):
                 # A well-formed report goes through the client's own path (trace attributes and all);
                 # its bytes are the plan's bytes (the plan encodes as the client does).
                 await publisher.publish(StatusEvent.model_validate_json(message.payload))
@@ -71,11 +102,27 @@ async def _publish_phase(
 
 
 async def publish(
-    stack: Stack, messages: Sequence[DemoMessage], advance: Callable[[], None], tracer_provider: TracerProvider
+    stack: Stack,
+    messages: Sequence[DemoMessage],
+    advance: Callable[[], None],
+    tracer_provider: TracerProvider,
+    *,
+    now: datetime | None = None,
 ) -> None:
-    """Each agency publishes its own messages with its own credentials; originals before resends and rejections."""
+    """Each agency publishes its own messages with its own credentials, the history backfilled by the secretariat
+    (module docstring); originals before resends and rejections."""
     publishers: dict[str, AgencyPublisher] = {}
+    history: _History | None = None
+    token = local_token(stack.data_dir)
+    if token is None:
+        err.print("[yellow]no embedded issuer here: the history goes in as ordinary reports (judged late)[/]")
     try:
+        if token is not None:
+            secretariat = SecretariatPublisher(
+                stack.nats_plain_url, password=stack.password("secretariat"), timeout=10.0
+            )
+            await secretariat.connect()
+            history = _History(secretariat, token, now or datetime.now(UTC))
         for agency in sorted({m.agency for m in messages}):
             publisher = AgencyPublisher(
                 stack.nats_plain_url,
@@ -87,11 +134,13 @@ async def publish(
             await publisher.connect()
             publishers[agency] = publisher
         # A resend must arrive after what it resends, or it would be the original.
-        await _publish_phase(publishers, [m for m in messages if m.expect == ADMITTED], advance)
-        await _publish_phase(publishers, [m for m in messages if m.expect != ADMITTED], advance)
+        await _publish_phase(publishers, [m for m in messages if m.expect == ADMITTED], advance, history)
+        await _publish_phase(publishers, [m for m in messages if m.expect != ADMITTED], advance, history)
     finally:
         for publisher in publishers.values():
             await publisher.close()
+        if history is not None:
+            await history.publisher.close()
 
 
 async def pending_work(stack: Stack) -> dict[str, int] | None:
@@ -194,7 +243,7 @@ def run_demo(data_dir: Path | None, seed: int, *, cycle: bool = False) -> None:
         # Each report's trace starts here: DATA_DIR/spans/shinchoku-demo.jsonl (or OTLP), for `shinchoku trace`.
         provider = init_tracing("shinchoku-demo", stack.data_dir)
         try:
-            asyncio.run(publish(stack, messages, lambda: progress.advance(task), provider))
+            asyncio.run(publish(stack, messages, lambda: progress.advance(task), provider, now=now))
         except (OSError, NatsError, PublishError) as e:
             err.print(f"[red]publishing failed: {e}[/] (is the stack running? `shinchoku up`)")
             raise typer.Exit(1) from None

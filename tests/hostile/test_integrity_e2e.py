@@ -3,8 +3,8 @@ reporting side does with it.
 
 Ingest's side must hold today: the admitted fact carries the broker's receipt time (hole 2), an agency's event
 id is its own (hole 3), and copies of an admission on ACCEPTED are harmless to a reader that counts by
-(agency, event_id) (hole 6, the log's property). The reporting side of holes 2 and 3 is another task's: those
-tests are `xfail(strict=True)`, so they fail loudly the day reporting does it, and the mark comes off then.
+(agency, event_id) (hole 6, the log's property). Reporting judges on-time by that receipt time and keeps two
+agencies' reports under one event id as two reports.
 """
 
 from __future__ import annotations
@@ -206,10 +206,6 @@ async def test_ingest_admits_both_agencies_reports_under_one_event_id(
             assert (one["outcome"], one["measure_id"]) == ("admitted", lead.measure_id)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole 3: reporting side (reporting's `events` is keyed by event_id alone, so it keeps one of the two)",
-)
 async def test_reporting_keeps_both_agencies_reports_under_one_event_id(
     hostile_stack: RunningStack, shared_id: tuple[str, Lead, Lead]
 ) -> None:

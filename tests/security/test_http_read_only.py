@@ -4,6 +4,10 @@ Reports enter through NATS with an agency's credentials, never over HTTP. Checke
 route table (built in-process, so routes left out of the OpenAPI document count too), each running
 service's OpenAPI document, and real HTTP against the running stack, where POST, PUT, PATCH and DELETE on
 every route must answer 405 with an `Allow` header that names no writing method.
+
+The one exception is the dashboard's session (issue #16): `POST /dashboard/signin` and `/dashboard/signout`
+set or clear the browser's session cookie and write nothing else; each refuses a post without the form's CSRF
+token (403), which is what is checked here for them.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ pytestmark = pytest.mark.skipif(
 SERVICES = ("catalog", "ingest", "reporting")
 READ = {"GET", "HEAD"}
 WRITE = ("POST", "PUT", "PATCH", "DELETE")
+#: Routes that change a browser's session, not data: (service, path) → the one writing method each takes.
+SESSION_ROUTES = {("reporting", "/dashboard/signin"): "POST", ("reporting", "/dashboard/signout"): "POST"}
 SAMPLE_PARAMS = {
     "event_id": str(uuid.UUID(int=1)),
     "fiscal_year": "2024",
@@ -111,7 +117,11 @@ def routes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[tuple[str
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_route_tables_are_read_only(routes: dict[str, list[tuple[str, set[str]]]], service: str) -> None:
-    writing = [(path, sorted(methods - READ)) for path, methods in routes[service] if methods - READ - {"MOUNT"}]
+    writing = [
+        (path, sorted(methods - READ))
+        for path, methods in routes[service]
+        if methods - READ - {"MOUNT"} - {SESSION_ROUTES.get((service, path), "")}
+    ]
     assert writing == [], f"{service} has routes that accept more than GET/HEAD: {writing}"
     assert any(path == "/healthz" for path, _ in routes[service])
 
@@ -121,7 +131,11 @@ def test_openapi_documents_only_reads(stack: RunningStack, service: str) -> None
     document = httpx.get(f"{stack.url(service)}/openapi.json", timeout=10).json()
     operations = {(path, method.upper()) for path, item in document["paths"].items() for method in item}
     assert operations, f"{service} documents no operation"
-    writing = sorted((p, m) for p, m in operations if m not in READ | {"PARAMETERS", "SUMMARY", "DESCRIPTION"})
+    writing = sorted(
+        (p, m)
+        for p, m in operations
+        if m not in READ | {"PARAMETERS", "SUMMARY", "DESCRIPTION"} and SESSION_ROUTES.get((service, p)) != m
+    )
     assert writing == [], f"{service} documents writing operations: {writing}"
 
 
@@ -139,8 +153,15 @@ def test_every_route_refuses_writes_over_http(
             for method in WRITE:
                 response = http.request(method, path, json={"status": "completed"})
                 answers[f"{method} {template}"] = response.status_code
+                if SESSION_ROUTES.get((service, template)) == method:
+                    if response.status_code != 403:  # no CSRF token: refused, nothing signed in or out
+                        wrong.append(f"{method} {path} without the form's CSRF token → {response.status_code}")
+                    continue
                 allow = {m.strip().upper() for m in response.headers.get("allow", "").split(",") if m.strip()}
-                if response.status_code != 405 or allow - READ:
+                session_write = (
+                    {SESSION_ROUTES[(service, template)]} if (service, template) in SESSION_ROUTES else set()
+                )
+                if response.status_code != 405 or allow - READ - session_write:
                     wrong.append(
                         f"{method} {path} → {response.status_code} (Allow: {sorted(allow)}) {response.text[:120]}"
                     )

@@ -26,6 +26,7 @@ from reporting.dashboard.view import (
     row_status,
     status_changes,
 )
+from shinchoku_runtime.auth import Principal, Role
 
 Q3 = FiscalQuarter(2024, 3)
 Q2 = FiscalQuarter(2024, 2)
@@ -417,4 +418,7 @@ async def test_api_source_reads_the_binding_shapes_in_process() -> None:
         await source.history("9-9")
     assert caught.value.status == 404
     assert "no such measure" in caught.value.message
-    assert await source.last_admitted() == "2025-03-01T00:00:00+00:00"
+    # The live refresh's mark: for the signed-in; the public is not told when anything is admitted.
+    assert await source.last_admitted() is None
+    signed_in = ApiSource(api, Principal(Role.secretariat, None, "x"))
+    assert await signed_in.last_admitted() == "2025-03-01T00:00:00+00:00"

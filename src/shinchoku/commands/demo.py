@@ -1,4 +1,5 @@
-"""`shinchoku demo`: publish a realistic, reproducible history as the 17 agencies, then show the latest rollup."""
+"""`shinchoku demo`: publish a realistic, reproducible history (past quarters as the secretariat's backfill, the open one
+as the 17 agencies), then show the latest rollup."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ def demo(
         ),
     ] = False,
 ) -> None:
-    """Publish FY2024Q1 → last completed quarter as the 17 agencies (reproducible), then print the latest rollup."""
+    """Publish FY2024Q1 → last completed quarter (reproducible; past quarters backfilled as the secretariat), then print
+    the latest rollup."""
     from shinchoku.demo_run import run_demo  # NATS and the OpenTelemetry SDK only when the demo runs
 
     run_demo(data_dir, seed, cycle=cycle)

@@ -15,6 +15,12 @@ personal information that the platform never publishes. `as_of` asks for a quart
 was closed, i.e. unpublished figures, so it is for those who may read open quarters. The history of a measure
 keeps, for the public, the closed quarters only.
 
+Every figure the public reads is as of the closed quarters: a closed quarter's documents carry figures that
+span quarters (a measure's latest status and quarter, the targets' observations, ratings and overdue counts,
+the plan-wide target summary, the history's progress), so for those who do not read live figures the routes
+ask `RollupQueries` for the public's view (`public_view`), computed from the closed quarters' reports only and
+cached apart. What the public reads of a closed quarter does not change when an agency reports on an open one.
+
 Whether a quarter is closed is the reporting cycle's (`RollupQueries.is_closed`); until a store knows of
 closes, every quarter counts as open, which shows the public nothing rather than too much.
 """
@@ -65,6 +71,11 @@ def sees_live(principal: Principal) -> bool:
     return principal.role in LIVE_READERS
 
 
+def public_view(principal: Principal) -> bool:
+    """Whether `principal` reads the public's view: figures computed from the closed quarters' reports only."""
+    return not sees_live(principal)
+
+
 def ensure_quarter(principal: Principal, store: object, quarter: FiscalQuarter, *, as_of: object = None) -> None:
     """401/403 unless `principal` may read `quarter` (as of `as_of`, when given)."""
     if sees_live(principal):
@@ -97,20 +108,14 @@ def history(principal: Principal, store: object, doc: HistoryOut) -> HistoryOut:
     """A measure's history as `principal` may read it: all of it, or the closed quarters without names."""
     if sees_live(principal):
         return doc
+    # `doc` is the public's view (`public_view`): its progress and targets count closed quarters only; an item
+    # of an open quarter cannot be in it, and is dropped here too should one ever be.
     kept: list[HistoryItemOut] = [
         item.model_copy(update={"leads": [_lead(x) for x in item.leads]})
         for item in doc.items
         if is_closed(store, FiscalQuarter(item.fiscal_year, item.quarter))
     ]
-    latest = kept[-1] if kept else None
-    return doc.model_copy(
-        update={
-            "items": kept,
-            "total": len(kept),
-            "latest_status": latest.status if latest else "unreported",
-            "latest_quarter": latest.label if latest else None,
-        }
-    )
+    return doc.model_copy(update={"items": kept, "total": len(kept)})
 
 
 def year(principal: Principal, store: object, doc: YearOut, *, as_of: object = None) -> YearOut:

@@ -182,9 +182,9 @@ def get_rollup(
     if revision is not None:  # only a closed quarter has published revisions: what the public may read
         return _json(queries.revision_json(q, revision))
     if format_ != "json":
-        doc = queries.rollup(q, as_of=moment)
+        doc = queries.rollup(q, as_of=moment, public=access.public_view(principal))
         return table_response(format_, _ROLLUP_HEADER, _rollup_rows(doc), name=f"rollup-{q.label}")
-    return _json(queries.rollup_json(q, as_of=moment))
+    return _json(queries.rollup_json(q, as_of=moment, public=access.public_view(principal)))
 
 
 @router.get("/rollups/{fiscal_year}/{quarter}/revisions", response_model=RevisionsOut, tags=["rollups"])
@@ -222,6 +222,7 @@ def get_rollup_measures(
         section=check_section(section) if section is not None else None,
         status=check_status(status) if status is not None else None,
         as_of=moment,
+        public=access.public_view(principal),
     )
     items = access.measure_items(principal, items)
     total = len(items)
@@ -260,7 +261,8 @@ def get_year(
 ) -> Response:
     """A fiscal year at a glance: the rollups of its four quarters (the closed ones for the public)."""
     moment = parse_as_of(as_of)
-    doc = access.year(principal, queries, queries.year(check_fiscal_year(fiscal_year), as_of=moment), as_of=moment)
+    doc = queries.year(check_fiscal_year(fiscal_year), as_of=moment, public=access.public_view(principal))
+    doc = access.year(principal, queries, doc, as_of=moment)
     if format_ != "json":
         rows = [row for quarter in doc.quarters for row in _rollup_rows(quarter)]
         return table_response(format_, _ROLLUP_HEADER, rows, name=f"rollups-FY{fiscal_year}")
@@ -270,7 +272,7 @@ def get_year(
 @router.get("/measures/{measure_id}/history", response_model=HistoryOut, tags=["measures"])
 def get_history(measure_id: str, queries: Queries, principal: Reader, format_: Format = "json") -> Response:
     """A measure quarter by quarter: every quarter any lead reported on, oldest first (closed ones for the public)."""
-    doc = access.history(principal, queries, queries.history(measure_id))
+    doc = access.history(principal, queries, queries.history(measure_id, public=access.public_view(principal)))
     if format_ != "json":
         header = ["quarter", "fiscal_year", "q", "status", "reported", "on_time", "movement", "leads", "event_ids"]
         header += ["period_start", "period_end"]

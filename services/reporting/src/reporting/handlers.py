@@ -44,6 +44,12 @@ class Admitted:
         return self.report.event_id
 
     @property
+    def key(self) -> tuple[str, str]:
+        """What identifies an admitted report: an event id is its agency's own (DESIGN.md "Admission rules"), so
+        two agencies' reports under one id are two reports."""
+        return (self.report.agency, self.report.event_id)
+
+    @property
     def admitted_at_us(self) -> int:
         return self.event_row.admitted_at_us
 
@@ -120,14 +126,14 @@ def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted],
     """
     if not batch:
         return 0
-    unique: dict[str, Admitted] = {}
+    unique: dict[tuple[str, str], Admitted] = {}
     for admitted in batch:
-        unique.setdefault(admitted.event_id, admitted)
-    events = sorted(unique.values(), key=lambda a: a.event_id)
+        unique.setdefault(admitted.key, admitted)
+    events = sorted(unique.values(), key=lambda a: a.key)
     repository.insert_events(conn, store=store, rows=[a.event_row for a in events])
     winners = effective_reports(a.report for a in events)
-    winner_ids = {report.event_id for report in winners.values()}
-    repository.upsert_effective(conn, store=store, rows=[a.effective_row() for a in events if a.event_id in winner_ids])
+    winner_keys = {(report.agency, report.event_id) for report in winners.values()}
+    repository.upsert_effective(conn, store=store, rows=[a.effective_row() for a in events if a.key in winner_keys])
     quarters: dict[tuple[int, int], int] = {}
     for admitted in events:
         key = (admitted.report.fiscal_year, admitted.report.quarter)

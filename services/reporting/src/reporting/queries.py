@@ -71,13 +71,16 @@ class RollupQueries:
         """The catalog snapshot, or 503 while it has not been loaded."""
         return self._views.catalog()
 
-    def rollup(self, quarter: FiscalQuarter, *, as_of: datetime | None = None) -> RollupOut:
-        """`GET /rollups/{fy}/{q}`: counts government-wide, per agency and per section, with the trend."""
-        return self._document(self._rollup, quarter, as_of)
+    def rollup(self, quarter: FiscalQuarter, *, as_of: datetime | None = None, public: bool = False) -> RollupOut:
+        """`GET /rollups/{fy}/{q}`: counts government-wide, per agency and per section, with the trend.
 
-    def rollup_json(self, quarter: FiscalQuarter, *, as_of: datetime | None = None) -> bytes:
+        `public` (on every document): the public's view, computed from the closed quarters' reports only
+        (`QuarterViews.state`), cached apart from the live view agencies and the secretariat read."""
+        return self._document(self._rollup, quarter, as_of, public)
+
+    def rollup_json(self, quarter: FiscalQuarter, *, as_of: datetime | None = None, public: bool = False) -> bytes:
         """The rollup document already serialised (cached): the fast path of the HTTP route."""
-        return self._document(self._rollup_json, quarter, as_of)
+        return self._document(self._rollup_json, quarter, as_of, public)
 
     def measures(
         self,
@@ -87,6 +90,7 @@ class RollupQueries:
         section: int | None = None,
         status: str | None = None,
         as_of: datetime | None = None,
+        public: bool = False,
     ) -> list[MeasureItemOut]:
         """`GET /rollups/{fy}/{q}/measures`: one item per measure in document order, filtered.
 
@@ -94,7 +98,7 @@ class RollupQueries:
         list drills down from the `by_agency` counts); under an agency, each item says that status.
         """
         out = []
-        for item in self._document(self._measures, quarter, as_of):
+        for item in self._document(self._measures, quarter, as_of, public):
             if section is not None and item.section != section:
                 continue
             if agency is not None:
@@ -108,18 +112,19 @@ class RollupQueries:
             out.append(item)
         return out
 
-    def year(self, fiscal_year: int, *, as_of: datetime | None = None) -> YearOut:
+    def year(self, fiscal_year: int, *, as_of: datetime | None = None, public: bool = False) -> YearOut:
         """`GET /rollups/{fy}`: the four quarters' rollups of a fiscal year."""
         quarters = [FiscalQuarter(fiscal_year, q) for q in (1, 2, 3, 4)]
         now = as_of or self._views.now()
-        return year_document(fiscal_year, [(self.rollup(q, as_of=as_of), q.has_started(now)) for q in quarters], as_of)
+        rollups = [(self.rollup(q, as_of=as_of, public=public), q.has_started(now)) for q in quarters]
+        return year_document(fiscal_year, rollups, as_of)
 
-    def history(self, measure_id: str) -> HistoryOut:
+    def history(self, measure_id: str, *, public: bool = False) -> HistoryOut:
         """`GET /measures/{id}/history`: the measure in every quarter any lead reported on, oldest first."""
         measure = self.catalog().by_id.get(measure_id)
         if measure is None:
             raise NotFound(f"no measure {measure_id!r} in the catalog")
-        return history_document(self._views.history(measure))
+        return history_document(self._views.history(measure, public=public))
 
     def is_closed(self, fiscal_year: int, quarter: int) -> bool:
         """Whether the secretariat has closed the quarter (its admitted close is in the store)."""
@@ -184,12 +189,18 @@ class RollupQueries:
         self._warmed = mark
         return computed
 
-    def _document(self, kind: DocumentKind[D], quarter: FiscalQuarter, as_of: datetime | None) -> D:
+    def _document(
+        self, kind: DocumentKind[D], quarter: FiscalQuarter, as_of: datetime | None, public: bool = False
+    ) -> D:
         if as_of is None:
-            self._recent.read(Read(kind.name, quarter), lambda: self._cached(kind, quarter, None).computed)
-        return self._cached(kind, quarter, as_of).value
+            read = Read(kind.name, quarter, public)
+            self._recent.read(read, lambda: self._cached(kind, quarter, None, public).computed)
+        return self._cached(kind, quarter, as_of, public).value
 
-    def _cached(self, kind: DocumentKind[D], quarter: FiscalQuarter, as_of: datetime | None) -> Cached[D]:
-        """The document of `quarter` in the store's current state: cached, or built from its view once."""
-        key, snapshot = self._views.key(quarter, as_of)
+    def _cached(
+        self, kind: DocumentKind[D], quarter: FiscalQuarter, as_of: datetime | None, public: bool = False
+    ) -> Cached[D]:
+        """The document of `quarter` in the store's current state (the public's view, with `public`): cached, or
+        built from its view once (the key names the audience, so the two views are cached apart)."""
+        key, snapshot = self._views.key(quarter, as_of, public=public)
         return kind.cache.get(key, lambda: kind.build(self._views.view(key, snapshot)))

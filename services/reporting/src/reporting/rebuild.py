@@ -269,9 +269,9 @@ def _sqlite_normal_sync(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
-    rows: dict[str, EventRow] = {}
+    rows: dict[tuple[str, str], EventRow] = {}
     for admitted in batch:
-        rows.setdefault(admitted.event_id, admitted.event_row)
+        rows.setdefault(admitted.key, admitted.event_row)
     with engine.begin() as conn:
         repository.insert_events(conn, store=store, rows=list(rows.values()))
 

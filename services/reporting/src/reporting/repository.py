@@ -90,6 +90,7 @@ def create_store(engine: Engine, *, store: Store = LIVE, with_indexes: bool = Tr
         serialize_schema_changes(conn, "reporting")
         existing = set(sa.inspect(conn).get_table_names())
         add_missing_columns(conn, store=store)
+        rekey_events(conn, store=store)
         for table in store.tables:
             if table.name not in existing:
                 conn.execute(CreateTable(table))  # without its indexes: those follow, now or after a bulk load
@@ -114,6 +115,40 @@ def add_missing_columns(conn: Connection, *, store: Store) -> None:
             if column.name not in present:
                 spec = CreateColumn(column).compile(dialect=conn.dialect)
                 conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN {spec}'))
+
+
+def rekey_events(conn: Connection, *, store: Store) -> None:
+    """A store made when `events` was keyed by `event_id` alone gets its key (agency, event_id): an event id is
+    its agency's own, and the old key kept one of two agencies' reports under one id (issue #15 hole 3).
+    Rows are kept as they are; a report the old key dropped comes back with a rebuild (`shinchoku rebuild`)."""
+    events = store.events
+    inspector = sa.inspect(conn)
+    if not inspector.has_table(events.name):
+        return
+    key = inspector.get_pk_constraint(events.name)
+    if list(key.get("constrained_columns") or []) != ["event_id"]:
+        return
+    wanted = events.primary_key.name
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            sa.text(
+                f'ALTER TABLE "{events.name}" DROP CONSTRAINT "{key["name"]}", '
+                f'ADD CONSTRAINT "{wanted}" PRIMARY KEY (agency, event_id)'
+            )
+        )
+        return
+    # SQLite cannot change a primary key: copy the rows aside, make the table anew, copy them back.
+    aside = f"{events.name}__rekey"
+    columns = ", ".join(f'"{c.name}"' for c in events.columns)
+    conn.execute(sa.text(f'DROP TABLE IF EXISTS "{aside}"'))
+    conn.execute(sa.text(f'CREATE TABLE "{aside}" AS SELECT {columns} FROM "{events.name}"'))
+    conn.execute(sa.text(f'DROP TABLE "{events.name}"'))
+    conn.execute(CreateTable(events))
+    for index in store.late_indexes:
+        if index.table is events:
+            index.create(conn)
+    conn.execute(sa.text(f'INSERT INTO "{events.name}" ({columns}) SELECT {columns} FROM "{aside}"'))
+    conn.execute(sa.text(f'DROP TABLE "{aside}"'))
 
 
 def create_late_indexes(conn: Connection, *, store: Store) -> None:
@@ -188,7 +223,7 @@ def _column_arrays(table: sa.Table, columns: Sequence[str], conflict: str) -> Co
 
 
 def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any]]) -> None:
-    """Insert `events` rows (`EventRow`s); an event id already stored keeps its first copy.
+    """Insert `events` rows (`EventRow`s); an (agency, event id) already stored keeps its first copy.
 
     SQLite: one executemany of a plain statement (SQLAlchemy's per-row parameter processing costs more than
     the insert itself on this path). PostgreSQL: one statement of column arrays (`ColumnArrays`).
@@ -196,11 +231,11 @@ def insert_events(conn: Connection, *, store: Store, rows: Sequence[Sequence[Any
     if not rows:
         return
     if conn.dialect.name == "postgresql":
-        _column_arrays(store.events, EVENT_COLUMNS, "ON CONFLICT (event_id) DO NOTHING").insert(conn, rows)
+        _column_arrays(store.events, EVENT_COLUMNS, "ON CONFLICT (agency, event_id) DO NOTHING").insert(conn, rows)
         return
     sql = (
         f'INSERT INTO "{store.events.name}" ({", ".join(EVENT_COLUMNS)}) '
-        f"VALUES ({_placeholders(conn, len(EVENT_COLUMNS))}) ON CONFLICT (event_id) DO NOTHING"
+        f"VALUES ({_placeholders(conn, len(EVENT_COLUMNS))}) ON CONFLICT (agency, event_id) DO NOTHING"
     )
     conn.exec_driver_sql(sql, list(rows))
 

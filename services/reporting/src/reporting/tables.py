@@ -2,7 +2,7 @@
 
 The store holds three tables, and the reporting cycle's (`reporting.cycle.tables`):
 
-- `events`: the reporting store's own copy of every admitted event, unique on `event_id`;
+- `events`: the reporting store's own copy of every admitted event, unique on (agency, event_id);
 - `effective_reports`: the effective report per (quarter, measure, agency), derived from `events`;
 - `quarter_revisions`: bookkeeping, not content: a counter per quarter bumped by every transaction that
   touches the quarter, so that readers can cache a quarter's rollup until it changes.
@@ -98,7 +98,8 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Column("backfilled", sa.Boolean, nullable=False, server_default=sa.false()),
         # When the platform received the report (RFC 3339; the broker's timestamp): what on_time is judged by.
         sa.Column("received_at", sa.String(40), nullable=True),
-        sa.PrimaryKeyConstraint("event_id", name=f"pk_events{tag}"),
+        # An event id is its agency's own (DESIGN.md "Admission rules"): two agencies may use one id.
+        sa.PrimaryKeyConstraint("agency", "event_id", name=f"pk_events{tag}"),
     )
     effective = sa.Table(
         f"effective_reports{suffix}",

@@ -141,6 +141,9 @@ class StoreState:
     revisions: tuple[tuple[FiscalQuarter, int], ...]
     catalog_revision: int
     today: date
+    #: The public's view: the closed quarters (oldest first), the only ones whose reports it counts (the
+    #: revisions above are theirs only). None: the live view of agencies and the secretariat, every quarter.
+    closed: tuple[FiscalQuarter, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,17 +188,33 @@ class QuarterViews:
         """The day (Asia/Tokyo) targets are judged on: today, or the `as_of` moment's day."""
         return (as_of or self._clock()).astimezone(TOKYO).date()
 
-    def state(self, as_of: datetime | None = None) -> tuple[StoreState, CatalogSnapshot]:
-        """The state of the store now, and the catalog snapshot it counts (its revision is in the state)."""
+    def state(self, as_of: datetime | None = None, *, public: bool = False) -> tuple[StoreState, CatalogSnapshot]:
+        """The state of the store now, and the catalog snapshot it counts (its revision is in the state).
+
+        With `public`, the state of the public's view: the closed quarters only, so that every figure computed
+        from it (a measure's latest status, the targets' observations, ratings and overdue counts, the trend)
+        is as of the closed quarters, and a report on an open quarter changes neither it nor its key.
+        """
         snapshot = self.catalog()
         with self._engine.connect() as conn:
             revisions = repository.revisions(conn)
-        ordered = tuple(sorted((FiscalQuarter(fy, q), revision) for (fy, q), revision in revisions.items()))
-        return StoreState(revisions=ordered, catalog_revision=snapshot.revision, today=self.today(as_of)), snapshot
+            closed = tuple(FiscalQuarter(fy, q) for fy, q in closed_quarters(conn, LIVE.cycle)) if public else None
+        ordered = tuple(
+            sorted(
+                (FiscalQuarter(fy, q), revision)
+                for (fy, q), revision in revisions.items()
+                if closed is None or FiscalQuarter(fy, q) in closed
+            )
+        )
+        state = StoreState(ordered, catalog_revision=snapshot.revision, today=self.today(as_of), closed=closed)
+        return state, snapshot
 
-    def key(self, quarter: FiscalQuarter, as_of: datetime | None) -> tuple[ViewKey, CatalogSnapshot]:
-        """The key of a quarter's view in the store's current state, and the catalog to compute it with."""
-        state, snapshot = self.state(as_of)
+    def key(
+        self, quarter: FiscalQuarter, as_of: datetime | None, *, public: bool = False
+    ) -> tuple[ViewKey, CatalogSnapshot]:
+        """The key of a quarter's view in the store's current state (the public's, with `public`), and the
+        catalog to compute it with."""
+        state, snapshot = self.state(as_of, public=public)
         return ViewKey(quarter, as_of, state), snapshot
 
     def view(self, key: ViewKey, snapshot: CatalogSnapshot) -> QuarterView:
@@ -210,8 +229,10 @@ class QuarterViews:
             else:
                 grouped: dict[FiscalQuarter, list[LeadReport]] = defaultdict(list)
                 for report in repository.effective_as_of(conn, as_of=key.as_of):
-                    grouped[report.fiscal_quarter].append(report)
+                    if state.closed is None or report.fiscal_quarter in state.closed:
+                        grouped[report.fiscal_quarter].append(report)
                 datas = {q: quarter_data(q, snapshot.measures, reports) for q, reports in grouped.items()}
+            # A quarter the view does not count (the public's view of an open one) reads as without reports.
             this = datas.get(quarter) or self._quarter_data(conn, snapshot, quarter, None)
             last = datas.get(previous) or self._quarter_data(conn, snapshot, previous, None)
             publication = publication_state(conn, LIVE.cycle, quarter.fiscal_year, quarter.quarter)
@@ -254,10 +275,14 @@ class QuarterViews:
         with self._engine.connect() as conn:
             return is_closed(conn, LIVE.cycle, fiscal_year, quarter)
 
-    def history(self, measure: Measure) -> MeasureHistory:
-        """A measure in every quarter any of its leads reported on, as known now."""
+    def history(self, measure: Measure, *, public: bool = False) -> MeasureHistory:
+        """A measure in every quarter any of its leads reported on, as known now; with `public`, from the
+        closed quarters' reports only (its progress and targets too)."""
         with self._engine.connect() as conn:
             reports = repository.effective_for_measure(conn, measure_id=measure.id)
+            if public:
+                closed = set(closed_quarters(conn, LIVE.cycle))
+                reports = [r for r in reports if (r.fiscal_year, r.quarter) in closed]
         return measure_history(measure, reports, self.today())
 
 

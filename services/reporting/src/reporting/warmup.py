@@ -21,10 +21,12 @@ Refresh = Callable[[], bool]
 
 @dataclass(frozen=True, slots=True)
 class Read:
-    """A document read as known now: its kind (the route's document) and quarter."""
+    """A document read as known now: its kind (the route's document), quarter and audience."""
 
     kind: str
     quarter: FiscalQuarter
+    #: The public's view (closed quarters only) rather than the live one.
+    public: bool = False
 
 
 class RecentReads:

@@ -15,6 +15,7 @@ from urllib.parse import urlencode
 from starlette.types import ASGIApp, Message
 
 from contracts.periods import FiscalQuarter
+from reporting import access
 from reporting.dashboard.models import MeasureHistory, MeasureInfo, MeasureRow, Revision, Rollup, items_of
 from shinchoku_runtime.auth import PRINCIPAL_SCOPE_KEY, Principal
 
@@ -147,6 +148,10 @@ class ApiSource:
         return [Rollup.model_validate(q) for q in quarters if isinstance(q, dict)]
 
     async def last_admitted(self) -> str | None:
+        if access.public_view(self.principal):
+            # The public reads closed quarters only: an admission (most likely to an open quarter) is none of
+            # its business; a restatement of a closed quarter shows in that quarter's rollup.
+            return None
         # /healthz answers 503 with the same body when a dependency is down; the mark is still good.
         _status, body = await asgi_get(self._app, "/healthz", {}, self.principal)
         try:
