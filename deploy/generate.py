@@ -49,8 +49,10 @@ from shinchoku_runtime.natsconf import (
     SERVICE_USERS,
     AuthCallout,
     ServerOptions,
+    client_passwords,
     ensure_secret,
     load_or_create_secrets,
+    password_hashes,
     render_authorization,
     render_config,
     rotate_secret,
@@ -296,9 +298,12 @@ def generate(
     if auth_callout:
         callout = AuthCallout(issuer=callout_issuer(out).public, password=nats[AUTH_CALLOUT_USER])
 
+    # The users' passwords go into the configurations as bcrypt hashes (cached in the 0600 password-hashes.json
+    # so a run with unchanged passwords does not rehash); the route password stays plaintext (nodes dial with it).
+    hashes = password_hashes(client_passwords(nats, callout), out)
     for i in range(1, NATS_NODES + 1):
         options = node_options(i, route_password=nats[ROUTE_USER], auth_callout=callout)
-        write_private(out / "nats" / f"nats-{i}.conf", render_config(options, nats))
+        write_private(out / "nats" / f"nats-{i}.conf", render_config(options, nats, hashes=hashes))
 
     for service in SERVICES:
         write_private(out / "env" / f"{service}.env", _env_file(service_secret_env(service, nats, db, "postgres", app)))
@@ -321,7 +326,7 @@ def generate(
 
     import yaml  # the dev group's; only needed here
 
-    auth_conf = render_authorization(nats, auth_callout=callout)
+    auth_conf = render_authorization(nats, auth_callout=callout, hashes=hashes)
     documents = [
         _secret_manifest("shinchoku-nats-auth", namespace, {"auth.conf": auth_conf}),
         _secret_manifest("shinchoku-streams", namespace, streams_secret_env(nats)),

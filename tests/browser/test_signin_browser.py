@@ -174,3 +174,26 @@ def test_an_agency_account_signs_in_as_its_agency_and_an_account_without_a_role_
     sign_in_at_the_provider(page, "nobody")
     expect(page.get_by_role("alert")).to_contain_text("no Shinchoku role")
     assert not [c for c in page.context.cookies() if c["name"] == "shinchoku_session"]
+
+
+def test_an_id_token_with_another_nonce_signs_nobody_in(
+    browser_page: Page, deployment: tuple[Stack, RunningProvider, str]
+) -> None:
+    """The ID token must carry the nonce this sign-in sent (OIDC Core 3.1.3.7): one minted for another sign-in
+    (replayed, or injected with a stolen code) is refused with a 401 and says why, and no session is set."""
+    stack, idp, _ = deployment
+    page = browser_page
+    idp.provider.id_token_nonce = "a-nonce-of-another-sign-in"
+    try:
+        with page.expect_response(lambda r: "/dashboard/auth/callback" in r.url) as callback:
+            sign_in_at_the_provider(page, "sato")
+        assert callback.value.status == 401
+        expect(page.get_by_role("alert")).to_contain_text("nonce")
+        assert not [c for c in page.context.cookies() if c["name"] == "shinchoku_session"]
+    finally:
+        idp.provider.id_token_nonce = None
+    # The control: the same person with the right nonce signs in.
+    page.context.clear_cookies()
+    sign_in_at_the_provider(page, "sato")
+    page.wait_for_url(lambda url: url.startswith(stack.base_url + "/dashboard") and "/auth/" not in url)
+    expect(page.locator(".viewer")).to_contain_text("secretariat")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -14,6 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
+import bcrypt
 import nats
 import pytest
 import sqlalchemy as sa
@@ -59,7 +61,12 @@ def test_every_generated_file_is_private_and_secrets_are_kept(tmp_path: Path) ->
     after = json.loads((out / "secrets.json").read_text())
     assert after["mof"] != before["mof"]
     assert {k: v for k, v in after.items() if k != "mof"} == {k: v for k, v in before.items() if k != "mof"}
-    assert f'password: "{after["mof"]}"' in (out / "nats" / "nats-2.conf").read_text()
+    # The configuration holds the new password's bcrypt hash (never the password itself).
+    conf = (out / "nats" / "nats-2.conf").read_text()
+    assert after["mof"] not in conf
+    mof_hash = re.search(r'user: "mof"\s*\n\s*password: "([^"]*)"', conf)
+    assert mof_hash is not None
+    assert bcrypt.checkpw(after["mof"].encode(), mof_hash.group(1).encode())
     assert f"password: {after['mof']}" in (out / "agencies" / "mof.txt").read_text()
     assert len(set(after.values())) == len(after), "every user has its own password"
 

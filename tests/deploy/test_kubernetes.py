@@ -5,6 +5,7 @@ generated users included from a Secret; that include is started for real with na
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -139,8 +140,11 @@ def test_nats_helm_values_cluster_jetstream_sync_always(secrets: dict[str, dict[
     assert "auth.conf" in secrets[volume["secret"]["secretName"]]["stringData"]
 
 
-async def test_the_included_users_work_in_a_real_server(secrets: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    """The Secret's auth.conf, included as the chart includes it: agencies and services log in, strangers do not."""
+async def test_the_included_users_work_in_a_real_server(
+    secrets: dict[str, dict[str, Any]], generated: Path, tmp_path: Path
+) -> None:
+    """The Secret's auth.conf, included as the chart includes it: agencies and services log in with the passwords
+    they hold (auth.conf has only their bcrypt hashes), strangers and the hashes themselves do not."""
     text = secrets["shinchoku-nats-auth"]["stringData"]["auth.conf"]
     (tmp_path / "auth").mkdir()
     (tmp_path / "auth" / "auth.conf").write_text(text, "utf-8")
@@ -153,8 +157,10 @@ async def test_the_included_users_work_in_a_real_server(secrets: dict[str, dict[
     )
     checked = subprocess.run([nats_server_binary(), "-t", "-c", str(conf)], capture_output=True, text=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    passwords = dict(re.findall(r'user: "([^"]+)"\s+password: "([^"]+)"', text))
-    assert {"mof", "digital", "catalog", "ingest", "reporting", "admin"} <= set(passwords)
+    hashes = dict(re.findall(r'user: "([^"]+)"\s+password: "([^"]+)"', text))
+    assert {"mof", "digital", "catalog", "ingest", "reporting", "admin"} <= set(hashes)
+    assert all(h.startswith("$2a$") for h in hashes.values()), "auth.conf holds bcrypt hashes only"
+    passwords: dict[str, str] = json.loads((generated / "secrets.json").read_text("utf-8"))
 
     async def login(user: str, password: str) -> bool:
         try:
@@ -174,6 +180,7 @@ async def test_the_included_users_work_in_a_real_server(secrets: dict[str, dict[
         assert await login("mof", passwords["mof"])
         assert await login("ingest", passwords["ingest"])
         assert not await login("mof", passwords["digital"])
+        assert not await login("mof", hashes["mof"])
     finally:
         server.terminate()
         server.wait(10)

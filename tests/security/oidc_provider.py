@@ -10,7 +10,8 @@ It serves what a real provider serves and nothing a test could not meet in a dep
 
 Keys rotate like a real provider's: `rotate()` signs with a new key and publishes it next to the old one;
 `retire()` stops publishing all but the signing key. Tests change `audience` or `access_token_ttl` to get
-tokens for another audience or already expired.
+tokens for another audience or already expired, and `id_token_nonce` to get ID tokens carrying another nonce
+than the sign-in sent (a forged or replayed ID token).
 """
 
 from __future__ import annotations
@@ -153,6 +154,8 @@ class TestIdentityProvider:
         self.keys: list[RSAKey] = [RSAKey.generate_key(2048, auto_kid=True)]
         self.audience: str | list[str] = "shinchoku"
         self.access_token_ttl = 300
+        #: When set, the ID tokens carry this nonce instead of the one the sign-in sent.
+        self.id_token_nonce: str | None = None
         self.codes: dict[str, Code] = {}
         self.jwks_requests = 0
         self.app = self._build_app()
@@ -195,7 +198,7 @@ class TestIdentityProvider:
                     user=req.user,
                     code_challenge=data.get("code_challenge"),
                     code_challenge_method=data.get("code_challenge_method"),
-                    nonce=data.get("nonce"),
+                    nonce=provider.id_token_nonce if provider.id_token_nonce is not None else data.get("nonce"),
                     auth_time=int(time.time()),
                     expires_at=time.time() + 60,
                 )

@@ -25,7 +25,7 @@ from contracts.agencies import Agency
 from reporting.dashboard.session import SESSION_KEY_FILE
 from shinchoku.issuer import EmbeddedIssuer, principal_named
 from shinchoku_runtime.auth.settings import JWKS_FILE, SIGNING_KEY_FILE
-from shinchoku_runtime.natsconf import CONFIG_FILE, SECRETS_FILE
+from shinchoku_runtime.natsconf import CONFIG_FILE, HASHES_FILE, SECRETS_FILE
 from tests.faults.stack import RunningStack
 
 SERVICES = ("catalog", "ingest", "reporting")
@@ -62,7 +62,7 @@ def _environ(pid: int) -> dict[str, str]:
 def test_secrets_files_are_private_and_generated(security_stack: RunningStack) -> None:
     nats_dir = security_stack.data_dir / "nats"
     assert _mode(nats_dir) == 0o700, oct(_mode(nats_dir))
-    for name in (SECRETS_FILE, CONFIG_FILE):
+    for name in (SECRETS_FILE, CONFIG_FILE, HASHES_FILE):
         assert _mode(nats_dir / name) == 0o600, f"{name} is {oct(_mode(nats_dir / name))}"
     secrets = json.loads((nats_dir / SECRETS_FILE).read_text())
     assert {a.value for a in Agency} | set(SERVICES) | {"admin"} <= set(secrets)

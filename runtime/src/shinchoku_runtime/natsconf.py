@@ -1,17 +1,23 @@
 """The nats-server configuration: one user per agency, the secretariat, least-privilege service users, generated
 secrets.
 
-Secrets are generated once per deployment (never defaults) and kept in files readable by the owner only.
+Secrets are generated once per deployment (never defaults) and kept in files readable by the owner only. The
+configuration holds the client users' passwords as bcrypt hashes only (nats-server checks a `$2a$…` password by
+bcrypt); the route password stays plaintext there, since the nodes dial each other with it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import bcrypt
 
 from contracts.agencies import Agency
 from contracts.streams import (
@@ -38,6 +44,14 @@ SERVICE_USERS = ("catalog", "ingest", "reporting", "admin")
 #: The plan's follow-up secretariat (重点計画事務局): a principal of its own, not agency `digital`.
 SECRETARIAT_USER = "secretariat"
 SECRETS_FILE = "secrets.json"
+#: The bcrypt hashes of the users' passwords, cached by (user, password fingerprint) so a restart does not rehash.
+HASHES_FILE = "password-hashes.json"
+#: bcrypt cost of the users' password hashes. nats-server checks the hash on every connection, and a stack opens
+#: many at once (services, replicas, a 3-node cluster). Measured against the wheel's nats-server on the shared
+#: 2-core machine (load ~6): 40 concurrent connects took 0.29 s at cost 6, 0.89 s at cost 8, and at cost 10 (one
+#: check ~60 ms) they ran into nats-py's 2 s connect timeout. The passwords are 144-bit random tokens, so the cost
+#: guards nothing a brute force could reach anyway: the hash keeps the plaintext out of nats.conf.
+BCRYPT_COST = 6
 CONFIG_FILE = "nats.conf"
 
 API = "$JS.API"
@@ -293,23 +307,71 @@ def _with_credentials(route: str, password: str) -> str:
     return f"{scheme}://{ROUTE_USER}:{password}@{rest}"
 
 
-def _authorization(passwords: dict[str, str], callout: AuthCallout | None) -> dict[str, Any]:
+def hash_password(password: str, *, cost: int = BCRYPT_COST) -> str:
+    """A bcrypt hash nats-server accepts as a user's password (`$2a$` prefix, which every nats-server knows)."""
+    return bcrypt.hashpw(password.encode("utf-8"), bcrypt.gensalt(rounds=cost, prefix=b"2a")).decode("ascii")
+
+
+def _fingerprint(password: str) -> str:
+    # Kept in the 0600 hash cache beside secrets.json (which holds the plaintext): it only tells a changed
+    # password from the cached one, it protects nothing.
+    return hashlib.sha256(password.encode("utf-8")).hexdigest()
+
+
+def password_hashes(passwords: Mapping[str, str], directory: Path | None = None) -> dict[str, str]:
+    """Each user's bcrypt hash, from `directory/password-hashes.json` (mode 0600) where the user's password is
+    unchanged, else hashed anew (and cached there when a directory is given)."""
+    path = directory / HASHES_FILE if directory is not None else None
+    cached: dict[str, dict[str, str]] = {}
+    if path is not None and path.exists():
+        cached = json.loads(path.read_text("utf-8"))
+    hashes: dict[str, str] = {}
+    changed = False
+    for user, password in passwords.items():
+        entry = cached.get(user)
+        fingerprint = _fingerprint(password)
+        if entry is None or entry.get("fingerprint") != fingerprint:
+            entry = {"fingerprint": fingerprint, "hash": hash_password(password)}
+            cached[user] = entry
+            changed = True
+        hashes[user] = entry["hash"]
+    if path is not None and (changed or not path.exists()):
+        write_private(path, json.dumps(cached, indent=2, sort_keys=True) + "\n")
+    return hashes
+
+
+def client_passwords(passwords: Mapping[str, str], callout: AuthCallout | None = None) -> dict[str, str]:
+    """The passwords of the configuration's client users (every user's, the callout responder's; not the
+    route's): the ones `render_config`/`render_authorization` write as bcrypt hashes."""
+    users = {user: passwords[user] for user in all_users()}
+    if callout is not None:
+        users[AUTH_CALLOUT_USER] = callout.password
+    return users
+
+
+def _authorization(
+    passwords: dict[str, str], callout: AuthCallout | None, hashes: Mapping[str, str] | None
+) -> dict[str, Any]:
+    clients = client_passwords(passwords, callout)
+    if hashes is None or any(user not in hashes for user in clients):
+        hashes = password_hashes(clients)
     users: list[dict[str, Any]] = []
     for user in all_users():
         perms = permissions_of(user)
-        users.append({"user": user, "password": passwords[user], "permissions": perms.to_conf()})
+        users.append({"user": user, "password": hashes[user], "permissions": perms.to_conf()})
     block: dict[str, Any] = {"users": users}
     if callout is not None:
         responder = Permissions(publish=[], subscribe=[AUTH_CALLOUT_SUBJECT], allow_responses=True).to_conf()
         responder["publish"] = {"deny": [">"]}
-        users.append({"user": AUTH_CALLOUT_USER, "password": callout.password, "permissions": responder})
+        users.append({"user": AUTH_CALLOUT_USER, "password": hashes[AUTH_CALLOUT_USER], "permissions": responder})
         block["auth_callout"] = {"issuer": callout.issuer, "auth_users": [AUTH_CALLOUT_USER, *callout.bypass]}
     return block
 
 
-def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
-    """nats-server configuration text with JetStream (`sync_interval: always`) and every user; TLS, route
-    authorization and auth callout where the options ask for them."""
+def render_config(options: ServerOptions, passwords: dict[str, str], *, hashes: Mapping[str, str] | None = None) -> str:
+    """nats-server configuration text with JetStream (`sync_interval: always`) and every user (bcrypt hashes of
+    their passwords: `hashes` from `password_hashes`, or hashed here); TLS, route authorization and auth callout
+    where the options ask for them."""
     conf: dict[str, Any] = {
         "server_name": options.server_name,
         "host": options.host,
@@ -320,7 +382,7 @@ def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
             # The 2025 Jepsen analysis lost acknowledged writes under the default fsync interval.
             "sync_interval": "always",
         },
-        "authorization": _authorization(passwords, options.auth_callout),
+        "authorization": _authorization(passwords, options.auth_callout, hashes),
     }
     if options.tls is not None:
         conf["tls"] = _tls_block(options.tls, verify=options.client_verify)
@@ -351,8 +413,9 @@ def render_config(options: ServerOptions, passwords: dict[str, str]) -> str:
 def write_config(directory: Path, options: ServerOptions) -> Path:
     """Write `directory/nats.conf` (mode 0600, it holds the secrets) and return its path."""
     passwords = load_or_create_secrets(directory)
+    hashes = password_hashes(client_passwords(passwords, options.auth_callout), directory)
     path = directory / CONFIG_FILE
-    write_private(path, render_config(options, passwords))
+    write_private(path, render_config(options, passwords, hashes=hashes))
     return path
 
 
@@ -360,11 +423,16 @@ def user_url(host: str, port: int, user: str, password: str) -> str:
     return f"nats://{user}:{password}@{host}:{port}"
 
 
-def render_authorization(passwords: dict[str, str], *, auth_callout: AuthCallout | None = None) -> str:
-    """Only the `authorization` block (every user and its permissions, the auth callout when given), for a
-    server config that includes it from a secret (the NATS Helm chart's `$include`)."""
+def render_authorization(
+    passwords: dict[str, str],
+    *,
+    auth_callout: AuthCallout | None = None,
+    hashes: Mapping[str, str] | None = None,
+) -> str:
+    """Only the `authorization` block (every user, its password's bcrypt hash and its permissions, the auth
+    callout when given), for a server config that includes it from a secret (the NATS Helm chart's `$include`)."""
     header = "# Generated by shinchoku: per-agency users, least-privilege services. Do not edit.\n"
-    return header + "authorization: " + _conf_value(_authorization(passwords, auth_callout)) + "\n"
+    return header + "authorization: " + _conf_value(_authorization(passwords, auth_callout, hashes)) + "\n"
 
 
 def ensure_secret(directory: Path, name: str) -> str:

@@ -8,7 +8,9 @@
   the `Origin` header.
 - `GET /dashboard/auth/login` → the provider's authorization endpoint (authorization-code flow, PKCE S256,
   `state` and `nonce`), `GET /dashboard/auth/callback` ← its answer: the code is exchanged with the PKCE
-  verifier (authlib's OAuth 2 client), the access token verified as a bearer token, the session set. The
+  verifier (authlib's OAuth 2 client), the ID token verified (signature by the issuer's JWKS, `iss`, `aud` = the
+  client id, `exp`, and its `nonce` equal to this sign-in's: a token minted for another sign-in or replayed
+  is refused), the access token verified as a bearer token, the session set. The
   flow's state, verifier and nonce travel in a short-lived signed cookie, so any replica can finish it.
 - `POST /dashboard/signout`: ends the session (CSRF-checked too).
 
@@ -212,6 +214,38 @@ async def oidc_login(request: Request) -> Response:
     return response
 
 
+async def _id_token_refusal(
+    verifier: TokenVerifier, id_token: object, client_id: str, flow: dict[str, Any]
+) -> str | None:
+    """Why the provider's ID token cannot stand for this sign-in (OIDC Core 3.1.3.7), or None when it can: signed
+    by a key of the issuer's JWKS, `iss` the issuer, `aud` holding the client id (and `azp` it, when present),
+    not expired, and its `nonce` the one this sign-in sent (kept in the sealed flow cookie)."""
+    if not isinstance(id_token, str) or not id_token:
+        return "the identity provider gave no ID token (the scope must include openid): sign-in refused"
+    checker = TokenVerifier(
+        issuer=verifier.issuer,
+        keys=verifier.keys,
+        audience=client_id,
+        algorithms=verifier.algorithms,
+        leeway=verifier.leeway,
+        mapping=verifier.mapping,
+    )
+    try:
+        claims = await checker.claims(id_token)
+    except InvalidToken as e:
+        return f"the provider's ID token is not valid for this sign-in: {str(e).replace('the token', 'the ID token')}"
+    azp = claims.get("azp")
+    if azp is not None and azp != client_id:
+        return f"the provider's ID token was issued to another client ({azp!r}): sign-in refused"
+    nonce = claims.get("nonce")
+    expected = str(flow.get("nonce") or "")
+    if not isinstance(nonce, str) or not expected or not secrets.compare_digest(nonce, expected):
+        return (
+            "the provider's ID token does not carry this sign-in's nonce (replayed or for another sign-in): try again"
+        )
+    return None
+
+
 @router.get("/dashboard/auth/callback", dependencies=[Depends(access.DASHBOARD)])
 async def oidc_callback(request: Request) -> Response:
     """Back from the provider: check the state, exchange the code with the PKCE verifier, verify, sign in."""
@@ -234,6 +268,12 @@ async def oidc_callback(request: Request) -> Response:
         return _page(request, status_code=502, message=f"the identity provider did not give a token: {e}")
     access_token = str(tokens.get("access_token") or "")
     verifier: TokenVerifier = request.app.state.token_verifier
+    try:
+        refusal = await _id_token_refusal(verifier, tokens.get("id_token"), str(oidc_client_id(request)), flow)
+    except KeysUnavailable as e:
+        return _page(request, status_code=503, message=str(e))
+    if refusal is not None:
+        return _page(request, status_code=401, message=refusal)
     try:
         principal = await verifier.verify(access_token)
     except InvalidToken as e:
