@@ -88,7 +88,7 @@ async def cli(*args: str) -> Result:
 async def test_report_publishes_one_report_that_ingest_admits(ingest: Any, stack: Stack, admin_nc: Client) -> None:
     result = await cli(
         "report", "--agency", "mof", "--measure", "1-25", "--fy", "2024", "--quarter", "3", "--status", "順調",
-        "--progress", "45", "--kpi", "0=62.5@2024-12-31", "--note", "前年同期比で上昇",
+        "--progress", "45", "--kpi", "0=62.5@2024-11-30", "--note", "前年同期比で上昇",
         "--reported-at", "2024-12-20T17:00:00+09:00", "--data-dir", str(stack.data_dir),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -192,11 +192,11 @@ async def test_import_dry_run_checks_the_catalog_and_sends_nothing(
     csv_file = tmp_path / "reports.csv"
     csv_file.write_bytes(
         b"measure_id,fiscal_year,quarter,status,reported_at,kpis\n"
-        b"1-25,2024,3,on_track,2024-12-20T17:00:00+09:00,0=62.5@2024-12-31\n"
+        b"1-25,2024,3,on_track,2024-12-20T17:00:00+09:00,0=62.5@2024-11-30\n"
         b"6-99,2024,3,on_track,2024-12-20T17:00:00+09:00,\n"
         b"2-3,2024,3,on_track,2024-12-20T17:00:00+09:00,\n"
         b"1-25,2024,4,on_track,2024-12-20T17:00:00+09:00,\n"
-        b"1-25,2024,3,on_track,2024-12-20T17:00:00+09:00,5=1@2024-12-31\n"
+        b"1-25,2024,3,on_track,2024-12-20T17:00:00+09:00,5=1@2024-11-30\n"
     )
     result = await cli("import", str(csv_file), "--agency", "mof", "--dry-run", "--data-dir", str(stack.data_dir))
     assert result.exit_code == 1, result.output
