@@ -14,7 +14,7 @@ from typing import Any
 from contracts.agencies import Agency
 from contracts.catalog import SECTION_TITLES, Measure
 from contracts.periods import FiscalQuarter
-from reporting.domain import LeadStanding, MeasureStanding, QuarterRollup, Tally, movement
+from reporting.domain import LeadStanding, MeasureStanding, QuarterRollup, movement
 from reporting.progress import MeasureProgress, TargetStanding, target_standings
 from reporting.schemas import (
     Document,
@@ -54,17 +54,6 @@ def _quarter_fields(quarter: FiscalQuarter) -> dict[str, Any]:
     }
 
 
-def _tally_fields(tally: Tally) -> dict[str, Any]:
-    """A tally's fields as `TallyOut` declares them (every scope's tally has them)."""
-    return {
-        "measures_total": tally.measures_total,
-        "reported": tally.reported,
-        "coverage": tally.coverage,
-        "on_time": tally.on_time,
-        "on_time_rate": tally.on_time_rate,
-        "by_status": dict(tally.by_status),
-    }
-
 
 def _moment(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
@@ -81,23 +70,23 @@ def rollup_document(view: QuarterView) -> RollupOut:
     return RollupOut(
         **_quarter_fields(quarter),
         on_time_deadline=quarter.on_time_deadline.isoformat(),
-        **_tally_fields(rollup.overall),
+        **rollup.overall.fields(),
         by_agency={
             agency.value: ScopeTallyOut(
-                **_tally_fields(rollup.by_agency[agency.value]),
+                **rollup.by_agency[agency.value].fields(),
                 overdue_targets=targets.overdue_by_agency.get(agency.value, 0),
             )
             for agency in Agency
         },
         by_section={
             str(n): SectionTallyOut(
-                **_tally_fields(tally),
+                **tally.fields(),
                 title=SECTION_TITLES.get(n, ""),
                 overdue_targets=targets.overdue_by_section.get(n, 0),
             )
             for n, tally in sorted(rollup.by_section.items())
         },
-        previous=QuarterRefOut(**_quarter_fields(previous.quarter), **_tally_fields(previous.overall)),
+        previous=QuarterRefOut(**_quarter_fields(previous.quarter), **previous.overall.fields()),
         moved_worse=list(view.trend.moved_worse),
         moved_better=list(view.trend.moved_better),
         overdue_targets=targets.overdue,

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from functools import lru_cache
-from typing import Final, Literal, NamedTuple
+from typing import Any, Final, Literal, NamedTuple
 
 from contracts.agencies import Agency
 from contracts.catalog import Measure
@@ -237,6 +237,17 @@ class Tally:
     @property
     def on_time_rate(self) -> float:
         return on_time_rate(self.on_time, self.measures_total)
+
+    def fields(self) -> dict[str, Any]:
+        """The tally as every document states it (the API's `TallyOut`, the published rollup's tallies)."""
+        return {
+            "measures_total": self.measures_total,
+            "reported": self.reported,
+            "coverage": self.coverage,
+            "on_time": self.on_time,
+            "on_time_rate": self.on_time_rate,
+            "by_status": dict(self.by_status),
+        }
 
 
 @dataclass(frozen=True, slots=True)

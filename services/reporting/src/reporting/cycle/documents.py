@@ -20,16 +20,6 @@ from reporting.domain import SECTIONS, Tally, combined_status
 REVIEW_STATES = ("pending", "accepted", "returned")
 
 
-def _tally(tally: Tally) -> dict[str, object]:
-    return {
-        "measures_total": tally.measures_total,
-        "reported": tally.reported,
-        "coverage": tally.coverage,
-        "on_time": tally.on_time,
-        "on_time_rate": tally.on_time_rate,
-        "by_status": dict(tally.by_status),
-    }
-
 
 def build_document(
     quarter: FiscalQuarter,
@@ -69,10 +59,10 @@ def build_document(
             "period_start": quarter.start,
             "period_end": quarter.end,
             "on_time_deadline": quarter.on_time_deadline,
-            **_tally(overall),
-            "by_agency": {agency.value: _tally(by_agency[agency.value]) for agency in Agency},
+            **overall.fields(),
+            "by_agency": {agency.value: by_agency[agency.value].fields() for agency in Agency},
             "by_section": {
-                str(n): {**_tally(t), "title": SECTION_TITLES.get(n, "")} for n, t in sorted(by_section.items())
+                str(n): {**t.fields(), "title": SECTION_TITLES.get(n, "")} for n, t in sorted(by_section.items())
             },
             "review": review,
             "closed": revision is not None,

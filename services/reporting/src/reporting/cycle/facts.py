@@ -21,15 +21,10 @@ from reporting.tables import to_micros
 
 
 @dataclass(frozen=True, slots=True)
-class ReviewFact:
-    """An admitted review: the `reviews` row it makes."""
+class _CycleFact:
+    """An admitted command of the cycle: the row it makes in its table, and what every such row names."""
 
     row: dict[str, Any]
-
-    @property
-    def review_id(self) -> str:
-        value: str = self.row["review_id"]
-        return value
 
     @property
     def quarter(self) -> tuple[int, int]:
@@ -42,23 +37,22 @@ class ReviewFact:
 
 
 @dataclass(frozen=True, slots=True)
-class CloseFact:
-    """An admitted close: the `closes` row it makes."""
+class ReviewFact(_CycleFact):
+    """An admitted review: the `reviews` row it makes."""
 
-    row: dict[str, Any]
+    @property
+    def review_id(self) -> str:
+        value: str = self.row["review_id"]
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class CloseFact(_CycleFact):
+    """An admitted close: the `closes` row it makes."""
 
     @property
     def close_id(self) -> str:
         value: str = self.row["close_id"]
-        return value
-
-    @property
-    def quarter(self) -> tuple[int, int]:
-        return (self.row["fiscal_year"], self.row["quarter"])
-
-    @property
-    def admitted_at_us(self) -> int:
-        value: int = self.row["admitted_at_us"]
         return value
 
 
