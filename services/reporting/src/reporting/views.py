@@ -150,6 +150,8 @@ class QuarterViews:
         self._latest: dict[FiscalQuarter, LatestQuarter] = {}
         #: Each quarter's revision row as the last `state()` read it (what its last bump touched).
         self._touched: dict[FiscalQuarter, repository.QuarterState] = {}
+        #: The latest view of each quarter (live and the public's), reused while nothing it shows changed.
+        self._latest_views: dict[tuple[FiscalQuarter, bool], QuarterView] = {}
         #: (per audience: the live view, the public's)
         self._latest_plans: dict[bool, LatestPlan] = {}
 
@@ -221,19 +223,46 @@ class QuarterViews:
         if key.as_of is not None and publication.published_at is not None:
             if datetime.fromisoformat(publication.published_at) > key.as_of:
                 publication = OPEN
-        if key.as_of is None:  # the same for every quarter's view of this state of the store: computed once
-            plan = self._plans.get(state, lambda: self._plan(state, snapshot, datas)).value
-        else:
+        if key.as_of is not None:
             plan = plan_standing(snapshot.measures, datas.values(), state.today)
-        return QuarterView(
+            return QuarterView(
+                rollup=this.rollup,
+                trend=trend(this.rollup, last.rollup),
+                progress=plan.progress,
+                targets=plan.targets,
+                today=state.today,
+                as_of=key.as_of,
+                publication=publication,
+            )
+        # The same for every quarter's view of this state of the store: computed once.
+        plan = self._plans.get(state, lambda: self._plan(state, snapshot, datas)).value
+        # A change elsewhere leaves this quarter's view as it was (its rollup, the previous quarter's, the plan and
+        # the publication the same objects): the view is the one computed before, and so are its documents.
+        audience = (quarter, state.closed is not None)
+        with self._latest_lock:
+            before = self._latest_views.get(audience)
+        same_trend = before is not None and before.rollup is this.rollup and before.trend.previous is last.rollup
+        if (
+            before is not None
+            and same_trend
+            and before.progress is plan.progress
+            and before.targets is plan.targets
+            and before.today == state.today
+            and before.publication == publication
+        ):
+            return before
+        view = QuarterView(
             rollup=this.rollup,
-            trend=trend(this.rollup, last.rollup),
+            trend=before.trend if before is not None and same_trend else trend(this.rollup, last.rollup),
             progress=plan.progress,
             targets=plan.targets,
             today=state.today,
-            as_of=key.as_of,
+            as_of=None,
             publication=publication,
         )
+        with self._latest_lock:
+            self._latest_views[audience] = view
+        return view
 
     def _quarter_data(
         self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int | None
