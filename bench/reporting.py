@@ -171,17 +171,19 @@ def children(pid: int) -> list[int]:
 class Service:
     """`python -m reporting` as a child process on a free port (under py-spy when profiling)."""
 
-    def __init__(self, env: dict[str, str], log: Path, profile: Path | None = None) -> None:
-        """`profile`: a directory for py-spy's output."""
+    def __init__(self, env: dict[str, str], log: Path, profile: Path | None = None, python: str | None = None) -> None:
+        """`profile`: a directory for py-spy's output; `python`: the interpreter whose `reporting` runs (another
+        worktree's, to compare with another version of the service)."""
         self.env = env
         self.log = log
         self.profile = profile
+        self.python = python or sys.executable
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         out = self.log.open("ab")
         spy = spy_argv(self.profile.parent, self.profile.name) if self.profile else []
-        argv = [*spy, sys.executable, "-m", "reporting"]
+        argv = [*spy, self.python, "-m", "reporting"]
         self.process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     @property
@@ -491,7 +493,8 @@ async def main() -> None:
     parser.add_argument("--skip-untraced", action="store_true", help="drain once only (with tracing)")
     args = parser.parse_args()
 
-    print(f"reporting benchmark: {args.events:,} events; {load()}", flush=True)
+    service_python = args.service_python or sys.executable
+    print(f"reporting benchmark: {args.events:,} events, the service run by {service_python}; {load()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="shinchoku-bench-reporting-"))
     server = NatsServer.create(tmp / "nats")
     # Loading is set-up, not measured: it runs on the same store without `sync_interval: always` (an fsync per
@@ -551,7 +554,7 @@ async def main() -> None:
                         await admin.jetstream().delete_consumer("ACCEPTED", "reporting")
                         drop_store(database_url)
                     profile = args.profile / f"service-{label}" if args.profile else None
-                    service = Service({**env, **extra}, tmp / f"reporting-{label}.log", profile)
+                    service = Service({**env, **extra}, tmp / f"reporting-{label}.log", profile, args.service_python)
                     service.start()
                     await wait_healthy(base)
                     pid, nats_pid = service.pid, server.process.pid if server.process else 0
