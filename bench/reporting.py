@@ -486,6 +486,9 @@ async def main() -> None:
         "--restatements", type=int, default=100, help="changes to closed quarters, each timed to its restated event"
     )
     parser.add_argument("--consumer-only", action="store_true", help="drain only (no latency, cycle or rebuild phase)")
+    parser.add_argument(
+        "--service-python", default=None, help="run the service with this interpreter (another worktree's .venv)"
+    )
     parser.add_argument("--postgres", action="store_true", help="the store on a fresh PostgreSQL database")
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
