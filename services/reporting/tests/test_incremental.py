@@ -126,10 +126,10 @@ def test_a_reader_updates_by_what_each_transaction_touched(engine: Engine, monke
     counting = False
     real = repository.effective_for_quarter
 
-    def counted(conn: Any, *, fiscal_year: int, quarter: int) -> list[LeadReport]:
+    def counted(conn: Any, *, fiscal_year: int, quarter: int, **kw: Any) -> list[LeadReport]:
         if counting:
             full_reads.append((fiscal_year, quarter))
-        reports: list[LeadReport] = real(conn, fiscal_year=fiscal_year, quarter=quarter)
+        reports: list[LeadReport] = real(conn, fiscal_year=fiscal_year, quarter=quarter, **kw)
         return reports
 
     monkeypatch.setattr(views.repository, "effective_for_quarter", counted)
