@@ -220,11 +220,12 @@ async def oidc_login(request: Request) -> Response:
 
 
 async def _id_token_refusal(
-    verifier: TokenVerifier, id_token: object, client_id: str, flow: dict[str, Any]
+    verifier: TokenVerifier, id_token: object, access_token: str, client_id: str, flow: dict[str, Any]
 ) -> str | None:
     """Why the provider's ID token cannot stand for this sign-in (OIDC Core 3.1.3.7), or None when it can: signed
     by a key of the issuer's JWKS, `iss` the issuer, `aud` holding the client id (and `azp` it, when present),
-    not expired, and its `nonce` the one this sign-in sent (kept in the sealed flow cookie)."""
+    not expired, its `nonce` the one this sign-in sent (kept in the sealed flow cookie), and its `sub` the access
+    token's."""
     if not isinstance(id_token, str) or not id_token:
         return "the identity provider gave no ID token (the scope must include openid): sign-in refused"
     checker = TokenVerifier(
@@ -248,6 +249,13 @@ async def _id_token_refusal(
         return (
             "the provider's ID token does not carry this sign-in's nonce (replayed or for another sign-in): try again"
         )
+    # The ID token says who signed in, the access token what they may do: both must name the same person.
+    try:
+        access = await verifier.claims(access_token)
+    except InvalidToken:
+        return None  # the access token's own verification, next, says why it cannot stand
+    if claims.get("sub") != access.get("sub"):
+        return "the provider's ID token and access token name different people (sub): sign-in refused"
     return None
 
 
@@ -274,7 +282,9 @@ async def oidc_callback(request: Request) -> Response:
     access_token = str(tokens.get("access_token") or "")
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        refusal = await _id_token_refusal(verifier, tokens.get("id_token"), str(oidc_client_id(request)), flow)
+        refusal = await _id_token_refusal(
+            verifier, tokens.get("id_token"), access_token, str(oidc_client_id(request)), flow
+        )
     except KeysUnavailable as e:
         return _page(request, status_code=503, message=str(e))
     if refusal is not None:
