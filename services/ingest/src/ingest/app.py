@@ -33,13 +33,12 @@ from ingest.publishing import PubAcks, Publisher
 from ingest.reconciler import OutboxStatus, Reconciler, Republisher
 from ingest.settling import Settler
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
-from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
-from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
+from shinchoku_runtime.service import service_app
 from shinchoku_runtime.streamdefs import StreamDiffers, StreamMissing, check_streams
-from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
+from shinchoku_runtime.telemetry import init_tracing, instrument_engine
 
 #: The streams ingest reads or writes: checked against the shared definition at start-up (never changed).
 INGEST_STREAMS = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)
@@ -259,17 +258,15 @@ def create_app(
 ) -> FastAPI:
     runtime = IngestRuntime(settings or IngestSettings(), tracer_provider=tracer_provider, auth=auth)
 
-    app = FastAPI(
+    app = service_app(
+        runtime,
         title="Shinchoku ingest",
         summary="Admits each ministry status event exactly once, or rejects it with a reason code",
         version="1.0.0",
-        lifespan=lifespan_of(runtime),
+        verifier=runtime.verifier,
+        registry=runtime.registry,
+        tracer_provider=runtime.tracer_provider,
+        routers=[router],
     )
     app.state.runtime = runtime
-    install_error_handlers(app)
-    install_auth(app, runtime.verifier)
-    add_metrics_route(app, runtime.registry)
-    add_liveness_route(app)
-    app.include_router(router)
-    instrument_app(app, runtime.tracer_provider)
     return app
