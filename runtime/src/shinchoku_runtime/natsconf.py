@@ -4,6 +4,9 @@ secrets.
 Secrets are generated once per deployment (never defaults) and kept in files readable by the owner only. The
 configuration holds the client users' passwords as bcrypt hashes only (nats-server checks a `$2a$…` password by
 bcrypt); the route password stays plaintext there, since the nodes dial each other with it.
+
+One module of ~450 lines on purpose: the users, what each may do on the broker and the configuration text that
+grants it are one least-privilege policy, written and checked together (tests/security read it as the one place).
 """
 
 from __future__ import annotations
@@ -185,6 +188,12 @@ def service_permissions(user: str) -> Permissions:
                 *_stream_reads(accepted),
                 # Closed quarters' publications and restatements (the reporting cycle): reporting only.
                 *PUBLICATIONS_STREAM.subjects,
+                # The reviews a signed-in secretariat sends from the dashboard's measure page (onto STATUS, acked
+                # on its inbox). Reviews only, never closes or backfills. The subject grants no authority: ingest
+                # admits a review only with a verified bearer token of the secretariat in the message, and
+                # reporting holds no key that can mint one, so it can only pass on the token the signed-in
+                # person gave it; ingest records that person as the sender (reporting.dashboard.review).
+                f"{REVIEW_SUBJECT_PREFIX}.>",
                 # The alerts it raises and resolves (ALERTS), and the publications it reads.
                 f"{ALERT_SUBJECT_PREFIX}.>",
                 *_stream_reads(ALERTS_STREAM.name),

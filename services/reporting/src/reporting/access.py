@@ -8,6 +8,7 @@ Declared here and nowhere else; the routes take these gates and call these narro
 | the same for an **open** quarter, or `as_of` an earlier moment | 401 | ✓ | ✓ | 403 |
 | `GET /alerts`, `/dashboard/alerts` | 401 | its own (another's: 403) | all | 403 |
 | `GET /metrics` | 401 | 403 | 403 | ✓ (`shinchoku_runtime.service`) |
+| `POST /dashboard/review` (the measure page's review form) | 401 | 403 | ✓ | 403 |
 | `GET /healthz`, `GET /livez`, the dashboard's static files | ✓ | ✓ | ✓ | ✓ |
 
 An open quarter's figures are live and unreviewed; a note may say anything and `reporter` is a person's name,
@@ -34,7 +35,7 @@ from fastapi import Depends
 
 from contracts.periods import FiscalQuarter
 from reporting.schemas import HistoryItemOut, HistoryOut, LeadOut, MeasureItemOut, YearOut
-from shinchoku_runtime.auth import Forbidden, Principal, Role, ensure, public, require
+from shinchoku_runtime.auth import Principal, Role, ensure, own_agency_filter, public, require
 
 #: Those who read open quarters, notes and reporter names.
 LIVE_READERS = frozenset({Role.agency, Role.secretariat})
@@ -48,6 +49,9 @@ ALERT_READERS = require(Role.agency, Role.secretariat, note="agency: its own ale
 OPEN = public(note="no data of any agency")
 #: The dashboard's pages: anyone; what they show is what the API shows the signed-in principal.
 DASHBOARD = public(note="the API's rules, for the principal of the session")
+#: The measure page's review form (`POST /dashboard/review`): the secretariat only, with the form's CSRF token;
+#: ingest then admits the review by the secretariat's own bearer token, which the route passes on.
+REVIEWERS = require(Role.secretariat, note="the dashboard's review form; CSRF-checked; published with the token")
 
 Reader = Annotated[Principal, Depends(READERS)]
 AlertReader = Annotated[Principal, Depends(ALERT_READERS)]
@@ -130,9 +134,4 @@ def year(principal: Principal, store: object, doc: YearOut, *, as_of: object = N
 
 def alerts_owner(principal: Principal, requested: str | None) -> str | None:
     """The `agency` filter of `/alerts` for `principal`: an agency reads its own only (naming another: 403)."""
-    if principal.role is Role.agency:
-        own = str(principal.agency)
-        if requested not in (None, own):
-            raise Forbidden(f"{principal.label} may read its own alerts only, not {requested}'s")
-        return own
-    return requested
+    return own_agency_filter(principal, requested, "alerts")

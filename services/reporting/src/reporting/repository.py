@@ -5,6 +5,9 @@ here (`LIVE`, `Store`, `to_micros`, `tune`, …) are re-exported. Effective repo
 report wins" (`domain.EFFECTIVE_ORDER`): both of its SQL renderings below (the upsert's condition and the
 ranking of `effective_as_of`) are generated from `ORDER_COLUMNS`, and tests/test_effective_order.py checks them
 against the domain on SQLite and on PostgreSQL.
+
+One module of ~450 lines on purpose: every statement on the store's tables in one place (CONVENTIONS.md: all SQL
+in `repository.py`), the tables themselves split out already; what remains is one SQL function per need.
 """
 
 from __future__ import annotations
