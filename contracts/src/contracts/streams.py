@@ -186,10 +186,12 @@ SOURCE_HEADER_SLACK_BYTES = 8 * 1024
 
 #: Default share of one agency (the administrator's `streams apply` may set others: `AgencyQuota`). Honest use
 #: is small: `digital` leads 114 measures; at a few reports of ~2-4 KiB per measure and quarter that is well under
-#: 10 MiB and 2,000 messages a year, so 1 GiB / 200,000 messages is decades of reporting, and a runaway client
-#: stops there.
-AGENCY_STATUS_MAX_BYTES = 1024 * 1024 * 1024
-AGENCY_STATUS_MAX_MSGS = 200_000
+#: 10 MiB and 2,000 messages a year, so 256 MiB / 100,000 messages is decades of reporting, and a runaway client
+#: stops there. JetStream reserves a stream's `max_bytes` on each node that holds it: the 17 shares take
+#: 17 x 256 MiB = 4.25 GiB of every node's JetStream storage up front (a stream that does not fit is refused with
+#: "insufficient storage"), which also means no other stream can take an agency's share from it.
+AGENCY_STATUS_MAX_BYTES = 256 * 1024 * 1024
+AGENCY_STATUS_MAX_MSGS = 100_000
 
 
 def agency_status_stream(agency: Agency | str) -> str:
