@@ -59,6 +59,7 @@ __all__ = [
     "EffectiveRow",
     "EventRow",
     "Store",
+    "admitted_report",
     "all_effective",
     "bump_revisions",
     "count_rows",
@@ -78,6 +79,7 @@ __all__ = [
     "lock_for_swap",
     "parse_kpis",
     "rename_tables",
+    "review_applied",
     "revisions",
     "store_tables",
     "table_rows",
@@ -431,6 +433,25 @@ def effective_as_of(
     )
     stmt = sa.select(*(ranked.c[c.name] for c in _report_columns(ev))).where(ranked.c.rank == 1)
     return [_lead_report(row) for row in conn.execute(stmt)]
+
+
+def admitted_report(
+    conn: Connection, *, agency: str, event_id: str, store: Store = LIVE
+) -> tuple[str, int, int] | None:
+    """(measure_id, fiscal_year, quarter) of `agency`'s admitted report `event_id`, or None (the review form's
+    check that a review names a report)."""
+    ev = store.events
+    stmt = sa.select(ev.c.measure_id, ev.c.fiscal_year, ev.c.quarter).where(
+        ev.c.agency == agency, ev.c.event_id == event_id
+    )
+    row = conn.execute(stmt).first()
+    return (str(row[0]), int(row[1]), int(row[2])) if row is not None else None
+
+
+def review_applied(conn: Connection, *, review_id: str, store: Store = LIVE) -> bool:
+    """Whether the review `review_id` has been admitted and applied to this store."""
+    reviews = store.cycle.reviews
+    return conn.execute(sa.select(reviews.c.review_id).where(reviews.c.review_id == review_id)).first() is not None
 
 
 def has_events(conn: Connection, *, store: Store = LIVE) -> bool:

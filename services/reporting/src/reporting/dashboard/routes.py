@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +18,7 @@ from reporting.access import DashboardReader
 from reporting.dashboard import view
 from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
 from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
-from reporting.dashboard.review import drop_flash, take_flash
+from reporting.dashboard.review import drop_flash, new_ticket, take_flash
 from reporting.dashboard.review import router as review_router
 from reporting.dashboard.session import csrf_token, keep_csrf
 from reporting.dashboard.signin import router as signin_router
@@ -201,7 +200,7 @@ async def measure(request: Request, measure_id: str, source: SourceDep, principa
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
     # Reviews are of the reports as they stand: not from a view of an earlier moment.
     context["can_review"] = viewer(principal).role is Role.secretariat and state.as_of is None
-    context["new_review_id"] = lambda: str(uuid.uuid4())
+    context["new_ticket"] = lambda: new_ticket(request.app.state.dashboard_sessions)
     context["flash"] = take_flash(request)
     response = render(request, "measure.html", context)
     drop_flash(response, request)
