@@ -5,6 +5,9 @@ here (`LIVE`, `Store`, `to_micros`, `tune`, …) are re-exported. Effective repo
 report wins" (`domain.EFFECTIVE_ORDER`): both of its SQL renderings below (the upsert's condition and the
 ranking of `effective_as_of`) are generated from `ORDER_COLUMNS`, and tests/test_effective_order.py checks them
 against the domain on SQLite and on PostgreSQL.
+
+One module of ~450 lines on purpose: every statement on the store's tables in one place (CONVENTIONS.md: all SQL
+in `repository.py`), the tables themselves split out already; what remains is one SQL function per need.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ __all__ = [
     "Store",
     "Touched",
     "TouchedSince",
+    "admitted_report",
     "all_effective",
     "bump_revisions",
     "count_rows",
@@ -82,6 +86,7 @@ __all__ = [
     "prebuilt",
     "quarter_states",
     "rename_tables",
+    "review_applied",
     "revisions",
     "store_tables",
     "table_rows",
@@ -556,6 +561,25 @@ def effective_as_of(
     )
     stmt = sa.select(*(ranked.c[c.name] for c in _report_columns(ev))).where(ranked.c.rank == 1)
     return [_lead_report(row) for row in conn.execute(stmt)]
+
+
+def admitted_report(
+    conn: Connection, *, agency: str, event_id: str, store: Store = LIVE
+) -> tuple[str, int, int] | None:
+    """(measure_id, fiscal_year, quarter) of `agency`'s admitted report `event_id`, or None (the review form's
+    check that a review names a report)."""
+    ev = store.events
+    stmt = sa.select(ev.c.measure_id, ev.c.fiscal_year, ev.c.quarter).where(
+        ev.c.agency == agency, ev.c.event_id == event_id
+    )
+    row = conn.execute(stmt).first()
+    return (str(row[0]), int(row[1]), int(row[2])) if row is not None else None
+
+
+def review_applied(conn: Connection, *, review_id: str, store: Store = LIVE) -> bool:
+    """Whether the review `review_id` has been admitted and applied to this store."""
+    reviews = store.cycle.reviews
+    return conn.execute(sa.select(reviews.c.review_id).where(reviews.c.review_id == review_id)).first() is not None
 
 
 def has_events(conn: Connection, *, store: Store = LIVE) -> bool:
