@@ -113,7 +113,7 @@ def summary_table(part: dict[str, Any]) -> Table:
     if "moved_worse" in part and "moved_better" in part:
         table.add_row("moved", "", f"{len(part['moved_worse'])} worse, {len(part['moved_better'])} better than before")
     if isinstance(part.get("overdue_targets"), int):
-        table.add_row("targets overdue", str(part["overdue_targets"]), "due date passed, measure not completed")
+        table.add_row("targets overdue", str(part["overdue_targets"]), "due date passed, target not met")
     return table
 
 
