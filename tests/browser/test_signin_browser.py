@@ -197,3 +197,25 @@ def test_an_id_token_with_another_nonce_signs_nobody_in(
     sign_in_at_the_provider(page, "sato")
     page.wait_for_url(lambda url: url.startswith(stack.base_url + "/dashboard") and "/auth/" not in url)
     expect(page.locator(".viewer")).to_contain_text("secretariat")
+
+
+def test_an_id_token_naming_another_person_signs_nobody_in(
+    browser_page: Page, deployment: tuple[Stack, RunningProvider, str]
+) -> None:
+    """The ID token says who signed in; the access token says what they may do. When they name different people
+    (`sub`), neither can stand for the sign-in: a 401 that says why, and no session."""
+    stack, idp, _ = deployment
+    page = browser_page
+    idp.provider.id_token_subject = "someone-else"
+    try:
+        with page.expect_response(lambda r: "/dashboard/auth/callback" in r.url) as callback:
+            sign_in_at_the_provider(page, "sato")
+        assert callback.value.status == 401
+        expect(page.get_by_role("alert")).to_contain_text("different people")
+        assert not [c for c in page.context.cookies() if c["name"] == "shinchoku_session"]
+    finally:
+        idp.provider.id_token_subject = None
+    page.context.clear_cookies()
+    sign_in_at_the_provider(page, "sato")
+    page.wait_for_url(lambda url: url.startswith(stack.base_url + "/dashboard") and "/auth/" not in url)
+    expect(page.locator(".viewer")).to_contain_text("secretariat")

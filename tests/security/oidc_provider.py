@@ -156,6 +156,7 @@ class TestIdentityProvider:
         self.access_token_ttl = 300
         #: When set, the ID tokens carry this nonce instead of the one the sign-in sent.
         self.id_token_nonce: str | None = None
+        self.id_token_subject: str | None = None
         self.codes: dict[str, Code] = {}
         self.jwks_requests = 0
         self.app = self._build_app()
@@ -232,7 +233,7 @@ class TestIdentityProvider:
                 return {"iss": provider.issuer, "aud": [c.get_client_id()], "exp": int(time.time()) + 300}
 
             def generate_user_info(self, user: User, scope: str) -> UserInfo:
-                return UserInfo(sub=user.sub, name=user.name, **user.claims)
+                return UserInfo(sub=provider.id_token_subject or user.sub, name=user.name, **user.claims)
 
         class AccessTokens(JWTBearerTokenGenerator):  # type: ignore[misc]
             def get_jwks(self) -> KeySet:

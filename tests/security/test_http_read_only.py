@@ -5,9 +5,12 @@ route table (built in-process, so routes left out of the OpenAPI document count 
 service's OpenAPI document, and real HTTP against the running stack, where POST, PUT, PATCH and DELETE on
 every route must answer 405 with an `Allow` header that names no writing method.
 
-The one exception is the dashboard's session (issue #16): `POST /dashboard/signin` and `/dashboard/signout`
+The exceptions: the dashboard's session (issue #16): `POST /dashboard/signin` and `/dashboard/signout`
 set or clear the browser's session cookie and write nothing else; each refuses a post without the form's CSRF
-token (403), which is what is checked here for them.
+token (403), which is what is checked here for them. And the secretariat's review form (issue #17),
+`POST /dashboard/review`: it writes nothing over HTTP either, it publishes the signed-in secretariat's review
+on NATS for ingest to decide; without a session or token it answers 401 (tests/security/test_dashboard_reviews.py
+and services/reporting/tests/test_dashboard_review.py check the rest).
 """
 
 from __future__ import annotations
@@ -35,7 +38,13 @@ SERVICES = ("catalog", "ingest", "reporting")
 READ = {"GET", "HEAD"}
 WRITE = ("POST", "PUT", "PATCH", "DELETE")
 #: Routes that change a browser's session, not data: (service, path) → the one writing method each takes.
-SESSION_ROUTES = {("reporting", "/dashboard/signin"): "POST", ("reporting", "/dashboard/signout"): "POST"}
+SESSION_ROUTES = {
+    ("reporting", "/dashboard/signin"): "POST",
+    ("reporting", "/dashboard/signout"): "POST",
+    ("reporting", "/dashboard/review"): "POST",
+}
+#: What an anonymous post without the form's CSRF token gets on each of them.
+REFUSED_WITHOUT_FORM = {"/dashboard/review": 401}
 SAMPLE_PARAMS = {
     "event_id": str(uuid.UUID(int=1)),
     "fiscal_year": "2024",
@@ -154,7 +163,8 @@ def test_every_route_refuses_writes_over_http(
                 response = http.request(method, path, json={"status": "completed"})
                 answers[f"{method} {template}"] = response.status_code
                 if SESSION_ROUTES.get((service, template)) == method:
-                    if response.status_code != 403:  # no CSRF token: refused, nothing signed in or out
+                    # No CSRF token (nor session): refused, nothing signed in or out, no review sent.
+                    if response.status_code != REFUSED_WITHOUT_FORM.get(template, 403):
                         wrong.append(f"{method} {path} without the form's CSRF token → {response.status_code}")
                     continue
                 allow = {m.strip().upper() for m in response.headers.get("allow", "").split(",") if m.strip()}

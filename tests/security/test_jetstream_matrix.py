@@ -1,7 +1,8 @@
 """Every NATS user of the platform against the JetStream API: nobody but the administrative identity changes a
 stream, deletes or purges what a log holds, takes over another's durable consumer or hears another's inbox.
 
-One matrix over every user (the 17 agencies, the secretariat, the three services) and six attacks. Each attack is
+One matrix over every user (the 17 agencies, the secretariat, the three services) and seven attacks, plus
+publishing the secretariat's commands (refused to all but the secretariat; reporting may publish reviews only). Each attack is
 sent as the raw API request a client library would send; the broker must refuse it (a permissions violation), and
 afterwards the administrator sees every stream, message and consumer as it was.
 """
@@ -24,7 +25,7 @@ from contracts.streams import (
     STATUS_STREAM,
     agency_inbox_prefix,
 )
-from shinchoku_runtime.natsconf import all_users
+from shinchoku_runtime.natsconf import SECRETARIAT_USER, all_users
 from shinchoku_runtime.natsserver import NatsServer
 
 API = "$JS.API"
@@ -68,7 +69,22 @@ def attacks_of(user: str) -> list[Attack]:
         ),
         Attack("another's inbox", f"{other_inbox}.>", b"", subscribe=True),
         Attack("the shared inbox", "_INBOX.>", b"", subscribe=True),
+        *(Attack(f"the secretariat's {s.split('.')[0]}", s, b"{}") for s in commands_refused(user)),
     ]
+
+
+#: The secretariat's commands (onto STATUS, where ingest decides each by the sender's bearer token).
+COMMANDS = ("review.mof.1-25", "close.2024.3", "backfill.mof.1-25")
+
+
+def commands_refused(user: str) -> tuple[str, ...]:
+    """The commands the broker refuses to `user`: all but to the secretariat; reporting publishes reviews (the
+    dashboard's review form, each with the signed-in secretariat's own token: test_dashboard_reviews.py)."""
+    if user == SECRETARIAT_USER:
+        return ()
+    if user == "reporting":
+        return tuple(c for c in COMMANDS if not c.startswith("review."))
+    return COMMANDS
 
 
 async def _attack(server: NatsServer, user: str) -> list[str]:

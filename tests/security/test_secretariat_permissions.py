@@ -16,6 +16,8 @@ from shinchoku_runtime.natsclient import connect, ensure_streams, stream_config
 from shinchoku_runtime.natsconf import SECRETARIAT_USER
 from shinchoku_runtime.natsserver import NatsServer
 
+COMMANDS = ("review.mof.1-25", "close.2024.3", "backfill.mof.1-25")
+
 
 async def _connect(server: NatsServer, user: str, errors: list[str]) -> Client:
     async def error_cb(e: Exception) -> None:
@@ -93,14 +95,28 @@ async def test_the_secretariat_hears_nothing_else(nats_server: NatsServer, subje
 async def test_nobody_else_publishes_the_secretariats_commands(
     nats_server: NatsServer, admin_nc: Client, user: str
 ) -> None:
+    """Reporting is the one exception, for reviews only: the dashboard's review form publishes the signed-in
+    secretariat's reviews (each with that person's own token, which ingest verifies:
+    tests/security/test_dashboard_reviews.py); it never publishes a close or a backfill."""
     errors: list[str] = []
     nc = await _connect(nats_server, user, errors)
     js = nc.jetstream()
-    for subject in ("review.mof.1-25", "close.2024.3", "backfill.mof.1-25"):
+    refused = ("close.2024.3", "backfill.mof.1-25") if user == "reporting" else COMMANDS
+    for subject in refused:
         with pytest.raises(NatsTimeoutError):
             await js.publish(subject, b"{}", stream="STATUS", timeout=0.3)
     await nc.close()
     assert (await admin_nc.jetstream().stream_info("STATUS")).state.messages == 0
+
+
+async def test_reporting_publishes_reviews_for_the_dashboard(nats_server: NatsServer, admin_nc: Client) -> None:
+    errors: list[str] = []
+    nc = await _connect(nats_server, "reporting", errors)
+    ack = await nc.jetstream().publish("review.mof.1-25", b"{}", stream="STATUS", timeout=2)
+    assert ack.stream == "STATUS"
+    await nc.close()
+    info = await admin_nc.jetstream().stream_info("STATUS", subjects_filter=">")
+    assert dict(info.state.subjects or {}) == {"review.mof.1-25": 1}
 
 
 async def test_ensure_streams_brings_streams_from_before_the_cycle_to_their_subjects(

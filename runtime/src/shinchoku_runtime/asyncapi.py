@@ -141,7 +141,9 @@ INGEST_RECEIVES = (
         _agency_measure(REVIEW_SUBJECT_PREFIX),
         ReviewEvent,
         "The secretariat's review of an admitted report (the report's agency and measure), with its sender's "
-        "bearer token in the NATS header `Authorization: Bearer …`. Admitted on `reviewed.{agency}.{measure_id}`, "
+        "bearer token in the NATS header `Authorization: Bearer …`. Published by the secretariat's user, or by "
+        "reporting for a secretariat signed in to the dashboard (with that person's own token: ingest decides by "
+        "the token, never by the publishing user). Admitted on `reviewed.{agency}.{measure_id}`, "
         "or rejected on `rejected.secretariat`.",
         REVIEW_SUBJECT_PREFIX,
     ),

@@ -185,6 +185,12 @@ def service_permissions(user: str) -> Permissions:
                 *_stream_reads(accepted),
                 # Closed quarters' publications and restatements (the reporting cycle): reporting only.
                 *PUBLICATIONS_STREAM.subjects,
+                # The reviews a signed-in secretariat sends from the dashboard's measure page (onto STATUS, acked
+                # on its inbox). Reviews only, never closes or backfills. The subject grants no authority: ingest
+                # admits a review only with a verified bearer token of the secretariat in the message, and
+                # reporting holds no key that can mint one, so it can only pass on the token the signed-in
+                # person gave it; ingest records that person as the sender (reporting.dashboard.review).
+                f"{REVIEW_SUBJECT_PREFIX}.>",
                 # The alerts it raises and resolves (ALERTS), and the publications it reads.
                 f"{ALERT_SUBJECT_PREFIX}.>",
                 *_stream_reads(ALERTS_STREAM.name),

@@ -8,6 +8,7 @@ Declared here and nowhere else; the routes take these gates and call these narro
 | the same for an **open** quarter, or `as_of` an earlier moment | 401 | ✓ | ✓ | 403 |
 | `GET /alerts`, `/dashboard/alerts` | 401 | its own (another's: 403) | all | 403 |
 | `GET /metrics` | 401 | 403 | 403 | ✓ (`shinchoku_runtime.service`) |
+| `POST /dashboard/review` (the measure page's review form) | 401 | 403 | ✓ | 403 |
 | `GET /healthz`, `GET /livez`, the dashboard's static files | ✓ | ✓ | ✓ | ✓ |
 
 An open quarter's figures are live and unreviewed; a note may say anything and `reporter` is a person's name,
@@ -48,6 +49,9 @@ ALERT_READERS = require(Role.agency, Role.secretariat, note="agency: its own ale
 OPEN = public(note="no data of any agency")
 #: The dashboard's pages: anyone; what they show is what the API shows the signed-in principal.
 DASHBOARD = public(note="the API's rules, for the principal of the session")
+#: The measure page's review form (`POST /dashboard/review`): the secretariat only, with the form's CSRF token;
+#: ingest then admits the review by the secretariat's own bearer token, which the route passes on.
+REVIEWERS = require(Role.secretariat, note="the dashboard's review form; CSRF-checked; published with the token")
 
 Reader = Annotated[Principal, Depends(READERS)]
 AlertReader = Annotated[Principal, Depends(ALERT_READERS)]

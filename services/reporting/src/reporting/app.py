@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from prometheus_client import CollectorRegistry
 
 from contracts.catalog import Measure
-from contracts.streams import ACCEPTED_STREAM, ALERTS_STREAM, REPORTING_DURABLE
+from contracts.streams import ACCEPTED_STREAM, ALERTS_STREAM, REPORTING_DURABLE, STATUS_STREAM
 from reporting import access, api, dashboard, repository
 from reporting.alerts import api as alerts_api
 from reporting.alerts import panel as alerts_panel
@@ -200,6 +200,15 @@ class ReportingService:
             except Exception as e:  # e.g. the stream is not there yet: keep trying
                 log.warning("consumer stopped (%s: %s); restarting", type(e).__name__, e)
                 await asyncio.sleep(2)
+
+    async def publish_review(self, subject: str, data: bytes, token: str) -> None:
+        """Publish a review the dashboard sends for the signed-in secretariat onto STATUS, with that person's bearer
+        token (ingest admits it by the token, as from `shinchoku review`: `reporting.dashboard.review`)."""
+        if self._nc is None or not self._nc.is_connected:
+            raise ConnectionError("reporting is not connected to NATS")
+        await self._nc.jetstream().publish(
+            subject, data, stream=STATUS_STREAM.name, timeout=5.0, headers={"Authorization": f"Bearer {token}"}
+        )
 
     def health_checks(self) -> dict[str, bool]:
         database = True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,12 +19,15 @@ from reporting.access import DashboardReader
 from reporting.dashboard import view
 from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
 from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
+from reporting.dashboard.review import drop_flash, take_flash
+from reporting.dashboard.review import router as review_router
 from reporting.dashboard.session import csrf_token, keep_csrf
 from reporting.dashboard.signin import router as signin_router
 from reporting.dashboard.signin import viewer
 from reporting.dashboard.source import ApiSource, RollupSource, SourceError
 from reporting.dashboard.state import BadState, ViewState
 from reporting.dashboard.text import reveal
+from shinchoku_runtime.auth import Role
 
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
@@ -183,8 +187,9 @@ async def live(request: Request, source: SourceDep) -> Response:
 
 
 @router.get("/dashboard/measures/{measure_id}", response_class=Response)
-async def measure(request: Request, measure_id: str, source: SourceDep) -> Response:
-    """One measure: targets, status history, each lead's reports and their lineage (HTML)."""
+async def measure(request: Request, measure_id: str, source: SourceDep, principal: DashboardReader) -> Response:
+    """One measure: targets, status history, each lead's reports and their lineage (HTML); for the secretariat,
+    each report's review form (`reporting.dashboard.review`)."""
     try:
         state = _state(request)
     except BadState as e:
@@ -194,7 +199,13 @@ async def measure(request: Request, measure_id: str, source: SourceDep) -> Respo
         context = await measure_page(source, state, measure_id, now, ingest_url=ingest_url(request))
     except SourceError as e:
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
-    return render(request, "measure.html", context)
+    # Reviews are of the reports as they stand: not from a view of an earlier moment.
+    context["can_review"] = viewer(principal).role is Role.secretariat and state.as_of is None
+    context["new_review_id"] = lambda: str(uuid.uuid4())
+    context["flash"] = take_flash(request)
+    response = render(request, "measure.html", context)
+    drop_flash(response, request)
+    return response
 
 
 @router.get("/dashboard/static/{name}", dependencies=[Depends(access.OPEN)])
@@ -212,3 +223,4 @@ async def static(request: Request, name: str) -> Response:
 
 
 router.include_router(signin_router)
+router.include_router(review_router)

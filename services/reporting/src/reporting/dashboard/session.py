@@ -9,6 +9,11 @@ and keeps the principal the token named in a cookie:
   sub-requests), `Secure` when the dashboard is served over TLS, `Path=/`. It lasts until the token's own
   expiry or `dashboard_session_ttl` (8 h by default), whichever comes first; a forged or expired cookie is
   the public.
+- `shinchoku_review`: for the secretariat only, the bearer token it signed in with, encrypted (AES-256-GCM under
+  a key derived from the session secret) and sent back only to `POST /dashboard/review` (`Path`,
+  `SameSite=Strict`, `HttpOnly`, `Secure` as above), until the token expires. A review from the measure page
+  is published with this token, so ingest verifies the signed-in person exactly as for `shinchoku review`
+  (see `reporting.dashboard.review`); no other page ever receives it.
 - `shinchoku_csrf`: a random value the sign-in and sign-out forms repeat in a hidden field (double submit);
   `SameSite=Strict`, `HttpOnly`. A POST whose field differs, or whose `Origin` is another site, is refused.
 
@@ -29,6 +34,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from fastapi import Request, Response
 
 from contracts.agencies import Agency
@@ -38,6 +45,11 @@ from shinchoku_runtime.natsconf import write_private
 SESSION_COOKIE = "shinchoku_session"
 CSRF_COOKIE = "shinchoku_csrf"
 SESSION_KEY_FILE = "dashboard-session.key"
+REVIEW_TOKEN_COOKIE = "shinchoku_review"
+#: The one path the secretariat's token is sent back to (the review form's action).
+REVIEW_PATH = "/dashboard/review"
+#: A browser keeps cookies up to ~4 KB: a larger token is not kept (reviews then need the CLI).
+MAX_REVIEW_COOKIE = 3800
 
 
 def _b64(data: bytes) -> str:
@@ -118,6 +130,51 @@ class Sessions:
         value = body.get("v")
         return value if isinstance(value, dict) else None
 
+    def _review_key(self) -> bytes:
+        return hashlib.sha256(b"shinchoku dashboard review token\0" + self.key).digest()
+
+    def keep_review_token(
+        self, response: Response, request: Request, principal: Principal, token: str, *, token_exp: float | None
+    ) -> None:
+        """Keep the secretariat's bearer token for its reviews (encrypted, sent back to REVIEW_PATH only, until the
+        token and the session end); for anyone else, clear any kept token."""
+        expires = time.time() + self.ttl
+        if token_exp is not None:
+            expires = min(expires, token_exp)
+        if principal.role is not Role.secretariat or not token or expires <= time.time():
+            self.drop_review_token(response, request)
+            return
+        nonce = secrets.token_bytes(12)
+        sealed = _b64(nonce + AESGCM(self._review_key()).encrypt(nonce, token.encode("utf-8"), b"review"))
+        if len(sealed) > MAX_REVIEW_COOKIE:
+            self.drop_review_token(response, request)
+            return
+        response.set_cookie(
+            REVIEW_TOKEN_COOKIE,
+            sealed,
+            max_age=max(int(expires - time.time()), 0),
+            path=REVIEW_PATH,
+            secure=self.is_secure(request),
+            httponly=True,
+            samesite="strict",
+        )
+
+    def review_token(self, request: Request) -> str | None:
+        """The kept token of the secretariat (None when none is kept, or the cookie is not this key's)."""
+        sealed = request.cookies.get(REVIEW_TOKEN_COOKIE)
+        if not sealed:
+            return None
+        try:
+            raw = _unb64(sealed)
+            return AESGCM(self._review_key()).decrypt(raw[:12], raw[12:], b"review").decode("utf-8")
+        except (InvalidTag, ValueError, binascii.Error):
+            return None
+
+    def drop_review_token(self, response: Response, request: Request) -> None:
+        response.delete_cookie(
+            REVIEW_TOKEN_COOKIE, path=REVIEW_PATH, secure=self.is_secure(request), httponly=True, samesite="strict"
+        )
+
     def is_secure(self, request: Request) -> bool:
         return self.secure == "always" or request.url.scheme == "https"
 
@@ -138,6 +195,7 @@ class Sessions:
 
     def sign_out(self, response: Response, request: Request) -> None:
         response.delete_cookie(SESSION_COOKIE, path="/", secure=self.is_secure(request), httponly=True, samesite="lax")
+        self.drop_review_token(response, request)
 
     def principal(self, request: Request) -> Principal | None:
         return self.decode(request.cookies.get(SESSION_COOKIE))

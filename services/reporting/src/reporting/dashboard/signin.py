@@ -22,6 +22,7 @@ Settings (`SHINCHOKU_REPORTING_DASHBOARD_*`): `OIDC_CLIENT_ID` (enables the prov
 from __future__ import annotations
 
 import secrets
+import time
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -70,7 +71,8 @@ def oidc_client_id(request: Request) -> str | None:
     return client_id if client_id and auth.mode == "oidc" else None
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def read_form(request: Request) -> dict[str, str]:
+    """A form post's fields (the first value of each); none for a body over MAX_FORM_BYTES."""
     body = await request.body()
     if len(body) > MAX_FORM_BYTES:
         return {}
@@ -103,7 +105,7 @@ async def signin_page(request: Request) -> Response:
 @router.post("/dashboard/signin", dependencies=[Depends(access.DASHBOARD)])
 async def signin_with_token(request: Request) -> Response:
     """Verify a pasted token and keep its principal in the session."""
-    form = await _form(request)
+    form = await read_form(request)
     problem = csrf_problem(request, form.get("csrf"))
     if problem:
         return _page(request, status_code=403, message=problem)
@@ -122,14 +124,17 @@ async def signin_with_token(request: Request) -> Response:
         return _page(request, status_code=503, message=str(e))
     response = RedirectResponse(safe_next(form.get("next")), status_code=303)
     exp = claims.get("exp")
-    sessions_of(request).sign_in(response, request, principal, token_exp=float(exp) if exp else None)
+    sessions = sessions_of(request)
+    sessions.sign_in(response, request, principal, token_exp=float(exp) if exp else None)
+    # The secretariat's reviews from the measure page go out with this very token (`reporting.dashboard.review`).
+    sessions.keep_review_token(response, request, principal, token, token_exp=float(exp) if exp else None)
     return response
 
 
 @router.post("/dashboard/signout", dependencies=[Depends(access.DASHBOARD)])
 async def signout(request: Request) -> Response:
     """End the session."""
-    form = await _form(request)
+    form = await read_form(request)
     problem = csrf_problem(request, form.get("csrf"))
     if problem:
         return _page(request, status_code=403, message=problem)
@@ -215,11 +220,12 @@ async def oidc_login(request: Request) -> Response:
 
 
 async def _id_token_refusal(
-    verifier: TokenVerifier, id_token: object, client_id: str, flow: dict[str, Any]
+    verifier: TokenVerifier, id_token: object, access_token: str, client_id: str, flow: dict[str, Any]
 ) -> str | None:
     """Why the provider's ID token cannot stand for this sign-in (OIDC Core 3.1.3.7), or None when it can: signed
     by a key of the issuer's JWKS, `iss` the issuer, `aud` holding the client id (and `azp` it, when present),
-    not expired, and its `nonce` the one this sign-in sent (kept in the sealed flow cookie)."""
+    not expired, its `nonce` the one this sign-in sent (kept in the sealed flow cookie), and its `sub` the access
+    token's."""
     if not isinstance(id_token, str) or not id_token:
         return "the identity provider gave no ID token (the scope must include openid): sign-in refused"
     checker = TokenVerifier(
@@ -243,6 +249,13 @@ async def _id_token_refusal(
         return (
             "the provider's ID token does not carry this sign-in's nonce (replayed or for another sign-in): try again"
         )
+    # The ID token says who signed in, the access token what they may do: both must name the same person.
+    try:
+        access = await verifier.claims(access_token)
+    except InvalidToken:
+        return None  # the access token's own verification, next, says why it cannot stand
+    if claims.get("sub") != access.get("sub"):
+        return "the provider's ID token and access token name different people (sub): sign-in refused"
     return None
 
 
@@ -269,7 +282,9 @@ async def oidc_callback(request: Request) -> Response:
     access_token = str(tokens.get("access_token") or "")
     verifier: TokenVerifier = request.app.state.token_verifier
     try:
-        refusal = await _id_token_refusal(verifier, tokens.get("id_token"), str(oidc_client_id(request)), flow)
+        refusal = await _id_token_refusal(
+            verifier, tokens.get("id_token"), access_token, str(oidc_client_id(request)), flow
+        )
     except KeysUnavailable as e:
         return _page(request, status_code=503, message=str(e))
     if refusal is not None:
@@ -286,6 +301,15 @@ async def oidc_callback(request: Request) -> Response:
     # The session outlives a short access token (it lasts the session's ttl): the person signed in, once, and
     # the provider's token was verified then; it is not kept.
     sessions.sign_in(response, request, principal, token_exp=None)
+    # The secretariat's reviews go out with the provider's access token, kept while it is valid: after that the
+    # session still reads, and a review asks to sign in again (`reporting.dashboard.review`).
+    try:
+        access_exp = (await verifier.claims(access_token)).get("exp")
+    except (InvalidToken, KeysUnavailable):
+        access_exp = None
+    sessions.keep_review_token(
+        response, request, principal, access_token, token_exp=float(access_exp) if access_exp else time.time()
+    )
     response.delete_cookie(FLOW_COOKIE, path="/dashboard/auth")
     return response
 
