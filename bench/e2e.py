@@ -58,6 +58,7 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import PubAck, StorageType, StreamConfig
 
+from contracts.streams import publish_stream
 from shinchoku.issuer import StackAuth
 from shinchoku.launch import NATS, SERVICES, Launch, StackSettings, plan_launch
 from shinchoku.supervisor import Supervisor
@@ -326,7 +327,7 @@ async def offer_load(
             agency, subject, payload, event_id = reports.next()
             if keep_times:
                 result.publish_times[event_id] = time.perf_counter()
-            futures.append(await jss[agency].publish_async(subject, payload, stream="STATUS"))
+            futures.append(await jss[agency].publish_async(subject, payload, stream=publish_stream(subject)))
             result.published += 1
         await asyncio.sleep(max(0.0, tick - (time.perf_counter() - now)))
     result.ended = time.perf_counter()

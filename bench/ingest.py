@@ -44,7 +44,7 @@ from contracts.agencies import Agency
 from contracts.catalog import Measure
 from contracts.events import Status
 from contracts.periods import FiscalQuarter
-from contracts.streams import CATALOG_BUCKET, INGEST_DURABLE, agency_inbox_prefix
+from contracts.streams import CATALOG_BUCKET, INGEST_DURABLE, agency_inbox_prefix, publish_stream
 from shinchoku.issuer import EmbeddedIssuer, StackAuth
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsclient import connect, ensure_streams
@@ -123,7 +123,7 @@ async def publish_all(server: NatsServer, by_agency: dict[str, list[tuple[str, b
         js = nc.jetstream(publish_async_max_pending=4000)
         futures = []
         for subject, payload in by_agency[agency]:
-            futures.append(await js.publish_async(subject, payload, stream="STATUS"))
+            futures.append(await js.publish_async(subject, payload, stream=publish_stream(subject)))
         acks = await asyncio.gather(*futures)
         await nc.close()
         return len(acks)

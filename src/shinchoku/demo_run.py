@@ -34,7 +34,15 @@ from contracts.events import StatusEvent
 from contracts.periods import FiscalQuarter, last_completed_quarter
 from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
 from shinchoku.commands.rollup import fetch_rollup
-from shinchoku.demo_cycle import CycleSummary, play_cycle
+from shinchoku.demo_cycle import (
+    CyclePlan,
+    CycleSummary,
+    admitted_ids,
+    already_rejected,
+    closed_quarters,
+    plan_cycle,
+    play_cycle,
+)
 from shinchoku.demo_plan import ADMITTED, DUPLICATE, DemoMessage, expected_outcomes, plan_demo
 from shinchoku.issuer import local_token
 from shinchoku.rollup_view import render_rollup
@@ -195,15 +203,20 @@ async def settled(stack: Stack, timeout: float = 180.0) -> bool:
     return False
 
 
-def _cycle_summary(summary: CycleSummary) -> Table:
-    table = Table(title="the reporting cycle, as the secretariat", title_justify="left", box=None)
+def _cycle_summary(summary: CycleSummary, plan: CyclePlan) -> Table:
+    table = Table(title="the reporting cycle, as the secretariat (sent this run)", title_justify="left", box=None)
     table.add_column("what")
     table.add_column("", justify="right")
     table.add_row("history backfilled (FY2023Q4, marked)", str(summary.backfilled))
+    table.add_row("first reports of the open quarter", str(summary.open_reports))
     table.add_row("reports accepted", str(summary.accepted))
     table.add_row("reports returned (差戻し), each answered", f"{summary.returned} / {summary.answered}")
     table.add_row("quarters closed and published", ", ".join(summary.closed) or "none")
     table.add_row("corrections after the close (restatements)", str(summary.restated))
+    if summary.already:
+        table.add_row(
+            "already on the platform (an earlier run): not sent again", f"{summary.already} of {len(plan.ids())}"
+        )
     return table
 
 
@@ -222,8 +235,42 @@ def _summary(messages: Sequence[DemoMessage]) -> Table:
     return table
 
 
-def run_demo(data_dir: Path | None, seed: int, *, cycle: bool = False) -> None:
-    """Publish FY2024Q1 → last completed quarter (reproducible), wait until caught up, print the latest rollup."""
+def not_yet_sent(stack: Stack, messages: Sequence[DemoMessage]) -> list[DemoMessage]:
+    """The demo's messages the platform does not hold yet: a report (or resend) whose event_id is not on ACCEPTED, a
+    deliberate rejection whose bytes ingest has not rejected on that subject. A second run on the same day
+    sends nothing (every message of the demo has fixed bytes); without the embedded issuer (no token to ask
+    with) everything is sent, and ingest admits nothing twice all the same."""
+    token = local_token(stack.data_dir)
+    admitted = asyncio.run(admitted_ids(stack))
+    if token is None or admitted is None:
+        return list(messages)
+    rejected = already_rejected(stack, token) if any(m.kind == "rejection" for m in messages) else set()
+    return [
+        m
+        for m in messages
+        if ((m.subject, m.payload) not in rejected if m.kind == "rejection" else m.event_id not in admitted)
+    ]
+
+
+def _play(
+    stack: Stack, measures: list[Measure], messages: Sequence[DemoMessage], seed: int, now: datetime
+) -> tuple[CyclePlan, CycleSummary]:
+    """Plan the cycle, ask the platform what of it is done, play the rest."""
+    token = local_token(stack.data_dir)
+    if token is None:
+        raise RuntimeError("this data directory has no embedded issuer: the demo cannot act as the secretariat")
+    plan = plan_cycle(measures, messages, seed=seed, now=now)
+    done = asyncio.run(admitted_ids(stack)) or set()
+    quarters = [FiscalQuarter(c.fiscal_year, c.quarter) for c in plan.closes]
+    closed = closed_quarters(stack, quarters, token)
+    summary = asyncio.run(play_cycle(stack, plan, wait=lambda: settled(stack), done=done, closed=closed))
+    return plan, summary
+
+
+def run_demo(data_dir: Path | None, seed: int, *, cycle: bool = True) -> None:
+    """Publish FY2024Q1 → last completed quarter (reproducible), wait until caught up, then (`cycle`) play the
+    reporting cycle (`shinchoku.demo_cycle`), and print the latest rollup. Idempotent: a second run on the same
+    day adds nothing (same ids, same bytes; the cycle sends only what the platform has not decided)."""
     now = datetime.now(UTC)
     try:
         stack = load_stack(data_dir)
@@ -234,33 +281,40 @@ def run_demo(data_dir: Path | None, seed: int, *, cycle: bool = False) -> None:
         raise typer.Exit(1) from None
     messages = plan_demo(measures, seed=seed, now=now)
     latest = last_completed_quarter(now)
+    try:
+        pending = not_yet_sent(stack, messages)
+    except (httpx.HTTPError, StackUnavailable) as e:
+        err.print(f"[red]cannot tell what the platform already holds: {e}[/] (is the stack running? `shinchoku up`)")
+        raise typer.Exit(1) from None
+    known = len(messages) - len(pending)
     console.print(
-        f"Publishing {len(messages)} messages on {len(measures)} measures, FY2024Q1 → {latest.label} (seed {seed})"
+        f"Publishing {len(pending)} messages on {len(measures)} measures, FY2024Q1 → {latest.label} (seed {seed})"
+        + (f"; {known} of the demo's {len(messages)} are on the platform already (an earlier run)" if known else "")
     )
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        task = progress.add_task("publishing as the 17 agencies", total=len(messages))
+        task = progress.add_task("publishing as the 17 agencies", total=len(pending))
         # Each report's trace starts here: DATA_DIR/spans/shinchoku-demo.jsonl (or OTLP), for `shinchoku trace`.
         provider = init_tracing("shinchoku-demo", stack.data_dir)
         try:
-            asyncio.run(publish(stack, messages, lambda: progress.advance(task), provider, now=now))
+            asyncio.run(publish(stack, pending, lambda: progress.advance(task), provider, now=now))
         except (OSError, NatsError, PublishError) as e:
             err.print(f"[red]publishing failed: {e}[/] (is the stack running? `shinchoku up`)")
             raise typer.Exit(1) from None
         finally:
             provider.shutdown()
         caught_up = wait_caught_up(stack, progress)
-        played: CycleSummary | None = None
+        played: tuple[CyclePlan, CycleSummary] | None = None
         if cycle:
             task = progress.add_task("the reporting cycle: backfill, reviews, closes, restatements", total=None)
             try:
-                played = asyncio.run(play_cycle(stack, measures, seed=seed, now=now, wait=lambda: settled(stack)))
-            except (OSError, NatsError, PublishError, RuntimeError, httpx.HTTPError) as e:
+                played = _play(stack, measures, messages, seed, now)
+            except (OSError, NatsError, PublishError, RuntimeError, httpx.HTTPError, StackUnavailable) as e:
                 err.print(f"[yellow]the reporting cycle was not played: {e}[/]")
             progress.update(task, total=1, completed=1)
     console.print(_summary(messages))
     if played is not None:
-        console.print(_cycle_summary(played))
+        console.print(_cycle_summary(played[1], played[0]))
     if not caught_up:
         err.print("[yellow]ingest or reporting is still busy: the rollup below may be incomplete[/]")
     try:

@@ -165,7 +165,7 @@ def test_the_secretariat_returns_a_report_from_the_measure_page(
         forged = context.request.post(
             "/dashboard/review",
             form={
-                "csrf": csrf, "review_id": str(uuid.uuid4()), "event_id": str(event.event_id), "agency": "mof",
+                "csrf": csrf, "ticket": "x", "event_id": str(event.event_id), "agency": "mof",
                 "measure_id": measure_id, "decision": "accepted",
             },
             max_redirects=0,

@@ -142,6 +142,9 @@ def test_signing_in_through_the_provider_in_chromium(
     assert session["sameSite"] == "Lax"
     assert session["secure"] is False, "served over plain http on loopback here (Secure under TLS)"
     assert not [c for c in page.context.cookies() if c["name"] == "shinchoku_oidc"], "the flow's cookie is gone"
+    # The secretariat's access token is kept for its reviews from the measure page: sent back to that form only.
+    kept = next(c for c in page.context.cookies() if c["name"] == "shinchoku_review")
+    assert (kept["path"], kept["httpOnly"], kept["sameSite"]) == ("/dashboard/review", True, "Strict")
 
     # The dashboard's CSV links read the API with the session (no token in the browser).
     export = page.request.get(f"{stack.base_url}/rollups/2024/3/measures?format=csv&agency=mof")
@@ -155,10 +158,11 @@ def test_signing_in_through_the_provider_in_chromium(
     expect(note).to_contain_text("⟦U+202E⟧")
     assert "\u202e" not in note.inner_text()
     expect(page.get_by_text("田中 花子")).to_be_visible()
+    expect(page.get_by_test_id("review-form")).to_have_count(1)
 
     page.get_by_role("button", name="サインアウト").click()
     expect(page.get_by_role("link", name="サインイン").first).to_be_visible()
-    assert not [c for c in page.context.cookies() if c["name"] == "shinchoku_session"]
+    assert not [c for c in page.context.cookies() if c["name"] in ("shinchoku_session", "shinchoku_review")]
 
 
 def test_an_agency_account_signs_in_as_its_agency_and_an_account_without_a_role_does_not(

@@ -14,6 +14,7 @@ from contracts.commands import COMMAND_REASONS
 from contracts.events import ReasonCode, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter, last_completed_quarter, quarters_between
 from contracts.streams import parse_status_subject
+from shinchoku.demo_cycle import CLOSE_DELAY, CyclePlan, plan_cycle
 from shinchoku.demo_plan import ADMITTED, DUPLICATE, FIRST_QUARTER, DemoMessage, plan_demo
 
 NOW = datetime(2026, 11, 26, 11, 0, tzinfo=UTC)
@@ -192,3 +193,111 @@ def test_ingest_decides_each_message_as_the_plan_expects(measures: list[Measure]
                 content_hash=report.content_hash, admitted=isinstance(decision, Admit), agency=report.subject_agency
             )
     assert outcomes[DUPLICATE] > 0
+
+
+# --- The reporting cycle the demo plays by default (shinchoku.demo_cycle): planned as purely as the reports ---
+
+
+@pytest.fixture(scope="module")
+def cycle(measures: list[Measure], plan: list[DemoMessage]) -> CyclePlan:
+    return plan_cycle(measures, plan, seed=7, now=NOW)
+
+
+def test_the_cycle_is_reproducible_and_a_later_day_only_adds(
+    measures: list[Measure], plan: list[DemoMessage], cycle: CyclePlan
+) -> None:
+    """Fixed ids and fixed bytes (no clock in them): a second run resends nothing new, and were it to resend,
+    ingest would see duplicates, never a second review, close or restatement, nor a conflict."""
+    assert plan_cycle(measures, plan, seed=7, now=NOW) == cycle
+    ids = cycle.ids()
+    assert len(ids) == len(set(ids)) == cycle.facts
+    assert set(ids).isdisjoint(m.event_id for m in plan), "no id of the cycle is one of the reports'"
+    later_now = NOW + timedelta(days=200)
+    later = plan_cycle(measures, plan_demo(measures, seed=7, now=later_now), seed=7, now=later_now)
+    earlier = _bytes_by_id(cycle)
+    again = _bytes_by_id(later)
+    # Every backfill, close and review of the earlier day is sent again with the same bytes (the reviewed and
+    # restated quarters move on with the day; what they sent stays as it was, or is not sent again).
+    kept = {i: b for i, b in earlier.items() if i in again}
+    assert {i: again[i] for i in kept} == kept
+    assert {str(c.close_id) for c in cycle.closes} <= set(again)
+    assert len(later.closes) > len(cycle.closes)
+
+
+def _bytes_by_id(cycle: CyclePlan) -> dict[str, bytes]:
+    out = {str(e.event_id): e.model_dump_json().encode() for e in (*cycle.backfills, *cycle.answers)}
+    out |= {str(e.event_id): e.model_dump_json().encode() for e in (*cycle.open_reports, *cycle.corrections)}
+    out |= {str(r.review.review_id): r.review.model_dump_json().encode() for r in cycle.reviews}
+    out |= {str(c.close_id): c.model_dump_json().encode() for c in cycle.closes}
+    return out
+
+
+def test_the_cycle_closes_the_past_and_leaves_the_current_quarter_open(cycle: CyclePlan) -> None:
+    closed = [FiscalQuarter(c.fiscal_year, c.quarter) for c in cycle.closes]
+    assert closed == quarters_between(FIRST_QUARTER, closed[-1])
+    assert all(q.on_time_deadline < c.closed_at <= NOW for q, c in zip(closed, cycle.closes, strict=True))
+    current = FiscalQuarter.of_moment(NOW)
+    assert current not in closed
+    assert closed[-1].next() == current or closed[-1].next().on_time_deadline + CLOSE_DELAY >= NOW
+    assert cycle.open_reports, "the open quarter has its first reports"
+    assert all(FiscalQuarter(e.fiscal_year, e.quarter) == current for e in cycle.open_reports)
+    assert all(current.start_at <= e.reported_at <= NOW for e in cycle.open_reports)
+    assert len(cycle.backfills) == 40
+    assert {(e.fiscal_year, e.quarter) for e in cycle.backfills} == {(2023, 4)}
+
+
+def test_reviews_name_effective_reports_and_returns_are_answered(plan: list[DemoMessage], cycle: CyclePlan) -> None:
+    reports = {str(e.event_id): e for e in admitted(plan)}
+    decisions = Counter(r.review.decision.value for r in cycle.reviews)
+    assert decisions["accepted"] > 40
+    assert decisions["returned"] >= 2
+    answered = {}
+    for planned in cycle.reviews:
+        report = reports[str(planned.review.event_id)]
+        assert (planned.agency, planned.measure_id) == (report.agency.value, report.measure_id)
+        assert report.reported_at <= planned.review.reviewed_at <= NOW
+        later = [
+            e for e in reports.values()
+            if (e.measure_id, e.agency, e.fiscal_year, e.quarter)
+            == (report.measure_id, report.agency, report.fiscal_year, report.quarter)
+            and (e.reported_at, str(e.event_id)) > (report.reported_at, str(report.event_id))
+        ]  # fmt: skip
+        assert not later, "a review names the lead's effective report"
+        if planned.review.decision.value == "returned":
+            assert planned.review.comment
+            answered[str(report.event_id)] = planned.review
+    assert len(cycle.answers) == len(answered)
+    for answer in cycle.answers:
+        returned = next(
+            reports[i] for i in answered
+            if (reports[i].measure_id, reports[i].agency, reports[i].fiscal_year, reports[i].quarter)
+            == (answer.measure_id, answer.agency, answer.fiscal_year, answer.quarter)
+        )  # fmt: skip
+        assert answered[str(returned.event_id)].reviewed_at < answer.reported_at <= NOW
+
+
+def test_corrections_after_the_close_change_a_figure(plan: list[DemoMessage], cycle: CyclePlan) -> None:
+    assert len(cycle.corrections) == 3
+    last = cycle.closes[-1]
+    reports = admitted(plan)
+    for correction in cycle.corrections:
+        assert (correction.fiscal_year, correction.quarter) == (last.fiscal_year, last.quarter)
+        assert last.closed_at < correction.reported_at <= NOW
+        same_lead = [
+            e for e in reports
+            if (e.measure_id, e.agency, e.fiscal_year, e.quarter)
+            == (correction.measure_id, correction.agency, correction.fiscal_year, correction.quarter)
+        ]  # fmt: skip
+        effective = max(same_lead, key=lambda e: (e.reported_at, str(e.event_id)))
+        assert correction.status != effective.status, "it restates the quarter"
+        assert correction.reported_at > effective.reported_at
+
+
+def test_the_cycles_reports_are_admitted_by_ingests_rules(measures: list[Measure], cycle: CyclePlan) -> None:
+    from ingest.domain import Admit, admit
+
+    by_id = {m.id: m for m in measures}
+    for event in (*cycle.open_reports, *cycle.answers, *cycle.corrections, *cycle.backfills):
+        subject = f"status.{event.agency.value}.{event.measure_id}"
+        decision = admit(subject, event.model_dump_json().encode(), now=NOW, measure=by_id, previous={})
+        assert isinstance(decision, Admit), (event, getattr(decision, "message", ""))

@@ -26,8 +26,16 @@ import pytest
 from contracts.catalog import Measure
 from contracts.events import SEVERITY_ORDER, UNREPORTED, Status, StatusEvent
 from contracts.periods import TOKYO, FiscalQuarter, last_completed_quarter
-from contracts.streams import ACCEPTED_STREAM, INGEST_DURABLE, REPORTING_DURABLE, STATUS_STREAM
-from shinchoku.demo_plan import ADMITTED, expected_outcomes, plan_demo
+from contracts.streams import (
+    ACCEPTED_STREAM,
+    INGEST_DURABLE,
+    PUBLICATIONS_STREAM,
+    REJECTED_STREAM,
+    REPORTING_DURABLE,
+    STATUS_STREAM,
+)
+from shinchoku.demo_cycle import plan_cycle
+from shinchoku.demo_plan import ADMITTED, DEFAULT_SEED, expected_outcomes, plan_demo
 from shinchoku.stack import Stack
 from shinchoku_client.publisher import AgencyPublisher
 from shinchoku_runtime.natsclient import connect
@@ -125,6 +133,12 @@ async def stream_state(stack: Stack) -> dict[str, int]:
         js = nc.jetstream()
         accepted = await js.stream_info(ACCEPTED_STREAM.name)
         out = {"accepted": int(accepted.state.messages)}
+        for name, spec in (
+            ("status", STATUS_STREAM),
+            ("rejected", REJECTED_STREAM),
+            ("published", PUBLICATIONS_STREAM),
+        ):
+            out[name] = int((await js.stream_info(spec.name)).state.messages)
         for name, stream, durable in (
             ("ingest", STATUS_STREAM.name, INGEST_DURABLE),
             ("reporting", ACCEPTED_STREAM.name, REPORTING_DURABLE),
@@ -228,9 +242,15 @@ def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: C
     assert rollup(up)["by_status"] == body["by_status"]
     assert Stack.load(up.data_dir).nats_port == stack.nats_port
 
-    # `shinchoku demo` on top: its reports admitted once, and a second run admits nothing more.
+    # `shinchoku demo` on top: its reports and, by default, the reporting cycle (backfill, reviews, answers, closes,
+    # restatements, the open quarter's first reports) admitted once; a second run sends nothing at all (nothing more
+    # on STATUS, REJECTED, ACCEPTED or PUBLICATIONS: no second close, review or restatement, no resent rejection).
     now = datetime.now(UTC)
-    expected = expected_outcomes(plan_demo(measures, now=now))
+    demo = plan_demo(measures, now=now)
+    expected = expected_outcomes(demo)
+    cycle = plan_cycle(measures, demo, seed=DEFAULT_SEED, now=now)
+    assert all((cycle.closes, cycle.reviews, cycle.answers, cycle.corrections, cycle.backfills)), cycle
+    after_first: dict[str, int] = {}
     for run in (1, 2):
         result = subprocess.run(
             [SHINCHOKU, "demo", "--data-dir", str(up.data_dir)],
@@ -238,12 +258,28 @@ def test_reports_survive_sigkill_of_reporting_and_ingest_counted_once(make_up: C
             cwd=up.cwd,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=240,
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "caught up" in result.stdout
         assert f"{last_completed_quarter(now).label} (" in result.stdout
         assert "government-wide" in result.stdout
-        assert asyncio.run(stream_state(stack))["accepted"] == len(reports) + expected[ADMITTED], f"run {run}"
+        assert "the reporting cycle was not played" not in result.stderr, result.stderr
+        state = asyncio.run(stream_state(stack))
+        assert state["accepted"] == len(reports) + expected[ADMITTED] + cycle.facts, f"run {run}"
+        if run == 1:
+            after_first = state
+            target = cycle.closes[-1]
+            revisions = httpx.get(
+                f"{up.url('reporting')}/rollups/{target.fiscal_year}/{target.quarter}/revisions", auth=up.auth
+            ).json()["items"]
+            assert [r["revision"] for r in revisions] == list(range(1, 2 + len(cycle.corrections)))
+            for close in cycle.closes:
+                assert httpx.get(
+                    f"{up.url('reporting')}/rollups/{close.fiscal_year}/{close.quarter}", auth=up.auth
+                ).json()["closed"]
+        else:
+            assert "already on the platform" in result.stdout
+            assert state == after_first, "a second demo run adds nothing anywhere"
     assert up.stop(signal.SIGTERM) == 0
     print(f"ready: first start {first_start:.1f}s, restart {second_start:.1f}s ({time.monotonic() - t0:.1f}s)")  # noqa: T201

@@ -28,11 +28,15 @@ from shinchoku_runtime.harness import _write_secrets
 from shinchoku_runtime.natsclient import connect
 from shinchoku_runtime.natsconf import load_or_create_secrets
 from shinchoku_runtime.natsserver import NatsServer, free_port
-from shinchoku_runtime.streamdefs import apply_streams
+from shinchoku_runtime.streamdefs import AgencyQuota, apply_streams
 
 from .proxy import ProxyLoop, TcpProxy
 
 CLUSTER = "shinchoku"
+
+
+#: Each agency's share of STATUS on the fault cluster (see `declare_streams`).
+FAULT_SUITE_SHARE = AgencyQuota(max_bytes=3 * 1024 * 1024)
 
 
 @dataclass
@@ -215,7 +219,9 @@ class ProxiedCluster:
         refuse to start on a stream unlike its definition)."""
         nc = await self.admin()
         try:
-            return await apply_streams(nc.jetstream(), replicas=self.replicas)
+            # Small agency shares: JetStream reserves each share on every node, and node 3's store may be a small
+            # tmpfs (the full-disk scenario); every scenario's load stays far below 3 MiB per agency.
+            return await apply_streams(nc.jetstream(), replicas=self.replicas, quota=FAULT_SUITE_SHARE)
         finally:
             await nc.close()
 

@@ -24,7 +24,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.js.api import PubAck
 
-from contracts.streams import agency_inbox_prefix
+from contracts.streams import agency_inbox_prefix, publish_stream
 
 from .checker import JST, MeasureInfo, Report, quarter_last_day
 
@@ -164,7 +164,7 @@ class Publishers:
     async def publish(self, report: Report, *, timeout: float | None = None) -> PubAck:
         nc = await self.connection(report.agency)
         ack: PubAck = await nc.jetstream().publish(
-            report.subject, report.body(), stream="STATUS", timeout=timeout or self.timeout
+            report.subject, report.body(), stream=publish_stream(report.subject), timeout=timeout or self.timeout
         )
         return ack
 

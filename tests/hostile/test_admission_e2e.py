@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from nats.aio.client import Client
 
 from contracts.events import ReasonCode
+from contracts.streams import publish_stream
+from shinchoku_runtime.testing import status_sequence
 from tests.faults.observe import backlog, last_seq, read_stream
 from tests.faults.stack import RunningStack
 
@@ -85,8 +87,8 @@ def test_hostile_messages_end_rejected_and_ingest_stays_up(
     refused: Counter[str] = Counter()
 
     async def publish(subject: str, payload: bytes) -> int:
-        ack = await publisher.jetstream().publish(subject, payload, stream="STATUS", timeout=10)
-        return int(ack.seq)
+        ack = await publisher.jetstream().publish(subject, payload, stream=publish_stream(subject), timeout=10)
+        return await status_sequence(admin.jetstream(), subject, ack)
 
     @settings(
         max_examples=E2E_EXAMPLES,

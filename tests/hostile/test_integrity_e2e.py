@@ -24,7 +24,8 @@ import sqlalchemy as sa
 from nats.aio.client import Client
 
 from contracts.events import AdmittedEvent
-from contracts.streams import MSG_ID_HEADER
+from contracts.streams import MSG_ID_HEADER, publish_stream
+from shinchoku_runtime.testing import status_sequence
 from tests.faults.observe import admin_connection, backlog
 from tests.faults.stack import RunningStack
 
@@ -80,10 +81,15 @@ async def publish(stack: RunningStack, lead: Lead, body: dict[str, Any]) -> int:
         stack.nats_url, user=lead.agency, password=stack.password(lead.agency), inbox_prefix=f"_INBOX_{lead.agency}"
     )
     try:
+        subject = f"status.{lead.agency}.{lead.measure_id}"
         ack = await nc.jetstream().publish(
-            f"status.{lead.agency}.{lead.measure_id}", json.dumps(body).encode(), stream="STATUS", timeout=10
+            subject, json.dumps(body).encode(), stream=publish_stream(subject), timeout=10
         )
-        return int(ack.seq)
+        admin = await nats.connect(stack.nats_url, user="admin", password=stack.password("admin"))
+        try:
+            return await status_sequence(admin.jetstream(), subject, ack)
+        finally:
+            await admin.close()
     finally:
         await nc.close()
 

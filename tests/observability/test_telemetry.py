@@ -240,7 +240,7 @@ async def test_consumer_lag_gauges_follow_the_durable_consumer(admin_nc: Client)
     js = admin_nc.jetstream()
     await js.add_consumer("STATUS", ConsumerConfig(durable_name="lag-test", ack_wait=30))
     for i in range(5):
-        await js.publish(f"status.mext.1-{i + 1}", b"{}", stream="STATUS")
+        await js.publish(f"status.mext.1-{i + 1}", b"{}", stream="STATUS_mext")
     registry = CollectorRegistry()
     lag = ConsumerLag(registry)
 

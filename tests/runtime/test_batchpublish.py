@@ -46,10 +46,15 @@ async def test_an_agency_publishes_a_batch_on_its_own_subjects(nats_server: Nats
         inbox_prefix=agency_inbox_prefix("mof"),
     )
     try:
-        ack = await publish_atomic(nc, "STATUS", [OutMessage(f"status.mof.1-{i}", b"{}") for i in range(1, 51)])
-        assert ack.count == 50
+        ack = await publish_atomic(nc, "STATUS_mof", [OutMessage(f"status.mof.1-{i}", b"{}") for i in range(1, 51)])
+        assert (ack.stream, ack.count) == ("STATUS_mof", 50)
     finally:
         await nc.close()
+    # STATUS copies the agency's stream in: all 50, in a moment.
+    deadline = asyncio.get_running_loop().time() + 10
+    while (await admin_nc.jetstream().stream_info("STATUS")).state.messages < 50:
+        assert asyncio.get_running_loop().time() < deadline, "STATUS did not copy the batch in"
+        await asyncio.sleep(0.05)
     assert (await admin_nc.jetstream().stream_info("STATUS")).state.messages == 50
 
 

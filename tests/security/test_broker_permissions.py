@@ -44,9 +44,14 @@ async def _wait_for(errors: list[str], count: int, timeout: float = 5.0) -> None
         await asyncio.sleep(0.02)
 
 
-async def _status_subjects(admin: Client) -> dict[str, int]:
-    info = await admin.jetstream().stream_info("STATUS", subjects_filter=">")
-    return dict(info.state.subjects or {})
+async def _status_subjects(admin: Client, expected: int = 17, timeout: float = 10.0) -> dict[str, int]:
+    """STATUS's subjects once it holds `expected` messages (it copies the agencies' streams in), or at `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        info = await admin.jetstream().stream_info("STATUS", subjects_filter=">")
+        if info.state.messages >= expected or asyncio.get_running_loop().time() > deadline:
+            return dict(info.state.subjects or {})
+        await asyncio.sleep(0.05)
 
 
 async def test_each_agency_publishes_only_as_itself(nats_server: NatsServer, admin_nc: Client) -> None:
@@ -74,13 +79,13 @@ async def test_agency_jetstream_publish_elsewhere_is_refused(nats_server: NatsSe
     errors: list[str] = []
     nc = await _connect(nats_server, "moj", errors)
     js = nc.jetstream()
-    ack = await js.publish(status_subject("moj", "1-1"), b"{}", stream="STATUS")
+    ack = await js.publish(status_subject("moj", "1-1"), b"{}", stream="STATUS_moj")
     assert ack.seq == 1
     with pytest.raises(NatsTimeoutError):
-        await js.publish(status_subject("digital", "1-1"), b"{}", stream="STATUS", timeout=0.5)
+        await js.publish(status_subject("digital", "1-1"), b"{}", stream="STATUS_digital", timeout=0.5)
     assert any("status.digital.1-1" in e for e in errors)
     await nc.close()
-    assert await _status_subjects(admin_nc) == {status_subject("moj", "1-1"): 1}
+    assert await _status_subjects(admin_nc, 1) == {status_subject("moj", "1-1"): 1}
 
 
 @pytest.mark.parametrize(
@@ -119,7 +124,7 @@ async def test_services_cannot_publish_status(nats_server: NatsServer, admin_nc:
     await _wait_for(errors, 1)
     assert any("permissions violation for publish" in e for e in errors), errors
     await nc.close()
-    assert await _status_subjects(admin_nc) == {}
+    assert await _status_subjects(admin_nc, expected=1, timeout=1.0) == {}
 
 
 async def test_only_ingest_writes_accepted_and_rejected(nats_server: NatsServer, admin_nc: Client) -> None:

@@ -24,9 +24,11 @@ from contracts.streams import (
     REPORTING_DURABLE,
     STATUS_STREAM,
     agency_inbox_prefix,
+    agency_status_stream,
 )
 from shinchoku_runtime.natsconf import SECRETARIAT_USER, all_users
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.testing import status_sequence
 
 API = "$JS.API"
 #: Whose durable consumer a user must not create (or replace): another service's.
@@ -143,7 +145,8 @@ async def _state(admin: Client) -> dict[str, object]:
 async def test_every_user_against_the_jetstream_api(nats_server: NatsServer, admin_nc: Client) -> None:
     js = admin_nc.jetstream()
     await js.publish("accepted.mof.1-25", b"{}", stream=ACCEPTED_STREAM.name, headers={"Nats-Msg-Id": "mof:x"})
-    await js.publish("status.mof.1-25", b"{}", stream=STATUS_STREAM.name)
+    ack = await js.publish("status.mof.1-25", b"{}", stream=agency_status_stream("mof"))
+    await status_sequence(js, "status.mof.1-25", ack)  # STATUS has copied it in: the state below is settled
     before = await _state(admin_nc)
     users = [u for u in all_users() if u != "admin"]
     matrix = {user: await _attack(nats_server, user) for user in users}
@@ -159,11 +162,13 @@ async def test_the_logs_are_append_only_even_for_the_administrator(admin_nc: Cli
 
     from nats.js.errors import APIError
 
-    from contracts.streams import STREAMS
+    from contracts.streams import AGENCY_STATUS_STREAMS, STREAMS
 
     js = admin_nc.jetstream()
-    for spec in STREAMS:
-        await js.publish(spec.subjects[0].replace(">", "mof.1-25"), b"{}", stream=spec.name)
+    # The agencies' own STATUS streams too (after STATUS, whose count their copies would change).
+    for spec in (*STREAMS, *AGENCY_STATUS_STREAMS):
+        subject = spec.listened[0].replace(">", "1-25" if spec.listened[0].startswith("status.") else "mof.1-25")
+        await js.publish(subject, b"{}", stream=spec.name)
         with pytest.raises(APIError, match="message delete not permitted"):
             await js.delete_msg(spec.name, 1)
         with pytest.raises(APIError, match="stream purge not permitted"):

@@ -15,6 +15,7 @@ from contracts.streams import ACCEPTED_STREAM, STATUS_STREAM, agency_inbox_prefi
 from shinchoku_runtime.natsclient import connect, ensure_streams, stream_config
 from shinchoku_runtime.natsconf import SECRETARIAT_USER
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.testing import status_sequence
 
 COMMANDS = ("review.mof.1-25", "close.2024.3", "backfill.mof.1-25")
 
@@ -130,14 +131,18 @@ async def test_ensure_streams_brings_streams_from_before_the_cycle_to_their_subj
     try:
         js = nc.jetstream()
         for spec in (STATUS_STREAM, ACCEPTED_STREAM):
-            await js.add_stream(replace(stream_config(spec), subjects=[spec.subjects[0]]))
+            await js.add_stream(replace(stream_config(spec), subjects=[spec.subjects[0]], sources=None))
         await js.publish("status.mof.1-25", b"{}", stream="STATUS")
         await ensure_streams(js)
         for spec in (STATUS_STREAM, ACCEPTED_STREAM):
             info = await js.stream_info(spec.name)
-            assert info.config.subjects == list(spec.subjects)
+            assert info.config.subjects == list(spec.listened)
         assert (await js.stream_info("STATUS")).state.messages == 1
         ack = await js.publish("review.mof.1-25", b"{}", stream="STATUS")
         assert ack.seq == 2
+        # The reports now go to the agency's own stream first, and STATUS copies them in after what it held.
+        ack = await js.publish("status.mof.1-25", b"{}", stream="STATUS_mof")
+        assert ack.seq == 1
+        assert await status_sequence(js, "status.mof.1-25", ack) == 3
     finally:
         await nc.close()

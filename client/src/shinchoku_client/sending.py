@@ -23,7 +23,7 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import PubAck
 from nats.js.errors import APIError, NoStreamResponseError
 
-from contracts.streams import STATUS_STREAM, agency_inbox_prefix
+from contracts.streams import agency_inbox_prefix, publish_stream
 from shinchoku_client.batch import (
     MAX_BATCH,
     AtomicUnsupported,
@@ -212,7 +212,9 @@ class Publisher:
         """One publish, failing fast when the broker reports a permissions violation for this subject."""
         denied = self._watch_denial(subject)
         publish = asyncio.ensure_future(
-            js.publish(subject, data, timeout=self.timeout, stream=STATUS_STREAM.name, headers=dict(headers) or None)
+            js.publish(
+                subject, data, timeout=self.timeout, stream=publish_stream(subject), headers=dict(headers) or None
+            )
         )
         try:
             await asyncio.wait({publish, denied}, return_when=asyncio.FIRST_COMPLETED)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from contracts.agencies import Agency
 
 STATUS_SUBJECT_PREFIX = "status"
+STATUS_STREAM_NAME = "STATUS"
 ACCEPTED_SUBJECT_PREFIX = "accepted"
 REJECTED_SUBJECT_PREFIX = "rejected"
 
@@ -156,10 +157,56 @@ MAX_STATUS_PAYLOAD_BYTES = 64 * 1024
 #: What a STATUS message's headers may add (a traceparent, a tracestate, a batch's headers): the broker counts
 #: headers and payload together against `max_msg_size`.
 HEADER_SLACK_BYTES = 4 * 1024
-#: Per (agency, measure) subject, STATUS keeps at most this many messages and refuses the next one (discard new
-#: per subject): a ministry reports a measure a few times a quarter, so 2,000 is centuries of honest use, while a
-#: runaway client filling one subject stops at 2,000 x 68 KiB = 136 MiB instead of the whole disk.
+#: Per (agency, measure) subject, an agency's STATUS stream (below) keeps at most this many messages and refuses the
+#: next one (discard new per subject): a ministry reports a measure a few times a quarter, so 2,000 is centuries
+#: of honest use, while a runaway client filling one subject stops at 2,000 x 68 KiB = 136 MiB.
 STATUS_MAX_MSGS_PER_SUBJECT = 2_000
+#: What the broker adds to a message it copies from an agency's stream into STATUS: a `Nats-Stream-Source` header
+#: naming the origin stream, its sequence and the subject (a subject is at most 4 KiB, nats-server's control line).
+#: STATUS takes that much more than an agency's stream, so a copy is never refused (a refused copy would stall the
+#: agency's source for good).
+SOURCE_HEADER_SLACK_BYTES = 8 * 1024
+
+# --- Each agency's share of STATUS (issue #15: one agency cannot fill the disk or starve the others) -----------
+#
+# NATS bounds storage per stream and per subject, never per publisher inside one stream, and an agency may
+# publish on any `status.{agency}.{token}` (ingest rejects an unknown measure, but the broker stores it first).
+# So each agency's reports land in a stream of its own, `STATUS_{agency}` (subjects `status.{agency}.>`), bounded
+# in bytes and messages with discard new: once over its share the agency's next publish is refused with a
+# JetStream error (503 "maximum bytes exceeded" / "maximum messages exceeded"), at once, nothing stored, while
+# every other agency goes on. STATUS *sources* the 17 agency streams: it still holds every
+# `status.{agency}.{measure_id}` message, with the secretariat's commands, in one order, and ingest still reads
+# STATUS alone. The receipt time that decides timeliness is STATUS's own timestamp of the copy (DESIGN.md
+# "Rollup semantics"): milliseconds after the agency's PubAck; when STATUS cannot take writes the copy waits in the
+# agency's stream and is received when STATUS is back, the moment a publish refused by STATUS alone would have
+# been resent. Why not the alternatives (deploy/OPERATIONS.md "Bounded input" has the figures): publish rights
+# narrowed to the measures an agency leads leave a 15 GiB worst case for `digital` (114 measures x 136 MiB) and
+# refuse an unknown measure with a permissions violation, which a JetStream publisher sees only as a timeout;
+# one NATS account per agency needs cross-account imports for every stream, consumer and inbox.
+
+#: Default share of one agency (the administrator's `streams apply` may set others: `AgencyQuota`). Honest use
+#: is small: `digital` leads 114 measures; at a few reports of ~2-4 KiB per measure and quarter that is well under
+#: 10 MiB and 2,000 messages a year, so 256 MiB / 100,000 messages is decades of reporting, and a runaway client
+#: stops there. JetStream reserves a stream's `max_bytes` on each node that holds it: the 17 shares take
+#: 17 x 256 MiB = 4.25 GiB of every node's JetStream storage up front (a stream that does not fit is refused with
+#: "insufficient storage"), which also means no other stream can take an agency's share from it.
+AGENCY_STATUS_MAX_BYTES = 256 * 1024 * 1024
+AGENCY_STATUS_MAX_MSGS = 100_000
+
+
+def agency_status_stream(agency: Agency | str) -> str:
+    """The stream that takes an agency's reports (`status.{agency}.>`) before STATUS sources them: the stream its
+    PubAcks name."""
+    return f"{STATUS_STREAM_NAME}_{agency}"
+
+
+def publish_stream(subject: str) -> str:
+    """The stream a publish on `subject` is stored in first (what a client expects in its PubAck): an agency's
+    own stream for `status.{agency}.…`, STATUS for the secretariat's commands."""
+    parts = subject.split(".")
+    if len(parts) >= 3 and parts[0] == STATUS_SUBJECT_PREFIX and parts[1]:
+        return agency_status_stream(parts[1])
+    return STATUS_STREAM_NAME
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,23 +228,59 @@ class StreamSpec:
     #: The logs are append-only: no message is deleted, no stream purged, by anybody (the administrator included).
     deny_delete: bool = True
     deny_purge: bool = True
+    #: The subjects the stream listens on, when not all of `subjects` (what it holds): STATUS holds
+    #: `status.>` but takes it from the agencies' streams it sources, not from publishers.
+    listens: tuple[str, ...] | None = None
+    #: Streams whose messages this one copies in (JetStream sources), in this order.
+    sources: tuple[str, ...] = ()
+    #: -1: no bound. With a bound the stream refuses the next message (discard new), it never drops an old one.
+    max_bytes: int = -1
+    max_msgs: int = -1
 
+    @property
+    def listened(self) -> tuple[str, ...]:
+        return self.subjects if self.listens is None else self.listens
+
+
+def agency_status_spec(
+    agency: Agency | str, *, max_bytes: int = AGENCY_STATUS_MAX_BYTES, max_msgs: int = AGENCY_STATUS_MAX_MSGS
+) -> StreamSpec:
+    """An agency's own STATUS stream: its share, refused beyond (see "Each agency's share of STATUS" above)."""
+    return StreamSpec(
+        name=agency_status_stream(agency),
+        subjects=(f"{STATUS_SUBJECT_PREFIX}.{agency}.>",),
+        duplicate_window_seconds=1.0,
+        description=f"Status events of {agency} as published, bounded, sourced into STATUS (its share of STATUS)",
+        max_msg_size=MAX_STATUS_PAYLOAD_BYTES + HEADER_SLACK_BYTES,
+        max_msgs_per_subject=STATUS_MAX_MSGS_PER_SUBJECT,
+        max_bytes=max_bytes,
+        max_msgs=max_msgs,
+    )
+
+
+AGENCY_STATUS_STREAMS: tuple[StreamSpec, ...] = tuple(agency_status_spec(a) for a in Agency)
 
 #: STATUS keeps the broker's minimum duplicate window: de-duplication there is ingest's job, by
 #: event_id, for ever, so that a conflicting resend is always seen and rejected.
 #: Subjects are added at the end only: `subjects[0]` is what consumers of the first contract filter on.
+#: It listens only to the secretariat's commands; the ministries' reports come from their own streams (sources),
+#: so its limits stay above theirs: a copy it refused would stall that agency's source. Per subject it takes twice
+#: an agency stream's bound (a subject's messages stored before the agency streams existed, then the agency
+#: stream's own 2,000).
 STATUS_STREAM = StreamSpec(
-    name="STATUS",
+    name=STATUS_STREAM_NAME,
     subjects=(
         f"{STATUS_SUBJECT_PREFIX}.>",
         f"{REVIEW_SUBJECT_PREFIX}.>",
         f"{CLOSE_SUBJECT_PREFIX}.>",
         f"{BACKFILL_SUBJECT_PREFIX}.>",
     ),
+    listens=(f"{REVIEW_SUBJECT_PREFIX}.>", f"{CLOSE_SUBJECT_PREFIX}.>", f"{BACKFILL_SUBJECT_PREFIX}.>"),
+    sources=tuple(spec.name for spec in AGENCY_STATUS_STREAMS),
     duplicate_window_seconds=1.0,
     description="Status events as ministries publish them, and the secretariat's commands, in one order",
-    max_msg_size=MAX_STATUS_PAYLOAD_BYTES + HEADER_SLACK_BYTES,
-    max_msgs_per_subject=STATUS_MAX_MSGS_PER_SUBJECT,
+    max_msg_size=MAX_STATUS_PAYLOAD_BYTES + HEADER_SLACK_BYTES + SOURCE_HEADER_SLACK_BYTES,
+    max_msgs_per_subject=2 * STATUS_MAX_MSGS_PER_SUBJECT,
 )
 #: ACCEPTED's and REJECTED's duplicate window: longer than ingest's retry horizon with its default settings
 #: (~44 min: `ingest.config.retry_horizon`), so that the broker drops every copy ingest's own retries publish.
@@ -249,6 +332,8 @@ ALERTS_STREAM = StreamSpec(
     description="Alerts raised and resolved (alert.{agency}.{kind}; Nats-Msg-Id = {alert_id}:{state}:{occurrence})",
 )
 
+#: The shared streams (the binding names). `ALL_STREAMS` adds the agencies' own STATUS streams, which come first
+#: (STATUS sources them).
 STREAMS: tuple[StreamSpec, ...] = (
     STATUS_STREAM,
     ACCEPTED_STREAM,
@@ -259,4 +344,6 @@ STREAMS: tuple[StreamSpec, ...] = (
 
 #: The broker's word that it gave up on a STATUS message: `max_deliver` deliveries to ingest and no ack (each
 #: replica holding it stopped or hung). Ingest records it as an `undeliverable` rejection.
+ALL_STREAMS: tuple[StreamSpec, ...] = (*AGENCY_STATUS_STREAMS, *STREAMS)
+
 INGEST_MAX_DELIVERIES_ADVISORY = f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{STATUS_STREAM.name}.{INGEST_DURABLE}"

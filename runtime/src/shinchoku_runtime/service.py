@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import uvicorn
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from opentelemetry.trace import TracerProvider
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from shinchoku_runtime.adapters import check_hooks
-from shinchoku_runtime.auth.dependencies import public, require
-from shinchoku_runtime.auth.principal import Role
+from shinchoku_runtime.auth.dependencies import install_auth, public, require
+from shinchoku_runtime.auth.principal import Principal, Role
+from shinchoku_runtime.auth.verifier import TokenVerifier
+from shinchoku_runtime.http import install_error_handlers
+from shinchoku_runtime.telemetry import instrument_app
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +113,27 @@ def lifespan_of(runtime: Startable) -> Callable[[FastAPI], AbstractAsyncContextM
             await runtime.stop()
 
     return lifespan
+
+
+def service_app(
+    runtime: Startable,
+    *,
+    verifier: TokenVerifier,
+    registry: CollectorRegistry,
+    tracer_provider: TracerProvider,
+    routers: Sequence[APIRouter] = (),
+    session: Callable[[Request], Principal | None] | None = None,
+    **metadata: Any,
+) -> FastAPI:
+    """A service's app, the same for the three: FastAPI with `metadata` (title, summary or description, version),
+    its lifespan running `runtime`, the platform's error bodies, the token gates (`verifier`; `session`: the
+    principal of a browser session), `/metrics` of `registry`, `/livez`, the service's `routers`, HTTP tracing."""
+    app = FastAPI(lifespan=lifespan_of(runtime), **metadata)
+    install_error_handlers(app)
+    install_auth(app, verifier, session=session)
+    add_metrics_route(app, registry)
+    add_liveness_route(app)
+    for router in routers:
+        app.include_router(router)
+    instrument_app(app, tracer_provider)
+    return app

@@ -11,18 +11,28 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from nats.js import JetStreamContext
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamSource
 from nats.js.errors import NotFoundError
 
-from contracts.streams import STREAMS, StreamSpec
+from contracts.agencies import Agency
+from contracts.streams import (
+    AGENCY_STATUS_MAX_BYTES,
+    AGENCY_STATUS_MAX_MSGS,
+    STATUS_STREAM,
+    STREAMS,
+    StreamSpec,
+    agency_status_spec,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,21 +55,46 @@ class StreamDiffers(RuntimeError):
         )
 
 
+@dataclass(frozen=True)
+class AgencyQuota:
+    """Each agency's share of STATUS: what its own stream `STATUS_{agency}` takes before refusing (discard new).
+
+    A deployment setting of the administrator (`SHINCHOKU_STREAM_AGENCY_MAX_BYTES`, `…_AGENCY_MAX_MSGS`; the
+    defaults are `contracts.streams`'): the services never read the agencies' streams, only STATUS, whose
+    definition does not depend on it."""
+
+    max_bytes: int = AGENCY_STATUS_MAX_BYTES
+    max_msgs: int = AGENCY_STATUS_MAX_MSGS
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AgencyQuota:
+        env = os.environ if environ is None else environ
+        return cls(
+            max_bytes=int(env.get("SHINCHOKU_STREAM_AGENCY_MAX_BYTES") or AGENCY_STATUS_MAX_BYTES),
+            max_msgs=int(env.get("SHINCHOKU_STREAM_AGENCY_MAX_MSGS") or AGENCY_STATUS_MAX_MSGS),
+        )
+
+    def specs(self) -> tuple[StreamSpec, ...]:
+        return tuple(agency_status_spec(a, max_bytes=self.max_bytes, max_msgs=self.max_msgs) for a in Agency)
+
+
 def stream_config(spec: StreamSpec, *, replicas: int = 1) -> StreamConfig:
     """The nats-py StreamConfig for a shared stream spec."""
     per_subject = spec.max_msgs_per_subject > 0
+    bounded = spec.max_bytes > 0 or spec.max_msgs > 0
     return StreamConfig(
         name=spec.name,
-        subjects=list(spec.subjects),
+        subjects=list(spec.listened),
+        sources=[StreamSource(name=name) for name in spec.sources] or None,
         description=spec.description,
         storage=StorageType.FILE,
         retention=RetentionPolicy.LIMITS,
-        # A subject bound refuses the subject's next message (the publisher hears it); nothing old is dropped.
-        discard=DiscardPolicy.NEW if per_subject else DiscardPolicy.OLD,
+        # A bound refuses the next message (the publisher hears it); nothing old is dropped.
+        discard=DiscardPolicy.NEW if per_subject or bounded else DiscardPolicy.OLD,
         discard_new_per_subject=per_subject,
         max_msgs_per_subject=spec.max_msgs_per_subject,
-        max_msgs=-1,
-        max_bytes=-1,
+        max_msgs=spec.max_msgs,
+        max_bytes=spec.max_bytes,
         max_age=0,
         duplicate_window=spec.duplicate_window_seconds,
         max_msg_size=spec.max_msg_size,
@@ -80,12 +115,15 @@ def _normal(key: str, value: Any) -> Any:
         return bool(value)
     if key == "num_replicas" and value is None:
         return 1
+    if key == "sources":
+        return [getattr(source, "name", source) for source in value or ()]
     return value
 
 
 #: What a service checks: everything that decides what the stream keeps, refuses or drops.
 CHECKED = (
     "subjects",
+    "sources",
     "storage",
     "retention",
     "discard",
@@ -114,9 +152,25 @@ def differences(live: StreamConfig, wanted: StreamConfig) -> dict[str, tuple[obj
     return out
 
 
-async def apply_streams(js: JetStreamContext, *, replicas: int = 1, specs: Iterable[StreamSpec] = STREAMS) -> list[str]:
-    """As the administrator: create each shared stream, or bring a live one to the definition. What changed, said."""
+async def apply_streams(
+    js: JetStreamContext,
+    *,
+    replicas: int = 1,
+    specs: Iterable[StreamSpec] | None = None,
+    quota: AgencyQuota | None = None,
+) -> list[str]:
+    """As the administrator: create each shared stream, or bring a live one to the definition. What changed, said.
+
+    By default the agencies' own STATUS streams (with `quota`, else `AgencyQuota.from_env()`) and the shared
+    streams. The agencies' streams come before STATUS, which sources them; a STATUS of the first layout (listening
+    on `status.>` itself) first stops listening there, so that the agencies' streams can take those subjects.
+    """
+    if specs is None:
+        specs = (*(quota or AgencyQuota.from_env()).specs(), *STREAMS)
+    specs = list(specs)
     changes = []
+    if any(spec.name != STATUS_STREAM.name and spec.subjects[0].startswith("status.") for spec in specs):
+        changes += await _stop_listening_to_reports(js)
     for spec in specs:
         wanted = stream_config(spec, replicas=replicas)
         try:
@@ -132,6 +186,24 @@ async def apply_streams(js: JetStreamContext, *, replicas: int = 1, specs: Itera
             changes.append(f"{spec.name}: updated {', '.join(changed)}")
             log.warning("stream %s differed from the shared definition in %s: updated", spec.name, sorted(changed))
     return changes
+
+
+async def _stop_listening_to_reports(js: JetStreamContext) -> list[str]:
+    """A live STATUS that still listens on the reports' subjects itself (the layout before the agencies' own
+    streams) listens only on the secretariat's commands from now on; what it holds stays."""
+    try:
+        live = (await js.stream_info(STATUS_STREAM.name)).config
+    except NotFoundError:
+        return []
+    if list(live.subjects or []) == list(STATUS_STREAM.listened):
+        return []
+    await js.update_stream(dataclasses.replace(live, subjects=list(STATUS_STREAM.listened)))
+    log.warning(
+        "stream %s: now listens on %s only (the agencies' streams take status.>)",
+        STATUS_STREAM.name,
+        list(STATUS_STREAM.listened),
+    )
+    return [f"{STATUS_STREAM.name}: listens on the secretariat's commands only"]
 
 
 async def check_streams(js: JetStreamContext, specs: Iterable[StreamSpec], *, replicas: int = 1) -> None:

@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -46,3 +47,32 @@ def fresh_postgres_database(prefix: str = "shinchoku_test") -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+async def status_sequence(js: Any, subject: str, ack: Any, timeout: float = 10.0) -> int:
+    """STATUS's sequence of what a PubAck acknowledged: the PubAck's own for the secretariat's commands (STATUS
+    took them), else the sequence of STATUS's copy of the agency stream's message (`Nats-Stream-Source` names the
+    agency's stream and sequence), waiting while STATUS has not sourced it yet."""
+    import asyncio
+
+    from nats.js.errors import NotFoundError
+
+    from contracts.streams import STATUS_STREAM_NAME
+
+    if ack.stream == STATUS_STREAM_NAME:
+        return int(ack.seq)
+    origin = f"{ack.stream} {ack.seq} "
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        seq = 1
+        while True:
+            try:
+                msg = await js.get_msg(STATUS_STREAM_NAME, seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            if (msg.headers or {}).get("Nats-Stream-Source", "").startswith(origin):
+                return int(msg.seq)
+            seq = int(msg.seq) + 1
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"STATUS holds no copy of {ack.stream} #{ack.seq} ({subject}) after {timeout}s")
+        await asyncio.sleep(0.05)

@@ -36,6 +36,7 @@ from ingest.testing import (
 )
 from shinchoku.client import AgencyPublisher, PermissionDenied
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.testing import status_sequence
 
 Publishers = Callable[[str], Awaitable[AgencyPublisher]]
 
@@ -81,7 +82,7 @@ async def test_every_reason_code_end_to_end(
     await wait_for_event(ingest.http, admitted["event_id"])
     sent: dict[ReasonCode, int] = {}
     for reason, (publisher, subject, data) in cases.items():
-        sent[reason] = (await publisher.publish_raw(subject, data)).seq
+        sent[reason] = await status_sequence(admin_nc.jetstream(), subject, await publisher.publish_raw(subject, data))
     assert await wait_for_count(admin_nc, "REJECTED", len(cases)) == len(cases)
     assert await wait_for_count(admin_nc, "ACCEPTED", 1) == 1
 
@@ -325,7 +326,7 @@ async def test_the_last_delivery_dead_letters_as_undeliverable(
     assert await wait_for_count(admin_nc, "REJECTED", 1, timeout=20) == 1
     (rejection, headers), *_ = (await rejections(admin_nc)).values()
     assert rejection.reason is ReasonCode.undeliverable
-    assert rejection.rejection_id == f"STATUS-{ack.seq}"
+    assert rejection.rejection_id == f"STATUS-{await status_sequence(admin_nc.jetstream(), 'status.mof.5-8', ack)}"
     assert rejection.event_id == body["event_id"]
     assert "catalog" in rejection.message
     assert headers["Nats-Msg-Id"] == rejection.rejection_id

@@ -94,7 +94,7 @@ async def test_report_publishes_one_report_that_ingest_admits(ingest: Any, stack
     assert result.exit_code == 0, result.output
     event_id = result.stdout.strip().splitlines()[0]
     assert uuid.UUID(event_id)
-    assert "STATUS seq 1" in result.output
+    assert "STATUS_mof seq 1" in result.output
     assert f"/events/{event_id}" in result.output
     decided = await wait_for_event(ingest.http, event_id)
     assert decided["outcome"] == "admitted"

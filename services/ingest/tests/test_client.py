@@ -38,9 +38,9 @@ async def test_a_publish_is_retried_with_the_same_bytes_until_jetstream_answers(
         await ensure_streams(admin.jetstream())
         ack = await sending
     js = admin.jetstream()
-    info = await js.stream_info("STATUS")
-    assert (ack.stream, info.state.messages) == ("STATUS", 1)
-    stored = await js.get_msg("STATUS", 1)
+    info = await js.stream_info("STATUS_mof")
+    assert (ack.stream, info.state.messages) == ("STATUS_mof", 1)
+    stored = await js.get_msg("STATUS_mof", 1)
     assert stored.data == event.model_dump_json().encode()
     headers = stored.headers or {}
     assert "traceparent" in headers
@@ -70,4 +70,4 @@ async def test_comma_separated_urls_reach_the_cluster(nats_server: NatsServer, a
     )
     async with mof:
         ack = await mof.publish(StatusEvent.model_validate(event_body()))
-    assert ack.stream == "STATUS"
+    assert ack.stream == "STATUS_mof"  # its own share of STATUS, which STATUS copies in

@@ -14,8 +14,8 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from sqlalchemy.dialects import sqlite
 
 from ingest import queries, repository
+from ingest.delivery import delivery_info
 from ingest.domain import LateAdmission, NewClaim
-from ingest.handlers import delivery_info
 from ingest.repository import DecisionRecord, StoredDecision, WriteConflict, sqlite_datetime
 from shinchoku_runtime.db import make_engine
 

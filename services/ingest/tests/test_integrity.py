@@ -27,6 +27,7 @@ from ingest.config import IngestSettings
 from ingest.settling import retry_delay
 from ingest.testing import encode, event_body, stream_messages, wait_for_count, wait_for_event
 from shinchoku.client import AgencyPublisher
+from shinchoku_runtime.testing import status_sequence
 
 Publishers = Callable[[str], Awaitable[AgencyPublisher]]
 
@@ -49,7 +50,9 @@ async def test_the_admitted_fact_carries_the_brokers_receipt_time(
     body = event_body(reported_at="2024-12-20T17:00:00+09:00")
     ack = await mof.publish_raw("status.mof.1-25", encode(body))
     assert await wait_for_count(admin_nc, "ACCEPTED", 1) == 1
-    status = await admin_nc.jetstream().get_msg("STATUS", ack.seq)
+    status = await admin_nc.jetstream().get_msg(
+        "STATUS", await status_sequence(admin_nc.jetstream(), "status.mof.1-25", ack)
+    )
     (accepted,) = await stream_messages(admin_nc, "ACCEPTED")
     raw = json.loads(accepted.data)
     admitted = AdmittedEvent.model_validate_json(accepted.data)

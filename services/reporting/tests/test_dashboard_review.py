@@ -18,9 +18,11 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from contracts.cycle import ReviewEvent
 from reporting import repository
 from reporting.app import create_app
 from reporting.config import ReportingSettings
+from reporting.dashboard.review import FLASH_COOKIE, FLASH_PURPOSE, new_ticket
 from reporting.dashboard.session import CSRF_COOKIE, REVIEW_PATH, REVIEW_TOKEN_COOKIE, SESSION_COOKIE
 from shinchoku.issuer import EmbeddedIssuer, principal_named
 
@@ -58,10 +60,10 @@ async def sign_in(browser: httpx.AsyncClient, token: str) -> httpx.Response:
     return answer
 
 
-def form(browser: httpx.AsyncClient, **changes: str) -> dict[str, str]:
+def form(browser: httpx.AsyncClient, app: FastAPI | None = None, **changes: str) -> dict[str, str]:
     values = {
         "csrf": browser.cookies.get(CSRF_COOKIE) or "",
-        "review_id": str(uuid.uuid4()),
+        "ticket": new_ticket(app.state.dashboard_sessions) if app is not None else "",
         "event_id": str(uuid.uuid4()),
         "agency": "mof",
         "measure_id": "1-25",
@@ -115,18 +117,26 @@ async def test_a_review_form_without_its_csrf_token_is_refused(
     assert "another site" in elsewhere.text
 
 
-async def test_bad_reviews_are_refused_with_the_reason(browser: httpx.AsyncClient, issuer: EmbeddedIssuer) -> None:
+async def test_bad_reviews_are_refused_with_the_reason(
+    browser: httpx.AsyncClient, app: FastAPI, issuer: EmbeddedIssuer
+) -> None:
     await sign_in(browser, issuer.mint(principal_named("secretariat", "sato")))
-    no_comment = await browser.post(REVIEW_PATH, data=form(browser, comment="  "))
+    no_comment = await browser.post(REVIEW_PATH, data=form(browser, app, comment="  "))
     assert no_comment.status_code == 400
     assert "コメント" in no_comment.text
-    no_decision = await browser.post(REVIEW_PATH, data=form(browser, decision="maybe"))
+    no_decision = await browser.post(REVIEW_PATH, data=form(browser, app, decision="maybe"))
     assert no_decision.status_code == 400
-    not_an_id = await browser.post(REVIEW_PATH, data=form(browser, event_id="42"))
+    not_an_id = await browser.post(REVIEW_PATH, data=form(browser, app, event_id="42"))
     assert not_an_id.status_code == 400
-    too_long = await browser.post(REVIEW_PATH, data=form(browser, comment="長" * 4001))
+    no_ticket = await browser.post(REVIEW_PATH, data=form(browser))
+    assert no_ticket.status_code == 400
+    assert "reload the page" in no_ticket.text
+    forged = form(browser, app)
+    forged["ticket"] = forged["ticket"][:-4] + "AAAA"
+    assert (await browser.post(REVIEW_PATH, data=forged)).status_code == 400
+    too_long = await browser.post(REVIEW_PATH, data=form(browser, app, comment="長" * 4001))
     assert too_long.status_code == 400
-    unknown = await browser.post(REVIEW_PATH, data=form(browser))
+    unknown = await browser.post(REVIEW_PATH, data=form(browser, app))
     assert unknown.status_code == 404
     assert "unknown_event" in unknown.text
 
@@ -147,6 +157,53 @@ async def test_an_expired_token_asks_to_sign_in_again(
                 admitted_at_us=0, subject="status.mof.1-25",
             )
         )  # fmt: skip
-    answer = await browser.post(REVIEW_PATH, data=form(browser, event_id=str(event_id)))
+    answer = await browser.post(REVIEW_PATH, data=form(browser, app, event_id=str(event_id)))
     assert answer.status_code == 401, answer.text
     assert "sign in again" in answer.text
+
+
+def admit_report(app: FastAPI) -> uuid.UUID:
+    """An admitted report of mof on 1-25 in the store, as the consumer would have applied it."""
+    event_id = uuid.uuid4()
+    with app.state.service.engine.begin() as conn:
+        conn.execute(
+            repository.LIVE.events.insert().values(
+                event_id=str(event_id), measure_id="1-25", agency="mof", fiscal_year=2024, quarter=3,
+                status="on_track", reported_at_us=0, reported_at="2024-12-01T00:00:00+09:00", on_time=True,
+                admitted_at_us=0, subject="status.mof.1-25",
+            )
+        )  # fmt: skip
+    return event_id
+
+
+async def test_a_review_goes_out_with_the_secretariats_own_token_and_a_resent_form_is_the_same_review(
+    browser: httpx.AsyncClient, app: FastAPI, issuer: EmbeddedIssuer
+) -> None:
+    """The publish is replaced by a recorder (the NATS side is tests/browser/test_review_browser.py): the review
+    goes on mof's review subject with the token the secretariat signed in with, and the same form sent twice (a
+    double click) is the same bytes, which ingest takes as one review."""
+    sent: list[tuple[str, bytes, str]] = []
+
+    async def record(subject: str, data: bytes, token: str) -> None:
+        sent.append((subject, data, token))
+
+    app.state.service.publish_review = record
+    token = issuer.mint(principal_named("secretariat", "sato"))
+    await sign_in(browser, token)
+    event_id = admit_report(app)
+    values = form(browser, app, event_id=str(event_id))
+    first = await browser.post(REVIEW_PATH, data=values)
+    second = await browser.post(REVIEW_PATH, data=values)
+    assert first.status_code == second.status_code == 303, first.text
+    assert first.headers["location"] == "/dashboard/measures/1-25?fy=2024&q=3"
+    assert len(sent) == 2
+    assert sent[0] == sent[1]
+    subject, data, used = sent[0]
+    assert (subject, used) == ("review.mof.1-25", token)
+    review = ReviewEvent.model_validate_json(data)
+    assert (review.event_id, review.decision.value, review.reviewer) == (event_id, "returned", "sato")
+    assert review.comment == "KPIの時点が異なります"
+    # What became of it, for the page to say (sealed; nothing applied it here, so: sent).
+    flash = app.state.dashboard_sessions.unseal(browser.cookies.get(FLASH_COOKIE), purpose=FLASH_PURPOSE)
+    assert flash is not None
+    assert (flash["review_id"], flash["outcome"]) == (str(review.review_id), "sent")

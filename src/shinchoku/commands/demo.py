@@ -1,5 +1,6 @@
 """`shinchoku demo`: publish a realistic, reproducible history (past quarters as the secretariat's backfill, the open one
-as the 17 agencies), then show the latest rollup."""
+as the 17 agencies), play the reporting cycle (reviews, closes, publications, restatements), then show the latest
+rollup. Running it again adds nothing."""
 
 from __future__ import annotations
 
@@ -17,13 +18,16 @@ def demo(
     cycle: Annotated[
         bool,
         typer.Option(
-            help="Then play the reporting cycle as the secretariat: history backfilled, reviews (some returned and "
-            "answered), past quarters closed and published, a few restatements; the current quarter stays open"
+            "--cycle/--no-cycle",
+            help="Play the reporting cycle as the secretariat after the reports (the default; --cycle is kept for "
+            "scripts that still pass it): history backfilled, reviews (some returned and answered), past quarters "
+            "closed and published, a few restatements; the current quarter stays open. --no-cycle: reports only",
         ),
-    ] = False,
+    ] = True,
 ) -> None:
-    """Publish FY2024Q1 → last completed quarter (reproducible; past quarters backfilled as the secretariat), then print
-    the latest rollup."""
+    """Publish FY2024Q1 → last completed quarter (reproducible; past quarters backfilled as the secretariat), play the
+    reporting cycle (reviewed, closed, published, restated; the current quarter open), then print the latest rollup.
+    A second run adds nothing."""
     from shinchoku.demo_run import run_demo  # NATS and the OpenTelemetry SDK only when the demo runs
 
     run_demo(data_dir, seed, cycle=cycle)

@@ -68,6 +68,7 @@ from shinchoku_runtime.auth.dependencies import (
     ensure,
     hide_from,
     install_auth,
+    own_agency_filter,
     public,
     require,
 )
@@ -116,6 +117,7 @@ __all__ = [
     "ensure",
     "hide_from",
     "install_auth",
+    "own_agency_filter",
     "principal_from_claims",
     "public",
     "require",

@@ -143,6 +143,17 @@ def hide_from(principal: Principal, agency: Agency | str, not_found: str) -> Non
         raise NotFound(not_found)
 
 
+def own_agency_filter(principal: Principal, requested: str | None, what: str) -> str | None:
+    """The `agency` filter of a list of `what` for `principal`: an agency reads its own only (naming another: 403),
+    anyone else filters as asked."""
+    if principal.role is Role.agency:
+        own = str(principal.agency)
+        if requested not in (None, own):
+            raise Forbidden(f"{principal.label} may read its own {what} only, not {requested}'s")
+        return own
+    return requested
+
+
 def gate(rule: AccessRule) -> Callable[..., Awaitable[Principal]]:
     """A dependency that lets through the principals `rule` admits and answers 401/403 to the others."""
 

@@ -20,12 +20,11 @@ from catalog.handlers import bundled_plan
 from catalog.subscribers import register
 from contracts.catalog import Measure
 from contracts.streams import CATALOG_BUCKET, CATALOG_CHANGED
-from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier
 from shinchoku_runtime.broker import make_broker
 from shinchoku_runtime.db import make_engine
-from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
-from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
+from shinchoku_runtime.service import service_app
+from shinchoku_runtime.telemetry import init_tracing, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -174,17 +173,15 @@ def create_app(
     """The catalog's ASGI app; its lifespan seeds the registry and runs the NATS side."""
     runtime = CatalogRuntime(settings or CatalogSettings(), load_plan=load_plan)
 
-    app = FastAPI(
+    app = service_app(
+        runtime,
         title="Shinchoku catalog",
         summary="The registry of the Priority Policy Program's 320 measures (デジタル社会の実現に向けた重点計画)",
         version="1.0.0",
-        lifespan=lifespan_of(runtime),
+        verifier=TokenVerifier.from_settings(auth or AuthSettings(), data_dir=runtime.settings.data_dir),
+        registry=runtime.metrics,
+        tracer_provider=runtime.tracer_provider,
+        routers=[router],
     )
     app.state.runtime = runtime
-    install_error_handlers(app)
-    install_auth(app, TokenVerifier.from_settings(auth or AuthSettings(), data_dir=runtime.settings.data_dir))
-    app.include_router(router)
-    add_metrics_route(app, runtime.metrics)
-    add_liveness_route(app)
-    instrument_app(app, runtime.tracer_provider)
     return app

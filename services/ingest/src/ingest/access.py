@@ -19,7 +19,7 @@ from typing import Annotated
 
 from fastapi import Depends
 
-from shinchoku_runtime.auth import Forbidden, Principal, Role, public, require
+from shinchoku_runtime.auth import Principal, Role, own_agency_filter, public, require
 
 EVENT_READERS = require(
     Role.agency,
@@ -51,12 +51,7 @@ def event_owner(principal: Principal, requested: str | None) -> tuple[bool, str 
 
 def rejections_owner(principal: Principal, requested: str | None) -> str | None:
     """The `agency` filter of `/rejections` for `principal`: an agency reads its own only (naming another: 403)."""
-    if principal.role is Role.agency:
-        own = str(principal.agency)
-        if requested not in (None, own):
-            raise Forbidden(f"{principal.label} may read its own rejections only, not {requested}'s")
-        return own
-    return requested
+    return own_agency_filter(principal, requested, "rejections")
 
 
 def sees_contents(principal: Principal) -> bool:

@@ -1,4 +1,4 @@
-"""Composition root: the store, the broker, the catalog mirror, the batch handler and the HTTP app of ingest."""
+"""Composition root: the store, the broker, the catalog mirror, the batch handler and its roles, the HTTP app."""
 
 from __future__ import annotations
 
@@ -21,21 +21,24 @@ from contracts.streams import (
 )
 from ingest import queries, repository
 from ingest.api import router
-from ingest.config import DuplicateWindowTooShort, IngestSettings, check_duplicate_windows
-from ingest.handlers import BatchHandler, HandlerOptions
+from ingest.commands import CommandWorld
+from ingest.config import DuplicateWindowTooShort, HandlerOptions, IngestSettings, check_duplicate_windows
+from ingest.deciding import BatchDecider
+from ingest.handlers import BatchHandler
 from ingest.health import WorkHealth
 from ingest.lookup import MeasureMirror
 from ingest.metrics import IngestMetrics
-from ingest.publishing import PubAcks
+from ingest.observer import BatchObserver
+from ingest.publishing import PubAcks, Publisher
 from ingest.reconciler import OutboxStatus, Reconciler, Republisher
+from ingest.settling import Settler
 from ingest.subscribers import ensure_consumer, register, tune_pull_fetch
-from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier
 from shinchoku_runtime.broker import ConsumerLag, make_broker
 from shinchoku_runtime.db import make_engine
-from shinchoku_runtime.http import install_error_handlers
-from shinchoku_runtime.service import add_liveness_route, add_metrics_route, lifespan_of
+from shinchoku_runtime.service import service_app
 from shinchoku_runtime.streamdefs import StreamDiffers, StreamMissing, check_streams
-from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
+from shinchoku_runtime.telemetry import init_tracing, instrument_engine
 
 #: The streams ingest reads or writes: checked against the shared definition at start-up (never changed).
 INGEST_STREAMS = (STATUS_STREAM, ACCEPTED_STREAM, REJECTED_STREAM)
@@ -75,12 +78,7 @@ class IngestRuntime:
             telemetry=False,
             apply_types=False,
         )
-        self.options = HandlerOptions(
-            max_deliver=settings.max_deliver,
-            retry_delay_max=settings.retry_delay_max,
-            publish_timeout=settings.publish_timeout,
-            max_inflight=settings.max_inflight_batches,
-        )
+        self.options = HandlerOptions.of(settings)
         #: Whether the batches can write to the store and publish: what /healthz reports of ingest's own work.
         self.health = WorkHealth(horizon=self.options.failure_horizon)
         #: PubAcks not yet recorded in the store (the outbox's marks).
@@ -156,6 +154,7 @@ class IngestRuntime:
     async def _make_handler(self, nc: Any) -> BatchHandler:
         assert self.mirror is not None
         republisher = Republisher(
+            engine=self.engine,
             nc=nc,
             pub_acks=self.pub_acks,
             health=self.health,
@@ -170,20 +169,30 @@ class IngestRuntime:
             metrics=self.metrics,
             interval=self.settings.reconcile_interval,
         )
-        handler = BatchHandler(
-            engine=self.engine,
-            nc=nc,
-            mirror=self.mirror,
-            metrics=self.metrics,
-            options=self.options,
-            health=self.health,
-            pub_acks=self.pub_acks,
-            republisher=republisher,
-            tracer=self.tracer_provider.get_tracer("ingest"),
-            verifier=self.verifier,
+        observer = BatchObserver(
+            self.tracer_provider.get_tracer("ingest"), self.metrics, db_system=self.engine.dialect.name
         )
-        await handler.start()
-        return handler
+        commands = CommandWorld(engine=self.engine, js=nc.jetstream(), verifier=self.verifier)
+        options = self.options
+        return BatchHandler(
+            engine=self.engine,
+            decider=BatchDecider(engine=self.engine, mirror=self.mirror, commands=commands, observer=observer),
+            publisher=Publisher(nc, self.health, self.pub_acks, timeout=options.publish_timeout),
+            settler=Settler(
+                nc=nc,
+                engine=self.engine,
+                observer=observer,
+                pub_acks=self.pub_acks,
+                max_deliver=options.max_deliver,
+                retry_delay_max=options.retry_delay_max,
+                publish_timeout=options.publish_timeout,
+            ),
+            observer=observer,
+            republisher=republisher,
+            pub_acks=self.pub_acks,
+            health=self.health,
+            max_inflight=options.max_inflight,
+        )
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -249,17 +258,15 @@ def create_app(
 ) -> FastAPI:
     runtime = IngestRuntime(settings or IngestSettings(), tracer_provider=tracer_provider, auth=auth)
 
-    app = FastAPI(
+    app = service_app(
+        runtime,
         title="Shinchoku ingest",
         summary="Admits each ministry status event exactly once, or rejects it with a reason code",
         version="1.0.0",
-        lifespan=lifespan_of(runtime),
+        verifier=runtime.verifier,
+        registry=runtime.registry,
+        tracer_provider=runtime.tracer_provider,
+        routers=[router],
     )
     app.state.runtime = runtime
-    install_error_handlers(app)
-    install_auth(app, runtime.verifier)
-    add_metrics_route(app, runtime.registry)
-    add_liveness_route(app)
-    app.include_router(router)
-    instrument_app(app, runtime.tracer_provider)
     return app

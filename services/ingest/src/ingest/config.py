@@ -7,6 +7,7 @@ Ingest refuses to start when they do not (settings at load, the live streams onc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Self
 
 from nats.js import JetStreamContext
@@ -23,6 +24,31 @@ PAUSE_MAX = 10.0
 def retry_delay(delivered: int, cap: float) -> float:
     """The nak delay after a message's `delivered`-th delivery failed: 1 s, 2 s, 4 s … up to the cap."""
     return float(min(cap, 2 ** max(0, delivered - 1)))
+
+
+@dataclass(frozen=True)
+class HandlerOptions:
+    """How the batch handler retries, publishes and overlaps its batches (from `IngestSettings`)."""
+
+    max_deliver: int = 30
+    retry_delay_max: float = 60.0
+    publish_timeout: float = 10.0
+    #: Batches waiting for their PubAcks while the next one is decided.
+    max_inflight: int = 4
+
+    @classmethod
+    def of(cls, settings: IngestSettings) -> HandlerOptions:
+        return cls(
+            max_deliver=settings.max_deliver,
+            retry_delay_max=settings.retry_delay_max,
+            publish_timeout=settings.publish_timeout,
+            max_inflight=settings.max_inflight_batches,
+        )
+
+    @property
+    def failure_horizon(self) -> float:
+        """The longest a failing message takes to come back (its retry delay, a pause, a publish timeout)."""
+        return self.retry_delay_max + PAUSE_MAX + self.publish_timeout
 
 
 class IngestSettings(ServiceSettings):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 from nats.aio.msg import Msg
@@ -82,6 +82,20 @@ class Delivery:
         """Back to as delivered, to be processed again."""
         self.read = self.outcome = self.fault = self.sender = None
         self.stored = False
+
+
+def delivery_info(msg: Msg) -> tuple[int, int, datetime]:
+    """(stream sequence, deliveries so far, time stored) of a JetStream message, from its reply subject.
+
+    The same fields as `msg.metadata`, read without building its two frozen dataclasses (a few µs a
+    message). The reply is `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ns>.<pending>`
+    or, with a domain and account hash, the 12-token form; anything else goes to nats-py, which raises.
+    """
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[4]), datetime.fromtimestamp(int(tokens[7]) / 1e9, UTC)
+    meta = msg.metadata
+    return meta.sequence.stream, meta.num_delivered, meta.timestamp
 
 
 #: The owner of a message's claims, by its subject (`Delivery.agency`).

@@ -1,9 +1,9 @@
-"""Everything ingest says about its batches: spans, metrics and fault logs, from timings the handler hands in.
+"""Everything ingest says about its batches: spans, metrics and fault logs, from the timings handed in.
 
 One report is one trace: a `process` span per message (parent: the report's `traceparent`) with its catalog
 lookup, store write and ACCEPTED/REJECTED publish as children, all built as finished spans by `BatchTracer`
-once the timings are known. The handler only measures and calls; nothing here changes what happens to a
-message.
+once the timings are known. The handler and its roles only measure and call; nothing here changes what happens
+to a message.
 """
 
 from __future__ import annotations

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -29,10 +30,10 @@ from opentelemetry.trace import SpanContext
 from contracts.streams import MSG_ID_HEADER
 from ingest import repository
 from ingest.delivery import Delivery, Fault, FaultKind
-from ingest.domain import clean
+from ingest.domain import LateAdmission, NewClaim, NewClose, clean
 from ingest.health import WorkHealth
-from ingest.records import Outgoing
-from ingest.repository import Mark
+from ingest.records import Outgoing, outgoing
+from ingest.repository import DecisionRecord, Mark, WriteConflict
 from shinchoku_runtime.batchpublish import MAX_BATCH, BatchAck, OutMessage, publish_atomic
 from shinchoku_runtime.propagation import inject_span_context
 
@@ -83,6 +84,20 @@ class Outbox:
 
     def __init__(self) -> None:
         self._streams: dict[str, _StreamBatch] = {}
+
+    @classmethod
+    def of(
+        cls, deliveries: Iterable[Delivery], decided_at: datetime, span_of: Callable[[Delivery], SpanContext | None]
+    ) -> Outbox:
+        """What the messages decided (and not faulted since) publish, each with its publish span's context."""
+        outbox = cls()
+        for d in deliveries:
+            if d.fault is not None or d.outcome is None:
+                continue
+            out = outgoing(d, d.outcome, decided_at)
+            if out is not None:
+                outbox.add(d, out, span_of(d))
+        return outbox
 
     def add(self, d: Delivery, out: Outgoing, span: SpanContext | None) -> None:
         headers = {MSG_ID_HEADER: out.msg_id}
@@ -142,6 +157,32 @@ class PubAcks:
 
     def put_back(self, marks: list[Mark]) -> None:
         self._pending[:0] = marks
+
+    async def write_batch(
+        self,
+        *,
+        decisions: Sequence[DecisionRecord],
+        claims: Sequence[NewClaim],
+        late_admissions: Sequence[LateAdmission],
+        closes: Sequence[NewClose],
+    ) -> None:
+        """Store a batch (`repository.write_batch`) in a transaction that records the pending marks too; they are
+        kept for later when it raises (WriteConflict, or the store's error)."""
+        async with self.write_lock:
+            published = self.take()
+            try:
+                await asyncio.to_thread(
+                    repository.write_batch,
+                    self._engine,
+                    decisions=decisions,
+                    claims=claims,
+                    late_admissions=late_admissions,
+                    published=published,
+                    closes=closes,
+                )
+            except (WriteConflict, sa.exc.SQLAlchemyError):
+                self.put_back(published)
+                raise
 
     def __len__(self) -> int:
         return len(self._pending)

@@ -31,7 +31,7 @@ from nats.aio.client import Client
 
 from contracts.streams import ACCEPTED_STREAM, MSG_ID_HEADER, REJECTED_STREAM, STATUS_STREAM
 from ingest import outbox_repository
-from ingest.domain import clean
+from ingest.domain import ClaimKey, clean
 from ingest.health import WorkHealth
 from ingest.metrics import IngestMetrics
 from ingest.outbox_repository import PassLock, Unpublished
@@ -55,8 +55,16 @@ class Republisher:
     """Publishes stored decisions again, as they were first published, and records their PubAcks."""
 
     def __init__(
-        self, *, nc: Client, pub_acks: PubAcks, health: WorkHealth, metrics: IngestMetrics, timeout: float
+        self,
+        *,
+        engine: sa.Engine,
+        nc: Client,
+        pub_acks: PubAcks,
+        health: WorkHealth,
+        metrics: IngestMetrics,
+        timeout: float,
     ) -> None:
+        self._engine = engine
         self._nc = nc
         self._js = nc.jetstream()
         self._pub_acks = pub_acks
@@ -95,6 +103,15 @@ class Republisher:
             await self._pub_acks.flush()
             log.info("published %d stored decision(s) again", published)
         return published
+
+    async def republish_resent(self, keys: list[ClaimKey]) -> None:
+        """An identical resend of admitted events whose admissions are not published (yet): publish them now."""
+        try:
+            rows = await asyncio.to_thread(outbox_repository.unpublished_admissions, self._engine, keys=keys)
+            if rows:
+                await self.republish(rows)
+        except Exception:  # the reconciler publishes them later all the same
+            log.exception("could not publish again the admissions of %d resent event(s)", len(keys))
 
     async def _message(self, row: Unpublished) -> tuple[Outgoing, dict[str, str]] | None:
         """What the decision publishes, with the report's trace context; None if it cannot be built now."""

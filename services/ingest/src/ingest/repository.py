@@ -15,7 +15,6 @@ The reads for HTTP are in `queries`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
@@ -103,31 +102,9 @@ def _aware(moment: datetime | None) -> datetime | None:
 # --- the batch unit of work ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class StoredDecision:
-    stream_seq: int
-    event_id: str | None
-    outcome: str
-    reason: str | None
-    message: str | None
-    subject: str
-    agency: str
-    measure_id: str | None
-    received_at: datetime
-    admitted_at: datetime | None
-    trace_id: str | None
-    content_hash: str | None
-    rejection_id: str | None
-    published_seq: int | None = None
-    principal: str | None = None
-    admitted_body: str | None = None
-
-
-STORED_COLUMNS = [decision_table.c[name] for name in StoredDecision.__slots__]
-
-
 class DecisionRecord(NamedTuple):
-    """One row of `decision` as ingest writes it, its fields in the table's column order."""
+    """One row of `decision`, its fields in the table's column order: written as the tuple it is, and read back
+    as a `StoredDecision`."""
 
     stream_seq: int
     event_id: str | None
@@ -142,14 +119,25 @@ class DecisionRecord(NamedTuple):
     trace_id: str | None
     content_hash: str | None
     rejection_id: str | None
-    #: The original bytes of a rejected message (None for admissions: they live on ACCEPTED).
-    payload: bytes | None
+    #: The original bytes of a rejected message (None for admissions: they live on ACCEPTED). Never read back
+    #: with the rest (`STORED_COLUMNS`): who needs them selects them beside (`outbox_repository.Unpublished`).
+    payload: bytes | None = None
     #: Always None when written: set by the PubAck (`Mark`).
     published_seq: int | None = None
     #: A command's verified sender.
     principal: str | None = None
     #: An admitted review's or close's message on ACCEPTED.
     admitted_body: str | None = None
+
+
+class StoredDecision(DecisionRecord):
+    """A decision read back from the store (a redelivery's, the outbox's, the HTTP reads'), without its payload."""
+
+    __slots__ = ()
+
+
+STORED_FIELDS = tuple(name for name in DecisionRecord._fields if name != "payload")
+STORED_COLUMNS = [decision_table.c[name] for name in STORED_FIELDS]
 
 
 class Mark(NamedTuple):
@@ -161,7 +149,7 @@ class Mark(NamedTuple):
 
 def stored_decision(row: Any) -> StoredDecision:
     mapping = row._mapping
-    values = {name: mapping[name] for name in StoredDecision.__slots__}
+    values = {name: mapping[name] for name in STORED_FIELDS}
     values["received_at"] = _aware(values["received_at"])
     values["admitted_at"] = _aware(values["admitted_at"])
     return StoredDecision(**values)

@@ -35,7 +35,7 @@ from fastapi import Depends
 
 from contracts.periods import FiscalQuarter
 from reporting.schemas import HistoryItemOut, HistoryOut, LeadOut, MeasureItemOut, YearOut
-from shinchoku_runtime.auth import Forbidden, Principal, Role, ensure, public, require
+from shinchoku_runtime.auth import Principal, Role, ensure, own_agency_filter, public, require
 
 #: Those who read open quarters, notes and reporter names.
 LIVE_READERS = frozenset({Role.agency, Role.secretariat})
@@ -134,9 +134,4 @@ def year(principal: Principal, store: object, doc: YearOut, *, as_of: object = N
 
 def alerts_owner(principal: Principal, requested: str | None) -> str | None:
     """The `agency` filter of `/alerts` for `principal`: an agency reads its own only (naming another: 403)."""
-    if principal.role is Role.agency:
-        own = str(principal.agency)
-        if requested not in (None, own):
-            raise Forbidden(f"{principal.label} may read its own alerts only, not {requested}'s")
-        return own
-    return requested
+    return own_agency_filter(principal, requested, "alerts")

@@ -34,14 +34,13 @@ from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
 from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_config, update_consumer
 from reporting.workers import make_applier
-from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
+from shinchoku_runtime.auth import AuthSettings, TokenVerifier
 from shinchoku_runtime.broker import ConsumerLag
 from shinchoku_runtime.db import make_engine
-from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.natsclient import connect_service
-from shinchoku_runtime.service import add_liveness_route, add_metrics_route, health_response, lifespan_of
+from shinchoku_runtime.service import health_response, service_app
 from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
-from shinchoku_runtime.telemetry import init_tracing, instrument_app, instrument_engine
+from shinchoku_runtime.telemetry import init_tracing, instrument_engine
 
 log = logging.getLogger(__name__)
 
@@ -91,9 +90,11 @@ class ReportingService:
         return snapshot.measures if snapshot.loaded else None
 
     def _committed(self) -> None:
+        # Readers first: the publications go out and the rollups read lately are brought up to date at once; the
+        # alerts' evaluation (a read of every effective report) follows the warm-up rather than competing with it
+        # and with the readers who asked the moment the change was acknowledged.
         self._changed.set()
         self.outbox.wake.set()
-        self.alerts.notify()
 
     async def start(self) -> None:
         repository.create_store(self.engine)
@@ -103,10 +104,12 @@ class ReportingService:
         self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
 
     async def _keep_warm(self) -> None:
-        """Recompute the rollups read lately as soon as the store changes, so readers find them computed."""
+        """Recompute the rollups read lately as soon as the store changes, so readers find them computed; then let
+        the alerts evaluate the change."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=WARM_CHECK_SECONDS)
+            changed = self._changed.is_set()
             self._changed.clear()
             try:
                 computed = await asyncio.to_thread(self.queries.warm)
@@ -115,6 +118,8 @@ class ReportingService:
             except Exception:  # e.g. the database is away: the readers will say so; try again later
                 log.debug("could not warm the rollups", exc_info=True)
                 computed = 1
+            if changed:
+                self.alerts.notify()
             if computed:  # leave the consumer most of the process while the store keeps changing
                 await asyncio.sleep(WARM_MIN_INTERVAL)
 
@@ -235,16 +240,6 @@ def create_app(
     settings = settings or ReportingSettings()
     service = ReportingService(settings, clock=clock)
 
-    app = FastAPI(
-        title="Shinchoku reporting",
-        description="Quarterly rollups of the Priority Policy Program by fiscal quarter, agency and section.",
-        version="1.0.0",
-        lifespan=lifespan_of(service),
-    )
-    app.state.service = service
-    app.state.settings = settings
-    app.state.queries = service.queries
-    install_error_handlers(app)
     auth = auth or AuthSettings()
     secret = settings.dashboard_session_secret
     sessions = Sessions(
@@ -252,18 +247,24 @@ def create_app(
         ttl=settings.dashboard_session_ttl,
         secure=settings.dashboard_cookie_secure,
     )
-    # A signed-in browser reads the API with its session too (the dashboard's CSV links): only GET routes, no
-    # CORS, and a SameSite=Lax cookie that another site's sub-requests do not carry.
-    install_auth(app, TokenVerifier.from_settings(auth, data_dir=settings.data_dir), session=sessions.principal)
+    app = service_app(
+        service,
+        title="Shinchoku reporting",
+        description="Quarterly rollups of the Priority Policy Program by fiscal quarter, agency and section.",
+        version="1.0.0",
+        verifier=TokenVerifier.from_settings(auth, data_dir=settings.data_dir),
+        # A signed-in browser reads the API with its session too (the dashboard's CSV links): only GET routes, no
+        # CORS, and a SameSite=Lax cookie that another site's sub-requests do not carry.
+        session=sessions.principal,
+        registry=service.registry,
+        tracer_provider=service.tracer_provider,
+        routers=[api.router, alerts_api.router, alerts_panel.router, dashboard.router],
+    )
+    app.state.service = service
+    app.state.settings = settings
+    app.state.queries = service.queries
     app.state.auth_settings = auth
     app.state.dashboard_sessions = sessions
-    add_metrics_route(app, service.registry)
-    add_liveness_route(app)
-    instrument_app(app, service.tracer_provider)
-    app.include_router(api.router)
-    app.include_router(alerts_api.router)
-    app.include_router(alerts_panel.router)
-    app.include_router(dashboard.router)
 
     @app.get("/healthz", tags=["health"], dependencies=[Depends(access.OPEN)])
     def healthz() -> JSONResponse:

@@ -15,6 +15,10 @@ taking the next batch when it is free) decode, bulk-insert the events and keep t
 measure, agency) of their share in memory, by the same ordering the incremental upsert applies (greatest
 `reported_at`, then greatest `event_id`); the shares' winners are merged by that ordering, so the result
 equals the incrementally built store row for row. The catch-up under the lock uses the incremental path itself.
+
+One module of ~400 lines on purpose: the rebuild is one procedure (replay into the shadow tables, catch up under
+the lock, swap) whose steps share the shadow store, the lock and the writers' shares; apart, each would be read
+only with the others.
 """
 
 from __future__ import annotations

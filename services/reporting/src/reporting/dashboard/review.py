@@ -29,6 +29,7 @@ rejection's reason: the token is never sent to ingest's HTTP address from here, 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -51,11 +52,15 @@ from reporting.dashboard.signin import read_form
 from reporting.dashboard.state import ViewState
 from shinchoku_runtime.auth import InvalidToken, KeysUnavailable, NoPrincipal, Principal, Role, TokenVerifier
 
+log = logging.getLogger(__name__)
 router = APIRouter(include_in_schema=False)
 
 FLASH_COOKIE = "shinchoku_flash"
 FLASH_PURPOSE = "review-outcome"
 FLASH_SECONDS = 120
+TICKET_PURPOSE = "review-form"
+#: How long a review form stays valid (a page left open longer is reloaded).
+TICKET_SECONDS = 12 * 3600
 #: How long the route waits for the review's outcome before going back to the page (s).
 WAIT_SECONDS = 4.0
 
@@ -74,21 +79,32 @@ def _problem(request: Request, status_code: int, message: str, lang: Lang) -> Re
 
 
 def _admitted_report(engine: sa.Engine, agency: str, event_id: str) -> tuple[str, FiscalQuarter] | None:
-    """(measure_id, quarter) of the admitted report `event_id` of `agency` as this store holds it."""
-    events = repository.LIVE.events
     with engine.connect() as conn:
-        row = conn.execute(
-            sa.select(events.c.measure_id, events.c.fiscal_year, events.c.quarter).where(
-                events.c.agency == agency, events.c.event_id == event_id
-            )
-        ).first()
-    return (str(row[0]), FiscalQuarter(int(row[1]), int(row[2]))) if row is not None else None
+        found = repository.admitted_report(conn, agency=agency, event_id=event_id)
+    return (found[0], FiscalQuarter(found[1], found[2])) if found is not None else None
+
+
+def new_ticket(sessions: Sessions) -> str:
+    """The review form's ticket: a fresh review_id and the moment the form was made, sealed with the session key.
+    A form sent twice (a double click, a resend after an error) is the same review, byte for byte, which ingest
+    takes as a duplicate; the browser chooses neither the id nor the time."""
+    value = {"review_id": str(uuid.uuid4()), "at": datetime.now(UTC).isoformat()}
+    return sessions.seal(value, purpose=TICKET_PURPOSE, seconds=TICKET_SECONDS)
+
+
+def read_ticket(sessions: Sessions, sealed: str | None) -> tuple[uuid.UUID, datetime] | None:
+    value = sessions.unseal(sealed, purpose=TICKET_PURPOSE)
+    if value is None:
+        return None
+    try:
+        return uuid.UUID(str(value["review_id"])), datetime.fromisoformat(str(value["at"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _review_applied(engine: sa.Engine, review_id: str) -> bool:
-    reviews = repository.LIVE.cycle.reviews
     with engine.connect() as conn:
-        return conn.execute(sa.select(reviews.c.review_id).where(reviews.c.review_id == review_id)).first() is not None
+        return repository.review_applied(conn, review_id=review_id)
 
 
 async def _sending_token(request: Request, principal: Principal, sessions: Sessions) -> str:
@@ -144,9 +160,13 @@ async def review(request: Request, principal: Reviewer) -> Response:
         return _problem(request, 400, TEXT[lang]["review_comment_required"], lang)
     try:
         event_id = uuid.UUID(form.get("event_id", ""))
-        review_id = uuid.UUID(form["review_id"]) if form.get("review_id") else uuid.uuid4()
     except ValueError:
-        return _problem(request, 400, "event_id and review_id must be UUIDs", lang)
+        return _problem(request, 400, "event_id must be a UUID", lang)
+    sessions: Sessions = request.app.state.dashboard_sessions
+    ticket = read_ticket(sessions, form.get("ticket"))
+    if ticket is None:
+        return _problem(request, 400, "this review form is stale or was not made here: reload the page", lang)
+    review_id, opened_at = ticket
     agency = form.get("agency", "")
     measure_id = form.get("measure_id", "")
     if agency not in {a.value for a in Agency}:
@@ -157,7 +177,7 @@ async def review(request: Request, principal: Reviewer) -> Response:
             event_id=event_id,
             decision=decision,
             comment=comment,
-            reviewed_at=datetime.now(UTC),
+            reviewed_at=opened_at,
             reviewer=(principal.subject or SECRETARIAT)[:200],
         )
     except ValidationError as e:
@@ -172,7 +192,6 @@ async def review(request: Request, principal: Reviewer) -> Response:
             f"unknown_event: no admitted report {event_id} of {agency} on measure {measure_id[:20]!r} is known here",
             lang,
         )
-    sessions: Sessions = request.app.state.dashboard_sessions
     try:
         token = await _sending_token(request, principal, sessions)
     except LookupError as e:
@@ -183,7 +202,8 @@ async def review(request: Request, principal: Reviewer) -> Response:
         await request.app.state.service.publish_review(
             review_subject(agency, measure_id), event.model_dump_json().encode(), token
         )
-    except Exception as e:  # NATS away or the publish not acknowledged: nothing was sent for sure, resend is safe
+    except Exception as e:  # NATS away, or no ack: resending the form is safe (same ticket: same bytes)
+        log.warning("a review from the dashboard was not published: %s: %s", type(e).__name__, e)
         return _problem(request, 503, f"the review could not be published now ({type(e).__name__}): try again", lang)
     outcome = await _outcome(request, str(review_id))
     quarter = report[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import uuid
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,7 +18,7 @@ from reporting.access import DashboardReader
 from reporting.dashboard import view
 from reporting.dashboard.i18n import DISPLAY_ORDER, STATUS_GLYPHS, TEXT, agency_name, section_title
 from reporting.dashboard.pages import fingerprint, latest_quarter, measure_page, overview_page
-from reporting.dashboard.review import drop_flash, take_flash
+from reporting.dashboard.review import drop_flash, new_ticket, take_flash
 from reporting.dashboard.review import router as review_router
 from reporting.dashboard.session import csrf_token, keep_csrf
 from reporting.dashboard.signin import router as signin_router
@@ -27,7 +26,7 @@ from reporting.dashboard.signin import viewer
 from reporting.dashboard.source import ApiSource, RollupSource, SourceError
 from reporting.dashboard.state import BadState, ViewState
 from reporting.dashboard.text import reveal
-from shinchoku_runtime.auth import Role
+from shinchoku_runtime.auth import Principal, Role
 
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
@@ -72,8 +71,16 @@ router = APIRouter(include_in_schema=False)
 
 
 def get_source(request: Request, principal: DashboardReader) -> RollupSource:
-    """The app's own rollup API, in-process, read as whoever views the page (the API's rules apply)."""
+    """The app's own rollup API, in-process, read as whoever views the page (the API's rules apply). The viewer is
+    kept for the page too (`viewing`): a route takes one gate, this one's."""
+    request.state.dashboard_viewer = viewer(principal)
     return ApiSource(request.app, viewer(principal))
+
+
+def viewing(request: Request) -> Principal:
+    """Who views the page, as the source's gate found (the public when no source was made for this request)."""
+    who = getattr(request.state, "dashboard_viewer", None)
+    return who if isinstance(who, Principal) else Principal.public()
 
 
 SourceDep = Annotated[RollupSource, Depends(get_source)]
@@ -187,7 +194,7 @@ async def live(request: Request, source: SourceDep) -> Response:
 
 
 @router.get("/dashboard/measures/{measure_id}", response_class=Response)
-async def measure(request: Request, measure_id: str, source: SourceDep, principal: DashboardReader) -> Response:
+async def measure(request: Request, measure_id: str, source: SourceDep) -> Response:
     """One measure: targets, status history, each lead's reports and their lineage (HTML); for the secretariat,
     each report's review form (`reporting.dashboard.review`)."""
     try:
@@ -200,8 +207,8 @@ async def measure(request: Request, measure_id: str, source: SourceDep, principa
     except SourceError as e:
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
     # Reviews are of the reports as they stand: not from a view of an earlier moment.
-    context["can_review"] = viewer(principal).role is Role.secretariat and state.as_of is None
-    context["new_review_id"] = lambda: str(uuid.uuid4())
+    context["can_review"] = viewing(request).role is Role.secretariat and state.as_of is None
+    context["new_ticket"] = lambda: new_ticket(request.app.state.dashboard_sessions)
     context["flash"] = take_flash(request)
     response = render(request, "measure.html", context)
     drop_flash(response, request)

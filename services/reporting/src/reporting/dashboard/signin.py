@@ -299,7 +299,7 @@ async def oidc_callback(request: Request) -> Response:
         return _page(request, status_code=503, message=str(e))
     response = RedirectResponse(str(flow.get("next") or "/dashboard"), status_code=303)
     # The session outlives a short access token (it lasts the session's ttl): the person signed in, once, and
-    # the provider's token was verified then; it is not kept.
+    # the provider's token was verified then; the session does not keep it (only the review cookie does, below).
     sessions.sign_in(response, request, principal, token_exp=None)
     # The secretariat's reviews go out with the provider's access token, kept while it is valid: after that the
     # session still reads, and a review asks to sign in again (`reporting.dashboard.review`).
