@@ -8,6 +8,7 @@ only process without xdist), which also writes the section's whole file to artif
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -129,7 +130,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 def summary_section(request: pytest.FixtureRequest) -> Callable[[str, str | None], Callable[[str], None]]:
     """`summary_section(key, header)` gives a function adding one line to that section from whichever process runs
     the test."""
-    return lambda section, header=None: _section_writer(request.config, section, header)
+    return functools.partial(_section_writer, request.config)
 
 
 def _section_writer(config: pytest.Config, section: str, header: str | None) -> Callable[[str], None]:
