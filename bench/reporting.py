@@ -48,14 +48,19 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 # This file is bench/reporting.py: keep its directory off the import path, or `reporting` would be this script.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 import httpx  # noqa: E402
 from nats.aio.client import Client  # noqa: E402
+from nats.aio.msg import Msg  # noqa: E402
+from nats.aio.subscription import Subscription  # noqa: E402
 
 from contracts.periods import TOKYO, FiscalQuarter, quarters_between  # noqa: E402
+from contracts.streams import REPORTING_DURABLE  # noqa: E402
+from reporting.cycle.testing import admitted_close, publish_close  # noqa: E402
 from reporting.repository import drop_tables  # noqa: E402
 from reporting.testing import bulk_publish, put_catalog, synthetic_measures  # noqa: E402
 from shinchoku.issuer import EmbeddedIssuer, StackAuth  # noqa: E402
@@ -75,6 +80,30 @@ def load() -> str:
     return f"load average {one:.1f} / {five:.1f} (1/5 min) on {os.cpu_count()} cores"
 
 
+def report_message(
+    *,
+    event_id: str,
+    measure_id: str,
+    agency: str,
+    quarter: FiscalQuarter,
+    status: str,
+    progress: int,
+    reported: datetime,
+    admitted: datetime,
+) -> tuple[str, bytes, dict[str, str]]:
+    """One AdmittedEvent as ingest publishes it on ACCEPTED (subject, JSON made with an f-string, headers)."""
+    body = (
+        f'{{"event":{{"event_id":"{event_id}","schema_version":1,"measure_id":"{measure_id}",'
+        f'"agency":"{agency}","fiscal_year":{quarter.fiscal_year},"quarter":{quarter.quarter},"status":"{status}",'
+        f'"progress":{progress},"kpis":[],"note":"進捗は概ね計画どおり",'
+        f'"reported_at":"{reported.isoformat()}","reporter":"担当課"}},'
+        f'"admitted_at":"{admitted.isoformat()}",'
+        f'"subject":"status.{agency}.{measure_id}"}}'
+    )
+    headers = {"Nats-Msg-Id": event_id, "traceparent": TRACEPARENT.format(uuid.uuid4().int, uuid.uuid4().int >> 64)}
+    return f"accepted.{agency}.{measure_id}", body.encode(), headers
+
+
 def messages(count: int, seed: int = 3) -> Iterator[tuple[str, bytes, dict[str, str]]]:
     """AdmittedEvent JSON as ingest publishes it, made with an f-string (a few µs each)."""
     rnd = random.Random(seed)
@@ -87,19 +116,21 @@ def messages(count: int, seed: int = 3) -> Iterator[tuple[str, bytes, dict[str, 
         reported = (q.end_at + timedelta(seconds=rnd.randrange(-20 * 86400, 45 * 86400))).astimezone(TOKYO)
         event_id = str(uuid.UUID(int=rnd.getrandbits(128), version=4))
         status = STATUSES[rnd.randrange(6)]
-        body = (
-            f'{{"event":{{"event_id":"{event_id}","schema_version":1,"measure_id":"{measure_id}",'
-            f'"agency":"{agency}","fiscal_year":{q.fiscal_year},"quarter":{q.quarter},"status":"{status}",'
-            f'"progress":{rnd.randrange(101)},"kpis":[],"note":"進捗は概ね計画どおり",'
-            f'"reported_at":"{reported.isoformat()}","reporter":"担当課"}},'
-            f'"admitted_at":"{(admitted + timedelta(microseconds=i * 50)).isoformat()}",'
-            f'"subject":"status.{agency}.{measure_id}"}}'
+        subject, body, _ = report_message(
+            event_id=event_id,
+            measure_id=measure_id,
+            agency=agency,
+            quarter=q,
+            status=status,
+            progress=rnd.randrange(101),
+            reported=reported,
+            admitted=admitted + timedelta(microseconds=i * 50),
         )
         headers = {
             "Nats-Msg-Id": event_id,
             "traceparent": TRACEPARENT.format(rnd.getrandbits(128), rnd.getrandbits(64)),
         }
-        yield f"accepted.{agency}.{measure_id}", body.encode(), headers
+        yield subject, body, headers
 
 
 def drop_store(database_url: str) -> None:
@@ -140,17 +171,19 @@ def children(pid: int) -> list[int]:
 class Service:
     """`python -m reporting` as a child process on a free port (under py-spy when profiling)."""
 
-    def __init__(self, env: dict[str, str], log: Path, profile: Path | None = None) -> None:
-        """`profile`: a directory for py-spy's output."""
+    def __init__(self, env: dict[str, str], log: Path, profile: Path | None = None, python: str | None = None) -> None:
+        """`profile`: a directory for py-spy's output; `python`: the interpreter whose `reporting` runs (another
+        worktree's, to compare with another version of the service)."""
         self.env = env
         self.log = log
         self.profile = profile
+        self.python = python or sys.executable
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         out = self.log.open("ab")
         spy = spy_argv(self.profile.parent, self.profile.name) if self.profile else []
-        argv = [*spy, sys.executable, "-m", "reporting"]
+        argv = [*spy, self.python, "-m", "reporting"]
         self.process = subprocess.Popen(argv, env=self.env, stdout=out, stderr=subprocess.STDOUT)
 
     @property
@@ -213,10 +246,63 @@ async def drain(nc: Client, total: int) -> tuple[float, float]:
     return sustained, whole
 
 
+class AckWatch:
+    """Sees the service acknowledge ACCEPTED messages as the acks pass through the server (a core subscription to
+    `$JS.ACK.ACCEPTED.reporting.>`, as the admin): the moment a change is committed and acknowledged, without
+    polling the consumer."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._seen: dict[int, float] = {}
+        self._waiting: dict[int, asyncio.Future[float]] = {}
+        self._sub: Subscription | None = None
+
+    async def start(self) -> None:
+        self._sub = await self._nc.subscribe(f"$JS.ACK.ACCEPTED.{REPORTING_DURABLE}.>", cb=self._on_ack)
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            await self._sub.unsubscribe()
+
+    async def _on_ack(self, msg: Msg) -> None:
+        at = time.perf_counter()
+        if msg.data not in (b"", b"+ACK"):
+            return  # a nak or a progress note: not an acknowledgement
+        tokens = msg.subject.split(".")
+        # $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.… (v1), or with domain and account (v2).
+        seq = int(tokens[5] if len(tokens) == 9 else tokens[7])
+        self._seen[seq] = at
+        waiter = self._waiting.pop(seq, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(at)
+
+    async def acknowledged(self, seq: int, timeout: float = 60) -> float:
+        """When (perf_counter) the service acknowledged stream sequence `seq`."""
+        if seq in self._seen:
+            return self._seen.pop(seq)
+        waiter = self._waiting[seq] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(waiter, timeout)
+        finally:
+            self._seen.pop(seq, None)
+
+
 async def latencies(
-    base: str, nc: Client, quarters: list[FiscalQuarter], requests: int, changes: int, auth: httpx.Auth
+    base: str,
+    nc: Client,
+    quarters: list[FiscalQuarter],
+    requests: int,
+    changes: int,
+    auth: httpx.Auth,
+    acks: AckWatch,
 ) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"served": [], "after a change": [], "half a second after a change": []}
+    """GET /rollups/{fy}/{q} as served, sent the moment a change is acknowledged, and half a second after one."""
+    out: dict[str, list[float]] = {
+        "served": [],
+        "change published → acknowledged by reporting": [],
+        "sent the moment a change is acknowledged": [],
+        "half a second after a change": [],
+    }
     js = nc.jetstream()
     async with httpx.AsyncClient(base_url=base, timeout=30, auth=auth) as http:
         for q in quarters:  # warm up: the first computation of each quarter
@@ -228,43 +314,167 @@ async def latencies(
             out["served"].append((time.perf_counter() - t) * 1000)
             assert response.status_code == 200
         seq = 10_000_000
-        for i in range(changes):
+        for i in range(changes + changes // 4):
             q = quarters[i % len(quarters)]
-            # One more event in this quarter; wait until it is applied, then ask.
+            # One more event in this quarter; the GET goes out as soon as the service acknowledges it (it has
+            # committed it: the rollup read must count it).
             subject, body, headers = next(messages(1, seed=seq + i))
             doc = json.loads(body)
             doc["event"]["fiscal_year"], doc["event"]["quarter"] = q.fiscal_year, q.quarter
-            await js.publish(subject, json.dumps(doc).encode(), headers=headers)
-            before = (await js.consumer_info("ACCEPTED", "reporting")).num_ack_pending
-            while True:
-                info = await js.consumer_info("ACCEPTED", "reporting")
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    break
-                await asyncio.sleep(0.005)
-            del before
+            published = time.perf_counter()
+            ack = await js.publish(subject, json.dumps(doc).encode(), headers=headers)
+            acknowledged = await acks.acknowledged(ack.seq)
+            if i >= changes:
+                # Read half a second after the change was acknowledged (a dashboard's reader, not the writer).
+                await asyncio.sleep(0.5)
             t = time.perf_counter()
             response = await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")
-            out["after a change"].append((time.perf_counter() - t) * 1000)
+            took = (time.perf_counter() - t) * 1000
             assert response.status_code == 200
-        for i in range(changes // 4):
-            # The same, read half a second after the change was acknowledged (a dashboard's reader, not the
-            # writer itself): the service has recomputed the rollups read lately by then.
-            q = quarters[i % len(quarters)]
-            subject, body, headers = next(messages(1, seed=seq + changes + i))
-            doc = json.loads(body)
-            doc["event"]["fiscal_year"], doc["event"]["quarter"] = q.fiscal_year, q.quarter
-            await js.publish(subject, json.dumps(doc).encode(), headers=headers)
-            while True:
-                info = await js.consumer_info("ACCEPTED", "reporting")
-                if info.num_pending == 0 and info.num_ack_pending == 0:
-                    break
-                await asyncio.sleep(0.005)
-            await asyncio.sleep(0.5)
-            t = time.perf_counter()
-            response = await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}")
-            out["half a second after a change"].append((time.perf_counter() - t) * 1000)
-            assert response.status_code == 200
+            if i < changes:
+                out["change published → acknowledged by reporting"].append((acknowledged - published) * 1000)
+                out["sent the moment a change is acknowledged"].append(took)
+            else:
+                out["half a second after a change"].append(took)
     return out
+
+
+class Publications:
+    """Every `published.>` and `restated.>` message the service sends (core subscriptions, as any system can
+    follow them), with when it arrived."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self.queue: asyncio.Queue[tuple[float, str, dict[str, Any]]] = asyncio.Queue()
+        self._subs: list[Subscription] = []
+
+    async def start(self) -> None:
+        for subject in ("published.>", "restated.>"):
+            self._subs.append(await self._nc.subscribe(subject, cb=self._on))
+
+    async def stop(self) -> None:
+        for sub in self._subs:
+            await sub.unsubscribe()
+
+    async def _on(self, msg: Msg) -> None:
+        await self.queue.put((time.perf_counter(), msg.subject, json.loads(msg.data)))
+
+    async def next(self, subject: str, timeout: float = 60) -> tuple[float, dict[str, Any]]:
+        """The next message on `subject` (when it arrived, its body); messages on other subjects are an error."""
+        at, got, body = await asyncio.wait_for(self.queue.get(), timeout)
+        if got != subject:
+            raise AssertionError(f"expected {subject}, got {got} (revision {body.get('revision')})")
+        return at, body
+
+
+async def cycle(
+    base: str,
+    nc: Client,
+    closes: list[FiscalQuarter],
+    restatements: int,
+    auth: httpx.Auth,
+    acks: AckWatch,
+) -> dict[str, list[float]]:
+    """Close quarters as the secretariat (the admitted close on ACCEPTED, as ingest publishes it after `shinchoku
+    close`), then change their figures one report at a time: each change must bring exactly one `restated` event.
+    Returns the milliseconds from each change's publication (and from the service's acknowledgement of it) to its
+    `restated.{fy}.{q}` event."""
+    out: dict[str, list[float]] = {
+        "close published → published.{fy}.{q} received": [],
+        "change published → restated.{fy}.{q} received": [],
+        "change acknowledged → restated.{fy}.{q} received": [],
+    }
+    js = nc.jetstream()
+    publications = Publications(nc)
+    await publications.start()
+    revisions: dict[FiscalQuarter, int] = {}
+    leads: dict[FiscalQuarter, list[tuple[str, str, str]]] = {}
+    try:
+        for q in closes:
+            t = time.perf_counter()
+            await publish_close(nc, admitted_close(fiscal_year=q.fiscal_year, quarter=q.quarter, admitted_at=now()))
+            at, body = await publications.next(f"published.{q.fiscal_year}.{q.quarter}")
+            out["close published → published.{fy}.{q} received"].append((at - t) * 1000)
+            revisions[q] = 1
+            assert body["rollup"]["revision"] == 1, body["rollup"]["revision"]
+        async with httpx.AsyncClient(base_url=base, timeout=30, auth=auth) as http:
+            for q in closes:
+                response = await http.get(f"/rollups/{q.fiscal_year}/{q.quarter}/measures", params={"limit": 1000})
+                assert response.status_code == 200, response.text
+                leads[q] = [
+                    (item["measure_id"], lead["agency"], lead["status"])
+                    for item in response.json()["items"]
+                    for lead in item["leads"]
+                ]
+        for i in range(restatements):
+            q = closes[i % len(closes)]
+            k = (i // len(closes)) % len(leads[q])
+            measure_id, agency, status = leads[q][k]
+            # A later report of this lead with another status: it wins, so the quarter's figures change.
+            new_status = STATUSES[(STATUSES.index(status) + 1) % len(STATUSES)] if status in STATUSES else "on_track"
+            leads[q][k] = (measure_id, agency, new_status)
+            event_id = str(uuid.uuid4())
+            subject, message, headers = report_message(
+                event_id=event_id,
+                measure_id=measure_id,
+                agency=agency,
+                quarter=q,
+                status=new_status,
+                progress=50,
+                reported=(q.end_at + timedelta(days=90, seconds=i)).astimezone(TOKYO),
+                admitted=now(),
+            )
+            t = time.perf_counter()
+            ack = await js.publish(subject, message, headers=headers)
+            acknowledged = await acks.acknowledged(ack.seq)
+            at, restated = await publications.next(f"restated.{q.fiscal_year}.{q.quarter}")
+            revisions[q] += 1
+            assert restated["revision"] == revisions[q], (restated["revision"], revisions[q])
+            assert [c["event_ids"] for c in restated["changes"]] == [[event_id]], restated["changes"]
+            out["change published → restated.{fy}.{q} received"].append((at - t) * 1000)
+            out["change acknowledged → restated.{fy}.{q} received"].append((at - acknowledged) * 1000)
+        with contextlib.suppress(TimeoutError):  # nothing more: exactly one restatement per change
+            extra = await asyncio.wait_for(publications.queue.get(), 2)
+            raise AssertionError(f"an unexpected publication: {extra[1]}")
+    finally:
+        await publications.stop()
+    return out
+
+
+async def measured_phases(args: argparse.Namespace, base: str, admin: Client, reader: httpx.Auth, loaded: int) -> None:
+    """The latency phase on open quarters, then the reporting cycle's on closed ones; prints their tables."""
+    quarters = [FiscalQuarter(2024, 3), FiscalQuarter(2025, 1), FiscalQuarter(2025, 4), FiscalQuarter(2026, 2)]
+    acks = AckWatch(admin)
+    await acks.start()
+    try:
+        lat = await latencies(base, admin, quarters, args.requests, args.changes, reader, acks)
+        print(table(f"GET /rollups/{{fy}}/{{q}} with {loaded:,} events stored; {load()}", lat), flush=True)
+        closes = [FiscalQuarter(2024, 1), FiscalQuarter(2024, 2)]
+        figures = await cycle(base, admin, closes, args.restatements, reader, acks)
+        title = (
+            f"the reporting cycle with {loaded:,} events stored: {len(closes)} quarters closed, then "
+            f"{args.restatements} changes to them one at a time; {load()}"
+        )
+        print(table(title, figures), flush=True)
+    finally:
+        await acks.stop()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def table(title: str, rows: dict[str, list[float]]) -> str:
+    """Figures as a small table: p50, p99 and max in milliseconds, and how many."""
+    width = max(len(name) for name in rows)
+    lines = [title, f"  {'':{width}}  {'p50 ms':>9}  {'p99 ms':>9}  {'max ms':>9}  {'n':>6}"]
+    for name, values in rows.items():
+        if values:
+            lines.append(
+                f"  {name:{width}}  {statistics.median(values):9.2f}  {percentile(values, 99):9.2f}  "
+                f"{max(values):9.2f}  {len(values):6,}"
+            )
+    return "\n".join(lines)
 
 
 async def main() -> None:
@@ -272,6 +482,13 @@ async def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000, help="events loaded onto ACCEPTED")
     parser.add_argument("--requests", type=int, default=2000, help="rollup GETs for the served latency")
     parser.add_argument("--changes", type=int, default=100, help="rollup GETs right after a change")
+    parser.add_argument(
+        "--restatements", type=int, default=100, help="changes to closed quarters, each timed to its restated event"
+    )
+    parser.add_argument("--consumer-only", action="store_true", help="drain only (no latency, cycle or rebuild phase)")
+    parser.add_argument(
+        "--service-python", default=None, help="run the service with this interpreter (another worktree's .venv)"
+    )
     parser.add_argument("--postgres", action="store_true", help="the store on a fresh PostgreSQL database")
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -279,7 +496,8 @@ async def main() -> None:
     parser.add_argument("--skip-untraced", action="store_true", help="drain once only (with tracing)")
     args = parser.parse_args()
 
-    print(f"reporting benchmark: {args.events:,} events; {load()}", flush=True)
+    service_python = args.service_python or sys.executable
+    print(f"reporting benchmark: {args.events:,} events, the service run by {service_python}; {load()}", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="shinchoku-bench-reporting-"))
     server = NatsServer.create(tmp / "nats")
     # Loading is set-up, not measured: it runs on the same store without `sync_interval: always` (an fsync per
@@ -339,7 +557,7 @@ async def main() -> None:
                         await admin.jetstream().delete_consumer("ACCEPTED", "reporting")
                         drop_store(database_url)
                     profile = args.profile / f"service-{label}" if args.profile else None
-                    service = Service({**env, **extra}, tmp / f"reporting-{label}.log", profile)
+                    service = Service({**env, **extra}, tmp / f"reporting-{label}.log", profile, args.service_python)
                     service.start()
                     await wait_healthy(base)
                     pid, nats_pid = service.pid, server.process.pid if server.process else 0
@@ -361,27 +579,16 @@ async def main() -> None:
                     )
                     if i < len(runs) - 1:
                         service.stop()
-                quarters = [
-                    FiscalQuarter(2024, 3),
-                    FiscalQuarter(2025, 1),
-                    FiscalQuarter(2025, 4),
-                    FiscalQuarter(2026, 2),
-                ]
-                lat = await latencies(base, admin, quarters, args.requests, args.changes, reader)
-                for name, values in lat.items():
-                    print(
-                        f"GET /rollups/{{fy}}/{{q}} with {loaded:,} events stored, {name}: "
-                        f"p50 {statistics.median(values):.2f} ms, p99 {percentile(values, 99):.2f} ms "
-                        f"({len(values):,} requests)",
-                        flush=True,
-                    )
+                if not args.consumer_only:
+                    await measured_phases(args, base, admin, reader, loaded)
             finally:
                 if service is not None:
                     service.stop()
 
             rates = []
-            for _ in range(args.rebuilds):
-                in_stream = loaded + args.changes + args.changes // 4  # the events of the latency phases too
+            for _ in range(0 if args.consumer_only else args.rebuilds):
+                # The events of the latency phases too, the closes and the restating changes.
+                in_stream = loaded + args.changes + args.changes // 4 + 2 + args.restatements
                 rates.append(run_rebuild(args, env, in_stream, server.process.pid if server.process else 0))
             if len(rates) > 1:
                 print(

@@ -1,6 +1,9 @@
 """The secretariat's commands on a real nats-server, SQLite and PostgreSQL: reviews, closes and backfills are
 decided like reports, each rejection with its reason and words a clerk can act on, and only a verified
-`secretariat` token gets a command admitted (the token itself never stored nor republished)."""
+`secretariat` token gets a command admitted (the token itself never stored nor republished).
+
+One module of ~550 lines on purpose: the three commands share its stack, issuer, publisher and decision helpers.
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 Admitted events are published straight onto ACCEPTED as the admin user (with Nats-Msg-Id, as ingest
 does) in a shuffled order with corrections, ties, duplicates and late reports; the catalog is a KV bucket
 of synthetic measures. The expected rollups below are written out plainly and do not use reporting's code.
+
+One module of ~700 lines on purpose: its tests share that scenario and its independent computation (`Expected`).
 """
 
 from __future__ import annotations

@@ -90,9 +90,11 @@ class ReportingService:
         return snapshot.measures if snapshot.loaded else None
 
     def _committed(self) -> None:
+        # Readers first: the publications go out and the rollups read lately are brought up to date at once; the
+        # alerts' evaluation (a read of every effective report) follows the warm-up rather than competing with it
+        # and with the readers who asked the moment the change was acknowledged.
         self._changed.set()
         self.outbox.wake.set()
-        self.alerts.notify()
 
     async def start(self) -> None:
         repository.create_store(self.engine)
@@ -102,10 +104,12 @@ class ReportingService:
         self._tasks.append(asyncio.create_task(self._keep_warm(), name="reporting-warm"))
 
     async def _keep_warm(self) -> None:
-        """Recompute the rollups read lately as soon as the store changes, so readers find them computed."""
+        """Recompute the rollups read lately as soon as the store changes, so readers find them computed; then let
+        the alerts evaluate the change."""
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout=WARM_CHECK_SECONDS)
+            changed = self._changed.is_set()
             self._changed.clear()
             try:
                 computed = await asyncio.to_thread(self.queries.warm)
@@ -114,6 +118,8 @@ class ReportingService:
             except Exception:  # e.g. the database is away: the readers will say so; try again later
                 log.debug("could not warm the rollups", exc_info=True)
                 computed = 1
+            if changed:
+                self.alerts.notify()
             if computed:  # leave the consumer most of the process while the store keeps changing
                 await asyncio.sleep(WARM_MIN_INTERVAL)
 

@@ -229,6 +229,18 @@ class Tally:
             if on_time:
                 self.on_time += 1
 
+    def remove(self, status: str, *, on_time: bool) -> None:
+        """Take back what `add` counted (a measure's standing replaced by an incremental update)."""
+        self.measures_total -= 1
+        self.by_status[status] -= 1
+        if status != UNREPORTED:
+            self.reported -= 1
+            if on_time:
+                self.on_time -= 1
+
+    def copy(self) -> Tally:
+        return Tally(self.measures_total, self.reported, self.on_time, dict(self.by_status))
+
     @property
     def coverage(self) -> float:
         """Completeness: reported / expected (0 when nothing is expected)."""
@@ -265,6 +277,36 @@ class QuarterRollup:
         return None
 
 
+def _count(
+    standing: MeasureStanding,
+    overall: Tally,
+    by_agency: dict[str, Tally],
+    by_section: dict[int, Tally],
+    *,
+    remove: bool = False,
+) -> None:
+    """Count a measure's standing in the tallies (or take it back): once overall and in its section by the
+    combined status, and in each lead's agency tally by that lead's own report."""
+    on_time = standing.on_time
+    section = by_section.get(standing.measure.section)
+    if section is None:  # not `setdefault(…, Tally())`: that builds a Tally on every call
+        section = by_section[standing.measure.section] = Tally()
+    if remove:
+        overall.remove(standing.status, on_time=on_time)
+        section.remove(standing.status, on_time=on_time)
+    else:
+        overall.add(standing.status, on_time=on_time)
+        section.add(standing.status, on_time=on_time)
+    for lead in standing.leads:
+        tally = by_agency.get(lead.agency)
+        if tally is None:
+            tally = by_agency[lead.agency] = Tally()
+        if remove:
+            tally.remove(lead.status, on_time=bool(lead.on_time))
+        else:
+            tally.add(lead.status, on_time=bool(lead.on_time))
+
+
 def rollup_quarter(
     quarter: FiscalQuarter,
     measures: Sequence[Measure],
@@ -279,18 +321,29 @@ def rollup_quarter(
     for measure in measures:
         standing = measure_standing(measure, effective.get(measure.id, empty))
         standings.append(standing)
-        on_time = standing.on_time
-        overall.add(standing.status, on_time=on_time)
-        section = by_section.get(measure.section)
-        if section is None:  # not `setdefault(…, Tally())`: that builds a Tally on every call
-            section = by_section[measure.section] = Tally()
-        section.add(standing.status, on_time=on_time)
-        for lead in standing.leads:
-            tally = by_agency.get(lead.agency)
-            if tally is None:
-                tally = by_agency[lead.agency] = Tally()
-            tally.add(lead.status, on_time=bool(lead.on_time))
+        _count(standing, overall, by_agency, by_section)
     return QuarterRollup(quarter, overall, by_agency, by_section, tuple(standings))
+
+
+def rollup_updated(rollup: QuarterRollup, standings: Mapping[str, MeasureStanding]) -> QuarterRollup:
+    """`rollup` with some measures' standings replaced (by measure id, measures of the rollup only): its tallies
+    updated by taking back each old standing and counting the new one, the rest of the quarter not read.
+
+    Equal to `rollup_quarter` over the reports that make the new standings (tests/test_incremental.py)."""
+    if not standings:
+        return rollup
+    overall = rollup.overall.copy()
+    by_agency = {agency: tally.copy() for agency, tally in rollup.by_agency.items()}
+    by_section = {section: tally.copy() for section, tally in rollup.by_section.items()}
+    measures = list(rollup.measures)
+    for i, old in enumerate(measures):
+        new = standings.get(old.measure.id)
+        if new is None or new == old:
+            continue
+        _count(old, overall, by_agency, by_section, remove=True)
+        _count(new, overall, by_agency, by_section)
+        measures[i] = new
+    return QuarterRollup(rollup.quarter, overall, by_agency, by_section, tuple(measures))
 
 
 @dataclass(frozen=True, slots=True)

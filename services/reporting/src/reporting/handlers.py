@@ -118,11 +118,19 @@ def decode_admitted(data: bytes) -> Admitted:
     return admitted_from_model(AdmittedEvent.model_validate_json(data))
 
 
-def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted], now: datetime | None = None) -> int:
+def apply_admitted(
+    conn: Connection,
+    *,
+    store: Store,
+    batch: Sequence[Admitted],
+    now: datetime | None = None,
+    touched: dict[tuple[int, int], repository.Touched] | None = None,
+) -> int:
     """Store a batch of admitted events and update the effective reports they affect.
 
     Idempotent: an event already stored is not stored again, and an effective report only changes when a
     report wins the ordering, so redeliveries and replays never double-count. Returns the batch size.
+    The quarters' revisions are bumped here, or, given `touched`, noted there for the caller to bump once.
     """
     if not batch:
         return 0
@@ -134,11 +142,12 @@ def apply_admitted(conn: Connection, *, store: Store, batch: Sequence[Admitted],
     winners = effective_reports(a.report for a in events)
     winner_keys = {(report.agency, report.event_id) for report in winners.values()}
     repository.upsert_effective(conn, store=store, rows=[a.effective_row() for a in events if a.key in winner_keys])
-    quarters: dict[tuple[int, int], int] = {}
+    quarters = {} if touched is None else touched
     for admitted in events:
-        key = (admitted.report.fiscal_year, admitted.report.quarter)
-        quarters[key] = max(quarters.get(key, 0), admitted.admitted_at_us)
-    repository.bump_revisions(conn, store=store, quarters=quarters, now=now)
+        report = admitted.report
+        repository.touch(quarters, (report.fiscal_year, report.quarter), admitted.admitted_at_us, report.measure_id)
+    if touched is None:
+        repository.bump_revisions(conn, store=store, quarters=quarters, now=now)
     return len(batch)
 
 
@@ -235,13 +244,15 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
     """Apply admitted facts in their (the log's) order: runs of reports to open quarters as one batch each; a
     report to a closed quarter, a review or a close one at a time, each followed by what it does to the cycle
     (`reporting.cycle.apply`: review states, revision 1 on a close, a restatement when a closed quarter's
-    figures changed)."""
+    figures changed). Each quarter's revision is bumped once, at the end, with every measure the facts touched.
+    """
     closed = set(closed_quarters(conn, store.cycle))
     run: list[Admitted] = []
+    touched: dict[tuple[int, int], repository.Touched] = {}
 
     def flush() -> None:
         if run:
-            apply_admitted(conn, store=store, batch=run, now=now)
+            apply_admitted(conn, store=store, batch=run, touched=touched)
             run.clear()
 
     for fact in facts:
@@ -252,7 +263,7 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
                 run.append(fact)
                 continue
             flush()
-            apply_admitted(conn, store=store, batch=[fact], now=now)
+            apply_admitted(conn, store=store, batch=[fact], touched=touched)
             restate_if_changed(
                 conn, store, quarter, report.measure_id, cause=fact.event_id, admitted_at_us=fact.admitted_at_us
             )
@@ -273,9 +284,11 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
             changed = apply_close(conn, store, fact)
             if changed:
                 closed.add(fact.quarter)
-        if changed:
-            repository.bump_revisions(conn, store=store, quarters={fact.quarter: fact.admitted_at_us}, now=now)
+        if changed:  # a review may change its measure's figures; a close no report's
+            measures = (fact.row["measure_id"],) if isinstance(fact, ReviewFact) else ()
+            repository.touch(touched, fact.quarter, fact.admitted_at_us, *measures)
     flush()
+    repository.bump_revisions(conn, store=store, quarters=touched, now=now)
 
 
 #: How long a batch waits for the facts before it in the log (held by another replica) before its messages that

@@ -88,24 +88,28 @@ def progress_from_rollups(
     rollups: Iterable[QuarterRollup],
     observations: Iterable[Mapping[str, Mapping[int, Observation]]],
 ) -> dict[str, MeasureProgress]:
-    """Each measure's progress from the rollups of every quarter with reports and the quarters' observations.
+    """Each measure's progress (of `measures`, which may be some of the rollups') from the rollups of every quarter
+    with reports and the quarters' observations.
 
     The latest status is the measure's combined status in the latest quarter where it was reported.
     """
     latest: dict[str, tuple[FiscalQuarter, str]] = {}
     measures = list(measures)
+    wanted = {measure.id for measure in measures}
     for rollup in sorted(rollups, key=lambda r: r.quarter, reverse=True):
-        if len(latest) >= len(measures):  # every measure has its latest quarter: older ones cannot change that
+        if len(latest) >= len(wanted):  # every measure has its latest quarter: older ones cannot change that
             break
         for standing in rollup.measures:
             status = standing.status
             if status != UNREPORTED:
                 measure_id = standing.measure.id
-                if measure_id not in latest:
+                if measure_id not in latest and measure_id in wanted:
                     latest[measure_id] = (rollup.quarter, status)
     merged: dict[str, dict[int, Observation]] = {}
     for part in observations:
         for measure_id, found in part.items():
+            if measure_id not in wanted:
+                continue
             into = merged.setdefault(measure_id, {})
             for target, candidate in found.items():
                 seen = into.get(target)

@@ -8,6 +8,7 @@ store changes (`warm`, scheduled by `reporting.warmup`). Input is validated by t
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -52,6 +53,24 @@ class DocumentKind(Generic[D]):
         self.name = name
         self.build = build
         self.cache: SingleFlightCache[ViewKey, D] = SingleFlightCache(DOCUMENTS_CACHED)
+        #: The latest document built of each quarter's view as known now (per audience): a new state of the store
+        #: that leaves the view as it was (`QuarterViews` returns the same object) reuses it.
+        self._lock = threading.Lock()
+        self._latest: dict[tuple[FiscalQuarter, bool], tuple[QuarterView, D]] = {}
+
+    def of(self, view: QuarterView, *, public: bool) -> D:
+        """The document of `view`: the one built of this very view if it is the latest, else built now."""
+        if view.as_of is not None:
+            return self.build(view)
+        slot = (view.rollup.quarter, public)
+        with self._lock:
+            latest = self._latest.get(slot)
+        if latest is not None and latest[0] is view:
+            return latest[1]
+        document = self.build(view)
+        with self._lock:
+            self._latest[slot] = (view, document)
+        return document
 
 
 class RollupQueries:
@@ -203,4 +222,4 @@ class RollupQueries:
         """The document of `quarter` in the store's current state (the public's view, with `public`): cached, or
         built from its view once (the key names the audience, so the two views are cached apart)."""
         key, snapshot = self._views.key(quarter, as_of, public=public)
-        return kind.cache.get(key, lambda: kind.build(self._views.view(key, snapshot)))
+        return kind.cache.get(key, lambda: kind.of(self._views.view(key, snapshot), public=public))

@@ -12,10 +12,11 @@ in `repository.py`), the tables themselves split out already; what remains is on
 
 from __future__ import annotations
 
+import json
 import operator
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -58,7 +59,10 @@ __all__ = [
     "SHADOW_SUFFIX",
     "EffectiveRow",
     "EventRow",
+    "QuarterState",
     "Store",
+    "Touched",
+    "TouchedSince",
     "admitted_report",
     "all_effective",
     "bump_revisions",
@@ -68,6 +72,7 @@ __all__ = [
     "drop_tables",
     "effective_as_of",
     "effective_for_measure",
+    "effective_for_measures",
     "effective_for_quarter",
     "effective_where",
     "fill_revisions_from_events",
@@ -78,12 +83,16 @@ __all__ = [
     "last_admitted",
     "lock_for_swap",
     "parse_kpis",
+    "prebuilt",
+    "quarter_states",
     "rename_tables",
     "review_applied",
     "revisions",
     "store_tables",
     "table_rows",
     "to_micros",
+    "touch",
+    "touched_since",
     "tune",
     "upsert_effective",
 ]
@@ -283,10 +292,28 @@ def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[
     conn.exec_driver_sql(sql, ordered)
 
 
+class Touched(NamedTuple):
+    """What a transaction did to one quarter: the greatest admitted_at_us it applied and the measures whose
+    effective reports it may have changed."""
+
+    admitted_at_us: int
+    measures: frozenset[str]
+
+
+def touch(into: dict[tuple[int, int], Touched], quarter: tuple[int, int], admitted_at_us: int, *measures: str) -> None:
+    """Add a fact's quarter and measures to what a transaction touched (`bump_revisions` writes it once)."""
+    found = into.get(quarter)
+    if found is None:
+        into[quarter] = Touched(admitted_at_us, frozenset(measures))
+    else:
+        into[quarter] = Touched(max(found.admitted_at_us, admitted_at_us), found.measures | frozenset(measures))
+
+
 def bump_revisions(
-    conn: Connection, *, store: Store, quarters: Mapping[tuple[int, int], int], now: datetime | None = None
+    conn: Connection, *, store: Store, quarters: Mapping[tuple[int, int], Touched], now: datetime | None = None
 ) -> None:
-    """Bump the revision of each touched quarter; `quarters` maps (fy, q) → greatest admitted_at_us applied."""
+    """Bump the revision of each touched quarter (once per transaction: a reader that holds the revision before
+    updates by `touched`), with the measures touched and the revision they are counted from."""
     if not quarters:
         return
     table = store.revisions
@@ -301,14 +328,66 @@ def bump_revisions(
             "revision": table.c.revision + 1,
             "last_admitted_at_us": newer,
             "updated_at_us": ins.excluded.updated_at_us,
+            "touched_since": table.c.revision,
+            "touched": ins.excluded.touched,
         },
     )
     stamp = to_micros(now or datetime.now(UTC))
     rows = [
-        {"fiscal_year": fy, "quarter": q, "revision": 1, "last_admitted_at_us": admitted, "updated_at_us": stamp}
-        for (fy, q), admitted in sorted(quarters.items())
+        {
+            "fiscal_year": fy,
+            "quarter": q,
+            "revision": 1,
+            "last_admitted_at_us": touched.admitted_at_us,
+            "updated_at_us": stamp,
+            "touched_since": 0,
+            "touched": json.dumps(sorted(touched.measures)),
+        }
+        for (fy, q), touched in sorted(quarters.items())
     ]
     conn.execute(stmt, rows)
+
+
+class TouchedSince(NamedTuple):
+    """A quarter's revision, and the measures its last bump touched counted from `since` (None: not known)."""
+
+    revision: int
+    since: int | None
+    measures: frozenset[str] | None
+
+
+def _touched_since(store: Store) -> Any:
+    t = store.revisions
+    return sa.select(t.c.revision, t.c.touched_since, t.c.touched).where(
+        t.c.fiscal_year == sa.bindparam("fiscal_year"), t.c.quarter == sa.bindparam("quarter")
+    )
+
+
+def touched_since(conn: Connection, *, fiscal_year: int, quarter: int, store: Store = LIVE) -> TouchedSince | None:
+    """The quarter's revision and what its last bump touched; None when it has no data."""
+    params = {"fiscal_year": fiscal_year, "quarter": quarter}
+    row = conn.execute(prebuilt(store, "touched_since", _touched_since), params).first()
+    return None if row is None else QuarterState(*row).touched_since()
+
+
+def _effective_for_measures(store: Store) -> Any:
+    t = store.effective
+    return sa.select(*_report_columns(t)).where(
+        t.c.fiscal_year == sa.bindparam("fiscal_year"),
+        t.c.quarter == sa.bindparam("quarter"),
+        t.c.measure_id.in_(sa.bindparam("measure_ids", expanding=True)),
+    )
+
+
+def effective_for_measures(
+    conn: Connection, *, fiscal_year: int, quarter: int, measure_ids: Iterable[str], store: Store = LIVE
+) -> list[LeadReport]:
+    """The effective reports of some measures in a quarter (by the table's key)."""
+    wanted = sorted(set(measure_ids))
+    if not wanted:
+        return []
+    params = {"fiscal_year": fiscal_year, "quarter": quarter, "measure_ids": wanted}
+    return [_lead_report(row) for row in conn.execute(prebuilt(store, "for_measures", _effective_for_measures), params)]
 
 
 def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapping[tuple[int, int], int]) -> None:
@@ -375,10 +454,52 @@ def _lead_report(row: Sequence[Any]) -> LeadReport:
     return LeadReport._make(values)
 
 
+_STATEMENTS: dict[tuple[str, str], Any] = {}
+
+
+def prebuilt(store: Store, name: str, build: Callable[[Store], Any]) -> Any:
+    """A read statement built once per store (named by its suffix) and kind, its values bound at execution
+    (`sa.bindparam`): the readers' hot path after a change runs a few small queries, and building a statement
+    costs more than running it."""
+    key = (store.suffix, name)
+    found = _STATEMENTS.get(key)
+    if found is None:
+        found = _STATEMENTS[key] = build(store)
+    return found
+
+
+def _revisions(store: Store) -> Any:
+    t = store.revisions
+    return sa.select(t.c.fiscal_year, t.c.quarter, t.c.revision)
+
+
 def revisions(conn: Connection, *, store: Store = LIVE) -> dict[tuple[int, int], int]:
     """Every quarter's revision (a small table: one row per quarter with data)."""
+    return {(fy, q): rev for fy, q, rev in conn.execute(prebuilt(store, "revisions", _revisions))}
+
+
+class QuarterState(NamedTuple):
+    """A quarter's revision, and the measures (JSON text) its last bump touched counted from `since`."""
+
+    revision: int
+    since: int | None
+    touched: str | None
+
+    def touched_since(self) -> TouchedSince:
+        if self.touched is None or self.since is None:
+            return TouchedSince(self.revision, None, None)
+        return TouchedSince(self.revision, self.since, frozenset(json.loads(self.touched)))
+
+
+def _quarter_states(store: Store) -> Any:
     t = store.revisions
-    return {(fy, q): rev for fy, q, rev in conn.execute(sa.select(t.c.fiscal_year, t.c.quarter, t.c.revision))}
+    return sa.select(t.c.fiscal_year, t.c.quarter, t.c.revision, t.c.touched_since, t.c.touched)
+
+
+def quarter_states(conn: Connection, *, store: Store = LIVE) -> dict[tuple[int, int], QuarterState]:
+    """Every quarter's revision and what its last bump touched (one row per quarter with data)."""
+    rows = conn.execute(prebuilt(store, "quarter_states", _quarter_states))
+    return {(fy, q): QuarterState(rev, since, touched) for fy, q, rev, since, touched in rows}
 
 
 def last_admitted(conn: Connection, *, store: Store = LIVE) -> datetime | None:
@@ -387,10 +508,17 @@ def last_admitted(conn: Connection, *, store: Store = LIVE) -> datetime | None:
     return from_micros(value) if value is not None else None
 
 
-def effective_for_quarter(conn: Connection, *, fiscal_year: int, quarter: int, store: Store = LIVE) -> list[LeadReport]:
+def _effective_for_quarter(store: Store) -> Any:
     t = store.effective
-    stmt = sa.select(*_report_columns(t)).where(t.c.fiscal_year == fiscal_year, t.c.quarter == quarter)
-    return [_lead_report(row) for row in conn.execute(stmt).all()]
+    return sa.select(*_report_columns(t)).where(
+        t.c.fiscal_year == sa.bindparam("fiscal_year"), t.c.quarter == sa.bindparam("quarter")
+    )
+
+
+def effective_for_quarter(conn: Connection, *, fiscal_year: int, quarter: int, store: Store = LIVE) -> list[LeadReport]:
+    params = {"fiscal_year": fiscal_year, "quarter": quarter}
+    rows = conn.execute(prebuilt(store, "for_quarter", _effective_for_quarter), params).all()
+    return [_lead_report(row) for row in rows]
 
 
 def effective_where(conn: Connection, store: Store, *conditions: sa.ColumnElement[bool]) -> list[LeadReport]:

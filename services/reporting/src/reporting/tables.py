@@ -5,7 +5,9 @@ The store holds three tables, and the reporting cycle's (`reporting.cycle.tables
 - `events`: the reporting store's own copy of every admitted event, unique on (agency, event_id);
 - `effective_reports`: the effective report per (quarter, measure, agency), derived from `events`;
 - `quarter_revisions`: bookkeeping, not content: a counter per quarter bumped by every transaction that
-  touches the quarter, so that readers can cache a quarter's rollup until it changes.
+  touches the quarter, so that readers can cache a quarter's rollup until it changes; with the measures that
+  transaction touched (`touched`, from revision `touched_since`), so that a reader holding the revision before
+  updates its tallies by those measures instead of reading the quarter again.
 
 The tables are built by a factory so that `rebuild` can fill a shadow copy under other names and swap it
 in; constraint and index names carry a tag because PostgreSQL keeps them unique per schema.
@@ -135,6 +137,10 @@ def store_tables(*, suffix: str = LIVE_SUFFIX, tag: str = "") -> Store:
         sa.Column("revision", sa.BigInteger, nullable=False),
         sa.Column("last_admitted_at_us", sa.BigInteger, nullable=False),
         sa.Column("updated_at_us", sa.BigInteger, nullable=False),
+        # The revision before the last bump, and the measures (JSON list) whose effective reports that bump's
+        # transaction may have changed; NULL: not known (a rebuild's store), read the quarter in full.
+        sa.Column("touched_since", sa.BigInteger, nullable=True),
+        sa.Column("touched", sa.Text, nullable=True),
         sa.PrimaryKeyConstraint("fiscal_year", "quarter", name=f"pk_quarter_revisions{tag}"),
     )
     late = (

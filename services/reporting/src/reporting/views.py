@@ -3,15 +3,21 @@
 A view is computed from the small `effective_reports` table and the in-memory catalog, never from the events
 table, so computing it does not depend on how many events are stored; `as_of` views are computed from the
 events admitted by that moment. Each part is cached under a key that names what it depends on: a quarter's
-data under the quarter's revision (a new event costs one quarter's reload), what every quarter's view shares
-(each measure's progress, the targets' summary) under the state of the whole store (`StoreState`: every
-quarter's revision, the catalog's revision and the day), and a view under its quarter, moment and state.
+data under the quarter's revision, what every quarter's view shares (each measure's progress, the targets'
+summary) under the state of the whole store (`StoreState`: every quarter's revision, the catalog's revision and
+the day), and a view under its quarter, moment and state.
+
+A change does not make a reader compute a quarter again: the quarter's data at the revision just before is
+updated by the measures the change touched (`reporting.tallies`: their effective reports read by key, their
+standings replaced in the tallies), and the plan's standing by the measures whose figures moved. Only a reader
+that missed a revision (several transactions since, a rebuild, a new catalog) computes the quarter in full.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -30,89 +36,29 @@ from reporting.domain import (
     Trend,
     measure_standing,
     movement,
-    rollup_quarter,
     trend,
 )
-from reporting.progress import (
-    MeasureProgress,
-    Observation,
-    latest_observations,
-    measure_progress,
-    progress_from_rollups,
-    target_standings,
-)
+from reporting.progress import MeasureProgress, measure_progress
 from reporting.registry import CatalogSnapshot, CatalogView
 from reporting.tables import LIVE
+from reporting.tallies import (
+    PlanStanding,
+    QuarterData,
+    TargetSummary,
+    changed_measures,
+    plan_standing,
+    plan_updated,
+    quarter_data,
+    quarter_data_updated,
+)
 from shinchoku_runtime.http import Unavailable
+
+__all__ = ["QuarterData", "QuarterView", "QuarterViews", "StoreState", "TargetSummary", "ViewKey"]
 
 #: Values each cache holds: a quarter's data per revision, the shared part per state, views per quarter and state.
 QUARTER_DATA_CACHED = 512
 PLANS_CACHED = 16
 VIEWS_CACHED = 256
-
-
-@dataclass(frozen=True, slots=True)
-class TargetSummary:
-    """The plan's targets on a day: how many, how many overdue (per agency and section), and their ratings.
-
-    It depends on the measures' progress across quarters and the day, not on the quarter a rollup is for.
-    """
-
-    total: int
-    overdue: int
-    measures_overdue: int
-    ratings: dict[str, int]
-    overdue_by_agency: dict[str, int]
-    overdue_by_section: dict[int, int]
-
-
-def target_summary(measures: Iterable[Measure], progress: Mapping[str, MeasureProgress], today: date) -> TargetSummary:
-    overdue = measures_overdue = targets_total = 0
-    ratings = dict.fromkeys(("A", "B", "N"), 0)
-    overdue_by_agency: dict[str, int] = {}
-    overdue_by_section: dict[int, int] = {}
-    for measure in measures:
-        targets = target_standings(measure, progress[measure.id], today)
-        late = sum(1 for t in targets if t.overdue)
-        overdue += late
-        measures_overdue += 1 if late else 0
-        targets_total += len(targets)
-        overdue_by_section[measure.section] = overdue_by_section.get(measure.section, 0) + late
-        for agency in measure.lead_agencies:
-            overdue_by_agency[agency.value] = overdue_by_agency.get(agency.value, 0) + late
-        for t in targets:
-            ratings[t.rating.rating] += 1
-    return TargetSummary(targets_total, overdue, measures_overdue, ratings, overdue_by_agency, overdue_by_section)
-
-
-@dataclass(frozen=True, slots=True)
-class QuarterData:
-    """One quarter as its effective reports make it: the rollup, and the KPI observations its reports carry."""
-
-    rollup: QuarterRollup
-    observations: dict[str, dict[int, Observation]]
-
-
-def quarter_data(quarter: FiscalQuarter, measures: Sequence[Measure], reports: Iterable[LeadReport]) -> QuarterData:
-    reports = list(reports)
-    by_measure: dict[str, dict[str, LeadReport]] = defaultdict(dict)
-    for report in reports:
-        by_measure[report.measure_id][report.agency] = report
-    return QuarterData(rollup_quarter(quarter, measures, by_measure), latest_observations(measures, reports))
-
-
-@dataclass(frozen=True, slots=True)
-class PlanStanding:
-    """What every quarter's view of one state of the store shares: each measure's progress, the targets' summary."""
-
-    progress: Mapping[str, MeasureProgress]
-    targets: TargetSummary
-
-
-def plan_standing(measures: Sequence[Measure], quarters: Iterable[QuarterData], today: date) -> PlanStanding:
-    quarters = list(quarters)
-    progress = progress_from_rollups(measures, (q.rollup for q in quarters), (q.observations for q in quarters))
-    return PlanStanding(progress, target_summary(measures, progress, today))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +109,30 @@ class QuarterDataKey:
     catalog_revision: int
 
 
+@dataclass(frozen=True, slots=True)
+class PublicationKey:
+    quarter: FiscalQuarter
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class LatestQuarter:
+    """The latest data a reader computed of a quarter, and the revision and catalog it is of."""
+
+    revision: int
+    catalog_revision: int
+    data: QuarterData
+
+
+@dataclass(frozen=True, slots=True)
+class LatestPlan:
+    """The latest plan a reader computed, the state it is of and the quarters' data it came from."""
+
+    state: StoreState
+    datas: dict[FiscalQuarter, QuarterData]
+    plan: PlanStanding
+
+
 class QuarterViews:
     """Computes quarter views from the store and the catalog. Thread-safe; each part is computed once per state."""
 
@@ -173,6 +143,17 @@ class QuarterViews:
         self._quarters: SingleFlightCache[QuarterDataKey, QuarterData] = SingleFlightCache(QUARTER_DATA_CACHED)
         self._plans: SingleFlightCache[StoreState, PlanStanding] = SingleFlightCache(PLANS_CACHED)
         self._views: SingleFlightCache[ViewKey, QuarterView] = SingleFlightCache(VIEWS_CACHED)
+        self._publications: SingleFlightCache[PublicationKey, PublicationState] = SingleFlightCache(QUARTER_DATA_CACHED)
+        #: The latest data computed of each quarter and the latest plan (with the quarters' data it came from):
+        #: what the next revision updates, rather than computing it again.
+        self._latest_lock = threading.Lock()
+        self._latest: dict[FiscalQuarter, LatestQuarter] = {}
+        #: Each quarter's revision row as the last `state()` read it (what its last bump touched).
+        self._touched: dict[FiscalQuarter, repository.QuarterState] = {}
+        #: The latest view of each quarter (live and the public's), reused while nothing it shows changed.
+        self._latest_views: dict[tuple[FiscalQuarter, bool], QuarterView] = {}
+        #: (per audience: the live view, the public's)
+        self._latest_plans: dict[bool, LatestPlan] = {}
 
     def catalog(self) -> CatalogSnapshot:
         """The catalog snapshot, or 503 while it has not been loaded."""
@@ -197,12 +178,15 @@ class QuarterViews:
         """
         snapshot = self.catalog()
         with self._engine.connect() as conn:
-            revisions = repository.revisions(conn)
+            quarters = repository.quarter_states(conn)
             closed = tuple(FiscalQuarter(fy, q) for fy, q in closed_quarters(conn, LIVE.cycle)) if public else None
+        with self._latest_lock:  # what each quarter's last bump touched, for the reader that computes it next
+            for (fy, q), found in quarters.items():
+                self._touched[FiscalQuarter(fy, q)] = found
         ordered = tuple(
             sorted(
-                (FiscalQuarter(fy, q), revision)
-                for (fy, q), revision in revisions.items()
+                (FiscalQuarter(fy, q), found.revision)
+                for (fy, q), found in quarters.items()
                 if closed is None or FiscalQuarter(fy, q) in closed
             )
         )
@@ -235,36 +219,134 @@ class QuarterViews:
             # A quarter the view does not count (the public's view of an open one) reads as without reports.
             this = datas.get(quarter) or self._quarter_data(conn, snapshot, quarter, None)
             last = datas.get(previous) or self._quarter_data(conn, snapshot, previous, None)
-            publication = publication_state(conn, LIVE.cycle, quarter.fiscal_year, quarter.quarter)
+            publication = self._publication(conn, quarter, dict(state.revisions).get(quarter))
         if key.as_of is not None and publication.published_at is not None:
             if datetime.fromisoformat(publication.published_at) > key.as_of:
                 publication = OPEN
-        if key.as_of is None:  # the same for every quarter's view of this state of the store: computed once
-            plan = self._plans.get(state, lambda: plan_standing(snapshot.measures, datas.values(), state.today)).value
-        else:
+        if key.as_of is not None:
             plan = plan_standing(snapshot.measures, datas.values(), state.today)
-        return QuarterView(
+            return QuarterView(
+                rollup=this.rollup,
+                trend=trend(this.rollup, last.rollup),
+                progress=plan.progress,
+                targets=plan.targets,
+                today=state.today,
+                as_of=key.as_of,
+                publication=publication,
+            )
+        # The same for every quarter's view of this state of the store: computed once.
+        plan = self._plans.get(state, lambda: self._plan(state, snapshot, datas)).value
+        # A change elsewhere leaves this quarter's view as it was (its rollup, the previous quarter's, the plan and
+        # the publication the same objects): the view is the one computed before, and so are its documents.
+        audience = (quarter, state.closed is not None)
+        with self._latest_lock:
+            before = self._latest_views.get(audience)
+        same_trend = before is not None and before.rollup is this.rollup and before.trend.previous is last.rollup
+        if (
+            before is not None
+            and same_trend
+            and before.progress is plan.progress
+            and before.targets is plan.targets
+            and before.today == state.today
+            and before.publication == publication
+        ):
+            return before
+        view = QuarterView(
             rollup=this.rollup,
-            trend=trend(this.rollup, last.rollup),
+            trend=before.trend if before is not None and same_trend else trend(this.rollup, last.rollup),
             progress=plan.progress,
             targets=plan.targets,
             today=state.today,
-            as_of=key.as_of,
+            as_of=None,
             publication=publication,
         )
+        with self._latest_lock:
+            self._latest_views[audience] = view
+        return view
 
     def _quarter_data(
         self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int | None
     ) -> QuarterData:
         def compute() -> QuarterData:
-            reports: list[LeadReport] = []
-            if revision is not None:
+            if revision is None:
+                return quarter_data(quarter, snapshot.measures, [])
+            data = self._updated(conn, snapshot, quarter, revision)
+            if data is None:
                 reports = repository.effective_for_quarter(
                     conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter
                 )
-            return quarter_data(quarter, snapshot.measures, reports)
+                data = quarter_data(quarter, snapshot.measures, reports)
+            with self._latest_lock:
+                latest = self._latest.get(quarter)
+                if latest is None or (latest.catalog_revision, latest.revision) <= (snapshot.revision, revision):
+                    self._latest[quarter] = LatestQuarter(revision, snapshot.revision, data)
+            return data
 
         return self._quarters.get(QuarterDataKey(quarter, revision, snapshot.revision), compute).value
+
+    def _publication(self, conn: Connection, quarter: FiscalQuarter, revision: int | None) -> PublicationState:
+        """The quarter's place in the cycle, cached under its revision: a close and every restatement are written by
+        a transaction that bumps it. (A quarter without a revision row is read each time: a rebuilt store has no row
+        for a closed quarter without reports.)"""
+
+        def read() -> PublicationState:
+            return publication_state(conn, LIVE.cycle, quarter.fiscal_year, quarter.quarter)
+
+        if revision is None:
+            return read()
+        return self._publications.get(PublicationKey(quarter, revision), read).value
+
+    def _updated(
+        self, conn: Connection, snapshot: CatalogSnapshot, quarter: FiscalQuarter, revision: int
+    ) -> QuarterData | None:
+        """The quarter at `revision`, updated from the data of the revision just before by the measures the
+        transaction between them touched; None when this reader does not hold that revision (or the store does
+        not say what was touched: a rebuild's store)."""
+        with self._latest_lock:
+            latest = self._latest.get(quarter)
+        if latest is None or latest.catalog_revision != snapshot.revision:
+            return None
+        if latest.revision == revision:
+            return latest.data
+        with self._latest_lock:
+            seen = self._touched.get(quarter)
+        if seen is not None and seen.revision == revision:
+            found: repository.TouchedSince | None = seen.touched_since()
+        else:
+            found = repository.touched_since(conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter)
+        if found is None or found.revision != revision or found.since != latest.revision or found.measures is None:
+            return None
+        # Read after the revision was seen committed: these rows are at least as new as `revision` (a later
+        # transaction's changes read early are read again when its own revision is applied).
+        reports = repository.effective_for_measures(
+            conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter, measure_ids=found.measures
+        )
+        return quarter_data_updated(latest.data, snapshot.by_id, found.measures, reports)
+
+    def _plan(
+        self, state: StoreState, snapshot: CatalogSnapshot, datas: Mapping[FiscalQuarter, QuarterData]
+    ) -> PlanStanding:
+        """The plan's standing in `state`: the latest one updated by the measures whose standing or observations
+        moved in some quarter since, or computed in full (another catalog, day or audience, other quarters)."""
+        audience = state.closed is not None
+        with self._latest_lock:
+            latest = self._latest_plans.get(audience)
+        plan: PlanStanding | None = None
+        if (
+            latest is not None
+            and (latest.state.catalog_revision, latest.state.today, latest.state.closed)
+            == (state.catalog_revision, state.today, state.closed)
+            and latest.datas.keys() == datas.keys()
+        ):
+            changed: set[str] = set()
+            for quarter, data in datas.items():
+                changed |= changed_measures(latest.datas[quarter], data)
+            plan = plan_updated(latest.plan, snapshot.measures, changed, datas.values(), state.today)
+        if plan is None:
+            plan = plan_standing(snapshot.measures, datas.values(), state.today)
+        with self._latest_lock:
+            self._latest_plans[audience] = LatestPlan(state, dict(datas), plan)
+        return plan
 
     def closed_quarters(self) -> list[FiscalQuarter]:
         """Every quarter the secretariat has closed, oldest first."""

@@ -7,6 +7,7 @@ is built from them and the catalog the first time anyone needs it (the outbox se
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
 
 from contracts.catalog import Measure
-from contracts.cycle import Published, Restated, RollupChange, RollupDocument, canonical_json, document_sha256
+from contracts.cycle import Published, Restated, RollupChange, RollupDocument, canonical_json
 from contracts.periods import FiscalQuarter
 from reporting.cycle.documents import build_document
 from reporting.cycle.figures import parse_figures
@@ -68,26 +69,25 @@ def revision(
         row = conn.execute(sa.select(t).where(*where)).first()
     if row is None:
         return None
-    if row.document is None:
-        document = build_document(
-            FiscalQuarter(fiscal_year, quarter),
-            measures,
-            parse_figures(row.figures),
-            revision=number,
-            published_at=datetime.fromisoformat(row.published_at),
-            restated_at=datetime.fromisoformat(row.at) if number > 1 else None,
-        )
-        with engine.begin() as conn:
-            conn.execute(
-                sa.update(t)
-                .where(*where, t.c.document.is_(None))
-                .values(document=canonical_json(document).decode(), sha256=document_sha256(document))
+    text, digest = row.document, row.sha256
+    if text is None:
+        built = canonical_json(
+            build_document(
+                FiscalQuarter(fiscal_year, quarter),
+                measures,
+                parse_figures(row.figures),
+                revision=number,
+                published_at=datetime.fromisoformat(row.published_at),
+                restated_at=datetime.fromisoformat(row.at) if number > 1 else None,
             )
-            row = conn.execute(sa.select(t).where(*where)).one()
-    document = RollupDocument.model_validate_json(row.document)
-    return Revision(
-        fiscal_year, quarter, number, row.at, row.published_at, json.loads(row.changes), document, row.sha256
-    )
+        )
+        text, digest = built.decode(), hashlib.sha256(built).hexdigest()  # = document_sha256 of it
+        with engine.begin() as conn:
+            kept = conn.execute(sa.update(t).where(*where, t.c.document.is_(None)).values(document=text, sha256=digest))
+            if kept.rowcount != 1:  # another replica built it first: its copy is the one kept (and sent)
+                text, digest = conn.execute(sa.select(t.c.document, t.c.sha256).where(*where)).one()
+    document = RollupDocument.model_validate_json(text)
+    return Revision(fiscal_year, quarter, number, row.at, row.published_at, json.loads(row.changes), document, digest)
 
 
 def revision_numbers(engine: Engine, fiscal_year: int, quarter: int, *, store: Store = LIVE) -> list[int]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection
@@ -25,19 +27,47 @@ class PublicationState:
 OPEN = PublicationState(closed=False, revision=None, published_at=None, restated_at=None)
 
 
-def publication_state(conn: Connection, tables: CycleTables, fiscal_year: int, quarter: int) -> PublicationState:
-    closes, pubs = tables.closes, tables.publications
-    close = conn.execute(
-        sa.select(closes.c.admitted_at).where(closes.c.fiscal_year == fiscal_year, closes.c.quarter == quarter)
-    ).first()
-    if close is None:
-        return OPEN
-    latest = conn.execute(
+_STATEMENTS: dict[tuple[str, str], Any] = {}
+
+
+def _prebuilt(tables: CycleTables, name: str, build: Callable[[CycleTables], Any]) -> Any:
+    """A statement built once per store (its tables' names) and kind, its values bound at execution: these run on
+    every rollup read."""
+    key = (tables.closes.name, name)
+    found = _STATEMENTS.get(key)
+    if found is None:
+        found = _STATEMENTS[key] = build(tables)
+    return found
+
+
+def _close_of(tables: CycleTables) -> Any:
+    closes = tables.closes
+    return sa.select(closes.c.admitted_at).where(
+        closes.c.fiscal_year == sa.bindparam("fiscal_year"), closes.c.quarter == sa.bindparam("quarter")
+    )
+
+
+def _latest_revision(tables: CycleTables) -> Any:
+    pubs = tables.publications
+    return (
         sa.select(pubs.c.revision, pubs.c.at)
-        .where(pubs.c.fiscal_year == fiscal_year, pubs.c.quarter == quarter)
+        .where(pubs.c.fiscal_year == sa.bindparam("fiscal_year"), pubs.c.quarter == sa.bindparam("quarter"))
         .order_by(pubs.c.revision.desc())
         .limit(1)
-    ).first()
+    )
+
+
+def _closed_quarters(tables: CycleTables) -> Any:
+    closes = tables.closes
+    return sa.select(closes.c.fiscal_year, closes.c.quarter).order_by(closes.c.fiscal_year, closes.c.quarter)
+
+
+def publication_state(conn: Connection, tables: CycleTables, fiscal_year: int, quarter: int) -> PublicationState:
+    params = {"fiscal_year": fiscal_year, "quarter": quarter}
+    close = conn.execute(_prebuilt(tables, "close_of", _close_of), params).first()
+    if close is None:
+        return OPEN
+    latest = conn.execute(_prebuilt(tables, "latest_revision", _latest_revision), params).first()
     if latest is None or latest.revision == 1:
         return PublicationState(closed=True, revision=1, published_at=close.admitted_at, restated_at=None)
     return PublicationState(
@@ -47,16 +77,10 @@ def publication_state(conn: Connection, tables: CycleTables, fiscal_year: int, q
 
 def closed_quarters(conn: Connection, tables: CycleTables) -> list[tuple[int, int]]:
     """Every closed quarter as (fiscal_year, quarter), oldest first."""
-    closes = tables.closes
-    rows = conn.execute(
-        sa.select(closes.c.fiscal_year, closes.c.quarter).order_by(closes.c.fiscal_year, closes.c.quarter)
-    )
+    rows = conn.execute(_prebuilt(tables, "closed_quarters", _closed_quarters))
     return [(fy, q) for fy, q in rows]
 
 
 def is_closed(conn: Connection, tables: CycleTables, fiscal_year: int, quarter: int) -> bool:
-    closes = tables.closes
-    row = conn.execute(
-        sa.select(closes.c.quarter).where(closes.c.fiscal_year == fiscal_year, closes.c.quarter == quarter)
-    ).first()
-    return row is not None
+    params = {"fiscal_year": fiscal_year, "quarter": quarter}
+    return conn.execute(_prebuilt(tables, "close_of", _close_of), params).first() is not None

@@ -26,7 +26,7 @@ from reporting.dashboard.signin import viewer
 from reporting.dashboard.source import ApiSource, RollupSource, SourceError
 from reporting.dashboard.state import BadState, ViewState
 from reporting.dashboard.text import reveal
-from shinchoku_runtime.auth import Role
+from shinchoku_runtime.auth import Principal, Role
 
 _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
@@ -71,8 +71,16 @@ router = APIRouter(include_in_schema=False)
 
 
 def get_source(request: Request, principal: DashboardReader) -> RollupSource:
-    """The app's own rollup API, in-process, read as whoever views the page (the API's rules apply)."""
+    """The app's own rollup API, in-process, read as whoever views the page (the API's rules apply). The viewer is
+    kept for the page too (`viewing`): a route takes one gate, this one's."""
+    request.state.dashboard_viewer = viewer(principal)
     return ApiSource(request.app, viewer(principal))
+
+
+def viewing(request: Request) -> Principal:
+    """Who views the page, as the source's gate found (the public when no source was made for this request)."""
+    who = getattr(request.state, "dashboard_viewer", None)
+    return who if isinstance(who, Principal) else Principal.public()
 
 
 SourceDep = Annotated[RollupSource, Depends(get_source)]
@@ -186,7 +194,7 @@ async def live(request: Request, source: SourceDep) -> Response:
 
 
 @router.get("/dashboard/measures/{measure_id}", response_class=Response)
-async def measure(request: Request, measure_id: str, source: SourceDep, principal: DashboardReader) -> Response:
+async def measure(request: Request, measure_id: str, source: SourceDep) -> Response:
     """One measure: targets, status history, each lead's reports and their lineage (HTML); for the secretariat,
     each report's review form (`reporting.dashboard.review`)."""
     try:
@@ -199,7 +207,7 @@ async def measure(request: Request, measure_id: str, source: SourceDep, principa
     except SourceError as e:
         return _error(request, state, e.status if e.status < 500 else 502, e.message)
     # Reviews are of the reports as they stand: not from a view of an earlier moment.
-    context["can_review"] = viewer(principal).role is Role.secretariat and state.as_of is None
+    context["can_review"] = viewing(request).role is Role.secretariat and state.as_of is None
     context["new_ticket"] = lambda: new_ticket(request.app.state.dashboard_sessions)
     context["flash"] = take_flash(request)
     response = render(request, "measure.html", context)
