@@ -23,8 +23,13 @@ setup: $(VENV)/.synced ## Create .venv with every package (uv workspace, one loc
 up: setup ## Set up and run the whole platform on one machine (nats-server, catalog, ingest, reporting); Ctrl-C stops it
 	$(VENV)/bin/shinchoku up $(ARGS)
 
+# The suite runs on TEST_WORKERS pytest-xdist processes: most tests wait on real servers (nats-server, PostgreSQL,
+# Chromium, service processes), so more workers than cores still shortens it; the heaviest scenarios stay on one
+# worker (conftest.py, HEAVY). `make test TEST_WORKERS=0` runs it in one process.
+TEST_WORKERS ?= 3
+
 test: setup ## Set up and run every test
-	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,9 +1,17 @@
-"""Fixtures shared by every test package: real nats-server, real PostgreSQL, SQLite files."""
+"""Fixtures shared by every test package: real nats-server, real PostgreSQL, SQLite files; the summary sections.
+
+`make test` runs the suite on several pytest-xdist workers. A summary section's lines (the fault table, the hostile
+input outcomes) are therefore written by whichever worker ran the test, into per-worker files under
+artifacts/summary-parts/, and printed once by the process that prints the terminal summary (the controller, or the
+only process without xdist), which also writes the section's whole file to artifacts/.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import AsyncIterator, Iterator
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +84,83 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         pytest.skip(reason)
     with fresh_postgres_database() as url:
         yield url
+
+
+# The scenarios that load the machine most (a 3-node cluster with four services under faults, a whole stack SIGKILLed,
+# a node's disk filled) run one after the other on one xdist worker, first, so that the longest unit starts at once
+# and never shares the machine with another of its kind; every other test is spread over the workers as they free.
+HEAVY = ("tests/faults/", "tests/cluster/")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def heavy(item: pytest.Item) -> bool:
+        return item.path.relative_to(config.rootpath).as_posix().startswith(HEAVY)
+
+    for item in items:
+        if heavy(item):
+            item.add_marker(pytest.mark.xdist_group("heavy"))
+    items.sort(key=lambda item: not heavy(item))
+
+
+# The sections a test can add lines to: key -> (title in the terminal summary, file under artifacts/).
+SUMMARY_SECTIONS = {
+    "faults": ("fault scenarios (also in artifacts/faults.txt)", "faults.txt"),
+    "hostile": ("hostile input outcomes (also in artifacts/hostile.txt)", "hostile.txt"),
+}
+
+
+def _summary_parts(config: pytest.Config) -> Path:
+    return Path(config.rootpath) / "artifacts" / "summary-parts"
+
+
+def _worker_id(config: pytest.Config) -> str:
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else "main"
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    config = session.config
+    """The controller (or the only process) starts every section empty, before any worker writes to it."""
+    if getattr(config, "workerinput", None) is None:
+        shutil.rmtree(_summary_parts(config), ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def summary_section(request: pytest.FixtureRequest) -> Callable[[str, str | None], Callable[[str], None]]:
+    """`summary_section(key, header)` gives a function adding one line to that section from whichever process runs
+    the test."""
+    return functools.partial(_section_writer, request.config)
+
+
+def _section_writer(config: pytest.Config, section: str, header: str | None) -> Callable[[str], None]:
+    parts = _summary_parts(config)
+    parts.mkdir(parents=True, exist_ok=True)
+    if header is not None:
+        (parts / f"{section}.header").write_text(header + "\n", "utf-8")
+    path = parts / f"{section}.{_worker_id(config)}.lines"
+
+    def add(line: str) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    return add
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    if getattr(config, "workerinput", None) is not None:
+        return
+    parts = _summary_parts(config)
+    for section, (title, filename) in SUMMARY_SECTIONS.items():
+        lines = [
+            line for path in sorted(parts.glob(f"{section}.*.lines")) for line in path.read_text("utf-8").splitlines()
+        ]
+        if not lines:
+            continue
+        header = parts / f"{section}.header"
+        if header.exists():
+            lines = header.read_text("utf-8").splitlines() + lines
+        (parts.parent / filename).write_text("\n".join(lines) + "\n", "utf-8")
+        terminalreporter.section(title)
+        for line in lines:
+            terminalreporter.write_line(line)

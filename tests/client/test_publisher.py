@@ -33,15 +33,19 @@ def report(agency: str, measure: str, status: str = "on_track") -> StatusEvent:
     )
 
 
+#: Where mof's reports are stored (its share of STATUS, which STATUS copies in).
+MOF_STREAM = "STATUS_mof"
+
+
 async def stored(admin_nc: Client) -> list[dict[str, Any]]:
-    """Every STATUS message (sequence, subject, payload), in order."""
+    """Every message mof's stream stored (sequence, subject, payload), in order."""
     js = admin_nc.jetstream()
-    info = await js.stream_info("STATUS")
+    info = await js.stream_info(MOF_STREAM)
     out: list[dict[str, Any]] = []
     if not info.state.messages:
         return out
     for seq in range(info.state.first_seq, info.state.last_seq + 1):
-        msg = await js.get_msg("STATUS", seq)
+        msg = await js.get_msg(MOF_STREAM, seq)
         out.append({"seq": seq, "subject": msg.subject, "data": msg.data})
     return out
 
@@ -66,9 +70,9 @@ async def test_a_stream_that_refuses_batches_gets_the_reports_one_by_one(
     nats_server: NatsServer, admin_nc: Client
 ) -> None:
     js = admin_nc.jetstream()
-    config = (await js.stream_info("STATUS")).config
+    config = (await js.stream_info(MOF_STREAM)).config
     await js.update_stream(dataclasses.replace(config, allow_atomic=False))
-    assert not (await js.stream_info("STATUS")).config.allow_atomic
+    assert not (await js.stream_info(MOF_STREAM)).config.allow_atomic
     events = [report("mof", m) for m in ("1-25", "1-26", "1-27")]
     async with AgencyPublisher(nats_server.plain_url, agency="mof", password=nats_server.passwords["mof"]) as p:
         sent = await p.publish_batch(events)

@@ -246,7 +246,9 @@ async def test_shinchoku_trace_prints_the_whole_journey(stack: Running) -> None:
         """As in the real CLI."""
 
     result = CliRunner().invoke(
-        app, ["trace", str(event.event_id), "--data-dir", str(stack.data_dir)], env={"SHINCHOKU_JAEGER_URL": ""}
+        app,
+        ["trace", str(event.event_id), "--data-dir", str(stack.data_dir)],
+        env={"SHINCHOKU_JAEGER_URL": "", "COLUMNS": None},
     )
     assert result.exit_code == 0, result.output
     out = result.output

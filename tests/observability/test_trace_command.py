@@ -144,7 +144,7 @@ def _run(*args: str) -> Any:
     def _root() -> None:
         """Group, so that the verb is named as in the real CLI."""
 
-    return CliRunner().invoke(app, ["trace", *args], env={"SHINCHOKU_JAEGER_URL": ""})
+    return CliRunner().invoke(app, ["trace", *args], env={"SHINCHOKU_JAEGER_URL": "", "COLUMNS": None})
 
 
 def test_trace_prints_the_tree_with_every_service(stack: tuple[Path, Journey, Journey, _JsonServer]) -> None:

@@ -221,7 +221,7 @@ async def test_a_ministrys_client_publishes_with_its_token_over_tls(callout: Cal
     assert set(options) == {"tls", "token"}
     async with AgencyPublisher(url, agency="mof", connect_options=options) as publisher:
         ack = await publisher.publish_raw(status_subject("mof", "1-1"), b"{}")
-        assert ack.stream == "STATUS"
+        assert ack.stream == "STATUS_mof"  # mof's own share of STATUS
         with pytest.raises(PublishError, match=r"(?i)permission"):
             await publisher.publish_raw(status_subject("digital", "1-1"), b"{}")
 

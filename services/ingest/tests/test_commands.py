@@ -33,6 +33,7 @@ from shinchoku.issuer import EmbeddedIssuer, principal_named
 from shinchoku_runtime.auth import AuthSettings, TokenVerifier, install_auth
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.testing import status_sequence
 
 Publishers = Callable[[str], Awaitable[AgencyPublisher]]
 # Closed on purpose in the past: its on-time deadline (2025-01-31 JST) has long passed.
@@ -100,6 +101,14 @@ def close_body(quarter: FiscalQuarter = Q3, **overrides: Any) -> dict[str, Any]:
 async def send(publisher: SecretariatPublisher, subject: str, body: dict[str, Any], token: str | None) -> None:
     headers = {"Authorization": f"Bearer {token}"} if token is not None else None
     await publisher.publish_raw(subject, encode(body), headers=headers)
+
+
+async def report_on_status(publisher: AgencyPublisher, subject: str, body: dict[str, Any], admin: Client) -> None:
+    """Publish a report and wait until STATUS holds it: STATUS copies it in from the agency's own stream, so a
+    command published right after its PubAck could otherwise reach STATUS first (a review names a report the
+    secretariat has seen, which is on STATUS by then)."""
+    ack = await publisher.publish_raw(subject, encode(body))
+    await status_sequence(admin.jetstream(), subject, ack)
 
 
 async def decided(ingest: Any, command_id: str, *, agency: str | None = None) -> dict[str, Any]:
@@ -235,7 +244,7 @@ async def test_a_review_resent_is_a_duplicate_and_other_content_under_its_id_a_c
 ) -> None:
     mof = await publisher_for("mof")
     report = event_body()
-    await mof.publish_raw("status.mof.1-25", encode(report))
+    await report_on_status(mof, "status.mof.1-25", report, admin_nc)
     review = review_body(report["event_id"])
     token = token_of(issuer)
     await send(secretariat, "review.mof.1-25", review, token)
@@ -368,9 +377,9 @@ async def test_commands_in_one_batch_see_the_reports_and_closes_before_them(
     after, before = review_body(report["event_id"]), review_body(later["event_id"])
     first, second = close_body(), close_body()
     await send(secretariat, "review.mof.1-25", before, token)
-    await mof.publish_raw("status.mof.1-25", encode(report))
+    await report_on_status(mof, "status.mof.1-25", report, admin_nc)
     await send(secretariat, "review.mof.1-25", after, token)
-    await mof.publish_raw("status.mof.1-25", encode(later))
+    await report_on_status(mof, "status.mof.1-25", later, admin_nc)
     await send(secretariat, "close.2024.3", first, token)
     await send(secretariat, "close.2024.3", second, token)
     running = await start_ingest(auth=auth_of(issuer), batch_wait=0.5)
@@ -478,7 +487,7 @@ async def test_a_stored_command_admission_is_published_again_as_it_was(
 ) -> None:
     mof = await publisher_for("mof")
     report = event_body()
-    await mof.publish_raw("status.mof.1-25", encode(report))
+    await report_on_status(mof, "status.mof.1-25", report, admin_nc)
     review, close = review_body(report["event_id"]), close_body()
     await send(secretariat, "review.mof.1-25", review, token_of(issuer))
     await send(secretariat, "close.2024.3", close, token_of(issuer))
@@ -534,7 +543,7 @@ async def test_a_review_waits_for_its_report_held_by_another_replica(
     await js.add_consumer("STATUS", consumer_config(settings))
     mof = await publisher_for("mof")
     report = event_body()
-    await mof.publish_raw("status.mof.1-25", encode(report))
+    await report_on_status(mof, "status.mof.1-25", report, admin_nc)
     review = review_body(report["event_id"])
     await send(secretariat, "review.mof.1-25", review, token_of(issuer))
 
