@@ -4,6 +4,8 @@
     .venv/bin/python bench/reporting.py --events 100000      # a short run
     .venv/bin/python bench/reporting.py --postgres           # the store on a fresh PostgreSQL database
     .venv/bin/python bench/reporting.py --profile artifacts/profile   # + py-spy profiles (consumer, rebuild)
+    .venv/bin/python bench/reporting.py --events 200000 --consumer-only --skip-untraced \
+        --service-python ../other-worktree/.venv/bin/python          # another version's consumer, same load
 
 What one run does:
 
@@ -16,12 +18,18 @@ What one run does:
    durable consumer drains the backlog; "sustained" is the rate between 10 % and 90 % acknowledged. Then it
    drains the same backlog again into an empty store with the OpenTelemetry SDK disabled, to show what the
    per-message spans cost (`--skip-untraced` skips this);
-3. latency: with all N events stored, GETs `/rollups/{fy}/{q}` over real HTTP (httpx, one connection) for several
-   quarters: p50/p99 as served (cached until the store changes), p50/p99 right after a change (a fresh event
-   applied before each request and the request sent as soon as it is acknowledged, so the rollup is recomputed
-   from the effective reports while the reader waits), and p50/p99 half a second after a change (what a
-   dashboard's reader meets: the service recomputes the rollups read lately as soon as the store changes);
-4. rebuild: stops the service and runs `python -m reporting rebuild`, which replays ACCEPTED from the start into a
+3. latency: with all N events stored, GETs `/rollups/{fy}/{q}` over real HTTP (httpx, one connection, the
+   secretariat's token) for four open quarters: p50/p99 as served (cached until the store changes); sent the moment
+   a change is acknowledged (a fresh event published, and the GET sent as soon as the service's ack of it passes
+   through the server, seen on `$JS.ACK.ACCEPTED.reporting.>`: the rollup read must count it); and half a second
+   after a change (what a dashboard's reader meets). The time from publishing each change to its ack is printed too;
+4. the reporting cycle: closes FY2024Q1 and FY2024Q2 as the secretariat's `shinchoku close` does once ingest
+   admits it (an AdmittedClose on `closed.{fy}.{q}` of ACCEPTED; ingest is not running), waits for each
+   `published.{fy}.{q}`, then changes their figures one report at a time (a later report of a lead with another
+   status) and times each change to its `restated.{fy}.{q}` event (a core subscription to `restated.>`, as any
+   system follows them): from the change's publication and from the service's ack of it. Each change must bring
+   exactly one restatement, naming the change's event id (`--restatements N`);
+5. rebuild: stops the service and runs `python -m reporting rebuild`, which replays ACCEPTED from the start into a
    new store and swaps it in; the rate is N / wall time of the whole command.
 
 The load average is printed at the start and the end: other work on the machine shows up in the figures.
