@@ -86,20 +86,21 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         yield url
 
 
-# The scenarios that load the machine most (a 3-node cluster with four services under faults, a whole stack SIGKILLed,
-# a node's disk filled) run one after the other on one xdist worker, first, so that the longest unit starts at once
-# and never shares the machine with another of its kind; every other test is spread over the workers as they free.
+# Each test module runs whole on one xdist worker, in its order: a module's tests share its fixtures (one stack per
+# module) and some read what the ones before them left (a log, a store). The scenarios that load the machine most
+# (a 3-node cluster with four services under faults, a whole stack SIGKILLed, a node's disk filled) run one after
+# the other on one worker, first, so that the longest unit starts at once and never shares the machine with
+# another of its kind; the other modules go to the workers as they free.
 HEAVY = ("tests/faults/", "tests/cluster/")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    def heavy(item: pytest.Item) -> bool:
-        return item.path.relative_to(config.rootpath).as_posix().startswith(HEAVY)
+    def module(item: pytest.Item) -> str:
+        return item.path.relative_to(config.rootpath).as_posix()
 
     for item in items:
-        if heavy(item):
-            item.add_marker(pytest.mark.xdist_group("heavy"))
-    items.sort(key=lambda item: not heavy(item))
+        item.add_marker(pytest.mark.xdist_group("heavy" if module(item).startswith(HEAVY) else module(item)))
+    items.sort(key=lambda item: not module(item).startswith(HEAVY))
 
 
 # The sections a test can add lines to: key -> (title in the terminal summary, file under artifacts/).

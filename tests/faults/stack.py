@@ -186,7 +186,8 @@ def running_stack(
     )
     try:
         try:
-            running._start(startup_timeout)
+            with environment(env):  # the administrator's stream settings (e.g. the agencies' shares) as overridden
+                running._start(startup_timeout)
         except Exception as e:
             tails = "\n".join(f"--- {name}:\n{log_tail(running, name)}" for name in (NATS, *SERVICES))
             raise RuntimeError(f"the stack did not start: {e}\n{tails}") from e
