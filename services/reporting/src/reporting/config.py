@@ -31,7 +31,7 @@ class ReportingSettings(ServiceSettings):
         default=30.0, gt=0, description="Seconds before an unacknowledged message is redelivered (consumer config)"
     )
     retry_delay: float = Field(
-        default=2.0, gt=0, description="Seconds before a batch that hit a database fault returns"
+        default=2.0, gt=0, description="Seconds before a batch that hit a database fault is retried (in place)"
     )
     hold_delay: float = Field(
         default=60.0,

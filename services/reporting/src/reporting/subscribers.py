@@ -7,10 +7,11 @@ when the writer is busy and a lone event is not held back waiting for company. `
 batches decoded and applied by an `Applier` (a child process by default, see `reporting.workers`; one
 transaction, possibly several batches merged) and acknowledges every message after the commit, so pulling
 the next batch overlaps with writing this one; then it records each message's span. A database fault (or a writer
-process that died) naks the messages with a delay: they come back, nothing is terminated for a fault of
-ours. A message this version cannot decode is held, never terminated: nak'ed with `hold_delay`, counted, and
-/healthz 503 until a version that decodes it takes it; one that only carries fields this version does not know (a
-newer ingest's additive fields) is decoded without them (`handlers.additive`).
+process that died) has the batch retried in place after a delay, its messages kept in progress (nak'ing it would leave
+a gap before the order cursor that everything behind it waits for): nothing is terminated for a fault of ours. A
+message this version cannot decode is held, never terminated: nak'ed with `hold_delay`, counted, and /healthz 503
+until a version that decodes it takes it; one that only carries fields this version does not know (a newer ingest's
+additive fields) is decoded without them (`handlers.additive`).
 """
 
 from __future__ import annotations
@@ -209,15 +210,43 @@ class AcceptedWriter:
             if settling is not None:
                 await asyncio.shield(settling)
 
-    async def _write(self, batch: Sequence[Delivery]) -> tuple[Sequence[Delivery], BatchOutcome, int, int] | None:
-        """Decode and write the batch; None when the writer process died (the batch was put back)."""
-        started = time.time_ns()
+    async def _write(self, batch: Sequence[Delivery]) -> tuple[Sequence[Delivery], BatchOutcome, int, int]:
+        """Decode and write the batch, retried in place until it is committed.
+
+        A database fault (nothing of the batch committed) or a writer process that died is retried after
+        `retry_delay` with the same messages, kept in progress meanwhile; the batches behind it wait in the queue.
+        Nak'ing it to come back later would leave a gap before the order cursor: every message after it would wait
+        for it (`handlers.ORDER_WAIT_SECONDS`) and be nak'ed in turn, back into the consumer's redelivery queue
+        ahead of it, round after round (a stall of a minute under load). Stopped meanwhile, the batch is nak'ed.
+        """
+        messages = [(d.msg.subject, _stream_seq(d.msg), d.msg.data) for d in batch]
+        while True:
+            started = time.time_ns()
+            try:
+                outcome = await self._applier.apply(messages)
+            except Exception as e:  # the worker died: nothing is known to be committed
+                error = f"{type(e).__name__}: {e}"
+            else:
+                if outcome.error is None:
+                    return batch, outcome, started, time.time_ns()
+                error = outcome.error
+                good = [(d, ev) for d, ev in zip(batch, outcome.events, strict=True) if not isinstance(ev, str)]
+                self._trace(good, started, time.time_ns(), error=error)
+            await self._retry_in_place(batch, error)
+
+    async def _retry_in_place(self, batch: Sequence[Delivery], error: str) -> None:
+        self._metrics.batches.labels("retried").inc()
+        log.warning("could not apply %d admitted events (%s); retrying in %.1fs", len(batch), error, self._retry_delay)
         try:
-            outcome = await self._applier.apply([(d.msg.subject, _stream_seq(d.msg), d.msg.data) for d in batch])
-        except Exception as e:  # the worker died: nothing is known to be committed
-            await self._retry(batch, f"{type(e).__name__}: {e}")
-            return None
-        return batch, outcome, started, time.time_ns()
+            await asyncio.sleep(self._retry_delay)
+        except asyncio.CancelledError:  # stopped: they come back (to this replica after a restart, or another)
+            for d in batch:
+                with contextlib.suppress(Exception):
+                    await d.msg.nak()
+            raise
+        for d in batch:  # not redelivered by ack_wait while the fault lasts
+            with contextlib.suppress(Exception):
+                await d.msg.in_progress()
 
     async def _settle_logged(
         self, batch: Sequence[Delivery], outcome: BatchOutcome, started: int, ended: int, *, count: int
@@ -242,10 +271,6 @@ class AcceptedWriter:
             (d, event) for i, (d, event) in enumerate(zip(batch, outcome.events, strict=True)) if i not in deferred
         ]
         good: list[tuple[Delivery, AppliedEvent]] = [(d, e) for d, e in settled if not isinstance(e, str)]
-        if outcome.error is not None:  # nothing was applied: every message comes back (in the log's order)
-            await self._retry([d for d, _ in settled], outcome.error)
-            self._trace(good, started, ended, error=outcome.error)
-            return
         for d, event in settled:
             if isinstance(event, str):
                 await self._hold(d, event)
@@ -286,12 +311,6 @@ class AcceptedWriter:
             if path not in self._ignored_seen:
                 self._ignored_seen.add(path)
                 log.warning("ACCEPTED carries %r, which this version does not know: decoded without it", path)
-
-    async def _retry(self, batch: Sequence[Delivery], error: str) -> None:
-        self._metrics.batches.labels("retried").inc()
-        log.warning("could not apply %d admitted events (%s); retrying in %.1fs", len(batch), error, self._retry_delay)
-        for d in batch:
-            await d.msg.nak(delay=self._retry_delay)
 
     def _trace(
         self, good: Sequence[tuple[Delivery, AppliedEvent]], started: int, ended: int, *, error: str | None = None

@@ -4,8 +4,8 @@ The consumer's own process receives, acknowledges and traces; decoding (pydantic
 are about as much Python work again. With `writer_processes=1` (the default) they run in a child process
 (the runtime's `ChildPool` with one spawned child and its own engine); with 0 in a thread of the service
 process. Either way one batch is one transaction, and the consumer acknowledges only after the outcome says
-committed. A child that dies is reported with its last words and replaced for the next batch; the batch in
-hand is nak'ed (it comes back).
+committed. A child that dies is reported with its last words and replaced; the batch in hand is retried (by
+`AcceptedWriter`, in place).
 """
 
 from __future__ import annotations
