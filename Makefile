@@ -24,8 +24,8 @@ up: setup ## Set up and run the whole platform on one machine (nats-server, cata
 	$(VENV)/bin/shinchoku up $(ARGS)
 
 # The suite runs on TEST_WORKERS pytest-xdist processes: most tests wait on real servers (nats-server, PostgreSQL,
-# Chromium, service processes), so more workers than cores still shortens it; the heaviest scenarios stay on one
-# worker (conftest.py, HEAVY). `make test TEST_WORKERS=0` runs it in one process.
+# Chromium, service processes), so more workers than cores still shortens it; the cluster scenarios stay on one
+# worker (conftest.py, CLUSTER). `make test TEST_WORKERS=0` runs it in one process.
 TEST_WORKERS ?= 3
 
 test: setup ## Set up and run every test
