@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.events import AdmittedEvent
 from contracts.periods import FiscalQuarter
-from reporting import repository
+from reporting import repository, revision_store
 from reporting.cycle.apply import apply_close, apply_review, restate_if_changed
 from reporting.cycle.cursor import contiguous, lock_cursor, set_cursor
 from reporting.cycle.facts import (
@@ -124,7 +124,7 @@ def apply_admitted(
     store: Store,
     batch: Sequence[Admitted],
     now: datetime | None = None,
-    touched: dict[tuple[int, int], repository.Touched] | None = None,
+    touched: dict[tuple[int, int], revision_store.Touched] | None = None,
 ) -> int:
     """Store a batch of admitted events and update the effective reports they affect.
 
@@ -145,9 +145,9 @@ def apply_admitted(
     quarters = {} if touched is None else touched
     for admitted in events:
         report = admitted.report
-        repository.touch(quarters, (report.fiscal_year, report.quarter), admitted.admitted_at_us, report.measure_id)
+        revision_store.touch(quarters, (report.fiscal_year, report.quarter), admitted.admitted_at_us, report.measure_id)
     if touched is None:
-        repository.bump_revisions(conn, store=store, quarters=quarters, now=now)
+        revision_store.bump_revisions(conn, store=store, quarters=quarters, now=now)
     return len(batch)
 
 
@@ -248,7 +248,7 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
     """
     closed = set(closed_quarters(conn, store.cycle))
     run: list[Admitted] = []
-    touched: dict[tuple[int, int], repository.Touched] = {}
+    touched: dict[tuple[int, int], revision_store.Touched] = {}
 
     def flush() -> None:
         if run:
@@ -286,9 +286,9 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
                 closed.add(fact.quarter)
         if changed:  # a review may change its measure's figures; a close no report's
             measures = (fact.row["measure_id"],) if isinstance(fact, ReviewFact) else ()
-            repository.touch(touched, fact.quarter, fact.admitted_at_us, *measures)
+            revision_store.touch(touched, fact.quarter, fact.admitted_at_us, *measures)
     flush()
-    repository.bump_revisions(conn, store=store, quarters=touched, now=now)
+    revision_store.bump_revisions(conn, store=store, quarters=touched, now=now)
 
 
 #: How long a batch waits for the facts before it in the log (held by another replica) before its messages that

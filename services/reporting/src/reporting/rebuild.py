@@ -36,7 +36,7 @@ from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from contracts.streams import ACCEPTED_STREAM
-from reporting import repository
+from reporting import repository, revision_store
 from reporting.config import ReportingSettings
 from reporting.cycle.cursor import set_cursor
 from reporting.cycle.publications import keep_sent
@@ -381,8 +381,8 @@ async def rebuild_store(
                 apply_facts(conn, store=shadow, facts=_decode_facts(catch_up))
                 if bar:
                     bar.update(len(messages))
-            previous = repository.revisions(conn)
-            repository.fill_revisions_from_events(conn, store=shadow, previous=previous)
+            previous = revision_store.revisions(conn)
+            revision_store.fill_revisions_from_events(conn, store=shadow, previous=previous)
             set_cursor(conn, shadow, info.state.first_seq + read - 1)
             keep_sent(conn, shadow=shadow, live=repository.LIVE)
             stored = repository.count_rows(conn, shadow.events)

@@ -6,17 +6,16 @@ report wins" (`domain.EFFECTIVE_ORDER`): both of its SQL renderings below (the u
 ranking of `effective_as_of`) are generated from `ORDER_COLUMNS`, and tests/test_effective_order.py checks them
 against the domain on SQLite and on PostgreSQL.
 
-One module of ~450 lines on purpose: every statement on the store's tables in one place (CONVENTIONS.md: all SQL
-in `repository.py`), the tables themselves split out already; what remains is one SQL function per need.
+The statements on the quarters' revisions (what each transaction touched, read by the incremental tallies) are
+in `reporting.revision_store`; the tables are declared in `reporting.tables`.
 """
 
 from __future__ import annotations
 
-import json
 import operator
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import Connection, Engine
@@ -59,13 +58,10 @@ __all__ = [
     "SHADOW_SUFFIX",
     "EffectiveRow",
     "EventRow",
-    "QuarterState",
     "Store",
-    "Touched",
-    "TouchedSince",
     "admitted_report",
     "all_effective",
-    "bump_revisions",
+    "built_once",
     "count_rows",
     "create_late_indexes",
     "create_store",
@@ -75,24 +71,20 @@ __all__ = [
     "effective_for_measures",
     "effective_for_quarter",
     "effective_where",
-    "fill_revisions_from_events",
     "from_micros",
     "has_events",
     "insert_events",
+    "insert_for",
     "kpis_json",
     "last_admitted",
     "lock_for_swap",
     "parse_kpis",
     "prebuilt",
-    "quarter_states",
     "rename_tables",
     "review_applied",
-    "revisions",
     "store_tables",
     "table_rows",
     "to_micros",
-    "touch",
-    "touched_since",
     "tune",
     "upsert_effective",
 ]
@@ -215,7 +207,7 @@ def latest_first(table: sa.Table) -> tuple[sa.UnaryExpression[Any], ...]:
 # --- Writing ---------------------------------------------------------------------------------
 
 
-def _insert(conn: Connection, table: sa.Table) -> Any:
+def insert_for(conn: Connection, table: sa.Table) -> Any:
     return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
 
 
@@ -292,84 +284,6 @@ def upsert_effective(conn: Connection, *, store: Store, rows: Sequence[Sequence[
     conn.exec_driver_sql(sql, ordered)
 
 
-class Touched(NamedTuple):
-    """What a transaction did to one quarter: the greatest admitted_at_us it applied and the measures whose
-    effective reports it may have changed."""
-
-    admitted_at_us: int
-    measures: frozenset[str]
-
-
-def touch(into: dict[tuple[int, int], Touched], quarter: tuple[int, int], admitted_at_us: int, *measures: str) -> None:
-    """Add a fact's quarter and measures to what a transaction touched (`bump_revisions` writes it once)."""
-    found = into.get(quarter)
-    if found is None:
-        into[quarter] = Touched(admitted_at_us, frozenset(measures))
-    else:
-        into[quarter] = Touched(max(found.admitted_at_us, admitted_at_us), found.measures | frozenset(measures))
-
-
-def bump_revisions(
-    conn: Connection, *, store: Store, quarters: Mapping[tuple[int, int], Touched], now: datetime | None = None
-) -> None:
-    """Bump the revision of each touched quarter (once per transaction: a reader that holds the revision before
-    updates by `touched`), with the measures touched and the revision they are counted from."""
-    if not quarters:
-        return
-    table = store.revisions
-    ins = _insert(conn, table)
-    newer = sa.case(
-        (ins.excluded.last_admitted_at_us > table.c.last_admitted_at_us, ins.excluded.last_admitted_at_us),
-        else_=table.c.last_admitted_at_us,
-    )
-    stmt = ins.on_conflict_do_update(
-        index_elements=["fiscal_year", "quarter"],
-        set_={
-            "revision": table.c.revision + 1,
-            "last_admitted_at_us": newer,
-            "updated_at_us": ins.excluded.updated_at_us,
-            "touched_since": table.c.revision,
-            "touched": ins.excluded.touched,
-        },
-    )
-    stamp = to_micros(now or datetime.now(UTC))
-    rows = [
-        {
-            "fiscal_year": fy,
-            "quarter": q,
-            "revision": 1,
-            "last_admitted_at_us": touched.admitted_at_us,
-            "updated_at_us": stamp,
-            "touched_since": 0,
-            "touched": json.dumps(sorted(touched.measures)),
-        }
-        for (fy, q), touched in sorted(quarters.items())
-    ]
-    conn.execute(stmt, rows)
-
-
-class TouchedSince(NamedTuple):
-    """A quarter's revision, and the measures its last bump touched counted from `since` (None: not known)."""
-
-    revision: int
-    since: int | None
-    measures: frozenset[str] | None
-
-
-def _touched_since(store: Store) -> Any:
-    t = store.revisions
-    return sa.select(t.c.revision, t.c.touched_since, t.c.touched).where(
-        t.c.fiscal_year == sa.bindparam("fiscal_year"), t.c.quarter == sa.bindparam("quarter")
-    )
-
-
-def touched_since(conn: Connection, *, fiscal_year: int, quarter: int, store: Store = LIVE) -> TouchedSince | None:
-    """The quarter's revision and what its last bump touched; None when it has no data."""
-    params = {"fiscal_year": fiscal_year, "quarter": quarter}
-    row = conn.execute(prebuilt(store, "touched_since", _touched_since), params).first()
-    return None if row is None else QuarterState(*row).touched_since()
-
-
 def _effective_for_measures(store: Store) -> Any:
     t = store.effective
     return sa.select(*_report_columns(t)).where(
@@ -388,29 +302,6 @@ def effective_for_measures(
         return []
     params = {"fiscal_year": fiscal_year, "quarter": quarter, "measure_ids": wanted}
     return [_lead_report(row) for row in conn.execute(prebuilt(store, "for_measures", _effective_for_measures), params)]
-
-
-def fill_revisions_from_events(conn: Connection, *, store: Store, previous: Mapping[tuple[int, int], int]) -> None:
-    """One revision row per quarter with events, each past the previous store's revision so caches move on."""
-    ev = store.events
-    stamp = to_micros(datetime.now(UTC))
-    conn.execute(sa.delete(store.revisions))
-    rows = [
-        {
-            "fiscal_year": fy,
-            "quarter": q,
-            "revision": previous.get((fy, q), 0) + 1,
-            "last_admitted_at_us": admitted,
-            "updated_at_us": stamp,
-        }
-        for fy, q, admitted in conn.execute(
-            sa.select(ev.c.fiscal_year, ev.c.quarter, sa.func.max(ev.c.admitted_at_us)).group_by(
-                ev.c.fiscal_year, ev.c.quarter
-            )
-        )
-    ]
-    if rows:
-        conn.execute(sa.insert(store.revisions), rows)
 
 
 # --- Reading ---------------------------------------------------------------------------------
@@ -461,45 +352,15 @@ def prebuilt(store: Store, name: str, build: Callable[[Store], Any]) -> Any:
     """A read statement built once per store (named by its suffix) and kind, its values bound at execution
     (`sa.bindparam`): the readers' hot path after a change runs a few small queries, and building a statement
     costs more than running it."""
-    key = (store.suffix, name)
+    return built_once((store.suffix, name), lambda: build(store))
+
+
+def built_once(key: tuple[str, str], build: Callable[[], Any]) -> Any:
+    """The statement kept under `key` (its tables' names and its kind), built by `build` the first time."""
     found = _STATEMENTS.get(key)
     if found is None:
-        found = _STATEMENTS[key] = build(store)
+        found = _STATEMENTS[key] = build()
     return found
-
-
-def _revisions(store: Store) -> Any:
-    t = store.revisions
-    return sa.select(t.c.fiscal_year, t.c.quarter, t.c.revision)
-
-
-def revisions(conn: Connection, *, store: Store = LIVE) -> dict[tuple[int, int], int]:
-    """Every quarter's revision (a small table: one row per quarter with data)."""
-    return {(fy, q): rev for fy, q, rev in conn.execute(prebuilt(store, "revisions", _revisions))}
-
-
-class QuarterState(NamedTuple):
-    """A quarter's revision, and the measures (JSON text) its last bump touched counted from `since`."""
-
-    revision: int
-    since: int | None
-    touched: str | None
-
-    def touched_since(self) -> TouchedSince:
-        if self.touched is None or self.since is None:
-            return TouchedSince(self.revision, None, None)
-        return TouchedSince(self.revision, self.since, frozenset(json.loads(self.touched)))
-
-
-def _quarter_states(store: Store) -> Any:
-    t = store.revisions
-    return sa.select(t.c.fiscal_year, t.c.quarter, t.c.revision, t.c.touched_since, t.c.touched)
-
-
-def quarter_states(conn: Connection, *, store: Store = LIVE) -> dict[tuple[int, int], QuarterState]:
-    """Every quarter's revision and what its last bump touched (one row per quarter with data)."""
-    rows = conn.execute(prebuilt(store, "quarter_states", _quarter_states))
-    return {(fy, q): QuarterState(rev, since, touched) for fy, q, rev, since, touched in rows}
 
 
 def last_admitted(conn: Connection, *, store: Store = LIVE) -> datetime | None:

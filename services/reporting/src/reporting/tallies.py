@@ -2,7 +2,7 @@
 
 `quarter_data` tallies a quarter from all its effective reports and `plan_standing` every measure's progress and
 the targets' summary from all quarters: the reference versions. A transaction that changes the store names the
-measures it touched in each quarter (`repository.bump_revisions`), so a reader holding the quarter as it was just
+measures it touched in each quarter (`revision_store.bump_revisions`), so a reader holding the quarter as it was just
 before updates it by those measures' reports alone (`quarter_data_updated`: each old standing taken back from the
 tallies, the new one counted), and the plan by the measures whose standing or observations differ
 (`plan_updated`). Each fast path equals its reference version (services/reporting/tests/test_incremental.py).

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine
 
 from contracts.catalog import Measure
 from contracts.periods import TOKYO, FiscalQuarter
-from reporting import repository
+from reporting import repository, revision_store
 from reporting.cache import SingleFlightCache
 from reporting.cycle.state import OPEN, PublicationState, closed_quarters, is_closed, publication_state
 from reporting.domain import (
@@ -149,7 +149,7 @@ class QuarterViews:
         self._latest_lock = threading.Lock()
         self._latest: dict[FiscalQuarter, LatestQuarter] = {}
         #: Each quarter's revision row as the last `state()` read it (what its last bump touched).
-        self._touched: dict[FiscalQuarter, repository.QuarterState] = {}
+        self._touched: dict[FiscalQuarter, revision_store.QuarterState] = {}
         #: The latest view of each quarter (live and the public's), reused while nothing it shows changed.
         self._latest_views: dict[tuple[FiscalQuarter, bool], QuarterView] = {}
         #: (per audience: the live view, the public's)
@@ -178,7 +178,7 @@ class QuarterViews:
         """
         snapshot = self.catalog()
         with self._engine.connect() as conn:
-            quarters = repository.quarter_states(conn)
+            quarters = revision_store.quarter_states(conn)
             closed = tuple(FiscalQuarter(fy, q) for fy, q in closed_quarters(conn, LIVE.cycle)) if public else None
         with self._latest_lock:  # what each quarter's last bump touched, for the reader that computes it next
             for (fy, q), found in quarters.items():
@@ -311,9 +311,9 @@ class QuarterViews:
         with self._latest_lock:
             seen = self._touched.get(quarter)
         if seen is not None and seen.revision == revision:
-            found: repository.TouchedSince | None = seen.touched_since()
+            found: revision_store.TouchedSince | None = seen.touched_since()
         else:
-            found = repository.touched_since(conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter)
+            found = revision_store.touched_since(conn, fiscal_year=quarter.fiscal_year, quarter=quarter.quarter)
         if found is None or found.revision != revision or found.since != latest.revision or found.measures is None:
             return None
         # Read after the revision was seen committed: these rows are at least as new as `revision` (a later

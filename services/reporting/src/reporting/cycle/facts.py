@@ -10,13 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy import Connection
-from sqlalchemy.dialects import postgresql, sqlite
 
 from contracts.cycle import AdmittedClose, AdmittedReview
 from contracts.streams import CLOSED_SUBJECT_PREFIX, REVIEWED_SUBJECT_PREFIX
 from reporting.cycle.tables import CycleTables
+from reporting.repository import insert_for
 from reporting.tables import to_micros
 
 
@@ -105,19 +104,15 @@ def decode_close(data: bytes) -> CloseFact:
     )
 
 
-def _insert(conn: Connection, table: sa.Table) -> Any:
-    return postgresql.insert(table) if conn.dialect.name == "postgresql" else sqlite.insert(table)
-
-
 def store_review(conn: Connection, tables: CycleTables, fact: ReviewFact) -> bool:
     """Keep the review (once: its review_id is its key); whether it was new."""
     t = tables.reviews
-    stmt = _insert(conn, t).values(fact.row).on_conflict_do_nothing().returning(t.c.review_id)
+    stmt = insert_for(conn, t).values(fact.row).on_conflict_do_nothing().returning(t.c.review_id)
     return conn.execute(stmt).first() is not None
 
 
 def store_close(conn: Connection, tables: CycleTables, fact: CloseFact) -> bool:
     """Keep the close (a quarter is closed once: a second close of it changes nothing); whether it was new."""
     t = tables.closes
-    stmt = _insert(conn, t).values(fact.row).on_conflict_do_nothing().returning(t.c.close_id)
+    stmt = insert_for(conn, t).values(fact.row).on_conflict_do_nothing().returning(t.c.close_id)
     return conn.execute(stmt).first() is not None

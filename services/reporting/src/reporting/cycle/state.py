@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import Connection
 
 from reporting.cycle.tables import CycleTables
+from reporting.repository import built_once
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,17 +28,10 @@ class PublicationState:
 OPEN = PublicationState(closed=False, revision=None, published_at=None, restated_at=None)
 
 
-_STATEMENTS: dict[tuple[str, str], Any] = {}
-
-
 def _prebuilt(tables: CycleTables, name: str, build: Callable[[CycleTables], Any]) -> Any:
     """A statement built once per store (its tables' names) and kind, its values bound at execution: these run on
     every rollup read."""
-    key = (tables.closes.name, name)
-    found = _STATEMENTS.get(key)
-    if found is None:
-        found = _STATEMENTS[key] = build(tables)
-    return found
+    return built_once((tables.closes.name, name), lambda: build(tables))
 
 
 def _close_of(tables: CycleTables) -> Any:
