@@ -89,12 +89,15 @@ class ReportingService:
         snapshot = self.catalog.snapshot
         return snapshot.measures if snapshot.loaded else None
 
-    def _committed(self) -> None:
+    def _committed(self, publishes: bool) -> None:
         # Readers first: the publications go out and the rollups read lately are brought up to date at once; the
         # alerts' evaluation (a read of every effective report) follows the warm-up rather than competing with it
-        # and with the readers who asked the moment the change was acknowledged.
+        # and with the readers who asked the moment the change was acknowledged. The outbox is woken only by a
+        # batch that wrote a revision to publish (a close, a restatement): a look for unsent revisions after every
+        # report (a thread and a query) would compete with those readers for nothing; it still polls each second.
         self._changed.set()
-        self.outbox.wake.set()
+        if publishes:
+            self.outbox.wake.set()
 
     async def start(self) -> None:
         repository.create_store(self.engine)
