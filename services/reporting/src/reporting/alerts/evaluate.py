@@ -4,12 +4,18 @@ The conditions come from the store's effective reports, the kept reviews and the
 transitions between what was raised and what holds are a pure diff (`transitions`); the alert rows and their
 outbox entries are written in one transaction, each change guarded so that two replicas evaluating at once
 cannot both raise or both resolve one occurrence (the loser rolls back and evaluates again).
+
+Every condition belongs to one measure (`conditions`), so an evaluation may look at the measures a change touched
+only (`only`): their reports, their alerts, the same rules. It answers what a full evaluation would for those
+measures, provided the moment and the first quarter looked at are the same: `report_due`/`report_missing` look
+from `since`, or, unset, from the earliest reported quarter, which a touched measure's report can move earlier;
+then the evaluation says so (`widened`) and the caller evaluates everything.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -73,6 +79,10 @@ def transitions(existing: Mapping[str, AlertRow], holding: Mapping[str, Conditio
 class Evaluated:
     changes: Sequence[Change]
     conflict: bool = False
+    #: The earliest reported quarter a full evaluation found (where report_due/missing start when `since` is unset).
+    earliest: FiscalQuarter | None = None
+    #: A touched measure reported on a quarter before `earliest`: evaluate every measure (nothing was written).
+    widened: bool = False
 
 
 def evaluate(
@@ -82,21 +92,39 @@ def evaluate(
     now: datetime,
     since: FiscalQuarter | None,
     due_days: int,
+    only: Collection[str] | None = None,
+    earliest: FiscalQuarter | None = None,
 ) -> Evaluated:
-    """Evaluate the conditions at `now` and commit the raises and resolves with their outbox entries."""
+    """Evaluate the conditions at `now` and commit the raises and resolves with their outbox entries.
+
+    `only`: the ids of the measures to look at (None: every measure, and every alert raised); `earliest`: the
+    earliest reported quarter the last full evaluation found (`Evaluated.earliest`), needed with `only` when
+    `since` is unset.
+    """
+    wanted = None if only is None else sorted(set(only))
     with engine.connect() as conn:
-        reports = repository.all_effective(conn)
+        if wanted is None:
+            reports = repository.all_effective(conn)
+        else:
+            reports = repository.effective_of_measures(conn, measure_ids=wanted)
         reviews = store.latest_reviews(conn)
-    holding = conditions(AlertInputs(measures, reports, reviews, now, since, due_days))
+    found = min((r.fiscal_quarter for r in reports), default=None)
+    if wanted is None:
+        earliest = found
+    elif since is None and found is not None and (earliest is None or found < earliest):
+        return Evaluated((), earliest=earliest, widened=True)
+    if wanted is not None:
+        measures = [m for m in measures if m.id in set(wanted)]
+    holding = conditions(AlertInputs(measures, reports, reviews, now, since or earliest, due_days))
     try:
         with engine.begin() as conn:
-            changes = transitions(store.all_alerts(conn), holding, at_us=to_micros(now))
+            raised = store.all_alerts(conn) if wanted is None else store.alerts_for_measures(conn, wanted)
+            changes = transitions(raised, holding, at_us=to_micros(now))
+            store.insert_alerts(conn, [c.after for c in changes if c.before is None])
             for change in changes:
-                if change.before is None:
-                    store.insert_alert(conn, change.after)
-                else:
+                if change.before is not None:
                     store.change_alert(conn, change.before, change.after)
-                store.add_to_outbox(conn, change.after)
+            store.add_to_outbox(conn, [c.after for c in changes])
     except (Conflict, IntegrityError):
-        return Evaluated((), conflict=True)
-    return Evaluated(changes)
+        return Evaluated((), conflict=True, earliest=earliest)
+    return Evaluated(changes, earliest=earliest)
