@@ -56,8 +56,9 @@ def test_evaluating_the_touched_measures_leaves_nothing_for_a_full_evaluation(en
         apply_admitted(conn, store=repository.LIVE, batch=[decode_admitted(a.body()) for a in later[:100]])
     first = evaluate(engine, measures=MEASURES, now=NOW, since=None, due_days=14)
     assert first.changes
-    assert first.earliest == QUARTERS[1]
-    earliest = first.earliest
+    assert first.start is not None
+    assert first.start.first_quarter() == QUARTERS[1]
+    start = first.start
 
     # A measure nobody reported on yet gets its first report, on the latest quarter: its earlier quarters stay
     # missing (the evaluation looks from the earliest quarter anyone reported on, not from the measure's own).
@@ -94,13 +95,14 @@ def test_evaluating_the_touched_measures_leaves_nothing_for_a_full_evaluation(en
         with engine.begin() as conn:
             apply_facts(conn, store=repository.LIVE, facts=facts)
         touched = {a.report.measure_id for a in facts if hasattr(a, "report")}
-        result = evaluate(engine, measures=MEASURES, now=NOW, since=None, due_days=14, only=touched, earliest=earliest)
+        result = evaluate(engine, measures=MEASURES, now=NOW, since=None, due_days=14, only=touched, start=start)
         if result.widened:
             widened += 1
             assert not result.changes
             result = evaluate(engine, measures=MEASURES, now=NOW, since=None, due_days=14)
-            assert result.earliest == QUARTERS[0]
-            earliest = result.earliest
+            assert result.start is not None
+            assert result.start.first_quarter() == QUARTERS[0]
+            start = result.start
         else:
             partial += 1
         before = alert_table(engine)
@@ -209,7 +211,8 @@ def store_rows(engine: Engine) -> list[store.AlertRow]:
 
 def state_of(engine: Engine, alert_id: str) -> str:
     with engine.connect() as conn:
-        return store.all_alerts(conn)[alert_id].state
+        state: str = store.all_alerts(conn)[alert_id].state
+        return state
 
 
 #: The store's own read, kept before a test counts the evaluations' reads by patching it.
@@ -218,4 +221,5 @@ _ALL_EFFECTIVE = repository.all_effective
 
 def all_reports(engine: Engine) -> list[Any]:
     with engine.connect() as conn:
-        return _ALL_EFFECTIVE(conn)
+        reports: list[Any] = _ALL_EFFECTIVE(conn)
+        return reports

@@ -84,8 +84,9 @@ class ReportingSettings(ServiceSettings):
     )
     alerts_since: str | None = Field(
         default=None,
-        description="First quarter report_due, report_missing and stale look at (e.g. FY2024Q1); "
-        "default: the earliest quarter any report is for",
+        description="First quarter report_due, report_missing and stale look at (e.g. FY2024Q1); default: the "
+        "earliest quarter any report is for, but not before the quarter before the first live (not backfilled) "
+        "report was received: history older than the platform raises no report_missing",
     )
     alert_webhook_url: str | None = Field(
         default=None,

@@ -8,8 +8,8 @@ cannot both raise or both resolve one occurrence (the loser rolls back and evalu
 Every condition belongs to one measure (`conditions`), so an evaluation may look at the measures a change touched
 only (`only`): their reports, their alerts, the same rules. It answers what a full evaluation would for those
 measures, provided the moment and the first quarter looked at are the same: `report_due`/`report_missing` look
-from `since`, or, unset, from the earliest reported quarter, which a touched measure's report can move earlier;
-then the evaluation says so (`widened`) and the caller evaluates everything.
+from `since`, or, unset, from where all the reports start (`conditions.Start`), which a touched measure's report
+can move earlier; then the evaluation says so (`widened`) and the caller evaluates everything.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from contracts.catalog import Measure
 from contracts.periods import FiscalQuarter
 from reporting import repository
 from reporting.alerts import store
-from reporting.alerts.conditions import AlertInputs, Condition, conditions
+from reporting.alerts.conditions import AlertInputs, Condition, Start, conditions
 from reporting.alerts.store import AlertRow, Conflict
 from reporting.tables import to_micros
 
@@ -79,9 +79,9 @@ def transitions(existing: Mapping[str, AlertRow], holding: Mapping[str, Conditio
 class Evaluated:
     changes: Sequence[Change]
     conflict: bool = False
-    #: The earliest reported quarter a full evaluation found (where report_due/missing start when `since` is unset).
-    earliest: FiscalQuarter | None = None
-    #: A touched measure reported on a quarter before `earliest`: evaluate every measure (nothing was written).
+    #: Where all the reports start, as a full evaluation found (report_due/missing follow it when `since` is unset).
+    start: Start | None = None
+    #: A touched measure's reports move the first quarter looked at: evaluate every measure (nothing was written).
     widened: bool = False
 
 
@@ -93,13 +93,12 @@ def evaluate(
     since: FiscalQuarter | None,
     due_days: int,
     only: Collection[str] | None = None,
-    earliest: FiscalQuarter | None = None,
+    start: Start | None = None,
 ) -> Evaluated:
     """Evaluate the conditions at `now` and commit the raises and resolves with their outbox entries.
 
-    `only`: the ids of the measures to look at (None: every measure, and every alert raised); `earliest`: the
-    earliest reported quarter the last full evaluation found (`Evaluated.earliest`), needed with `only` when
-    `since` is unset.
+    `only`: the ids of the measures to look at (None: every measure, and every alert raised); `start`: where all
+    the reports started at the last full evaluation (`Evaluated.start`), needed with `only` when `since` is unset.
     """
     wanted = None if only is None else sorted(set(only))
     with engine.connect() as conn:
@@ -108,14 +107,17 @@ def evaluate(
         else:
             reports = repository.effective_of_measures(conn, measure_ids=wanted)
         reviews = store.latest_reviews(conn)
-    found = min((r.fiscal_quarter for r in reports), default=None)
+    found = Start.of(reports)
     if wanted is None:
-        earliest = found
-    elif since is None and found is not None and (earliest is None or found < earliest):
-        return Evaluated((), earliest=earliest, widened=True)
+        start = found
+    else:
+        merged = found if start is None else start.merged(found)
+        if since is None and (start is None or merged.first_quarter() != start.first_quarter()):
+            return Evaluated((), start=start, widened=True)
+        start = merged
     if wanted is not None:
         measures = [m for m in measures if m.id in set(wanted)]
-    holding = conditions(AlertInputs(measures, reports, reviews, now, since or earliest, due_days))
+    holding = conditions(AlertInputs(measures, reports, reviews, now, since, due_days, start=start))
     try:
         with engine.begin() as conn:
             raised = store.all_alerts(conn) if wanted is None else store.alerts_for_measures(conn, wanted)
@@ -126,5 +128,5 @@ def evaluate(
                     store.change_alert(conn, change.before, change.after)
             store.add_to_outbox(conn, [c.after for c in changes])
     except (Conflict, IntegrityError):
-        return Evaluated((), conflict=True, earliest=earliest)
-    return Evaluated(changes, earliest=earliest)
+        return Evaluated((), conflict=True, start=start)
+    return Evaluated(changes, start=start)

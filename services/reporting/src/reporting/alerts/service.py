@@ -9,7 +9,7 @@
   evaluation follows the change, not the store. Every measure is evaluated at start, when `notify` says the store
   changed in ways nobody listed (a rebuild), when the Asia/Tokyo date changes (every deadline, due-from day and
   target due date falls at a Tokyo midnight, so that is when the clock alone changes what holds), when a report
-  moves the earliest reported quarter, and every `full_every_seconds` (what another replica committed and could
+  moves where the reports start (`conditions.Start`), and every `full_every_seconds` (what another replica committed and could
   not evaluate before it stopped).
 - The secretariat's reviews are the reporting cycle's (its `reviews` table, applied by the `reporting` consumer in the
   log's order): a committed review wakes the evaluation like a report.
@@ -33,6 +33,7 @@ from sqlalchemy import Engine
 from contracts.periods import FiscalQuarter, tokyo_date
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
 from reporting.alerts import store
+from reporting.alerts.conditions import Start
 from reporting.alerts.delivery import WebhookPoster, publish_pending
 from reporting.alerts.evaluate import Evaluated, evaluate
 from reporting.registry import CatalogView
@@ -102,7 +103,7 @@ class AlertsService:
         self._everything = True
         self._day: date | None = None
         self._last_full = 0.0
-        self._earliest: FiscalQuarter | None = None
+        self._start: Start | None = None
 
     def create_tables(self) -> None:
         store.create_tables(self.engine)
@@ -200,6 +201,7 @@ class AlertsService:
         if result.widened:
             return await self.evaluate_now()
         self.partial_evaluations += 1
+        self._start = result.start
         return len(result.changes)
 
     async def evaluate_now(self) -> int:
@@ -217,7 +219,7 @@ class AlertsService:
             self._everything = True
             return 0
         self.full_evaluations += 1
-        self._day, self._last_full, self._earliest = clock_day(now), started, result.earliest
+        self._day, self._last_full, self._start = clock_day(now), started, result.start
         return len(result.changes)
 
     async def _evaluate(self, now: datetime, *, only: set[str] | None) -> Evaluated | None:
@@ -230,7 +232,7 @@ class AlertsService:
                 since=self.settings.since,
                 due_days=self.settings.due_days,
                 only=only,
-                earliest=self._earliest,
+                start=self._start,
             )
             if not result.conflict:
                 if result.changes:
