@@ -138,7 +138,7 @@ class AcceptedWriter:
         max_rows: int = 4000,
         queue_batches: int = 2,
         tracer: trace.Tracer | None = None,
-        on_committed: Callable[[], None] | None = None,
+        on_committed: Callable[[Sequence[AppliedEvent]], None] | None = None,
     ) -> None:
         #: Called after each batch committed and acknowledged (the reading side warms its caches).
         self._on_committed = on_committed
@@ -279,7 +279,7 @@ class AcceptedWriter:
             return
         await ack_all(None, [d.msg for d, _ in good])
         if self._on_committed is not None:
-            self._on_committed()
+            self._on_committed([event for _, event in good])
         self._metrics.applied(len(good))
         self._metrics.batch_seconds.observe((ended - started) / 1e9)
         now = to_micros(datetime.now(UTC))
