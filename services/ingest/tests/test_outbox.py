@@ -255,17 +255,32 @@ async def test_stopping_ingest_mid_pass_leaves_no_lock_and_no_connection(
             await asyncio.wait_for(runtime.consuming.wait(), 20)
             await asyncio.sleep(0.05 + 0.013 * cycle)  # stopped at a different point of a pass each time
             await runtime.stop()
-            lock = PassLock(probe)
-            assert await asyncio.to_thread(lock.acquire), f"cycle {cycle}: the pass lock is still held after stop"
-            await asyncio.to_thread(lock.release)
-            if probe.dialect.name == "postgresql":
-                with probe.connect() as conn:
-                    left = conn.execute(
-                        sa.text(
-                            "SELECT state, query FROM pg_stat_activity "
-                            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                        )
-                    ).all()
-                assert left == [], f"cycle {cycle}: ingest stopped, connections left open: {left}"
+            # A closed connection's server process exits a moment later: what stays for seconds was left behind.
+            deadline = asyncio.get_running_loop().time() + 5
+            while (left := await asyncio.to_thread(_held_after_stop, probe)) and (
+                asyncio.get_running_loop().time() < deadline
+            ):
+                await asyncio.sleep(0.1)
+            assert not left, f"cycle {cycle}: ingest stopped, still held: {left}"
     finally:
         probe.dispose()
+
+
+def _held_after_stop(probe: sa.Engine) -> list[str]:
+    """What a stopped ingest still holds on its store: the pass lock, connections (PostgreSQL)."""
+    held = []
+    lock = PassLock(probe)
+    if lock.acquire():
+        lock.release()
+    else:
+        held.append("the reconciler's pass lock")
+    if probe.dialect.name == "postgresql":
+        with probe.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT state, query FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        held += [f"a connection ({state}: {query})" for state, query in rows]
+    return held
