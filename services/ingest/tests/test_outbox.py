@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,10 +21,17 @@ from nats.js.api import DiscardPolicy
 
 from contracts.events import AdmittedEvent
 from contracts.streams import ACCEPTED_STREAM
+from ingest.app import IngestRuntime
+from ingest.outbox_repository import PassLock
 from ingest.testing import encode, event_body, publish_events, stream_messages, wait_for_count, wait_for_event
 from shinchoku.client import AgencyPublisher
+from shinchoku.issuer import EmbeddedIssuer
+from shinchoku_runtime.auth import AuthSettings
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsclient import ensure_streams, stream_config
+from shinchoku_runtime.natsserver import NatsServer
+
+from .conftest import ingest_settings
 
 Publishers = Callable[[str], Awaitable[AgencyPublisher]]
 
@@ -226,3 +234,53 @@ async def test_every_published_decision_gets_its_mark_under_load(
     for replica in replicas:
         text = (await replica.http.get("/metrics")).text
         assert not re.search(r"^shinchoku_ingest_republished_total\{", text, re.MULTILINE)  # nothing republished
+
+
+async def test_stopping_ingest_mid_pass_leaves_no_lock_and_no_connection(
+    nats_server: NatsServer, admin_nc: Client, catalog_kv: Any, ingest_db_url: str, tmp_path: Path
+) -> None:
+    """Ingest stopped while its reconciler is in a pass (passes back to back here) holds nothing afterwards: not
+    the pass lock (PostgreSQL's advisory lock on a connection left idle in transaction, or SQLite's lock file),
+    and no connection to its database. A pass cancelled while one of its statements ran in a thread used to
+    leave that thread's connection behind: checked out after the engine was disposed, or holding the lock for
+    good (what a later ingest on the same store, or the test's DROP DATABASE, then met)."""
+    issuer = EmbeddedIssuer.prepare(tmp_path / "issuer")
+    auth = AuthSettings(_env_file=None, mode="embedded", jwks_url=issuer.jwks_path.as_uri())
+    probe = sa.create_engine(normalise_url(ingest_db_url))
+    try:
+        for cycle in range(12):
+            settings = ingest_settings(nats_server, ingest_db_url, tmp_path, reconcile_interval=0.001)
+            runtime = IngestRuntime(settings, auth=auth)
+            await runtime.start()
+            await asyncio.wait_for(runtime.consuming.wait(), 20)
+            await asyncio.sleep(0.05 + 0.013 * cycle)  # stopped at a different point of a pass each time
+            await runtime.stop()
+            # A closed connection's server process exits a moment later: what stays for seconds was left behind.
+            deadline = asyncio.get_running_loop().time() + 5
+            while (left := await asyncio.to_thread(_held_after_stop, probe)) and (
+                asyncio.get_running_loop().time() < deadline
+            ):
+                await asyncio.sleep(0.1)
+            assert not left, f"cycle {cycle}: ingest stopped, still held: {left}"
+    finally:
+        probe.dispose()
+
+
+def _held_after_stop(probe: sa.Engine) -> list[str]:
+    """What a stopped ingest still holds on its store: the pass lock, connections (PostgreSQL)."""
+    held = []
+    lock = PassLock(probe)
+    if lock.acquire():
+        lock.release()
+    else:
+        held.append("the reconciler's pass lock")
+    if probe.dialect.name == "postgresql":
+        with probe.connect() as conn:
+            rows = conn.execute(
+                sa.text(
+                    "SELECT state, query FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+            ).all()
+        held += [f"a connection ({state}: {query})" for state, query in rows]
+    return held

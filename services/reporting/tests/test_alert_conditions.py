@@ -171,6 +171,33 @@ def test_raised_once_resolved_once_raised_again_as_a_new_occurrence() -> None:
     assert [(c.after.state, c.after.occurrence, c.after.resolved_at_us) for c in again] == [(RAISED, 2, None)]
 
 
+def test_reporting_alerts_look_from_the_quarter_before_the_first_live_report_was_received() -> None:
+    received = datetime(2026, 12, 2, 10, tzinfo=TOKYO)  # FY2026Q3: reports received now can be for FY2026Q2 on
+    now = datetime(2027, 1, 10, tzinfo=TOKYO)  # FY2026Q2's deadline (2026-10-30) has passed, Q3 is not due yet
+    old = report(SOLO, "mof", FiscalQuarter(2000, 1))._replace(received_at=received)
+    found = holding([old], now)
+    missing = {(c.fiscal_year, c.quarter) for c in found.values() if c.kind == AlertKind.report_missing}
+    assert missing == {(2026, 2)}  # not FY2000Q2 … FY2026Q1: history older than the platform is not owed to it
+    assert ("stale", "mof") not in kinds(found)  # one closed quarter looked at: not two running without a report
+
+    # Backfilled history alone starts nothing; the first live report does.
+    history = [report(SOLO, "mof", FiscalQuarter(2025, q))._replace(backfilled=True) for q in (1, 2, 3)]
+    assert not {c.kind for c in holding(history, now).values()} & {AlertKind.report_missing, AlertKind.report_due}
+    live = report(SHARED, "digital", FiscalQuarter(2026, 2))._replace(received_at=received)
+    owed = {
+        (c.agency, c.measure_id, c.fiscal_year, c.quarter)
+        for c in holding([*history, live], now).values()
+        if c.kind == AlertKind.report_missing
+    }
+    assert owed == {("mof", "1-25", 2026, 2), ("mic", "4-1", 2026, 2)}
+    # Set explicitly, `since` wins.
+    found = holding([old], now, since=FiscalQuarter(2026, 1))
+    assert {(c.fiscal_year, c.quarter) for c in found.values() if c.kind == AlertKind.report_missing} == {
+        (2026, 1),
+        (2026, 2),
+    }
+
+
 def test_without_reports_only_targets_past_due_hold() -> None:
     assert holding([], datetime(2025, 1, 1, tzinfo=UTC)) == {}
     assert kinds(holding([], datetime(2030, 1, 1, tzinfo=UTC))) == {("target_overdue", "mof")}

@@ -50,7 +50,7 @@ def test_only_a_close_and_a_restatement_say_they_publish(engine: Engine) -> None
         outcome = decode_and_apply(engine, numbered, store=repository.LIVE)
         assert outcome.error is None
         assert not outcome.deferred
-        return outcome.publishes
+        return bool(outcome.publishes)
 
     assert apply(*((a.subject, a.body()) for a in reports)) is False  # reports to open quarters
     now = datetime.now(UTC)

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from ingest import repository
 from ingest.delivery import Delivery, Fault, FaultKind
 from ingest.domain import ClaimKey, QuarterKey, Reject, Report, clean, closes_named, read_message, reports_named
 from shinchoku_runtime.auth import InvalidToken, KeysUnavailable, NoPrincipal, TokenVerifier
+from shinchoku_runtime.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class CommandWorld:
             facts.reports = await self._admitted_reports(keys, reviews)
             await self._wait_for_earlier(deliveries, reviews, facts.reports)
         if closes_named(d.read for d in commands):
-            facts.closed = await asyncio.to_thread(repository.load_closed, self._engine)
+            facts.closed = await in_thread(repository.load_closed, self._engine)
         return facts
 
     async def _identify(self, d: Delivery) -> None:
@@ -163,7 +163,7 @@ class CommandWorld:
 
     async def _admitted_reports(self, keys: list[ClaimKey], reviews: list[Delivery]) -> dict[ClaimKey, ReviewedReport]:
         """The admitted reports these (agency, event_id) name, with their quarter read from their STATUS message."""
-        stored = await asyncio.to_thread(repository.load_admitted_reports, self._engine, keys=keys)
+        stored = await in_thread(repository.load_admitted_reports, self._engine, keys=keys)
         found: dict[ClaimKey, ReviewedReport] = {}
         for key, admission in stored.items():
             try:

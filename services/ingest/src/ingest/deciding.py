@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import sqlalchemy as sa
@@ -24,6 +23,7 @@ from ingest.delivery import Delivery, Fault, FaultKind
 from ingest.domain import BatchDecision, ClaimKey, Command, PriorRecord, Report, decide_batch
 from ingest.lookup import MeasureMirror
 from ingest.observer import BatchObserver
+from shinchoku_runtime.db import in_thread
 
 
 class BatchDecider:
@@ -76,7 +76,7 @@ class BatchDecider:
     async def _load_priors(self, keys: list[ClaimKey]) -> dict[ClaimKey, PriorRecord]:
         if not keys:
             return {}
-        return await asyncio.to_thread(repository.load_priors, self._engine, keys=keys)
+        return await in_thread(repository.load_priors, self._engine, keys=keys)
 
 
 def _decide(

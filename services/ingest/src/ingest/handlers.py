@@ -43,6 +43,7 @@ from ingest.reconciler import Republisher
 from ingest.records import decision_record
 from ingest.repository import StoredDecision, WriteConflict
 from ingest.settling import Settler
+from shinchoku_runtime.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class BatchHandler:
                 d.outcome = None
         maybe_stored = [d.seq for d in deliveries if recheck or d.delivered > 1]
         try:
-            stored = await asyncio.to_thread(repository.load_stored, self._engine, seqs=maybe_stored)
+            stored = await in_thread(repository.load_stored, self._engine, seqs=maybe_stored)
         except sa.exc.SQLAlchemyError as e:
             self._store_failed(deliveries, e)
             return datetime.now(UTC)

@@ -35,6 +35,7 @@ from ingest.health import WorkHealth
 from ingest.records import Outgoing, outgoing
 from ingest.repository import DecisionRecord, Mark, WriteConflict
 from shinchoku_runtime.batchpublish import MAX_BATCH, BatchAck, OutMessage, publish_atomic
+from shinchoku_runtime.db import in_thread
 from shinchoku_runtime.propagation import inject_span_context
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ class PubAcks:
         async with self.write_lock:
             published = self.take()
             try:
-                await asyncio.to_thread(
+                await in_thread(
                     repository.write_batch,
                     self._engine,
                     decisions=decisions,
@@ -206,7 +207,7 @@ class PubAcks:
             if not marks:
                 return
             try:
-                await asyncio.to_thread(repository.mark_published, self._engine, marks)
+                await in_thread(repository.mark_published, self._engine, marks)
             except sa.exc.SQLAlchemyError as e:
                 self.put_back(marks)
                 log.warning("could not record %d PubAck(s) yet: %s", len(marks), clean(str(e), 200))

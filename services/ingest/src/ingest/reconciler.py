@@ -39,6 +39,7 @@ from ingest.publishing import PubAcks, marks_of
 from ingest.records import STREAM_OF, Outgoing, republished
 from ingest.tables import OUTCOME_ADMITTED, OUTCOME_REJECTED
 from shinchoku_runtime.batchpublish import MAX_BATCH, OutMessage, publish_atomic
+from shinchoku_runtime.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ class Republisher:
     async def republish_resent(self, keys: list[ClaimKey]) -> None:
         """An identical resend of admitted events whose admissions are not published (yet): publish them now."""
         try:
-            rows = await asyncio.to_thread(outbox_repository.unpublished_admissions, self._engine, keys=keys)
+            rows = await in_thread(outbox_repository.unpublished_admissions, self._engine, keys=keys)
             if rows:
                 await self.republish(rows)
         except Exception:  # the reconciler publishes them later all the same
@@ -191,24 +192,24 @@ class Reconciler:
         """One pass: record this process's PubAcks, look, and (holding the lock) publish what is due."""
         if not self._started:  # what this process compares the streams with, from the store
             for stream, outcome in STREAMS:
-                top = await asyncio.to_thread(outbox_repository.max_published_seq, self._engine, outcome=outcome)
+                top = await in_thread(outbox_repository.max_published_seq, self._engine, outcome=outcome)
                 self._pub_acks.greatest[stream] = max(top, self._pub_acks.greatest.get(stream, 0))
             self._started = True
         await self._pub_acks.flush()
-        rows = await asyncio.to_thread(outbox_repository.load_unpublished, self._engine, limit=PASS_LIMIT)
+        rows = await in_thread(outbox_repository.load_unpublished, self._engine, limit=PASS_LIMIT)
         now = time.monotonic()
         seen_before = self._first_seen
         self._first_seen = {r.decision.stream_seq: seen_before.get(r.decision.stream_seq, now) for r in rows}
         due = [r for r in rows if r.decision.stream_seq in seen_before]
         lock = PassLock(self._engine)
-        holder = await asyncio.to_thread(lock.acquire)
         try:
+            holder = await in_thread(lock.acquire)
             lost = await self._check_streams(repair=holder)
             if holder and (due or lost):
                 await self._republisher.republish([*lost, *due])
         finally:
-            if holder:
-                await asyncio.to_thread(lock.release)
+            # Also when cancelled in `acquire`: the thread took the lock all the same (a no-op when not held).
+            await in_thread(lock.release)
         await self.status()
 
     async def _check_streams(self, *, repair: bool) -> list[Unpublished]:
@@ -237,12 +238,12 @@ class Reconciler:
             self._metrics.stream_shortfall.labels(stream).set(greatest - last)
             self._pub_acks.greatest[stream] = last  # from now on, measured against the stream as it is
             if repair:
-                lost += await asyncio.to_thread(outbox_repository.unmark_after, self._engine, outcome=outcome, seq=last)
+                lost += await in_thread(outbox_repository.unmark_after, self._engine, outcome=outcome, seq=last)
         return lost
 
     async def status(self) -> OutboxStatus:
         """The outbox now (a count from the store), also set on the metrics."""
-        count, oldest_seq = await asyncio.to_thread(outbox_repository.count_unpublished, self._engine)
+        count, oldest_seq = await in_thread(outbox_repository.count_unpublished, self._engine)
         now = time.monotonic()
         oldest = now - self._first_seen.get(oldest_seq, now) if oldest_seq is not None else 0.0
         self._metrics.unpublished.set(count)

@@ -35,6 +35,7 @@ from ingest.publishing import PubAcks
 from ingest.records import decision_record, rejected
 from ingest.repository import Mark, WriteConflict
 from shinchoku_runtime.batchpublish import ack_all
+from shinchoku_runtime.db import in_thread
 from shinchoku_runtime.propagation import inject_span_context
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ class Settler:
             if attempt:
                 await asyncio.sleep(min(self._retry_delay_max, 2.0**attempt))
             try:
-                if seq in await asyncio.to_thread(repository.load_stored, self._engine, seqs=[seq]):
+                if seq in await in_thread(repository.load_stored, self._engine, seqs=[seq]):
                     return  # decided after all, or dead-lettered on its last delivery
                 raw = await self._js.get_msg(STATUS_STREAM.name, seq)
                 break
@@ -161,9 +162,7 @@ class Settler:
         recorded = False
         try:
             async with self._pub_acks.write_lock:
-                await asyncio.to_thread(
-                    repository.write_batch, self._engine, decisions=[row], claims=[], late_admissions=[]
-                )
+                await in_thread(repository.write_batch, self._engine, decisions=[row], claims=[], late_admissions=[])
             recorded = True
         except WriteConflict:
             # Decided after all (its commit's answer was lost, or another replica): never say "NOT admitted".

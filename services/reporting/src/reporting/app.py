@@ -29,6 +29,7 @@ from reporting.config import ReportingSettings
 from reporting.cycle.cursor import init_cursor
 from reporting.cycle.outbox import PublicationOutbox
 from reporting.dashboard.session import Sessions, session_secret
+from reporting.handlers import AppliedEvent
 from reporting.metrics import ReportingMetrics
 from reporting.queries import RollupQueries
 from reporting.registry import CatalogView
@@ -89,12 +90,13 @@ class ReportingService:
         snapshot = self.catalog.snapshot
         return snapshot.measures if snapshot.loaded else None
 
-    def _committed(self, publishes: bool) -> None:
+    def _committed(self, events: Sequence[AppliedEvent], publishes: bool) -> None:
         # Readers first: the publications go out and the rollups read lately are brought up to date at once; the
-        # alerts' evaluation (a read of every effective report) follows the warm-up rather than competing with it
-        # and with the readers who asked the moment the change was acknowledged. The outbox is woken only by a
-        # batch that wrote a revision to publish (a close, a restatement): a look for unsent revisions after every
-        # report (a thread and a query) would compete with those readers for nothing; it still polls each second.
+        # alerts' evaluation of the measures touched follows the warm-up rather than competing with it and with the
+        # readers who asked the moment the change was acknowledged. The outbox is woken only by a batch that wrote a
+        # revision to publish (a close, a restatement): a look for unsent revisions after every report (a thread and
+        # a query) would compete with those readers for nothing; it still polls each second.
+        self.alerts.touched((e.measure_id for e in events), wake=False)
         self._changed.set()
         if publishes:
             self.outbox.wake.set()
@@ -122,7 +124,7 @@ class ReportingService:
                 log.debug("could not warm the rollups", exc_info=True)
                 computed = 1
             if changed:
-                self.alerts.notify()
+                self.alerts.wake()
             if computed:  # leave the consumer most of the process while the store keeps changing
                 await asyncio.sleep(WARM_MIN_INTERVAL)
 

@@ -84,8 +84,9 @@ class ReportingSettings(ServiceSettings):
     )
     alerts_since: str | None = Field(
         default=None,
-        description="First quarter report_due, report_missing and stale look at (e.g. FY2024Q1); "
-        "default: the earliest quarter any report is for",
+        description="First quarter report_due, report_missing and stale look at (e.g. FY2024Q1); default: the "
+        "earliest quarter any report is for, but not before the quarter before the first live (not backfilled) "
+        "report was received: history older than the platform raises no report_missing",
     )
     alert_webhook_url: str | None = Field(
         default=None,
@@ -96,6 +97,12 @@ class ReportingSettings(ServiceSettings):
         description="Evaluate the alerts as of this fixed moment (a demo or a test of a past quarter); default: now",
     )
     alert_min_interval: float = Field(default=1.0, ge=0, description="Least seconds between two alert evaluations")
+    alert_full_every_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Evaluate every measure's alerts at least this often (a change is evaluated for the measures it "
+        "touched; every measure at start and when the Asia/Tokyo date changes)",
+    )
     alert_webhook_first_retry: float = Field(default=0.5, gt=0, description="Seconds before the first webhook retry")
     alert_webhook_max_retry: float = Field(default=300.0, gt=0, description="Longest wait between webhook retries")
 
@@ -108,6 +115,7 @@ class ReportingSettings(ServiceSettings):
             webhook_first_retry=self.alert_webhook_first_retry,
             webhook_max_retry=self.alert_webhook_max_retry,
             min_interval=self.alert_min_interval,
+            full_every_seconds=self.alert_full_every_seconds,
         )
 
     def resolved_database_url(self) -> str:

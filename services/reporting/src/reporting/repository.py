@@ -399,6 +399,15 @@ def effective_for_measure(conn: Connection, *, measure_id: str, store: Store = L
     return [_lead_report(row) for row in conn.execute(stmt)]
 
 
+def effective_of_measures(conn: Connection, *, measure_ids: Sequence[str], store: Store = LIVE) -> list[LeadReport]:
+    """The effective reports of the measures named, every quarter."""
+    if not measure_ids:
+        return []
+    t = store.effective
+    stmt = sa.select(*_report_columns(t)).where(t.c.measure_id.in_(list(measure_ids)))
+    return [_lead_report(row) for row in conn.execute(stmt)]
+
+
 def effective_as_of(
     conn: Connection, *, as_of: datetime, quarters: Iterable[tuple[int, int]] | None = None, store: Store = LIVE
 ) -> list[LeadReport]:

@@ -25,7 +25,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from typing import Final
+from typing import Any, Final
 
 from contracts.alerts import AlertKind, alert_key
 from contracts.catalog import Measure
@@ -83,9 +83,11 @@ class AlertInputs:
     #: The latest admitted review per reviewed report, keyed by (agency, event id): an event id is unique per agency.
     reviews: Mapping[tuple[str, str], Review]
     now: datetime
-    #: The first quarter report_due, report_missing and stale look at; None: the earliest reported quarter.
+    #: The first quarter report_due, report_missing and stale look at; None: `Start.first_quarter` of the reports.
     since: FiscalQuarter | None = None
     due_days: int = DEFAULT_DUE_DAYS
+    #: Where all the reports start, when `reports` are some measures' only (default: `Start.of(reports)`).
+    start: Start | None = None
     by_measure: dict[str, list[LeadReport]] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
@@ -136,13 +138,52 @@ def _leads(measure: Measure) -> list[str]:
     return [str(agency) for agency in measure.lead_agencies]
 
 
+@dataclass(frozen=True, slots=True)
+class Start:
+    """What the default first quarter of report_due, report_missing and stale follows (`first_quarter`): the
+    earliest quarter reported on, and the earliest receipt of a live report (a backfilled one is history)."""
+
+    quarter: FiscalQuarter | None
+    received: datetime | None
+
+    @classmethod
+    def of(cls, reports: Iterable[LeadReport]) -> Start:
+        quarter: FiscalQuarter | None = None
+        received: datetime | None = None
+        for r in reports:
+            q = r.fiscal_quarter
+            if quarter is None or q < quarter:
+                quarter = q
+            # A store written before receipt was kept (until a rebuild fills it in) has the reporter's claim only.
+            at = r.received_at or r.reported_at
+            if not r.backfilled and (received is None or at < received):
+                received = at
+        return cls(quarter, received)
+
+    def merged(self, other: Start) -> Start:
+        """Where this and `other` (all reports as last seen, and some measures' reports since) start together."""
+        return Start(_earliest(self.quarter, other.quarter), _earliest(self.received, other.received))
+
+    def first_quarter(self) -> FiscalQuarter | None:
+        """The first quarter alerts look at unless `since` is set: the earliest quarter anyone reported on, but not
+        before the quarter the platform's first live report could be for (the one before it was received). So
+        history older than the platform (reports for FY2000 sent today, a backfill of past years) raises no
+        report_missing for the quarters around it; without a live report, there is nothing to look from."""
+        if self.quarter is None or self.received is None:
+            return None
+        return max(self.quarter, FiscalQuarter.of_moment(self.received).previous())
+
+
+def _earliest(a: Any, b: Any) -> Any:
+    return b if a is None or (b is not None and b < a) else a
+
+
 def reporting_conditions(inputs: AlertInputs) -> list[Condition]:
-    """report_due, report_missing and stale for every quarter from `since` whose window has opened."""
-    since = inputs.since
+    """report_due, report_missing and stale for every quarter from `since` (default: `Start.first_quarter`) whose
+    window has opened."""
+    since = inputs.since or (inputs.start or Start.of(inputs.reports)).first_quarter()
     if since is None:
-        if not inputs.reports:
-            return []
-        since = min(r.fiscal_quarter for r in inputs.reports)
+        return []
     last = last_completed_quarter(inputs.now)
     quarters: list[FiscalQuarter] = []
     q = since

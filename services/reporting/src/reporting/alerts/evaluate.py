@@ -4,12 +4,18 @@ The conditions come from the store's effective reports, the kept reviews and the
 transitions between what was raised and what holds are a pure diff (`transitions`); the alert rows and their
 outbox entries are written in one transaction, each change guarded so that two replicas evaluating at once
 cannot both raise or both resolve one occurrence (the loser rolls back and evaluates again).
+
+Every condition belongs to one measure (`conditions`), so an evaluation may look at the measures a change touched
+only (`only`): their reports, their alerts, the same rules. It answers what a full evaluation would for those
+measures, provided the moment and the first quarter looked at are the same: `report_due`/`report_missing` look
+from `since`, or, unset, from where all the reports start (`conditions.Start`), which a touched measure's report
+can move earlier; then the evaluation says so (`widened`) and the caller evaluates everything.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -21,7 +27,7 @@ from contracts.catalog import Measure
 from contracts.periods import FiscalQuarter
 from reporting import repository
 from reporting.alerts import store
-from reporting.alerts.conditions import AlertInputs, Condition, conditions
+from reporting.alerts.conditions import AlertInputs, Condition, Start, conditions
 from reporting.alerts.store import AlertRow, Conflict
 from reporting.tables import to_micros
 
@@ -73,6 +79,10 @@ def transitions(existing: Mapping[str, AlertRow], holding: Mapping[str, Conditio
 class Evaluated:
     changes: Sequence[Change]
     conflict: bool = False
+    #: Where all the reports start, as a full evaluation found (report_due/missing follow it when `since` is unset).
+    start: Start | None = None
+    #: A touched measure's reports move the first quarter looked at: evaluate every measure (nothing was written).
+    widened: bool = False
 
 
 def evaluate(
@@ -82,21 +92,41 @@ def evaluate(
     now: datetime,
     since: FiscalQuarter | None,
     due_days: int,
+    only: Collection[str] | None = None,
+    start: Start | None = None,
 ) -> Evaluated:
-    """Evaluate the conditions at `now` and commit the raises and resolves with their outbox entries."""
+    """Evaluate the conditions at `now` and commit the raises and resolves with their outbox entries.
+
+    `only`: the ids of the measures to look at (None: every measure, and every alert raised); `start`: where all
+    the reports started at the last full evaluation (`Evaluated.start`), needed with `only` when `since` is unset.
+    """
+    wanted = None if only is None else sorted(set(only))
     with engine.connect() as conn:
-        reports = repository.all_effective(conn)
+        if wanted is None:
+            reports = repository.all_effective(conn)
+        else:
+            reports = repository.effective_of_measures(conn, measure_ids=wanted)
         reviews = store.latest_reviews(conn)
-    holding = conditions(AlertInputs(measures, reports, reviews, now, since, due_days))
+    found = Start.of(reports)
+    if wanted is None:
+        start = found
+    else:
+        merged = found if start is None else start.merged(found)
+        if since is None and (start is None or merged.first_quarter() != start.first_quarter()):
+            return Evaluated((), start=start, widened=True)
+        start = merged
+    if wanted is not None:
+        measures = [m for m in measures if m.id in set(wanted)]
+    holding = conditions(AlertInputs(measures, reports, reviews, now, since, due_days, start=start))
     try:
         with engine.begin() as conn:
-            changes = transitions(store.all_alerts(conn), holding, at_us=to_micros(now))
+            raised = store.all_alerts(conn) if wanted is None else store.alerts_for_measures(conn, wanted)
+            changes = transitions(raised, holding, at_us=to_micros(now))
+            store.insert_alerts(conn, [c.after for c in changes if c.before is None])
             for change in changes:
-                if change.before is None:
-                    store.insert_alert(conn, change.after)
-                else:
+                if change.before is not None:
                     store.change_alert(conn, change.before, change.after)
-                store.add_to_outbox(conn, change.after)
+            store.add_to_outbox(conn, [c.after for c in changes])
     except (Conflict, IntegrityError):
-        return Evaluated((), conflict=True)
-    return Evaluated(changes)
+        return Evaluated((), conflict=True, start=start)
+    return Evaluated(changes, start=start)

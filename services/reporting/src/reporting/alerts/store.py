@@ -47,6 +47,7 @@ alerts = sa.Table(
     sa.Column("message_en", sa.Text, nullable=False),
     sa.Column("refs", sa.Text, nullable=False),
     sa.Index("ix_alerts_agency_state", "agency", "state"),
+    sa.Index("ix_alerts_measure", "measure_id"),
 )
 
 outbox = sa.Table(
@@ -71,6 +72,8 @@ def create_tables(engine: Engine) -> None:
     with engine.begin() as conn:
         serialize_schema_changes(conn, "reporting-alerts")
         metadata.create_all(conn, checkfirst=True)
+        for index in alerts.indexes:  # create_all skips the indexes of a table that exists (added later)
+            index.create(conn, checkfirst=True)
 
 
 # --- alerts ------------------------------------------------------------------------------------
@@ -121,8 +124,18 @@ def all_alerts(conn: Connection) -> dict[str, AlertRow]:
     return {row[0]: _alert_row(row) for row in conn.execute(sa.select(*alerts.c))}
 
 
-def insert_alert(conn: Connection, row: AlertRow) -> None:
-    conn.execute(sa.insert(alerts).values(**{c.name: getattr(row, c.name) for c in alerts.c}))
+def alerts_for_measures(conn: Connection, measure_ids: Sequence[str]) -> dict[str, AlertRow]:
+    """The alerts of the measures named (every kind is about one measure)."""
+    if not measure_ids:
+        return {}
+    rows = conn.execute(sa.select(*alerts.c).where(alerts.c.measure_id.in_(list(measure_ids))))
+    return {row[0]: _alert_row(row) for row in rows}
+
+
+def insert_alerts(conn: Connection, rows: Sequence[AlertRow]) -> None:
+    """Insert new alerts (one statement for many: a first evaluation may raise thousands)."""
+    if rows:
+        conn.execute(sa.insert(alerts), [{c.name: getattr(row, c.name) for c in alerts.c} for row in rows])
 
 
 class Conflict(Exception):
@@ -185,18 +198,25 @@ class OutboxRow:
     webhook_attempts: int = 0
 
 
-def add_to_outbox(conn: Connection, row: AlertRow) -> None:
+def add_to_outbox(conn: Connection, rows: Sequence[AlertRow]) -> None:
+    """Queue each change to publish and to post, in the order given."""
+    if not rows:
+        return
     conn.execute(
-        sa.insert(outbox).values(
-            alert_id=row.alert_id,
-            state=row.state,
-            occurrence=row.occurrence,
-            agency=row.agency,
-            kind=row.kind,
-            payload=row.event().model_dump_json(),
-            webhook_attempts=0,
-            webhook_next_us=0,
-        )
+        sa.insert(outbox),
+        [
+            {
+                "alert_id": row.alert_id,
+                "state": row.state,
+                "occurrence": row.occurrence,
+                "agency": row.agency,
+                "kind": row.kind,
+                "payload": row.event().model_dump_json(),
+                "webhook_attempts": 0,
+                "webhook_next_us": 0,
+            }
+            for row in rows
+        ],
     )
 
 
