@@ -19,7 +19,7 @@ from reporting import repository
 from reporting.alerts import evaluate as evaluate_module
 from reporting.alerts import store
 from reporting.alerts.evaluate import evaluate
-from reporting.alerts.service import AlertSettings, AlertsService, clock_day
+from reporting.alerts.service import ALERT_DUTY, AlertSettings, AlertsService, clock_day, pause_after
 from reporting.cycle.testing import admitted_review
 from reporting.handlers import apply_admitted, apply_facts, decode_admitted, decode_tolerant
 from reporting.registry import CatalogView
@@ -125,6 +125,12 @@ def test_the_clock_day_changes_at_a_tokyo_midnight_that_a_deadline_is_passed_str
     deadline = FiscalQuarter(2025, 1).on_time_deadline
     assert clock_day(deadline) == clock_day(deadline - timedelta(hours=1))
     assert clock_day(deadline + timedelta(microseconds=1)) == clock_day(deadline) + timedelta(days=1)
+
+
+def test_alerts_take_at_most_their_share_of_the_time() -> None:
+    assert pause_after(0.01, 1.0) == 1.0
+    for seconds in (0.5, 2.0, 8.0):
+        assert seconds / (seconds + pause_after(seconds, 1.0)) <= ALERT_DUTY + 1e-9
 
 
 async def test_the_service_evaluates_the_touched_measures_and_everything_when_the_day_changes(

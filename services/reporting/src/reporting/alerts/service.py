@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import Final
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext
@@ -65,6 +66,18 @@ class AlertSettings:
     min_interval: float = 1.0
     #: Every measure is evaluated at least this often, besides at start and when the Tokyo date changes.
     full_every_seconds: float = 300.0
+
+
+#: At most this share of the process goes to evaluating alerts while the store keeps changing: under a steady load
+#: every measure is touched each second, and an evaluation of them reads all their reports.
+ALERT_DUTY: Final = 0.1
+
+
+def pause_after(evaluation_seconds: float, min_interval: float) -> float:
+    """How long to wait before the next evaluation: `min_interval`, or longer after a long evaluation, so that
+    alerts take at most `ALERT_DUTY` of the time (they may come a little later; the readers and the consumer
+    come first)."""
+    return max(min_interval, evaluation_seconds * (1 - ALERT_DUTY) / ALERT_DUTY)
 
 
 def clock_day(moment: datetime) -> date:
@@ -166,8 +179,9 @@ class AlertsService:
                     continue
             behind_since = None
             try:
+                started = time.monotonic()
                 await self.evaluate_pending()
-                await asyncio.sleep(self.settings.min_interval)
+                await asyncio.sleep(pause_after(time.monotonic() - started, self.settings.min_interval))
             except asyncio.CancelledError:
                 raise
             except Exception:
