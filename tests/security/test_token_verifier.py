@@ -287,3 +287,90 @@ async def test_requests_arriving_while_the_keys_are_fetched_wait_for_them(idp: R
     principals = await asyncio.gather(*(verifier.verify(token) for _ in range(20)))
     assert {p.role for p in principals} == {Role.secretariat}
     assert verifier.keys.fetches == 1, "one fetch serves the requests that waited for it"
+
+
+# --- Tokens kept verified --------------------------------------------------------------------------------------
+
+
+class Clock:
+    """The verifier's clock (seconds since the epoch), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = int(time.time())
+
+    def __call__(self) -> int:
+        return self.now
+
+
+def clocked_verifier(idp: RunningProvider, clock: Clock, *, refresh_interval: float = 30.0) -> TokenVerifier:
+    """A verifier of the provider (keys by discovery) checking times on `clock`, with the default leeway (30 s)."""
+    settings = AuthSettings(_env_file=None, mode="oidc", issuer=idp.issuer, jwks_refresh_interval=refresh_interval)
+    made = TokenVerifier.from_settings(settings)
+    return TokenVerifier(
+        issuer=made.issuer,
+        keys=made.keys,
+        audience=made.audience,
+        algorithms=made.algorithms,
+        leeway=made.leeway,
+        mapping=made.mapping,
+        now=clock,
+    )
+
+
+async def test_a_kept_token_is_refused_once_it_expires(idp: RunningProvider) -> None:
+    """A token verified once is answered from the kept tokens on the next requests, but never past its exp (plus
+    the leeway the full check allows): then it is refused as expired, exactly as without the cache."""
+    clock = Clock()
+    verifier = clocked_verifier(idp, clock)
+    key = idp.provider.signing_key
+    token = forge(valid_claims(idp, exp=clock.now + 60, iat=clock.now), key, key.kid)
+    assert (await verifier.verify(token)).role is Role.secretariat
+    assert (await verifier.verify(token)).role is Role.secretariat
+    assert verifier.cache_hits == 1
+    clock.now += 60 + verifier.leeway - 1  # the last second the full check accepts it
+    assert (await verifier.verify(token)).role is Role.secretariat
+    assert verifier.cache_hits == 2
+    clock.now += 1
+    with pytest.raises(InvalidToken, match="expired"):
+        await verifier.verify(token)
+    with pytest.raises(InvalidToken, match="expired"):  # and it stays refused (nothing kept of it now)
+        await verifier.verify(token)
+    assert verifier.cache_hits == 2
+
+
+async def test_a_kept_token_whose_key_is_retired_is_refused(idp: RunningProvider) -> None:
+    """Once the issuer's key set no longer holds the key that verified a kept token, the token is refused, as a
+    token signed by an unpublished key is."""
+    clock = Clock()
+    verifier = clocked_verifier(idp, clock, refresh_interval=0)
+    old_token = idp.sign_in("sato")["access_token"]
+    assert (await verifier.verify(old_token)).role is Role.secretariat
+    assert (await verifier.verify(old_token)).role is Role.secretariat
+    assert verifier.cache_hits == 1
+    idp.provider.rotate()
+    idp.provider.retire()  # the old key is gone from the JWKS
+    # A token of the new key makes the verifier fetch the keys again: the old one is not among them any more.
+    assert (await verifier.verify(idp.sign_in("sato")["access_token"])).role is Role.secretariat
+    with pytest.raises(InvalidToken, match="does not publish"):
+        await verifier.verify(old_token)
+
+
+async def test_failures_are_not_kept_and_the_kept_tokens_are_bounded(
+    idp: RunningProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = oidc_verifier(idp.issuer)
+    nobody = idp.sign_in("nobody")["access_token"]
+    for _ in range(2):
+        with pytest.raises(NoPrincipal):
+            await verifier.verify(nobody)
+    assert verifier.cache_hits == 0
+    monkeypatch.setattr("shinchoku_runtime.auth.verifier.VERIFIED_CACHED", 3)
+    key = idp.provider.signing_key
+    tokens = [forge(valid_claims(idp, sub=f"person-{n}"), key, key.kid) for n in range(5)]
+    for token in tokens:
+        await verifier.verify(token)
+    for token in tokens[2:]:  # the three verified last are kept
+        await verifier.verify(token)
+    assert verifier.cache_hits == 3
+    assert (await verifier.verify(tokens[0])).subject == "person-0"  # verified in full again
+    assert verifier.cache_hits == 3

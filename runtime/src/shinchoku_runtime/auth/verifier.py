@@ -6,6 +6,12 @@ for a `kid` not yet seen), the signature, then the claims: `iss` equal to the is
 audience, `exp` required and `nbf`/`iat` checked with a small leeway, a subject; last the claim mapping
 (role and agency). Every failure before the mapping is `InvalidToken` (401 `invalid_token`); a token that
 verifies but names no principal is `NoPrincipal` (403); no key to verify with at all is `KeysUnavailable` (503).
+
+A client sends the same token with every request: a token that verified is kept (the last `VERIFIED_CACHED`
+ones, by the exact token text) with its principal, its `exp` and the key that verified it, so that the next
+request with it skips the signature and the claims. A kept token is accepted only while the full checks would
+accept it: before `exp` (with the same leeway and clock), and while the issuer's key set still gives the same key
+for its `kid` (a key rotated out of the JWKS rejects it as before). Failures are never kept.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +34,14 @@ from joserfc.errors import (
     JoseError,
     MissingClaimError,
 )
+from joserfc.jwk import Key
 
 from shinchoku_runtime.auth.jwks import JwksCache, UnknownKey
 from shinchoku_runtime.auth.principal import ClaimMapping, Principal, principal_from_claims
 from shinchoku_runtime.auth.settings import AuthSettings
+
+#: Tokens kept verified (one per client and person, in practice; a few hundred bytes each).
+VERIFIED_CACHED = 1024
 
 
 class InvalidToken(Exception):
@@ -54,6 +67,17 @@ def token_header(token: str) -> dict[str, Any]:
     return header
 
 
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    """A token that verified: whom it stands for, until when, and the key (by `kid` and `alg`) that verified it."""
+
+    principal: Principal
+    expires: int | float
+    kid: str | None
+    alg: str
+    key: Key
+
+
 class TokenVerifier:
     """Verifies bearer tokens of one issuer against its JWKS; `verify` answers the principal or raises."""
 
@@ -75,6 +99,10 @@ class TokenVerifier:
         self.leeway = leeway
         self.mapping = mapping or ClaimMapping()
         self._now = now
+        #: The tokens verified lately (exact token text → what it verified to), the least recently used first.
+        self._verified: OrderedDict[str, _Verified] = OrderedDict()
+        #: How many `verify` calls were answered from the kept tokens (for tests and curiosity).
+        self.cache_hits = 0
 
     @classmethod
     def from_settings(cls, settings: AuthSettings, *, data_dir: Path | None = None) -> TokenVerifier:
@@ -97,6 +125,11 @@ class TokenVerifier:
 
     async def claims(self, token: str) -> dict[str, Any]:
         """The claims of a token whose signature, issuer, audience and times are valid; InvalidToken otherwise."""
+        claims, _, _, _ = await self._verified_claims(token)
+        return claims
+
+    async def _verified_claims(self, token: str) -> tuple[dict[str, Any], str | None, str, Key]:
+        """`claims`, with the `kid`, `alg` and key that verified them."""
         header = token_header(token)
         alg = header.get("alg")
         if alg not in self.algorithms:
@@ -115,11 +148,11 @@ class TokenVerifier:
         except JoseError as e:
             raise InvalidToken(f"the token cannot be decoded ({e.error})") from None
         self._check_claims(decoded.claims)
-        return dict(decoded.claims)
+        return dict(decoded.claims), kid, alg, key
 
     def _check_claims(self, claims: Mapping[str, Any]) -> None:
         registry = jwt.JWTClaimsRegistry(
-            now=self._now,
+            now=self.now,
             leeway=self.leeway,
             iss={"essential": True, "value": self.issuer},
             aud={"essential": True, "value": self.audience},
@@ -149,6 +182,35 @@ class TokenVerifier:
             return "the token was issued in the future (iat)"
         return f"the token's claim {claim!r} is invalid"
 
+    def now(self) -> int:
+        """The time the claims are checked at (seconds since the epoch), as `jwt.JWTClaimsRegistry` takes it."""
+        return self._now() if self._now is not None else int(time.time())
+
     async def verify(self, token: str) -> Principal:
         """The principal a valid token stands for: InvalidToken (401), NoPrincipal (403), KeysUnavailable (503)."""
-        return principal_from_claims(await self.claims(token), self.mapping)
+        kept = self._verified.get(token)
+        if kept is not None:
+            if await self._still_valid(kept):
+                self._verified.move_to_end(token)
+                self.cache_hits += 1
+                return kept.principal
+            self._verified.pop(token, None)  # checked in full again: it says why (expired, key gone, …)
+        claims, kid, alg, key = await self._verified_claims(token)
+        principal = principal_from_claims(claims, self.mapping)
+        expires = claims.get("exp")  # a number: `_check_claims` required it
+        if isinstance(expires, int | float) and not isinstance(expires, bool):
+            self._verified[token] = _Verified(principal, expires, kid, alg, key)
+            while len(self._verified) > VERIFIED_CACHED:
+                self._verified.popitem(last=False)
+        return principal
+
+    async def _still_valid(self, kept: _Verified) -> bool:
+        """Whether the full checks would still accept a token that verified: not expired by the same rule as
+        `validate_exp` (exp > now - leeway), and its key still the one the issuer's key set gives for its kid."""
+        if not kept.expires > self.now() - self.leeway:
+            return False
+        try:
+            key = await self.keys.key_for(kept.kid, kept.alg)
+        except UnknownKey:
+            return False
+        return key is kept.key

@@ -90,13 +90,16 @@ class ReportingService:
         snapshot = self.catalog.snapshot
         return snapshot.measures if snapshot.loaded else None
 
-    def _committed(self, events: Sequence[AppliedEvent]) -> None:
+    def _committed(self, events: Sequence[AppliedEvent], publishes: bool) -> None:
         # Readers first: the publications go out and the rollups read lately are brought up to date at once; the
         # alerts' evaluation of the measures touched follows the warm-up rather than competing with it and with the
-        # readers who asked the moment the change was acknowledged.
+        # readers who asked the moment the change was acknowledged. The outbox is woken only by a batch that wrote a
+        # revision to publish (a close, a restatement): a look for unsent revisions after every report (a thread and
+        # a query) would compete with those readers for nothing; it still polls each second.
         self.alerts.touched((e.measure_id for e in events), wake=False)
         self._changed.set()
-        self.outbox.wake.set()
+        if publishes:
+            self.outbox.wake.set()
 
     async def start(self) -> None:
         repository.create_store(self.engine)

@@ -332,17 +332,31 @@ def rollup_updated(rollup: QuarterRollup, standings: Mapping[str, MeasureStandin
     Equal to `rollup_quarter` over the reports that make the new standings (tests/test_incremental.py)."""
     if not standings:
         return rollup
-    overall = rollup.overall.copy()
-    by_agency = {agency: tally.copy() for agency, tally in rollup.by_agency.items()}
-    by_section = {section: tally.copy() for section, tally in rollup.by_section.items()}
+    moved = []
     measures = list(rollup.measures)
     for i, old in enumerate(measures):
         new = standings.get(old.measure.id)
         if new is None or new == old:
             continue
+        moved.append((old, new))
+        measures[i] = new
+    if not moved:
+        return QuarterRollup(rollup.quarter, rollup.overall, rollup.by_agency, rollup.by_section, tuple(measures))
+    # Only the tallies the moved measures count in are copied (the rest are shared with `rollup`, never changed).
+    overall = rollup.overall.copy()
+    by_agency = dict(rollup.by_agency)
+    by_section = dict(rollup.by_section)
+    for old, new in moved:
+        for standing in (old, new):
+            section = standing.measure.section
+            if section in by_section and by_section[section] is rollup.by_section.get(section):
+                by_section[section] = by_section[section].copy()
+            for lead in standing.leads:
+                if lead.agency in by_agency and by_agency[lead.agency] is rollup.by_agency.get(lead.agency):
+                    by_agency[lead.agency] = by_agency[lead.agency].copy()
+    for old, new in moved:
         _count(old, overall, by_agency, by_section, remove=True)
         _count(new, overall, by_agency, by_section)
-        measures[i] = new
     return QuarterRollup(rollup.quarter, overall, by_agency, by_section, tuple(measures))
 
 

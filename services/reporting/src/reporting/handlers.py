@@ -173,6 +173,9 @@ class BatchOutcome:
     #: The fields of a newer contract this version left out to decode a message (`event.confidence`), one entry per
     #: message and field.
     ignored: tuple[str, ...] = ()
+    #: Whether the batch may have written a revision to publish (a close, a restatement): the service's publication
+    #: outbox is woken for it at once (otherwise it finds revisions by polling). True after a fault, to be safe.
+    publishes: bool = False
 
 
 T = TypeVar("T")
@@ -240,12 +243,14 @@ def applied(fact: Fact) -> AppliedEvent:
     return AppliedEvent(fact.close_id, "", "", fact.admitted_at_us)
 
 
-def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: datetime | None = None) -> None:
+def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: datetime | None = None) -> bool:
     """Apply admitted facts in their (the log's) order: runs of reports to open quarters as one batch each; a
     report to a closed quarter, a review or a close one at a time, each followed by what it does to the cycle
     (`reporting.cycle.apply`: review states, revision 1 on a close, a restatement when a closed quarter's
     figures changed). Each quarter's revision is bumped once, at the end, with every measure the facts touched.
+    Returns whether a revision to publish was written (a close, a restatement).
     """
+    publishes = False
     closed = set(closed_quarters(conn, store.cycle))
     run: list[Admitted] = []
     touched: dict[tuple[int, int], revision_store.Touched] = {}
@@ -264,14 +269,16 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
                 continue
             flush()
             apply_admitted(conn, store=store, batch=[fact], touched=touched)
-            restate_if_changed(
+            restated = restate_if_changed(
                 conn, store, quarter, report.measure_id, cause=fact.event_id, admitted_at_us=fact.admitted_at_us
             )
+            publishes = publishes or restated is not None
             continue
         flush()
         if isinstance(fact, ReviewFact):
             changed = apply_review(conn, store, fact)
             if changed and fact.quarter in closed:
+                publishes = True  # a restatement when its measure's figures changed
                 restate_if_changed(
                     conn,
                     store,
@@ -284,11 +291,13 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
             changed = apply_close(conn, store, fact)
             if changed:
                 closed.add(fact.quarter)
+                publishes = True  # revision 1
         if changed:  # a review may change its measure's figures; a close no report's
             measures = (fact.row["measure_id"],) if isinstance(fact, ReviewFact) else ()
             revision_store.touch(touched, fact.quarter, fact.admitted_at_us, *measures)
     flush()
     revision_store.bump_revisions(conn, store=store, quarters=touched, now=now)
+    return publishes
 
 
 #: How long a batch waits for the facts before it in the log (held by another replica) before its messages that
@@ -323,6 +332,7 @@ def decode_and_apply(
         events.append(applied(fact))
     ordered = bool(pending) and all(seq > 0 for _, seq, _ in pending)
     deadline = time.monotonic() + order_wait
+    publishes = False
     try:
         while True:
             with engine.begin() as conn:
@@ -334,19 +344,22 @@ def decode_and_apply(
                     # that decodes it (after an upgrade) applies it in its place, and what follows waits.
                     take = contiguous(last, [seq for _, seq, f in pending if f is not None])
                 facts = sorted(((seq, f) for _, seq, f in pending if f is not None and seq in take), key=lambda x: x[0])
-                apply_facts(conn, store=store, facts=[f for _, f in facts])
+                wrote = apply_facts(conn, store=store, facts=[f for _, f in facts])
                 if ordered and take:
                     set_cursor(conn, store, max(take))
+            publishes = publishes or wrote
             if last is None:
-                return BatchOutcome(events, ignored=tuple(ignored))
+                return BatchOutcome(events, ignored=tuple(ignored), publishes=publishes)
             pending = [(i, seq, f) for i, seq, f in pending if seq > last and seq not in take and f is not None]
             if not pending:
-                return BatchOutcome(events, ignored=tuple(ignored))
+                return BatchOutcome(events, ignored=tuple(ignored), publishes=publishes)
             now = time.monotonic()
             if take:
                 deadline = now + order_wait
             elif now >= deadline:
-                return BatchOutcome(events, deferred=[i for i, _, _ in pending], ignored=tuple(ignored))
+                deferred = [i for i, _, _ in pending]
+                return BatchOutcome(events, deferred=deferred, ignored=tuple(ignored), publishes=publishes)
             time.sleep(ORDER_POLL_SECONDS)
     except SQLAlchemyError as e:
-        return BatchOutcome(events, f"{type(e).__name__}: {str(e).splitlines()[0]}", ignored=tuple(ignored))
+        error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+        return BatchOutcome(events, error, ignored=tuple(ignored), publishes=True)

@@ -138,9 +138,11 @@ class AcceptedWriter:
         max_rows: int = 4000,
         queue_batches: int = 2,
         tracer: trace.Tracer | None = None,
-        on_committed: Callable[[Sequence[AppliedEvent]], None] | None = None,
+        on_committed: Callable[[Sequence[AppliedEvent], bool], None] | None = None,
     ) -> None:
-        #: Called after each batch committed and acknowledged (the reading side warms its caches).
+        #: Called after each batch committed and acknowledged (the reading side warms its caches), with the events
+        #: applied and whether the batch may have written a revision to publish (`BatchOutcome.publishes`: the
+        #: outbox sends it at once).
         self._on_committed = on_committed
         self._spans = BatchSpans(tracer or trace.get_tracer(__name__), db_system=db_system)
         self._applier = applier
@@ -279,7 +281,7 @@ class AcceptedWriter:
             return
         await ack_all(None, [d.msg for d, _ in good])
         if self._on_committed is not None:
-            self._on_committed([event for _, event in good])
+            self._on_committed([event for _, event in good], outcome.publishes)
         self._metrics.applied(len(good))
         self._metrics.batch_seconds.observe((ended - started) / 1e9)
         now = to_micros(datetime.now(UTC))
