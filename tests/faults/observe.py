@@ -15,8 +15,10 @@ import httpx
 import nats
 import sqlalchemy as sa
 from nats.aio.client import Client
+from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import ServiceUnavailableError
 
 from shinchoku_runtime.db import normalise_url
 
@@ -35,8 +37,25 @@ async def last_seq(nc: Client, stream: str) -> int:
     return int((await nc.jetstream().stream_info(stream)).state.last_seq)
 
 
+#: How long the observer keeps asking a cluster that answers "JetStream unavailable" (a stream leader being
+#: elected after a partition heals or a node rejoins): the checker reads the outcome, it does not judge availability.
+SETTLE_SECONDS = 30.0
+
+
 async def read_stream(nc: Client, stream: str, *, start_seq: int = 1) -> list[dict[str, Any]]:
-    """Every message body (JSON) of `stream` from `start_seq` on, through an ephemeral consumer."""
+    """Every message body (JSON) of `stream` from `start_seq` on, through an ephemeral consumer; read again from
+    the start while the cluster says JetStream is unavailable (for up to SETTLE_SECONDS)."""
+    deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+    while True:
+        try:
+            return await _read_stream_once(nc, stream, start_seq=start_seq)
+        except (ServiceUnavailableError, NoRespondersError, NatsTimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def _read_stream_once(nc: Client, stream: str, *, start_seq: int) -> list[dict[str, Any]]:
     js = nc.jetstream()
     info = await js.stream_info(stream)
     if info.state.messages == 0 or info.state.last_seq < start_seq:
