@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
 import signal
 import time
 import urllib.error
@@ -121,6 +122,26 @@ class ProxiedCluster:
             client = TcpProxy(f"client->n{i + 1}", client_ports[i], loop).start()
             nodes.append(Node(i, server, client, routes_out={j: route_proxies[i, j] for j in range(size) if j != i}))
         return cls(directory=directory, nodes=nodes, loop=loop)
+
+    @classmethod
+    def started(
+        cls, directory: Path, *, store_dirs: dict[int, Path] | None = None, attempts: int = 3
+    ) -> ProxiedCluster:
+        """A cluster created and started; created again on other ports when a node could not bind a port picked
+        free because another process took it meanwhile (pytest-xdist workers pick ports at the same moment, and
+        `free_port` cannot reserve one: seen once in CI as a node's `bind: address already in use`)."""
+        for attempt in range(1, attempts + 1):
+            cluster = cls.create(directory / f"attempt-{attempt}", store_dirs=store_dirs)
+            try:
+                return cluster.start()
+            except TimeoutError:
+                taken = any("address already in use" in cluster.log_tail(n, 200) for n in cluster.nodes)
+                cluster.stop()
+                if not taken or attempt == attempts:
+                    raise
+                for store in (store_dirs or {}).values():  # a node that did start wrote its store
+                    shutil.rmtree(store, ignore_errors=True)
+        raise AssertionError("unreachable")
 
     # --- addresses ------------------------------------------------------------------------------------
 

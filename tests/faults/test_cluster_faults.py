@@ -126,10 +126,9 @@ def topology(
     tmp_path_factory: pytest.TempPathFactory, databases: dict[str, str], small_store: Path | None
 ) -> Iterator[Topology]:
     base = tmp_path_factory.mktemp("cluster-faults")
-    cluster = ProxiedCluster.create(base / "nats", store_dirs={2: small_store / "jetstream"} if small_store else None)
+    cluster = ProxiedCluster.started(base / "nats", store_dirs={2: small_store / "jetstream"} if small_store else None)
     deployment: ClusterDeployment | None = None
     try:
-        cluster.start()
         asyncio.run(cluster.declare_streams())
         deployment = deploy(
             cluster,
