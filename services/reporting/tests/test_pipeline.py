@@ -586,6 +586,10 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
     admissions = random_admissions(measures, quarters, 4000, seed=5)
     port = free_port()
     env = _service_env(nats_server, database_url, tmp_path / "reporting", port)
+    # Small transactions, so that the stream is applied in many steps and the kill lands between two of them (by
+    # default queued batches merge up to 4,000 rows: a service that fell behind for a moment applied all 4,000
+    # in one transaction, and the kill came after the whole stream, once in CI).
+    env["SHINCHOKU_REPORTING_MAX_ROWS_PER_TRANSACTION"] = "200"
     auth = StackAuth(EmbeddedIssuer.prepare(tmp_path / "reporting"))
     base = f"http://127.0.0.1:{port}"
     log = (tmp_path / "reporting.log").open("ab")
