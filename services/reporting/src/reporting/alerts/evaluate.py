@@ -115,8 +115,8 @@ def evaluate(
         if since is None and (start is None or merged.first_quarter() != start.first_quarter()):
             return Evaluated((), start=start, widened=True)
         start = merged
-    if wanted is not None:
-        measures = [m for m in measures if m.id in set(wanted)]
+        chosen = set(wanted)
+        measures = [m for m in measures if m.id in chosen]
     holding = conditions(AlertInputs(measures, reports, reviews, now, since, due_days, start=start))
     try:
         with engine.begin() as conn:
