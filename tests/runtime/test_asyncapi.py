@@ -113,8 +113,12 @@ def test_it_names_every_subject_of_the_contracts(document: dict[str, Any]) -> No
 def test_it_names_every_filter_of_the_durable_consumers(document: dict[str, Any]) -> None:
     ingest = ingest_consumer(IngestSettings())
     reporting = reporting_consumer(ack_wait=30.0, max_ack_pending=1000)
-    for service, config in (("ingest", ingest), ("reporting", reporting)):
+    for service, config, stream in (
+        ("ingest", ingest, streams.STATUS_STREAM),
+        ("reporting", reporting, streams.ACCEPTED_STREAM),
+    ):
         filters = [*(config.filter_subjects or ()), *([config.filter_subject] if config.filter_subject else [])]
+        filters = filters or list(stream.subjects)  # no filter: every subject of the stream
         assert filters, service
         assert unnamed(document, filters, service=service, action="receive") == [], service
 
