@@ -161,3 +161,44 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+class Recorder:
+    """A child's handler that says the order it served items in, slowly enough for items to queue behind it."""
+
+    def __init__(self) -> None:
+        self.served: list[Any] = []
+
+    def __call__(self, item: Any) -> Any:
+        if item == "boom":
+            raise ValueError("壊れた item")
+        time.sleep(0.02)
+        self.served.append(item)
+        return list(self.served)
+
+
+async def test_a_pipelined_child_serves_calls_in_order_and_starts_on_the_next_at_once() -> None:
+    pool = ChildPool(Recorder, (), name="pipelined child", replace=True, pipeline=2)
+    pool.start()
+    try:
+        answers = await asyncio.gather(*[pool.call(i) for i in range(10)])
+        assert answers == [list(range(i + 1)) for i in range(10)]
+    finally:
+        await pool.close(graceful=True)
+
+
+async def test_a_pipelined_child_that_dies_fails_every_call_it_held_and_a_fresh_one_takes_the_next() -> None:
+    pool = ChildPool(Recorder, (), name="pipelined child", replace=True, pipeline=2)
+    pool.start()
+    try:
+        dying, behind = pool.call("boom"), pool.call(1)
+        results = await asyncio.gather(dying, behind, return_exceptions=True)
+        assert all(isinstance(r, ChildDied) for r in results), results  # both were sent before the death
+        assert await pool.call(2) == [2]  # a fresh child: the one behind was never served
+    finally:
+        await pool.close(graceful=True)
+
+
+def test_a_pipeline_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="pipeline"):
+        ChildPool(Recorder, (), name="no pipeline", replace=True, pipeline=0)

@@ -10,6 +10,11 @@ queue to whichever child is free:
 * `put(item)`: no answer; `finish()` then collects each handler's `finish()` (the rebuild's writers: many
   batches, then each one's winners).
 
+With `pipeline=N` a child is sent up to N items before its first answer is back: it starts on the next the moment
+it answers one, instead of idling while the answer crosses to the parent and the parent sends the next item (the
+live writer with two batches in flight; the parent is busy then, acknowledging and tracing the batch before). A
+child serves its items in the order sent, so with one child the answers come in the order of the calls.
+
 A child that dies is reported at once with its last words (the exception that ended it, sent before it
 went, or the signal that killed it): `call`/`put`/`finish` raise `ChildDied`. With `replace=True` the pool
 starts a fresh child for the next item (the live writer: the batch in hand is retried, nothing else is
@@ -144,6 +149,8 @@ class _Child:
     def __init__(self, factory: Factory, args: tuple[Any, ...], name: str, on_death: Callable[[_Child], None]) -> None:
         context = multiprocessing.get_context("spawn")
         mine, theirs = socket.socketpair()
+        for end in (mine, theirs):  # room for a whole batch (≈1 MB): written at once, not as the child reads it
+            end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
         self.name = name
         self.process: BaseProcess = context.Process(
             target=_serve, args=(factory, args, theirs, os.getpid()), name=name, daemon=True
@@ -218,8 +225,19 @@ class ChildPool:
     """`processes` spawned children serving `factory(*args)`'s handler, fed from one queue (see the module)."""
 
     def __init__(
-        self, factory: Factory, args: tuple[Any, ...], *, name: str, processes: int = 1, replace: bool, queue: int = 0
+        self,
+        factory: Factory,
+        args: tuple[Any, ...],
+        *,
+        name: str,
+        processes: int = 1,
+        replace: bool,
+        queue: int = 0,
+        pipeline: int = 1,
     ) -> None:
+        if pipeline < 1:
+            raise ValueError(f"pipeline must be at least 1, not {pipeline}")
+        self._pipeline = pipeline
         self._factory = factory
         self._args = args
         self.name = name
@@ -257,26 +275,55 @@ class ChildPool:
             self._failed.set()
 
     async def _feed(self, slot: int) -> None:
-        while True:
-            kind, item, answer = await self._queue.get()
-            try:
-                if self._failure is not None:
-                    raise self._failure
-                child = self._children[slot]
-                if child is None or not child.alive:
-                    child = self._spawn(slot)
-                waiting = await child.send(kind, item, answered=kind == _CALL)
-                if waiting is not None and answer is not None:
+        sent = asyncio.Semaphore(self._pipeline)  # items sent to this slot's child and not answered yet
+        relays: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await sent.acquire()
+                kind, item, answer = await self._queue.get()
+                try:
+                    if self._failure is not None:
+                        raise self._failure
+                    child = self._children[slot]
+                    if child is None or not child.alive:
+                        child = self._spawn(slot)
+                    waiting = await child.send(kind, item, answered=kind == _CALL)
+                except ChildDied as e:
+                    sent.release()
+                    self._queue.task_done()
+                    if answer is not None and not answer.done():
+                        answer.set_exception(e)
+                    if not self._replace:
+                        return
+                    continue
+                relay = self._relay(waiting, answer, sent)
+                if self._pipeline == 1:
+                    await relay
+                else:
+                    task = asyncio.create_task(relay)
+                    relays.add(task)
+                    task.add_done_callback(relays.discard)
+        finally:
+            for task in relays:
+                task.cancel()
+
+    async def _relay(
+        self, waiting: asyncio.Future[Any] | None, answer: asyncio.Future[Any] | None, sent: asyncio.Semaphore
+    ) -> None:
+        """Hand the child's answer to the caller (a `ChildDied` if it died first)."""
+        try:
+            if waiting is not None:
+                try:
                     result = await waiting
-                    if not answer.done():
+                except ChildDied as e:
+                    if answer is not None and not answer.done():
+                        answer.set_exception(e)
+                else:
+                    if answer is not None and not answer.done():
                         answer.set_result(result)
-            except ChildDied as e:
-                if answer is not None and not answer.done():
-                    answer.set_exception(e)
-                if not self._replace:
-                    return
-            finally:
-                self._queue.task_done()
+        finally:
+            sent.release()
+            self._queue.task_done()
 
     async def _unless_failed(self, step: Any) -> Any:
         """Await `step`, or raise the death that failed the pool as soon as it happens."""

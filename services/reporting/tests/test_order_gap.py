@@ -44,14 +44,14 @@ class LockedFirstWrite:
         self._path = path
         self.calls = 0
 
-    async def apply(self, messages: Sequence[Delivered]) -> BatchOutcome:
+    async def apply(self, messages: Sequence[Delivered], *, retry: bool = False) -> BatchOutcome:
         self.calls += 1
         if self.calls > 1:
-            return await self._inner.apply(messages)
+            return await self._inner.apply(messages, retry=retry)
         other = sqlite3.connect(self._path, isolation_level=None)
         other.execute("BEGIN IMMEDIATE")
         try:
-            return await self._inner.apply(messages)
+            return await self._inner.apply(messages, retry=retry)
         finally:
             other.rollback()
             other.close()

@@ -300,6 +300,10 @@ def apply_facts(conn: Connection, *, store: Store, facts: Sequence[Fact], now: d
     return publishes
 
 
+#: The writer's answer for a batch sent behind one that failed (`workers.InLogOrder`): nothing of it was attempted;
+#: it is sent again, as a retry, once the failed batch is committed.
+NOT_ATTEMPTED = "not attempted: a batch before it failed"
+
 #: How long a batch waits for the facts before it in the log (held by another replica) before its messages that
 #: do not follow the cursor are nak'ed; and the nak's delay.
 ORDER_WAIT_SECONDS = 1.0

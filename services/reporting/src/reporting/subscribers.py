@@ -31,7 +31,7 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from contracts.streams import ACCEPTED_STREAM, REPORTING_DURABLE
-from reporting.handlers import DEFERRED_DELAY_SECONDS, AppliedEvent, BatchOutcome
+from reporting.handlers import DEFERRED_DELAY_SECONDS, NOT_ATTEMPTED, AppliedEvent, BatchOutcome, Delivered
 from reporting.metrics import ReportingMetrics
 from reporting.repository import to_micros
 from reporting.tracing import BatchSpans, MessageSpan
@@ -129,8 +129,26 @@ class AcceptedPuller:
         await self._consumer.follow(self._hand)
 
 
+@dataclass(slots=True)
+class _Sent:
+    """Batches merged into one write and sent to the writer; its answer to come."""
+
+    batches: int
+    deliveries: list[Delivery]
+    messages: list[Delivered]
+    sent_ns: int
+    answer: asyncio.Future[BatchOutcome]
+
+
 class AcceptedWriter:
-    """Applies queued batches to the store and acknowledges them after the commit."""
+    """Applies queued batches to the store and acknowledges them after the commit.
+
+    Two tasks: one sends merged batches to the `Applier` (`pipeline` of them in flight, so that the writer starts
+    on the next batch the moment it has committed one), the other takes the answers in the order sent, retries a
+    failed batch in place and settles what was committed (acknowledging and tracing one batch overlaps with
+    writing the next). After a failure nothing new is sent until the batches already behind it are written: the
+    writer answers those `NOT_ATTEMPTED` (`workers.InLogOrder`) and they are sent again, in order.
+    """
 
     def __init__(
         self,
@@ -142,6 +160,7 @@ class AcceptedWriter:
         hold_delay: float = 60.0,
         max_rows: int = 4000,
         queue_batches: int = 2,
+        pipeline: int = 2,
         tracer: trace.Tracer | None = None,
         on_committed: Callable[[Sequence[AppliedEvent], bool], None] | None = None,
     ) -> None:
@@ -159,87 +178,119 @@ class AcceptedWriter:
         self._ignored_seen: set[str] = set()
         self._max_rows = max_rows
         self._queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=queue_batches)
-        self._task: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(pipeline)  # writes sent and not yet answered and handled
+        self._sent: asyncio.Queue[_Sent] = asyncio.Queue()
+        self._in_order = asyncio.Event()  # clear while a failed write and those sent behind it are retried
+        self._in_order.set()
+        self._tasks: list[asyncio.Task[None]] = []
 
     async def submit(self, batch: list[Delivery]) -> None:
         """Queue a batch (waits while the writer is behind: that is the back-pressure)."""
         await self._queue.put(batch)
 
     def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="reporting-writer")
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._send(), name="reporting-writer-send"),
+                asyncio.create_task(self._receive(), name="reporting-writer"),
+            ]
 
     @property
     def running(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return bool(self._tasks) and not any(task.done() for task in self._tasks)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued (so that it is acknowledged), then stop."""
-        if self._task is None:
+        if not self._tasks:
             return
         try:
             await asyncio.wait_for(self._queue.join(), timeout)
         except TimeoutError:
             log.warning("writer stopped with batches still queued; they will be redelivered")
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._task = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        while not self._sent.empty():  # sent, never handled: redelivered after ack_wait, applied idempotently
+            self._sent.get_nowait().answer.cancel()
         await self._applier.close()
 
-    async def _run(self) -> None:
-        # Acknowledging and tracing a written batch (this process) overlaps with writing the next one (the
-        # writer process): one batch settles while the next is written, never more.
+    async def _send(self) -> None:
+        while True:
+            await self._slots.acquire()
+            batches = [await self._queue.get()]
+            rows = len(batches[0])
+            while rows < self._max_rows and not self._queue.empty():
+                batches.append(self._queue.get_nowait())
+                rows += len(batches[-1])
+            await self._in_order.wait()
+            deliveries = [d for batch in batches for d in batch]
+            messages = [(d.msg.subject, _stream_seq(d.msg), d.msg.data) for d in deliveries]
+            answer = asyncio.ensure_future(self._applier.apply(messages))
+            self._sent.put_nowait(_Sent(len(batches), deliveries, messages, time.time_ns(), answer))
+
+    async def _receive(self) -> None:
         settling: asyncio.Task[None] | None = None
+        ended = 0
         try:
             while True:
-                batches = [await self._queue.get()]
-                rows = len(batches[0])
-                while rows < self._max_rows and not self._queue.empty():
-                    batches.append(self._queue.get_nowait())
-                    rows += len(batches[-1])
+                sent = await self._sent.get()
                 written: tuple[Sequence[Delivery], BatchOutcome, int, int] | None = None
                 try:
-                    written = await self._write([d for batch in batches for d in batch])
+                    written = await self._write(sent, max(sent.sent_ns, ended))
                 except asyncio.CancelledError:
                     raise
                 except Exception:  # never let the writer die: the messages stay unacknowledged and come back
                     log.exception("writer failed on a batch; its messages will be redelivered")
+                if self._sent.empty():
+                    self._in_order.set()
+                self._slots.release()
                 if settling is not None:
                     await settling
                     settling = None
                 if written is None:
-                    for _ in batches:
+                    for _ in range(sent.batches):
                         self._queue.task_done()
                     continue
-                settling = asyncio.create_task(self._settle_logged(*written, count=len(batches)))
+                ended = written[3]
+                settling = asyncio.create_task(self._settle_logged(*written, count=sent.batches))
         finally:
             if settling is not None:
                 await asyncio.shield(settling)
 
-    async def _write(self, batch: Sequence[Delivery]) -> tuple[Sequence[Delivery], BatchOutcome, int, int]:
-        """Decode and write the batch, retried in place until it is committed.
+    async def _write(self, sent: _Sent, started: int) -> tuple[Sequence[Delivery], BatchOutcome, int, int]:
+        """The answer for a sent batch, retried in place until it is committed (`started`: when the writer could
+        begin on it, after the batch before).
 
         A database fault (nothing of the batch committed) or a writer process that died is retried after
-        `retry_delay` with the same messages, kept in progress meanwhile; the batches behind it wait in the queue.
-        Nak'ing it to come back later would leave a gap before the order cursor: every message after it would wait
+        `retry_delay` with the same messages, kept in progress meanwhile; the batches behind it wait. Nak'ing it to
+        come back later would leave a gap before the order cursor: every message after it would wait
         for it (`handlers.ORDER_WAIT_SECONDS`) and be nak'ed in turn, back into the consumer's redelivery queue
         ahead of it, round after round (a stall of a minute under load). Stopped meanwhile, the batch is nak'ed.
+        A batch `NOT_ATTEMPTED` (sent behind one that failed, which is committed by now) is sent again at once.
         """
-        messages = [(d.msg.subject, _stream_seq(d.msg), d.msg.data) for d in batch]
+        answer = sent.answer
         while True:
-            started = time.time_ns()
             try:
-                outcome = await self._applier.apply(messages)
+                outcome = await answer
             except Exception as e:  # the worker died: nothing is known to be committed
                 error = f"{type(e).__name__}: {e}"
             else:
                 if outcome.error is None:
-                    return batch, outcome, started, time.time_ns()
+                    return sent.deliveries, outcome, started, time.time_ns()
+                if outcome.error == NOT_ATTEMPTED:
+                    started = time.time_ns()
+                    answer = asyncio.ensure_future(self._applier.apply(sent.messages, retry=True))
+                    continue
                 error = outcome.error
-                good = [(d, ev) for d, ev in zip(batch, outcome.events, strict=True) if not isinstance(ev, str)]
+                good = [
+                    (d, ev) for d, ev in zip(sent.deliveries, outcome.events, strict=True) if not isinstance(ev, str)
+                ]
                 self._trace(good, started, time.time_ns(), error=error)
-            await self._retry_in_place(batch, error)
+            self._in_order.clear()  # nothing new is sent until the writes behind this one are handled
+            await self._retry_in_place(sent.deliveries, error)
+            started = time.time_ns()
+            answer = asyncio.ensure_future(self._applier.apply(sent.messages, retry=True))
 
     async def _retry_in_place(self, batch: Sequence[Delivery], error: str) -> None:
         self._metrics.batches.labels("retried").inc()
