@@ -44,7 +44,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from shinchoku_runtime.service import settle_heap
+from shinchoku_runtime.heap import settle_heap
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -19,10 +18,13 @@ from shinchoku_runtime.adapters import check_hooks
 from shinchoku_runtime.auth.dependencies import install_auth, public, require
 from shinchoku_runtime.auth.principal import Principal, Role
 from shinchoku_runtime.auth.verifier import TokenVerifier
+from shinchoku_runtime.heap import GC_THRESHOLDS, settle_heap
 from shinchoku_runtime.http import install_error_handlers
 from shinchoku_runtime.telemetry import instrument_app
 
 log = logging.getLogger(__name__)
+
+__all__ = ["GC_THRESHOLDS", "settle_heap"]  # re-exported: services call them from here
 
 
 #: `/metrics` is the operator's (DESIGN.md "Principals and access"): counters name agencies and reveal activity.
@@ -53,25 +55,6 @@ def health_response(checks: dict[str, bool], **extra: Any) -> JSONResponse:
     ok = all(checks.values())
     body = {"status": "ok" if ok else "unavailable", "checks": checks, **extra}
     return JSONResponse(body, status_code=200 if ok else 503)
-
-
-#: Young-generation collections every 20,000 allocations instead of 700 (then 20 and 50 for the older ones).
-#: Measured in ingest at ~4,500 messages/s: the collector's share of CPU went from ~7 % to ~1 %, because a
-#: batch in flight (hundreds of messages, their spans and rows) no longer gets promoted piecemeal into the
-#: old generation, whose full collections each walked the span queue again (~35 ms each).
-GC_THRESHOLDS = (20_000, 20, 50)
-
-
-def settle_heap() -> None:
-    """After start-up: freeze what is alive now, and collect young objects in larger steps.
-
-    A service starts with ~120,000 long-lived objects (FastAPI, pydantic, SQLAlchemy, OpenTelemetry, the
-    catalog); frozen, full collections no longer walk them. What is created later is collected as usual,
-    reference cycles included.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def serve(app: FastAPI, *, host: str, port: int) -> None:

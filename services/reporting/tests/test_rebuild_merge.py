@@ -5,8 +5,8 @@ from __future__ import annotations
 import random
 
 from contracts.periods import FiscalQuarter
+from reporting.bulkwrite import EffectiveReports
 from reporting.handlers import decode_admitted
-from reporting.rebuild import EffectiveReports
 from reporting.testing import random_admissions, synthetic_measures
 
 

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "rebuild":
         from reporting.rebuild import run_rebuild
-        from shinchoku_runtime.service import settle_heap
+        from shinchoku_runtime.heap import settle_heap
 
         settle_heap()  # a million messages pass through this process: no full collections over its start-up heap
         from reporting.rebuild import RebuildRefused

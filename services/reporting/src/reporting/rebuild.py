@@ -16,9 +16,7 @@ measure, agency) of their share in memory, by the same ordering the incremental 
 `reported_at`, then greatest `event_id`); the shares' winners are merged by that ordering, so the result
 equals the incrementally built store row for row. The catch-up under the lock uses the incremental path itself.
 
-One module of ~400 lines on purpose: the rebuild is one procedure (replay into the shadow tables, catch up under
-the lock, swap) whose steps share the shadow store, the lock and the writers' shares; apart, each would be read
-only with the others.
+The writer processes' side (decode, bulk insert, each share's winners) is `reporting.bulkwrite`.
 """
 
 from __future__ import annotations
@@ -28,25 +26,25 @@ import secrets
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
-import sqlalchemy as sa
 from nats.aio.client import Client
 from pydantic import ValidationError
 from sqlalchemy import Engine
 
 from contracts.streams import ACCEPTED_STREAM
 from reporting import repository, revision_store
+from reporting.bulkwrite import BulkWriter, EffectiveReports
 from reporting.config import ReportingSettings
 from reporting.cycle.cursor import set_cursor
 from reporting.cycle.publications import keep_sent
-from reporting.handlers import Admitted, Delivered, Fact, additive, apply_facts, decode_admitted, decode_tolerant
+from reporting.handlers import Delivered, Fact, apply_facts, decode_tolerant
 from reporting.repository import LIVE_SUFFIX, OLD_SUFFIX, SHADOW_SUFFIX, Store
-from reporting.tables import EffectiveRow, EventRow
+from reporting.tables import EffectiveRow
 from shinchoku_runtime.children import ChildDied, ChildPool
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.natsclient import connect_service
-from shinchoku_runtime.pull import Payload, PullConsumer
+from shinchoku_runtime.pull import PullConsumer
 
 log = logging.getLogger(__name__)
 
@@ -106,96 +104,12 @@ class RebuildResult:
         return self.events_read / self.seconds if self.seconds else 0.0
 
 
-#: Where a report stands in the effective ordering: (reported_at in microseconds, event_id), as
-#: `domain.effective_order` orders reports.
-Rank = tuple[int, str]
-#: An effective report's key: (fiscal_year, quarter, measure_id, agency).
-Key = tuple[int, int, str, str]
-
-
-class EffectiveReports:
-    """The effective report per (quarter, measure, agency) of everything added: greatest reported_at, then
-    greatest event id (`domain.effective_order`, the ordering `repository.upsert_effective` applies in SQL)."""
-
-    def __init__(self) -> None:
-        self._best: dict[Key, tuple[Rank, EffectiveRow]] = {}
-
-    def add(self, batch: list[Admitted]) -> None:
-        best = self._best
-        for admitted in batch:
-            row = admitted.event_row
-            key = (row.fiscal_year, row.quarter, row.measure_id, row.agency)
-            rank = (row.reported_at_us, row.event_id)
-            seen = best.get(key)
-            if seen is None or rank > seen[0]:
-                best[key] = (rank, admitted.effective_row())
-
-    def rows(self) -> list[EffectiveRow]:
-        return [row for _, row in self._best.values()]
-
-    def ranked(self) -> list[tuple[Rank, EffectiveRow]]:
-        """The winners with their rank, for `merge` (another writer's share of the stream)."""
-        return list(self._best.values())
-
-    def merge(self, ranked: list[tuple[Rank, EffectiveRow]]) -> None:
-        """Add the winners of another share of the stream."""
-        best = self._best
-        for rank, row in ranked:
-            key = (row.fiscal_year, row.quarter, row.measure_id, row.agency)
-            seen = best.get(key)
-            if seen is None or rank > seen[0]:
-                best[key] = (rank, row)
-
-
 @dataclass(frozen=True)
 class BulkResult:
     read: int
     rows: list[EffectiveRow]
     #: The messages read from the first review or close on, in the log's order (applied one batch after another).
     leftover: list[Delivered]
-
-
-class BulkWriter:
-    """In a writer process of the bulk phase: decodes batches of (subject, payload), inserts their events and keeps
-    the winners of its share, which `finish` hands back."""
-
-    def __init__(self, url: str, suffix: str, tag: str) -> None:
-        from shinchoku_runtime.telemetry import init_logging
-
-        init_logging("reporting")
-        self._engine = repository.tune(make_engine(url))
-        if self._engine.dialect.name == "sqlite":
-            # Only the shadow tables are written here; a crash mid-rebuild discards them anyway, and the swap is
-            # committed by the parent with full durability. So no fsync per bulk transaction.
-            sa.event.listen(self._engine, "connect", _sqlite_normal_sync)
-        self._store = repository.store_tables(suffix=suffix, tag=tag)
-        self._winners = EffectiveReports()
-        # Decoding and inserting in turn: an insert thread next to the decoding lost more to the GIL (sqlite
-        # releases and takes it back for every row) than it won.
-        self._decoding = self._inserting = 0.0  # where this process's time went, logged at the end
-        self._idle_since = time.perf_counter()
-        self._waited = 0.0
-
-    def __call__(self, payloads: list[Payload]) -> None:
-        started = time.perf_counter()
-        self._waited += started - self._idle_since
-        batch = _decode_payloads(payloads)
-        self._winners.add(batch)
-        decoded = time.perf_counter()
-        _insert_batch(self._engine, self._store, batch)
-        self._idle_since = time.perf_counter()
-        self._decoding += decoded - started
-        self._inserting += self._idle_since - decoded
-
-    def finish(self) -> list[tuple[Rank, EffectiveRow]]:
-        log.info(
-            "writer: waited %.1fs for batches, decoded for %.1fs, inserted for %.1fs",
-            self._waited,
-            self._decoding,
-            self._inserting,
-        )
-        self._engine.dispose()
-        return self._winners.ranked()
 
 
 async def _bulk_phase(
@@ -245,17 +159,6 @@ async def _bulk_phase(
     return BulkResult(read, winners.rows(), leftover)
 
 
-def _decode_payloads(payloads: list[Payload]) -> list[Admitted]:
-    out = []
-    for subject, data in payloads:
-        try:
-            out.append(additive(decode_admitted, data)[0])  # a newer ingest's additive fields: left out
-        except (ValidationError, ValueError) as e:
-            shown = subject.decode("utf-8", "replace")
-            log.error("ACCEPTED message on %s is not AdmittedEvent JSON, skipped: %s", shown, e)
-    return out
-
-
 def _decode_facts(messages: list[Delivered]) -> list[Fact]:
     out = []
     for subject, seq, data in messages:
@@ -264,20 +167,6 @@ def _decode_facts(messages: list[Delivered]) -> list[Fact]:
         except (ValidationError, ValueError) as e:
             log.error("ACCEPTED message on %s is not the JSON its subject calls for, skipped: %s", subject, e)
     return out
-
-
-def _sqlite_normal_sync(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def _insert_batch(engine: Engine, store: Store, batch: list[Admitted]) -> None:
-    rows: dict[tuple[str, str], EventRow] = {}
-    for admitted in batch:
-        rows.setdefault(admitted.key, admitted.event_row)
-    with engine.begin() as conn:
-        repository.insert_events(conn, store=store, rows=list(rows.values()))
 
 
 class RebuildRefused(RuntimeError):
