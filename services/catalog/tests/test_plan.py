@@ -43,9 +43,7 @@ def test_all_320_measures_in_document_order(text: str) -> None:
     assert len(parsed) == 320
     assert Counter(m.section for m in parsed) == {1: 156, 2: 72, 3: 33, 4: 27, 5: 15, 6: 17}
     expected_ids = [
-        f"{s}-{n}"
-        for s, total in [(1, 156), (2, 72), (3, 33), (4, 27), (5, 15), (6, 17)]
-        for n in range(1, total + 1)
+        f"{s}-{n}" for s, total in [(1, 156), (2, 72), (3, 33), (4, 27), (5, 15), (6, 17)] for n in range(1, total + 1)
     ]
     assert [m.id for m in parsed] == expected_ids
     assert all(m.section_title == SECTION_TITLES[m.section] for m in parsed)
@@ -90,14 +88,8 @@ def test_every_measure_has_title_bullets_and_leads(measures: dict[str, Measure])
 
 
 def test_wrapped_titles_are_joined_keeping_full_width_and_ascii_spaces(measures: dict[str, Measure]) -> None:
-    assert (
-        measures["1-4"].title
-        == "マイナポータルの継続的改善に関する具体的な施策「年末調整・確定申告の利便性向上」"
-    )
-    assert (
-        measures["1-113"].title
-        == "国土交通分野のデータ整備・活用・オープンデータ化プロジェクト（Project LINKS）"
-    )
+    assert measures["1-4"].title == "マイナポータルの継続的改善に関する具体的な施策「年末調整・確定申告の利便性向上」"
+    assert measures["1-113"].title == "国土交通分野のデータ整備・活用・オープンデータ化プロジェクト（Project LINKS）"
     assert measures["1-141"].title.endswith("データの整備･拡充")
 
 
@@ -130,9 +122,7 @@ def test_numbered_targets_keep_their_lines_together(measures: dict[str, Measure]
 
     assert first.text.startswith("①ガバクラ移行予定業務システム数")
     assert first.text.endswith("地方10,500）")
-    assert second.text.startswith(
-        "②ガバメントクラウド上での基盤経費削減額（各府省庁のシステム）2024年度末10.6億円"
-    )
+    assert second.text.startswith("②ガバメントクラウド上での基盤経費削減額（各府省庁のシステム）2024年度末10.6億円")
     assert (second.value, second.unit, second.due_date) == (10.6, "億円", date(2025, 3, 31))
 
 
@@ -254,9 +244,7 @@ def test_a_minimal_document_with_form_feed_and_page_number() -> None:
 
 
 def test_wrapped_lead_agencies() -> None:
-    document = _SECTION_ONE + _MEASURE_ONE.replace(
-        "デジタル庁 ", "デジタル庁、内閣官房\n\n（NISC）、厚生労働省"
-    )
+    document = _SECTION_ONE + _MEASURE_ONE.replace("デジタル庁 ", "デジタル庁、内閣官房\n\n（NISC）、厚生労働省")
     (measure,) = parse_plan(document)
 
     assert measure.lead_agencies == [Agency.digital, Agency.nisc, Agency.mhlw]

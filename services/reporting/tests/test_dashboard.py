@@ -211,8 +211,6 @@ def test_an_explicit_moment_holds_until_a_named_view_is_picked() -> None:
     assert picked.query() == "?fy=2024&q=3"
 
 
-
-
 def test_bar_orders_best_to_worst_and_speaks_its_counts() -> None:
     b = bar({"delayed": 1, "completed": 3, "unreported": 4}, "ja")
     assert [s.status for s in b.segments][:2] == ["completed", "on_track"]

@@ -63,9 +63,7 @@ _INCOMPLETE_ENDS = ("、", "，", "：", ":")
 _HEADING = re.compile(r"^[＜<【][^＞>】]+[＞>】]$")
 _BRACKETS = {"（": "）", "(": ")", "「": "」", "『": "』", "＜": "＞", "【": "】", "［": "］", "[": "]"}
 
-_BARE_DATE = re.compile(
-    r"(?:[^:：、。]{1,10}[:：]\s*)?(?:19|20)\d{2}\s*年度?(?:末|中|内)?(?:\d{1,2}月)?[、,]?"
-)
+_BARE_DATE = re.compile(r"(?:[^:：、。]{1,10}[:：]\s*)?(?:19|20)\d{2}\s*年度?(?:末|中|内)?(?:\d{1,2}月)?[、,]?")
 _VALUE_LINE = re.compile(r"^(?:(?:19|20)\d{2}年度?(?:末|中)?\s*[:：]\s*)?約?\d[\d,.]*(?![\d,.]|\s*年)")
 
 
@@ -150,9 +148,7 @@ def _section(heading: re.Match[str], line: _Line, previous: tuple[int, str] | No
         raise PlanFormatError(line.number, f"section {number} where section {expected} was expected")
     title = heading.group(2).strip()
     if search_key(title) != search_key(SECTION_TITLES.get(number, "")):
-        raise PlanFormatError(
-            line.number, f"section {number} is titled {title!r}, not {SECTION_TITLES.get(number)!r}"
-        )
+        raise PlanFormatError(line.number, f"section {number} is titled {title!r}, not {SECTION_TITLES.get(number)!r}")
     return number, title
 
 

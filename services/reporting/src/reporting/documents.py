@@ -54,7 +54,6 @@ def _quarter_fields(quarter: FiscalQuarter) -> dict[str, Any]:
     }
 
 
-
 def _moment(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment is not None else None
 

@@ -20,7 +20,6 @@ from reporting.domain import SECTIONS, Tally, combined_status
 REVIEW_STATES = ("pending", "accepted", "returned")
 
 
-
 def build_document(
     quarter: FiscalQuarter,
     measures: Sequence[Measure],
