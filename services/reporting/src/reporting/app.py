@@ -37,7 +37,7 @@ from reporting.subscribers import AcceptedPuller, AcceptedWriter, consumer_confi
 from reporting.workers import make_applier
 from shinchoku_runtime.auth import AuthSettings, TokenVerifier
 from shinchoku_runtime.broker import ConsumerLag
-from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.db import in_thread, make_engine
 from shinchoku_runtime.natsclient import connect_service
 from shinchoku_runtime.service import health_response, service_app
 from shinchoku_runtime.streamdefs import StreamDiffers, check_streams
@@ -117,7 +117,7 @@ class ReportingService:
             changed = self._changed.is_set()
             self._changed.clear()
             try:
-                computed = await asyncio.to_thread(self.queries.warm)
+                computed = await in_thread(self.queries.warm)
             except asyncio.CancelledError:
                 raise
             except Exception:  # e.g. the database is away: the readers will say so; try again later
@@ -192,7 +192,7 @@ class ReportingService:
         while True:
             try:
                 floor = await update_consumer(self._nc, config)
-                cursor = await asyncio.to_thread(init_cursor, self.engine, repository.LIVE, floor)
+                cursor = await in_thread(init_cursor, self.engine, repository.LIVE, floor)
                 log.info("applying admitted facts in the log's order from stream sequence %d", cursor + 1)
                 break
             except asyncio.CancelledError:

@@ -9,7 +9,6 @@ and holds back the later ones, so the receiver sees each change once and in orde
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from contracts.alerts import alert_msg_id, alert_subject
 from contracts.streams import ALERTS_STREAM, MSG_ID_HEADER
 from reporting.alerts import store
 from reporting.alerts.store import OutboxRow
+from shinchoku_runtime.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ async def publish_pending(engine: Engine, js: JetStreamContext) -> int:
     """Publish what the outbox holds unpublished, oldest first; returns how many were published."""
     total = 0
     while True:
-        rows = await asyncio.to_thread(_unpublished, engine)
+        rows = await in_thread(_unpublished, engine)
         if not rows:
             return total
         done = []
@@ -46,7 +46,7 @@ async def publish_pending(engine: Engine, js: JetStreamContext) -> int:
                 stream=ALERTS_STREAM.name,
             )
             done.append(row.seq)
-        await asyncio.to_thread(_mark_published, engine, done)
+        await in_thread(_mark_published, engine, done)
         total += len(done)
 
 
@@ -97,19 +97,19 @@ class WebhookPoster:
         delivered = 0
         while True:
             now = datetime.now(UTC)
-            row = await asyncio.to_thread(self._next, now)
+            row = await in_thread(self._next, now)
             if row is None:
                 return delivered
             retry_at = now + timedelta(seconds=self.backoff(row.webhook_attempts + 1))
-            if not await asyncio.to_thread(self._claim, row, retry_at):
+            if not await in_thread(self._claim, row, retry_at):
                 return delivered  # another replica is posting it
             if await self._post(row):
-                await asyncio.to_thread(self._delivered, row.seq)
+                await in_thread(self._delivered, row.seq)
                 delivered += 1
                 continue
             if row.webhook_attempts + 1 >= self._max_attempts:
                 log.error("webhook: giving up on %s after %d attempts", msg_id(row), row.webhook_attempts + 1)
-                await asyncio.to_thread(self._delivered, row.seq)
+                await in_thread(self._delivered, row.seq)
                 continue
             return delivered
 

@@ -38,6 +38,7 @@ from reporting.alerts.conditions import Start
 from reporting.alerts.delivery import WebhookPoster, publish_pending
 from reporting.alerts.evaluate import Evaluated, evaluate
 from reporting.registry import CatalogView
+from shinchoku_runtime.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +239,7 @@ class AlertsService:
 
     async def _evaluate(self, now: datetime, *, only: set[str] | None) -> Evaluated | None:
         for _ in range(5):
-            result = await asyncio.to_thread(
+            result = await in_thread(
                 evaluate,
                 self.engine,
                 measures=self.catalog.snapshot.measures,

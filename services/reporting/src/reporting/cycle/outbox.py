@@ -21,6 +21,7 @@ from contracts.catalog import Measure
 from contracts.cycle import canonical_json
 from contracts.streams import MSG_ID_HEADER, PUBLICATIONS_STREAM, publication_msg_id, publication_subject
 from reporting.cycle import publications
+from shinchoku_runtime.db import in_thread
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ class PublicationOutbox:
                 await asyncio.wait_for(self.wake.wait(), timeout=POLL_SECONDS)
             self.wake.clear()
             try:
-                pending = await asyncio.to_thread(self.send_pending)
+                pending = await in_thread(self.send_pending)
                 for subject, body, msg_id, key in pending:
                     await js.publish(
                         subject, body, headers={MSG_ID_HEADER: msg_id}, stream=PUBLICATIONS_STREAM.name, timeout=5
                     )
-                    await asyncio.to_thread(publications.mark_sent, self._engine, *key)
+                    await in_thread(publications.mark_sent, self._engine, *key)
                     self.sent += 1
                     log.info("published %s (%s)", subject, msg_id)
             except asyncio.CancelledError:
