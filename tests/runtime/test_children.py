@@ -202,3 +202,30 @@ async def test_a_pipelined_child_that_dies_fails_every_call_it_held_and_a_fresh_
 def test_a_pipeline_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="pipeline"):
         ChildPool(Recorder, (), name="no pipeline", replace=True, pipeline=0)
+
+
+class DefaultCollector:
+    """A handler that says its process's collector settings."""
+
+    def __call__(self, item: Any) -> Any:
+        import gc
+
+        return gc.get_threshold()
+
+
+class OwnCollector(DefaultCollector):
+    """The same, asking for settings of its own."""
+
+    gc_thresholds = (123_456, 7, 8)
+
+
+async def test_a_handler_may_set_its_childs_collector() -> None:
+    from shinchoku_runtime.heap import GC_THRESHOLDS
+
+    for factory, expected in ((DefaultCollector, GC_THRESHOLDS), (OwnCollector, (123_456, 7, 8))):
+        pool = ChildPool(factory, (), name="collector", replace=True)
+        pool.start()
+        try:
+            assert tuple(await pool.call(None)) == expected, factory.__name__
+        finally:
+            await pool.close(graceful=True)

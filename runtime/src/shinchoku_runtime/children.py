@@ -44,7 +44,7 @@ from collections.abc import Callable
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from shinchoku_runtime.heap import settle_heap
+from shinchoku_runtime.heap import GC_THRESHOLDS, settle_heap
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ _OK, _ERROR = "ok", "error"
 _LENGTH = struct.Struct("!Q")
 
 #: Builds a child's handler in the child: `handler(item)` serves an item; an optional `handler.finish()` answers
-#: `finish`. Must be importable by name (a module-level function or class), as spawning requires.
+#: `finish`; an optional `handler.gc_thresholds` sets the child's collector (`heap.settle_heap`). Must be
+#: importable by name (a module-level function or class), as spawning requires.
 Factory = Callable[..., Callable[[Any], Any]]
 
 
@@ -104,7 +105,7 @@ def _serve(factory: Factory, args: tuple[Any, ...], sock: socket.socket, parent:
     exit_with_parent(parent)
     try:
         handler = factory(*args)
-        settle_heap()
+        settle_heap(getattr(handler, "gc_thresholds", GC_THRESHOLDS))
         while True:
             (size,) = _LENGTH.unpack(_read_exactly(sock, _LENGTH.size))
             kind, item = pickle.loads(_read_exactly(sock, size))

@@ -16,8 +16,15 @@ import gc
 GC_THRESHOLDS = (20_000, 20, 50)
 
 
-def settle_heap() -> None:
-    """After start-up: freeze what is alive now, and collect young objects in larger steps.
+#: For a process that allocates in batches and frees each batch before the next (the rebuild's writers): a
+#: young collection only every 100,000 net allocations, and the full ones practically never. Measured in a
+#: rebuild of 1,000,000 events: each writer spent 0.7 s in ~100 collections with `GC_THRESHOLDS` (most of it
+#: walking the winners it keeps), 0.04 s in one with these.
+BATCH_THRESHOLDS = (100_000, 50, 1000)
+
+
+def settle_heap(thresholds: tuple[int, int, int] = GC_THRESHOLDS) -> None:
+    """After start-up: freeze what is alive now, and collect young objects in larger steps (`thresholds`).
 
     A service starts with ~120,000 long-lived objects (FastAPI, pydantic, SQLAlchemy, OpenTelemetry, the
     catalog); frozen, full collections no longer walk them. What is created later is collected as usual,
@@ -25,4 +32,4 @@ def settle_heap() -> None:
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*thresholds)

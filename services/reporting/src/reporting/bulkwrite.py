@@ -21,6 +21,7 @@ from reporting.handlers import Admitted, additive, decode_admitted
 from reporting.repository import Store
 from reporting.tables import EffectiveRow, EventRow
 from shinchoku_runtime.db import make_engine
+from shinchoku_runtime.heap import BATCH_THRESHOLDS
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class EffectiveReports:
 class BulkWriter:
     """In a writer process of the bulk phase: decodes batches of (subject, payload), inserts their events and keeps
     the winners of its share, which `finish` hands back."""
+
+    #: Its process's collector settings (`ChildPool` applies them): each batch is freed before the next.
+    gc_thresholds = BATCH_THRESHOLDS
 
     def __init__(self, url: str, suffix: str, tag: str) -> None:
         from shinchoku_runtime.telemetry import init_logging
