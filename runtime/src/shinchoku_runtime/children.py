@@ -24,6 +24,9 @@ The parent's end of each socket is read and written by the event loop itself (as
 threads: the parent is busy with Python work (receiving, acknowledging, tracing), and a thread blocked on a
 pipe needs the GIL back after every write and read, which cost the live writer a tenth of its throughput.
 Messages are pickles behind an 8-byte length.
+
+One module of ~400 lines on purpose: the child's loop and the parent's pool are the two ends of one small
+protocol (call, put, finish; an answer or last words), read together or not at all.
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ against the domain on SQLite and on PostgreSQL.
 
 The statements on the quarters' revisions (what each transaction touched, read by the incremental tallies) are
 in `reporting.revision_store`; the tables are declared in `reporting.tables`.
+
+One module of ~470 lines on purpose: every statement of the events and effective reports, with their SQLite and
+PostgreSQL renderings side by side, so that a change to one dialect's statement is made next to the other's.
 """
 
 from __future__ import annotations

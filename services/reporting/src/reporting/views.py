@@ -11,6 +11,10 @@ A change does not make a reader compute a quarter again: the quarter's data at t
 updated by the measures the change touched (`reporting.tallies`: their effective reports read by key, their
 standings replaced in the tallies), and the plan's standing by the measures whose figures moved. Only a reader
 that missed a revision (several transactions since, a rebuild, a new catalog) computes the quarter in full.
+
+One module of ~400 lines on purpose: the view, its parts and the caches keyed by what each part depends on are
+one piece of reasoning (what may be reused under which state of the store); split, each key would be read away
+from what it guards.
 """
 
 from __future__ import annotations
