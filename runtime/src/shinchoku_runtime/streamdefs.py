@@ -15,14 +15,15 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig, StreamSource
-from nats.js.errors import NotFoundError
+from nats.js.errors import BadRequestError, NotFoundError
 
 from contracts.agencies import Agency
 from contracts.streams import (
@@ -152,18 +153,46 @@ def differences(live: StreamConfig, wanted: StreamConfig) -> dict[str, tuple[obj
     return out
 
 
+#: The broker's "no suitable peers for placement": a replicated stream's peers are not all counted by the meta
+#: leader (a cluster just started, whose nodes have not all reported in: "…, peer offline"; or too few nodes).
+NO_SUITABLE_PEERS = 10005
+#: How long a declaration waits for the peers before the broker's refusal stands.
+PLACEMENT_WAIT_SECONDS = 30.0
+
+_T = TypeVar("_T")
+
+
+async def _placed(step: Callable[[], Awaitable[_T]], name: str, wait: float) -> _T:
+    """`step()`, again every quarter second while the broker finds no peers for the stream, for up to `wait`."""
+    deadline = time.monotonic() + wait
+    said = False
+    while True:
+        try:
+            return await step()
+        except BadRequestError as e:
+            if e.err_code != NO_SUITABLE_PEERS or time.monotonic() >= deadline:
+                raise
+            if not said:
+                log.info("stream %s: %s; waiting up to %.0fs for the cluster's peers", name, e.description, wait)
+                said = True
+            await asyncio.sleep(0.25)
+
+
 async def apply_streams(
     js: JetStreamContext,
     *,
     replicas: int = 1,
     specs: Iterable[StreamSpec] | None = None,
     quota: AgencyQuota | None = None,
+    placement_wait: float = PLACEMENT_WAIT_SECONDS,
 ) -> list[str]:
     """As the administrator: create each shared stream, or bring a live one to the definition. What changed, said.
 
     By default the agencies' own STATUS streams (with `quota`, else `AgencyQuota.from_env()`) and the shared
     streams. The agencies' streams come before STATUS, which sources them; a STATUS of the first layout (listening
     on `status.>` itself) first stops listening there, so that the agencies' streams can take those subjects.
+    A replicated stream the broker cannot place yet (a cluster whose nodes have not all reported in) is tried again
+    for up to `placement_wait` seconds.
     """
     if specs is None:
         specs = (*(quota or AgencyQuota.from_env()).specs(), *STREAMS)
@@ -176,13 +205,13 @@ async def apply_streams(
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(wanted)
+            await _placed(lambda: js.add_stream(wanted), spec.name, placement_wait)  # noqa: B023 (awaited here)
             changes.append(f"{spec.name}: created")
             log.info("stream %s created", spec.name)
             continue
         changed = differences(info.config, wanted)
         if changed:
-            await js.update_stream(wanted)
+            await _placed(lambda: js.update_stream(wanted), spec.name, placement_wait)  # noqa: B023 (awaited here)
             changes.append(f"{spec.name}: updated {', '.join(changed)}")
             log.warning("stream %s differed from the shared definition in %s: updated", spec.name, sorted(changed))
     return changes
