@@ -6,7 +6,9 @@ Everything here runs on 127.0.0.1 with free ports and temporary directories, and
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -28,9 +30,11 @@ from shinchoku_runtime.natsconf import (
     load_or_create_secrets,
     user_url,
 )
-from shinchoku_runtime.natsserver import NatsServer, free_port
+from shinchoku_runtime.natsserver import NatsServer, NatsServerExited, free_port
 from shinchoku_runtime.natstransport import tls_options
 from shinchoku_runtime.otlpreceiver import OtlpReceiver as OtlpReceiver  # where tests found it before
+
+log = logging.getLogger(__name__)
 
 
 def _write_secrets(directory: Path, secrets: Mapping[str, str]) -> None:
@@ -112,15 +116,38 @@ class NatsCluster:
             return ",".join(n.plain_url for n in nodes)
         return ",".join(user_url(self.host, n.options.port, user, self.passwords[user]) for n in nodes)
 
-    def start(self, timeout: float = 30.0) -> NatsCluster:
-        try:
-            for node in self.nodes:
-                node.start()
-            self.wait_ready(timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+    def start(self, timeout: float = 30.0, *, attempts: int = 3) -> NatsCluster:
+        """Start every node and wait until JetStream is up. A node that exits because a port picked for it was
+        taken meanwhile (by another test's process) has the cluster start again on fresh ports."""
+        for attempt in range(1, attempts + 1):
+            try:
+                for node in self.nodes:
+                    node.start()
+                self.wait_ready(timeout)
+                return self
+            except NatsServerExited as e:
+                self.stop()
+                if "address already in use" not in e.log_tail or attempt == attempts:
+                    raise
+                log.warning("%s; starting the cluster again on other ports", e)
+                self._other_ports()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _other_ports(self) -> None:
+        """Fresh client, route and monitor ports for every node (the routes follow)."""
+        cluster_ports = [free_port(self.host) for _ in self.nodes]
+        for i, node in enumerate(self.nodes):
+            routes = tuple(f"nats-route://{self.host}:{p}" for j, p in enumerate(cluster_ports) if j != i)
+            node.options = dataclasses.replace(
+                node.options,
+                port=free_port(self.host),
+                cluster_port=cluster_ports[i],
+                routes=routes,
+                monitor_port=free_port(self.host),
+            )
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until every running node's `/healthz` says JetStream is up (a meta leader is elected)."""

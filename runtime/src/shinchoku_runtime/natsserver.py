@@ -53,6 +53,14 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
+class NatsServerExited(RuntimeError):
+    """A nats-server that exited while starting: its name, exit code and the end of its log."""
+
+    def __init__(self, name: str, code: int | None, log_tail: str) -> None:
+        super().__init__(f"nats-server {name} exited while starting (code {code}): {log_tail or 'no log'}")
+        self.log_tail = log_tail
+
+
 def apply_streams_as_admin(url: str, password: str, *, replicas: int = 1, timeout: float = 15.0) -> list[str]:
     """Declare the shared streams on `url` as the admin user, retrying while JetStream is still coming up (from
     synchronous code: `up`, fixtures, harnesses)."""
@@ -107,6 +115,8 @@ class NatsServer:
         return f"nats://{self.options.host}:{self.options.port}"
 
     def start(self, timeout: float = 15.0) -> NatsServer:
+        """Start the server; return once it answers as a NATS server on its client port (its `INFO` greeting).
+        `NatsServerExited` (with the end of its log) if it exits first: a port taken, a bad configuration."""
         config = write_config(self.directory, self.options)
         log = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.process = subprocess.Popen(
@@ -116,11 +126,35 @@ class NatsServer:
             start_new_session=True,
         )
         try:
-            wait_for_port(self.options.host, self.options.port, timeout)
-        except TimeoutError:
+            self._wait_greeting(timeout)
+        except BaseException:
             self.stop()
             raise
         return self
+
+    def _wait_greeting(self, timeout: float) -> None:
+        host, port = self.options.host, self.options.port
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process is not None and self.process.poll() is not None:
+                raise NatsServerExited(self.options.server_name, self.process.returncode, self._log_tail())
+            try:
+                with socket.create_connection((host, port), timeout=0.5) as s:
+                    s.settimeout(0.5)
+                    if s.recv(4) == b"INFO":
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"nats-server {self.options.server_name} not answering on {host}:{port} after {timeout}s"
+                )
+            time.sleep(0.05)
+
+    def _log_tail(self, lines: int = 5) -> str:
+        if self.log_file is None or not self.log_file.exists():
+            return ""
+        return " | ".join(self.log_file.read_text(errors="replace").strip().splitlines()[-lines:])
 
     def apply_streams(self, *, replicas: int = 1, timeout: float = 15.0) -> NatsServer:
         """Declare the shared streams as the administrator (what `shinchoku up` does before the services start;
