@@ -205,7 +205,14 @@ async def test_services_keep_their_passwords(callout: Callout) -> None:
         await nc.close()
 
 
-def test_the_responder_logs_no_token(callout: Callout) -> None:
+async def test_the_responder_logs_no_token(callout: Callout) -> None:
+    # A connection of its own (the other tests' may run on another worker): one admission to log.
+    token = callout.issuer.mint(principal_named("mof", "tanaka"))
+    nc = await _connect(callout, node=1, errors=[], inbox=agency_inbox_prefix("mof"), token=token)
+    await nc.close()
+    deadline = time.monotonic() + 10
+    while "admitted" not in callout.responder.log_tail(400) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
     text = callout.responder.log_file.read_text("utf-8", errors="replace")
     assert "admitted" in text
     assert "eyJ" not in text, "a JWT (token or user JWT) was written to the log"
