@@ -583,7 +583,9 @@ async def test_killed_mid_stream_and_restarted_gives_the_same_rollups(
     measures = synthetic_measures(60, seed=5)
     await put_catalog(admin_nc, measures)
     quarters = [FiscalQuarter(2024, 3), FiscalQuarter(2024, 4)]
-    admissions = random_admissions(measures, quarters, 4000, seed=5)
+    # Enough that the kill lands well before the end: the consumer applies ≈ 20,000 events a second at best, and the
+    # kill comes a few milliseconds after the first 600 are acknowledged (4,000 were once all applied by then).
+    admissions = random_admissions(measures, quarters, 12_000, seed=5)
     port = free_port()
     env = _service_env(nats_server, database_url, tmp_path / "reporting", port)
     # Small transactions, so that the stream is applied in many steps and the kill lands between two of them (by
