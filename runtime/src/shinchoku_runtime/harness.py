@@ -116,13 +116,15 @@ class NatsCluster:
             return ",".join(n.plain_url for n in nodes)
         return ",".join(user_url(self.host, n.options.port, user, self.passwords[user]) for n in nodes)
 
-    def start(self, timeout: float = 30.0, *, attempts: int = 3) -> NatsCluster:
-        """Start every node and wait until JetStream is up. A node that exits because a port picked for it was
-        taken meanwhile (by another test's process) has the cluster start again on fresh ports."""
+    def start(self, timeout: float = 30.0, *, attempts: int = 3, only: tuple[int, ...] | None = None) -> NatsCluster:
+        """Start every node (or the nodes at the indexes `only`) and wait until JetStream is up. A node that exits
+        because a port picked for it was taken meanwhile (by another test's process) has the cluster start again
+        on fresh ports."""
         for attempt in range(1, attempts + 1):
             try:
-                for node in self.nodes:
-                    node.start()
+                for i, node in enumerate(self.nodes):
+                    if only is None or i in only:
+                        node.start()
                 self.wait_ready(timeout)
                 return self
             except NatsServerExited as e:

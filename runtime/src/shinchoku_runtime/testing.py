@@ -76,3 +76,27 @@ async def status_sequence(js: Any, subject: str, ack: Any, timeout: float = 10.0
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"STATUS holds no copy of {ack.stream} #{ack.seq} ({subject}) after {timeout}s")
         await asyncio.sleep(0.05)
+
+
+def other_connections(probe: sa.Engine) -> list[str]:
+    """The connections to `probe`'s PostgreSQL database other than the probe's own, as "state: query"."""
+    with probe.connect() as conn:
+        rows = conn.execute(
+            sa.text(
+                "SELECT state, query FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    return [f"{state}: {query}" for state, query in rows]
+
+
+async def left_after_stop(probe: sa.Engine, held: Any = other_connections, *, grace: float = 5.0) -> list[str]:
+    """What a stopped service still holds (`held(probe)`), once it has held it for `grace` seconds: a closed
+    connection's server process exits a moment later, so only what stays for seconds was left behind."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    while (left := await asyncio.to_thread(held, probe)) and loop.time() < deadline:
+        await asyncio.sleep(0.1)
+    return list(left)

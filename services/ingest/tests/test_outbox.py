@@ -30,6 +30,7 @@ from shinchoku_runtime.auth import AuthSettings
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsclient import ensure_streams, stream_config
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.testing import left_after_stop, other_connections
 
 from .conftest import ingest_settings
 
@@ -255,12 +256,7 @@ async def test_stopping_ingest_mid_pass_leaves_no_lock_and_no_connection(
             await asyncio.wait_for(runtime.consuming.wait(), 20)
             await asyncio.sleep(0.05 + 0.013 * cycle)  # stopped at a different point of a pass each time
             await runtime.stop()
-            # A closed connection's server process exits a moment later: what stays for seconds was left behind.
-            deadline = asyncio.get_running_loop().time() + 5
-            while (left := await asyncio.to_thread(_held_after_stop, probe)) and (
-                asyncio.get_running_loop().time() < deadline
-            ):
-                await asyncio.sleep(0.1)
+            left = await left_after_stop(probe, _held_after_stop)
             assert not left, f"cycle {cycle}: ingest stopped, still held: {left}"
     finally:
         probe.dispose()
@@ -275,12 +271,5 @@ def _held_after_stop(probe: sa.Engine) -> list[str]:
     else:
         held.append("the reconciler's pass lock")
     if probe.dialect.name == "postgresql":
-        with probe.connect() as conn:
-            rows = conn.execute(
-                sa.text(
-                    "SELECT state, query FROM pg_stat_activity "
-                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-                )
-            ).all()
-        held += [f"a connection ({state}: {query})" for state, query in rows]
+        held += [f"a connection ({c})" for c in other_connections(probe)]
     return held

@@ -22,6 +22,7 @@ from reporting.testing import (
 )
 from shinchoku_runtime.db import normalise_url
 from shinchoku_runtime.natsserver import NatsServer
+from shinchoku_runtime.testing import left_after_stop
 
 
 async def test_stopping_reporting_while_its_loops_read_leaves_no_connection(
@@ -63,23 +64,7 @@ async def test_stopping_reporting_while_its_loops_read_leaves_no_connection(
         for cycle in range(16):
             async with running_reporting(settings):
                 await asyncio.sleep(0.05 + 0.017 * cycle)  # stopped at a different point of its loops each time
-            # A closed connection's server process exits a moment later: what stays for seconds was left behind.
-            deadline = asyncio.get_running_loop().time() + 5
-            while (left := await asyncio.to_thread(_connections, probe)) and (
-                asyncio.get_running_loop().time() < deadline
-            ):
-                await asyncio.sleep(0.1)
+            left = await left_after_stop(probe)
             assert not left, f"cycle {cycle}: reporting stopped, still connected: {left}"
     finally:
         probe.dispose()
-
-
-def _connections(probe: sa.Engine) -> list[str]:
-    with probe.connect() as conn:
-        rows = conn.execute(
-            sa.text(
-                "SELECT state, query FROM pg_stat_activity "
-                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            )
-        ).all()
-    return [f"{state}: {query}" for state, query in rows]

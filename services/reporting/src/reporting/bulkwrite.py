@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -23,10 +23,10 @@ from reporting.tables import EffectiveRow, EventRow
 from shinchoku_runtime.db import make_engine
 from shinchoku_runtime.heap import BATCH_THRESHOLDS
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # a type only: importing the pull module at run time would bring FastStream into the writers
+    from shinchoku_runtime.pull import Payload
 
-#: A batch as the replay receives it: (subject, payload) pairs (`shinchoku_runtime.pull.Payload`).
-Payload = tuple[bytes, bytes]
+log = logging.getLogger(__name__)
 
 
 #: Where a report stands in the effective ordering: (reported_at in microseconds, event_id), as
