@@ -149,8 +149,26 @@ class ClusterDeployment:
     def start(self, names: list[str], timeout: float = 180.0) -> None:
         """Start `names` one after the other (two replicas creating one schema at once race on CREATE TABLE)."""
         for name in names:
-            self.processes[name].start()
-            self.wait_healthy(name, timeout)
+            self.start_healthy(name, timeout)
+
+    def start_healthy(self, name: str, timeout: float = 180.0, *, attempts: int = 3) -> None:
+        """Start `name` and wait until it is healthy; on a fresh port when its own was taken meanwhile.
+
+        `free_port` cannot reserve a port, and a stopped replica's port is free for anyone until it starts again
+        (another test's `free_port`, or any outgoing connection's ephemeral port): seen once in CI as a replica's
+        restart exiting with `address already in use`. Only that exit is retried; any other one is raised."""
+        process = self.processes[name]
+        for attempt in range(1, attempts + 1):
+            offset = process.log_file.stat().st_size if process.log_file.exists() else 0
+            process.start()
+            try:
+                self.wait_healthy(name, timeout)
+                return
+            except RuntimeError:
+                if attempt == attempts or not port_taken(process, offset):
+                    raise
+            process.port = free_port()
+            process.env[f"SHINCHOKU_{process.module.upper()}_PORT"] = str(process.port)
 
     def wait_healthy(self, name: str, timeout: float = 180.0) -> None:
         process = self.processes[name]
@@ -186,8 +204,7 @@ class ClusterDeployment:
             process.wrapper = wrapper
             if wrapper:
                 process.env["DONT_FAKE_MONOTONIC"] = "1"
-        process.start()
-        self.wait_healthy(name, timeout)
+        self.start_healthy(name, timeout)
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
@@ -195,6 +212,15 @@ class ClusterDeployment:
                 process.stop(10)
             with contextlib.suppress(Exception):
                 process.kill()
+
+
+def port_taken(process: Replica, offset: int) -> bool:
+    """Whether the process exited because its HTTP port was taken (uvicorn's bind error, in its log since `offset`)."""
+    if process.running:
+        return False
+    with open(process.log_file, "rb") as log:
+        log.seek(offset)
+        return b"address already in use" in log.read().lower()
 
 
 def deploy(
