@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import os
 import random
 import re
@@ -58,11 +59,12 @@ import nats
 from nats.aio.client import Client
 from nats.js.api import PubAck, StorageType, StreamConfig
 
-from contracts.streams import publish_stream
+from contracts.streams import STATUS_STREAM, agency_status_spec, publish_stream
 from shinchoku.issuer import StackAuth
 from shinchoku.launch import NATS, SERVICES, Launch, StackSettings, plan_launch
 from shinchoku.supervisor import Supervisor
 from shinchoku_runtime.natsserver import free_port
+from shinchoku_runtime.streamdefs import stream_config
 
 JST = timezone(timedelta(hours=9))
 STATUSES = ("not_started", "on_track", "at_risk", "delayed", "completed", "suspended")
@@ -368,6 +370,62 @@ async def raw_ceiling(stack: Stack, reports: Reports, count: int, connections: i
     return done / elapsed
 
 
+async def topology_ceiling(stack: Stack, reports: Reports, agencies: list[str], count: int, max_pending: int) -> float:
+    """The broker's ceiling for the platform's way of storing a report, with no service in the way: each agency
+    publishes (`publish_async`, its own connection) into a scratch copy of its own stream, which a scratch copy of
+    STATUS sources, as the shared definitions declare them (`contracts.streams`); the rate is `count` reports over
+    first publish → the last one stored in the sourcing stream. Every report is stored and fsynced twice here, as
+    on the platform (`STATUS_{agency}`, then STATUS), where the raw ceiling stores it once."""
+    admin = await nats.connect(stack.nats_url, user="admin", password=stack.password("admin"), name="bench-topo-admin")
+    js = admin.jetstream()
+    own = [
+        dataclasses.replace(
+            agency_status_spec(a),
+            name=f"BENCH_TOPO_{a}",
+            subjects=(f"benchtopo.{a}.>",),
+            deny_delete=False,
+            deny_purge=False,
+        )
+        for a in agencies
+    ]
+    merged = dataclasses.replace(
+        STATUS_STREAM,
+        name="BENCH_TOPO",
+        subjects=("benchtopo.>",),
+        listens=("benchtopo-commands.>",),
+        sources=tuple(spec.name for spec in own),
+        deny_delete=False,
+        deny_purge=False,
+    )
+    for spec in (*own, merged):
+        await js.add_stream(stream_config(spec))
+    payloads = [reports.next()[2] for _ in range(count)]
+    conns = [
+        await nats.connect(stack.nats_url, user="admin", password=stack.password("admin"), name=f"bench-topo-{a}")
+        for a in agencies
+    ]
+
+    async def publish(i: int) -> int:
+        pub = conns[i].jetstream(publish_async_max_pending=max_pending)
+        futures = [
+            await pub.publish_async(f"benchtopo.{agencies[i]}.{n % 320}", payloads[n], stream=own[i].name)
+            for n in range(i, count, len(agencies))
+        ]
+        return len(await asyncio.gather(*futures))
+
+    started = time.perf_counter()
+    acked = sum(await asyncio.gather(*(publish(i) for i in range(len(agencies)))))
+    while (await js.stream_info(merged.name)).state.messages < acked:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - started
+    for nc in conns:
+        await nc.close()
+    for spec in (merged, *own):
+        await js.delete_stream(spec.name)
+    await admin.close()
+    return acked / elapsed
+
+
 async def consumer_backlog(stack: Stack) -> dict[str, int]:
     admin = await nats.connect(stack.nats_url, user="admin", password=stack.password("admin"), name="bench-watch")
     try:
@@ -536,6 +594,11 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
         f"raw JetStream publish_async ceiling: {raw:,.0f} events/s "
         f"({args.raw_events:,} PubAcks, {args.publishers} connections, file store, sync always)"
     )
+    topo = await topology_ceiling(stack, Reports(pairs, 2020, 2024, 4), agencies, args.raw_events, args.max_pending)
+    print(
+        f"the platform's store topology, no services: {topo:,.0f} events/s ({args.raw_events:,} reports from "
+        f"{len(agencies)} agency connections into their own streams, sourced into one: stored twice)"
+    )
 
     watcher = StoreWatcher(stack.data_dir / "db" / "reporting.sqlite", args.poll_ms / 1000).start()
     conns = await agency_connections(stack, agencies)
@@ -583,6 +646,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
         )
         print(cpu.report(load.acked, (last if last == last else time.perf_counter()) - load.started))
         print(f"  ratio end-to-end / raw: {sustained / raw:.2f} (sustained), {drained / raw:.2f} (drain)")
+        print(f"  ratio end-to-end / store topology: {sustained / topo:.2f} (sustained), {drained / topo:.2f} (drain)")
         print(f"  load average at the end of the load: {la_during}")
         ok = ok and e2e_lost == 0
 
@@ -641,7 +705,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
         p99 = percentile(latencies, 99) if latencies else float("nan")
         print(
             f"SUMMARY end-to-end {sustained:,.0f} events/s sustained ({drained:,.0f} drain), raw {raw:,.0f} events/s, "
-            f"ratio {sustained / raw:.2f}; at {args.latency_rate:,.0f}/s p50 {p50:.0f} ms p99 {p99:.0f} ms; "
+            f"ratio {sustained / raw:.2f}; store topology {topo:,.0f} events/s, ratio {sustained / topo:.2f}; at {args.latency_rate:,.0f}/s p50 {p50:.0f} ms p99 {p99:.0f} ms; "
             f"load average during the load {la_during}"
         )
     finally:
