@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -107,6 +111,31 @@ async def backlog(nc: Client) -> dict[str, int]:
     return out
 
 
+async def consumer_detail(nc: Client) -> str:
+    """Each durable consumer's counters, for a scenario that did not settle: where its backlog stands."""
+    js = nc.jetstream()
+    parts = []
+    for name, stream in (("ingest", "STATUS"), ("reporting", "ACCEPTED")):
+        try:
+            info = await js.consumer_info(stream, name)
+        except Exception as e:
+            parts.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        delivered = info.delivered.stream_seq if info.delivered else None
+        floor = info.ack_floor.stream_seq if info.ack_floor else None
+        parts.append(
+            f"{name}: pending {info.num_pending}, ack pending {info.num_ack_pending}, redelivered "
+            f"{info.num_redelivered}, waiting pulls {info.num_waiting}, delivered up to {delivered}, ack floor {floor}"
+        )
+        with contextlib.suppress(Exception):
+            state = (await js.stream_info(stream)).state
+            parts.append(
+                f"{stream}: sequences {state.first_seq}–{state.last_seq}, {state.messages} messages, "
+                f"{state.num_deleted or 0} missing"
+            )
+    return "; ".join(parts)
+
+
 @dataclass
 class Stores:
     """Read-only SQL on ingest's and reporting's databases."""
@@ -151,9 +180,45 @@ class Stores:
                 found.update(r[0] for r in rows)
         return found
 
+    def reporting_activity(self) -> list[str]:
+        """What reporting's database sessions are doing, cursor first (PostgreSQL; a diagnostic for a stall)."""
+        engine = self._engine(self.reporting_url)
+        if engine.dialect.name != "postgresql":
+            return []
+        with engine.connect() as conn:
+            lines = []
+            with contextlib.suppress(sa.exc.SQLAlchemyError), conn.begin_nested():
+                lines.append(f"order cursor: {conn.execute(sa.text('SELECT last_seq FROM cycle_cursor')).scalar()}")
+            rows = conn.execute(
+                sa.text(
+                    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 120) "
+                    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                    "AND state <> 'idle'"
+                )
+            )
+            lines += [" | ".join(str(v) for v in row) for row in rows]
+        return lines
+
     def dispose(self) -> None:
         for engine in self._engines.values():
             engine.dispose()
+
+
+def stack_dumps(pids: Iterable[int]) -> list[str]:
+    """`py-spy dump` of each process and its children (where each thread waits), when py-spy is installed."""
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if not Path(py_spy).exists():
+        return ["(no py-spy for stack dumps)"]
+    out = []
+    todo = list(pids)
+    while todo:
+        pid = todo.pop(0)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        done = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
+        out.append(f"--- pid {pid}\n{done.stdout}{done.stderr}")
+    return out
 
 
 def catalog_measures(catalog_url: str) -> list[MeasureInfo]:

@@ -20,10 +20,12 @@ from .observe import (
     accepted_counts,
     admin_connection,
     backlog,
+    consumer_detail,
     last_seq,
     read_stream,
     received_times,
     served,
+    stack_dumps,
 )
 from .stack import wait_until
 
@@ -236,6 +238,17 @@ class Harness(Generic[T]):
                 if not diffs or time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.5)
+            if any(d.startswith("consumers not caught up") for d in diffs):
+                diffs.append(f"consumers at the deadline: {await consumer_detail(admin)}")
+                diffs += await asyncio.to_thread(self.stores.reporting_activity)
+                processes = getattr(self.stack, "processes", {})
+                pids = [p.process.pid for n, p in processes.items() if n.startswith("reporting") and p.process]
+                diffs += await asyncio.to_thread(stack_dumps, pids)
+                for replica, http in zip(self.reporting_names, https, strict=True):
+                    try:
+                        diffs.append(f"{replica} /healthz: {(await http.get('/healthz')).text}")
+                    except httpx.HTTPError as e:
+                        diffs.append(f"{replica} /healthz: {type(e).__name__}: {e}")
         finally:
             for http in https:
                 await http.aclose()
