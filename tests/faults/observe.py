@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -191,9 +192,9 @@ class Stores:
                 lines.append(f"order cursor: {conn.execute(sa.text('SELECT last_seq FROM cycle_cursor')).scalar()}")
             rows = conn.execute(
                 sa.text(
-                    "SELECT pid, state, wait_event_type, wait_event, now() - xact_start, left(query, 120) "
-                    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
-                    "AND state <> 'idle'"
+                    "SELECT pid, client_port, state, wait_event_type, wait_event, now() - xact_start, "
+                    "now() - state_change, left(query, 100) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND pid <> pg_backend_pid()"
                 )
             )
             lines += [" | ".join(str(v) for v in row) for row in rows]
@@ -217,8 +218,29 @@ def stack_dumps(pids: Iterable[int]) -> list[str]:
             for task in Path(f"/proc/{pid}/task").iterdir():
                 todo += [int(c) for c in (task / "children").read_text().split()]
         done = subprocess.run([py_spy, "dump", "--pid", str(pid)], capture_output=True, text=True, timeout=30)
-        out.append(f"--- pid {pid}\n{done.stdout}{done.stderr}")
+        out.append(f"--- pid {pid}\n{done.stdout}{done.stderr}{tcp_sockets(pid)}")
     return out
+
+
+def tcp_sockets(pid: int) -> str:
+    """A process's TCP connections as the kernel sees them: local → remote port, state, send and receive queues."""
+    inodes = set()
+    with contextlib.suppress(OSError):
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes.add(target[8:-1])
+    lines = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for row in Path(table).read_text().splitlines()[1:]:
+                f = row.split()
+                if f[9] in inodes:
+                    tx, rx = (int(v, 16) for v in f[4].split(":"))
+                    local, remote = (int(a.rsplit(":", 1)[1], 16) for a in (f[1], f[2]))
+                    lines.append(f"tcp {local} -> {remote} state {f[3]} send-q {tx} recv-q {rx}")
+    return "\n".join(lines) + "\n"
 
 
 def catalog_measures(catalog_url: str) -> list[MeasureInfo]:

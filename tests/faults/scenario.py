@@ -240,7 +240,7 @@ class Harness(Generic[T]):
                 await asyncio.sleep(0.5)
             if any(d.startswith("consumers not caught up") for d in diffs):
                 diffs.append(f"consumers at the deadline: {await consumer_detail(admin)}")
-                diffs += await asyncio.to_thread(self.stores.reporting_activity)
+                diffs.append("\n".join(await asyncio.to_thread(self.stores.reporting_activity)))
                 processes = getattr(self.stack, "processes", {})
                 pids = [p.process.pid for n, p in processes.items() if n.startswith("reporting") and p.process]
                 diffs += await asyncio.to_thread(stack_dumps, pids)

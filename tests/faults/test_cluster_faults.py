@@ -307,9 +307,17 @@ async def test_full_disk_on_one_node(topology: Topology, fault_report: Callable[
     notes: list[str] = []
 
     async def fault() -> None:
-        size = await asyncio.to_thread(fill, filler, 256 << 10)
+        size = await asyncio.to_thread(fill, filler, 64 << 10)
         notes.append(f"{node.name}'s store filled ({size >> 20} MB filler)")
-        await asyncio.sleep(8)
+        # Held at least 8 s, and until the node has met the full disk (its log says so), for at most 30 s: with a
+        # fixed 8 s, the load left after the fault once did not fill the headroom and the fault was not there.
+        held = time.monotonic()
+        log_file = node.server.log_file
+        while time.monotonic() - held < 30 and (
+            time.monotonic() - held < 8 or log_file is None or not told_disk_full(log_file)
+        ):
+            await asyncio.sleep(0.25)
+        notes.append(f"held {time.monotonic() - held:.0f}s")
         filler.unlink()
         # Once a write failed with ENOSPC the node's JetStream stays unwritable until restarted (see test_full_disk).
         cluster.kill(node)

@@ -80,3 +80,16 @@ def test_only_a_close_and_a_restatement_say_they_publish(engine: Engine) -> None
     fresh = Admission({**other.event, "event_id": str(uuid.uuid4())}, now + timedelta(seconds=3))
     assert apply((fresh.subject, fresh.body())) is False
     assert [rev for fy, q, rev in publications.unsent(engine)] == [1, 2]
+
+
+def test_a_batch_beyond_a_gap_is_deferred_and_says_where_the_cursor_stands(engine: Engine) -> None:
+    """Messages that do not follow the order cursor wait `order_wait`, then come back deferred, with the cursor they
+    waited at (what the consumer's warning names: the next sequence is held elsewhere)."""
+    reports = random_admissions(synthetic_measures(5), [OPEN], 4)
+    first = decode_and_apply(engine, [(reports[0].subject, 1, reports[0].body())], store=repository.LIVE)
+    assert first.error is None and not first.deferred and first.cursor is None
+    beyond = [(a.subject, seq, a.body()) for seq, a in zip((3, 4, 5), reports[1:], strict=True)]
+    outcome = decode_and_apply(engine, beyond, store=repository.LIVE, order_wait=0.05)
+    assert outcome.error is None
+    assert outcome.deferred == [0, 1, 2]
+    assert outcome.cursor == 1

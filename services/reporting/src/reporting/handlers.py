@@ -176,6 +176,8 @@ class BatchOutcome:
     #: Whether the batch may have written a revision to publish (a close, a restatement): the service's publication
     #: outbox is woken for it at once (otherwise it finds revisions by polling). True after a fault, to be safe.
     publishes: bool = False
+    #: The order cursor when messages were deferred (the last sequence applied): what they wait for is the next.
+    cursor: int | None = None
 
 
 T = TypeVar("T")
@@ -362,7 +364,7 @@ def decode_and_apply(
                 deadline = now + order_wait
             elif now >= deadline:
                 deferred = [i for i, _, _ in pending]
-                return BatchOutcome(events, deferred=deferred, ignored=tuple(ignored), publishes=publishes)
+                return BatchOutcome(events, deferred=deferred, ignored=tuple(ignored), publishes=publishes, cursor=last)
             time.sleep(ORDER_POLL_SECONDS)
     except SQLAlchemyError as e:
         error = f"{type(e).__name__}: {str(e).splitlines()[0]}"

@@ -12,6 +12,9 @@ a gap before the order cursor that everything behind it waits for): nothing is t
 message this version cannot decode is held, never terminated: nak'ed with `hold_delay`, counted, and /healthz 503
 until a version that decodes it takes it; one that only carries fields this version does not know (a newer ingest's
 additive fields) is decoded without them (`handlers.additive`).
+
+One module of ~420 lines on purpose: the puller and the writer are the two ends of one pipeline (what is received,
+what is in flight to the writer, what is acknowledged), and its failure handling reads best in one place.
 """
 
 from __future__ import annotations
@@ -40,6 +43,9 @@ from shinchoku_runtime.batchpublish import ack_all
 from shinchoku_runtime.pull import PullConsumer
 
 log = logging.getLogger(__name__)
+
+#: At most one "wait for the log's order" warning per this many seconds (each batch deferred counts in the metrics).
+DEFERRED_LOG_SECONDS = 10.0
 
 
 @dataclass(slots=True)
@@ -176,6 +182,7 @@ class AcceptedWriter:
         #: Stream sequence → why: the messages this version could not decode, held (nak'ed with a delay).
         self.held: dict[int, str] = {}
         self._ignored_seen: set[str] = set()
+        self._deferred_logged = -DEFERRED_LOG_SECONDS
         self._max_rows = max_rows
         self._queue: asyncio.Queue[list[Delivery]] = asyncio.Queue(maxsize=queue_batches)
         self._slots = asyncio.Semaphore(pipeline)  # writes sent and not yet answered and handled
@@ -323,6 +330,7 @@ class AcceptedWriter:
         deferred = set(outcome.deferred)
         if deferred:  # the facts before them in the log are not applied yet: they come back in a moment
             self._metrics.batches.labels("deferred").inc()
+            self._note_deferred(batch, deferred, outcome.cursor)
             for i in sorted(deferred):
                 await batch[i].msg.nak(delay=DEFERRED_DELAY_SECONDS)
         settled = [
@@ -361,6 +369,23 @@ class AcceptedWriter:
         self.held[seq] = reason
         self._metrics.held.set(len(self.held))
         await d.msg.nak(delay=self._hold_delay)
+
+    def _note_deferred(self, batch: Sequence[Delivery], deferred: set[int], cursor: int | None) -> None:
+        """A warning, at most every `DEFERRED_LOG_SECONDS` while it lasts: messages wait at the order cursor for a
+        fact another replica (or a redelivery) holds. Brief under load; a minute of it is a stall to look into."""
+        now = time.monotonic()
+        if now - self._deferred_logged < DEFERRED_LOG_SECONDS:
+            return
+        self._deferred_logged = now
+        seqs = sorted(_stream_seq(batch[i].msg) for i in deferred)
+        log.warning(
+            "%d admitted events wait for the log's order: applied up to %s, this batch holds %d–%d and "
+            "not the next (another replica or a redelivery has it); nak'ed to come back",
+            len(seqs),
+            cursor,
+            seqs[0],
+            seqs[-1],
+        )
 
     def _note_ignored(self, ignored: Sequence[str]) -> None:
         """Fields of a newer contract left out to decode: counted, and said once per field."""
