@@ -87,7 +87,9 @@ def test_a_batch_beyond_a_gap_is_deferred_and_says_where_the_cursor_stands(engin
     waited at (what the consumer's warning names: the next sequence is held elsewhere)."""
     reports = random_admissions(synthetic_measures(5), [OPEN], 4)
     first = decode_and_apply(engine, [(reports[0].subject, 1, reports[0].body())], store=repository.LIVE)
-    assert first.error is None and not first.deferred and first.cursor is None
+    assert first.error is None
+    assert not first.deferred
+    assert first.cursor is None
     beyond = [(a.subject, seq, a.body()) for seq, a in zip((3, 4, 5), reports[1:], strict=True)]
     outcome = decode_and_apply(engine, beyond, store=repository.LIVE, order_wait=0.05)
     assert outcome.error is None
