@@ -439,6 +439,23 @@ async def consumer_backlog(stack: Stack) -> dict[str, int]:
         await admin.close()
 
 
+def batch_counts(stack: Stack) -> tuple[float, float]:
+    """Ingest's `shinchoku_ingest_batch_size` histogram so far: (messages, batches), from its /metrics."""
+    text = httpx.get(f"{stack.url('ingest')}/metrics", timeout=10, auth=StackAuth.of(stack.data_dir)).text
+    found = dict.fromkeys(("sum", "count"), 0.0)
+    for line in text.splitlines():
+        for key in found:
+            if line.startswith(f"shinchoku_ingest_batch_size_{key} "):
+                found[key] = float(line.split()[1])
+    return found["sum"], found["count"]
+
+
+def ingest_batches(stack: Stack, before: tuple[float, float]) -> str:
+    """How many STATUS messages ingest took per batch during the load (its batch-size histogram)."""
+    total, batches = (now - then for now, then in zip(batch_counts(stack), before, strict=True))
+    return f"ingest batches: {batches:,.0f}, {total / batches if batches else 0:,.1f} messages each on average"
+
+
 # ------------------------------------------------------------------------------------------------ profiling
 
 
@@ -607,6 +624,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
         reports = Reports(pairs, 2020, 2024, 2)
         before = watcher.count
         cpu = CpuMeter(stack)
+        batches_before = batch_counts(stack)
         cpu.start()
         with profiled(stack, args.profile, min(args.profile_seconds, args.duration), "throughput"):
             load = await offer_load(
@@ -645,6 +663,7 @@ async def run(args: argparse.Namespace, stack: Stack) -> bool:
             f"{drained:,.0f} events/s; backlog when the load stopped: {backlog}"
         )
         print(cpu.report(load.acked, (last if last == last else time.perf_counter()) - load.started))
+        print(f"  {ingest_batches(stack, batches_before)}")
         print(f"  ratio end-to-end / raw: {sustained / raw:.2f} (sustained), {drained / raw:.2f} (drain)")
         print(f"  ratio end-to-end / store topology: {sustained / topo:.2f} (sustained), {drained / topo:.2f} (drain)")
         print(f"  load average at the end of the load: {la_during}")
