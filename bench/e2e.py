@@ -58,6 +58,7 @@ import httpx
 import nats
 from nats.aio.client import Client
 from nats.js.api import PubAck, StorageType, StreamConfig
+from prometheus_client.parser import text_string_to_metric_families
 
 from contracts.streams import STATUS_STREAM, agency_status_spec, publish_stream
 from shinchoku.issuer import StackAuth
@@ -341,6 +342,24 @@ async def offer_load(
     return result
 
 
+async def publish_spread(
+    conns: list[Client], payloads: list[bytes], targets: list[tuple[str, str]], max_pending: int
+) -> int:
+    """`payloads` dealt round-robin over `conns`, connection i publishing (`publish_async`) on `{prefix}.{n % 320}`
+    into the stream of `targets[i]` = (prefix, stream); every PubAck awaited. The number acknowledged."""
+
+    async def publish(i: int) -> int:
+        prefix, stream = targets[i]
+        pub = conns[i].jetstream(publish_async_max_pending=max_pending)
+        futures = [
+            await pub.publish_async(f"{prefix}.{n % 320}", payloads[n], stream=stream)
+            for n in range(i, len(payloads), len(conns))
+        ]
+        return len(await asyncio.gather(*futures))
+
+    return sum(await asyncio.gather(*(publish(i) for i in range(len(conns)))))
+
+
 async def raw_ceiling(stack: Stack, reports: Reports, count: int, connections: int, max_pending: int) -> float:
     """Raw JetStream publish_async rate: `count` payloads into a scratch file stream, all PubAcks awaited."""
     admin = await nats.connect(stack.nats_url, user="admin", password=stack.password("admin"), name="bench-raw-admin")
@@ -352,16 +371,10 @@ async def raw_ceiling(stack: Stack, reports: Reports, count: int, connections: i
         for i in range(connections)
     ]
 
-    async def publish(i: int) -> int:
-        pub = conns[i].jetstream(publish_async_max_pending=max_pending)
-        futures = [
-            await pub.publish_async(f"benchraw.{i}.{n % 320}", payloads[n], stream=RAW_STREAM)
-            for n in range(i, count, connections)
-        ]
-        return len(await asyncio.gather(*futures))
-
     started = time.perf_counter()
-    done = sum(await asyncio.gather(*(publish(i) for i in range(connections))))
+    done = await publish_spread(
+        conns, payloads, [(f"benchraw.{i}", RAW_STREAM) for i in range(connections)], max_pending
+    )
     elapsed = time.perf_counter() - started
     for nc in conns:
         await nc.close()
@@ -405,16 +418,9 @@ async def topology_ceiling(stack: Stack, reports: Reports, agencies: list[str], 
         for a in agencies
     ]
 
-    async def publish(i: int) -> int:
-        pub = conns[i].jetstream(publish_async_max_pending=max_pending)
-        futures = [
-            await pub.publish_async(f"benchtopo.{agencies[i]}.{n % 320}", payloads[n], stream=own[i].name)
-            for n in range(i, count, len(agencies))
-        ]
-        return len(await asyncio.gather(*futures))
-
     started = time.perf_counter()
-    acked = sum(await asyncio.gather(*(publish(i) for i in range(len(agencies)))))
+    targets = [(f"benchtopo.{a}", spec.name) for a, spec in zip(agencies, own, strict=True)]
+    acked = await publish_spread(conns, payloads, targets, max_pending)
     while (await js.stream_info(merged.name)).state.messages < acked:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - started
@@ -442,12 +448,13 @@ async def consumer_backlog(stack: Stack) -> dict[str, int]:
 def batch_counts(stack: Stack) -> tuple[float, float]:
     """Ingest's `shinchoku_ingest_batch_size` histogram so far: (messages, batches), from its /metrics."""
     text = httpx.get(f"{stack.url('ingest')}/metrics", timeout=10, auth=StackAuth.of(stack.data_dir)).text
-    found = dict.fromkeys(("sum", "count"), 0.0)
-    for line in text.splitlines():
-        for key in found:
-            if line.startswith(f"shinchoku_ingest_batch_size_{key} "):
-                found[key] = float(line.split()[1])
-    return found["sum"], found["count"]
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "shinchoku_ingest_batch_size"
+        for sample in family.samples
+    }
+    return samples.get("shinchoku_ingest_batch_size_sum", 0.0), samples.get("shinchoku_ingest_batch_size_count", 0.0)
 
 
 def ingest_batches(stack: Stack, before: tuple[float, float]) -> str:

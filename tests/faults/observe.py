@@ -98,11 +98,15 @@ async def rejections(nc: Client, *, start_seq: int = 1) -> list[dict[str, Any]]:
     return await read_stream(nc, "REJECTED", start_seq=start_seq)
 
 
+#: The durable consumers the scenarios wait for, with their streams.
+DURABLES = (("ingest", "STATUS"), ("reporting", "ACCEPTED"))
+
+
 async def backlog(nc: Client) -> dict[str, int]:
     """Messages not yet acknowledged by each durable consumer (pending + in flight)."""
     js = nc.jetstream()
     out = {}
-    for name, stream in (("ingest", "STATUS"), ("reporting", "ACCEPTED")):
+    for name, stream in DURABLES:
         try:
             info = await js.consumer_info(stream, name)
         except Exception:  # not created yet, or NATS restarting
@@ -116,7 +120,7 @@ async def consumer_detail(nc: Client) -> str:
     """Each durable consumer's counters, for a scenario that did not settle: where its backlog stands."""
     js = nc.jetstream()
     parts = []
-    for name, stream in (("ingest", "STATUS"), ("reporting", "ACCEPTED")):
+    for name, stream in DURABLES:
         try:
             info = await js.consumer_info(stream, name)
         except Exception as e:

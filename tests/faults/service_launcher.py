@@ -159,16 +159,15 @@ class ClusterDeployment:
         restart exiting with `address already in use`. Only that exit is retried; any other one is raised."""
         process = self.processes[name]
         for attempt in range(1, attempts + 1):
-            offset = process.log_file.stat().st_size if process.log_file.exists() else 0
+            since = process.log_size()
             process.start()
             try:
                 self.wait_healthy(name, timeout)
                 return
             except RuntimeError:
-                if attempt == attempts or not port_taken(process, offset):
+                if attempt == attempts or not process.bind_failed(since):
                     raise
-            process.port = free_port()
-            process.env[f"SHINCHOKU_{process.module.upper()}_PORT"] = str(process.port)
+            process.move_to_free_port()
 
     def wait_healthy(self, name: str, timeout: float = 180.0) -> None:
         process = self.processes[name]
@@ -212,15 +211,6 @@ class ClusterDeployment:
                 process.stop(10)
             with contextlib.suppress(Exception):
                 process.kill()
-
-
-def port_taken(process: Replica, offset: int) -> bool:
-    """Whether the process exited because its HTTP port was taken (uvicorn's bind error, in its log since `offset`)."""
-    if process.running:
-        return False
-    with open(process.log_file, "rb") as log:
-        log.seek(offset)
-        return b"address already in use" in log.read().lower()
 
 
 def deploy(

@@ -198,7 +198,6 @@ def service_env(
     **extra: str,
 ) -> dict[str, str]:
     """The `SHINCHOKU_{SERVICE}_*` variables of one service process (the ServiceSettings fields)."""
-    prefix = f"SHINCHOKU_{service.upper()}_"
     values: dict[str, str | None] = {
         "data_dir": str(data_dir),
         "database_url": database_url,
@@ -211,7 +210,12 @@ def service_env(
         "log_level": log_level,
         **extra,
     }
-    return {prefix + k.upper(): v for k, v in values.items() if v is not None}
+    return {service_variable(service, k): v for k, v in values.items() if v is not None}
+
+
+def service_variable(service: str, field: str) -> str:
+    """The environment variable of one ServiceSettings field of a service: `SHINCHOKU_{SERVICE}_{FIELD}`."""
+    return f"SHINCHOKU_{service.upper()}_{field.upper()}"
 
 
 @dataclass
@@ -247,6 +251,26 @@ class ServiceProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def log_size(self) -> int:
+        """Where the log ends now: what a start writes comes after it (`bind_failed`)."""
+        return self.log_file.stat().st_size if self.log_file.exists() else 0
+
+    def bind_failed(self, since: int) -> bool:
+        """Whether the process exited because its HTTP port was taken (uvicorn's bind error in its log after `since`).
+
+        `free_port` cannot reserve a port: a stopped service's port is anyone's until it starts again (another
+        test's `free_port`, an outgoing connection's ephemeral port)."""
+        if self.running:
+            return False
+        with open(self.log_file, "rb") as log:
+            log.seek(since)
+            return b"address already in use" in log.read().lower()
+
+    def move_to_free_port(self) -> None:
+        """Serve on another free port from the next start (`SHINCHOKU_{MODULE}_PORT`)."""
+        self.port = free_port(self.host)
+        self.env[service_variable(self.module, "port")] = str(self.port)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
